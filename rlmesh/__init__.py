@@ -1,0 +1,95 @@
+"""rlmesh: a model and a Gymnasium environment in different processes.
+
+They talk through ``reset`` / ``step`` / ``render`` / ``close``, over a
+shared-memory data plane.
+
+General layout (a module imports only from its own layer or those below):
+
+* layer 0 — ``errors``, ``types``: the standard library only;
+* layer 1 — ``tensor``, ``values``, ``spaces``, ``specs``: the data model, no I/O;
+* layer 2 — ``shm`` (bytes in shared memory) and ``net`` (frames on sockets),
+  which never import each other;
+* layer 3 — ``backends``: numpy and JAX bridges, imported lazily;
+* layer 4 — the endpoints (server, clients, models) that compose layers 1-3;
+* layer 5 — ``sandbox``: Docker sandboxes.
+
+Importing ``rlmesh`` loads layers 0 and 1 only: never numpy, JAX, Gymnasium
+or Docker.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if sys.byteorder != "little":  # pragma: no cover - no big-endian CI machine
+    raise RuntimeError("rlmesh needs a little-endian host: the wire encoding of tensors is little-endian")
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from . import errors as errors, types as types
+from .errors import (
+    BackendUnavailable as BackendUnavailable,
+    BrokenError as BrokenError,
+    BusyError as BusyError,
+    ClosedError as ClosedError,
+    ConnectError as ConnectError,
+    InvalidActionError as InvalidActionError,
+    OperationTimeout as OperationTimeout,
+    ProtocolError as ProtocolError,
+    RemoteError as RemoteError,
+    RLMeshError as RLMeshError,
+    SpecError as SpecError,
+)
+from .tensor import Tensor as Tensor
+from .values import sanitize_metadata as sanitize_metadata
+
+if TYPE_CHECKING:
+    from . import spaces as spaces, specs as specs
+
+__version__ = "0.1.0"
+
+# Public names loaded on first access: `import rlmesh` stays cheap, and the
+# endpoints (sockets, shared memory, threads) load only when used.
+# Each entry maps a name to (module, attribute); attribute None means the module.
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "spaces": ("rlmesh.spaces", None),
+    "specs": ("rlmesh.specs", None),
+}
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'rlmesh' has no attribute {name!r}")
+    module_name, attribute = target
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = [
+    "BackendUnavailable",
+    "BrokenError",
+    "BusyError",
+    "ClosedError",
+    "ConnectError",
+    "InvalidActionError",
+    "OperationTimeout",
+    "ProtocolError",
+    "RLMeshError",
+    "RemoteError",
+    "SpecError",
+    "Tensor",
+    "__version__",
+    "errors",
+    "sanitize_metadata",
+    "spaces",
+    "specs",
+    "types",
+]

@@ -1,0 +1,1874 @@
+"""Spaces: what an env's observations and actions look like, without numpy.
+
+A space has two faces. :class:`SpaceSpec` is the pure description: frozen,
+hashable, and convertible to and from a msgpack-able dict (``to_dict`` /
+``from_dict``), which is how spaces cross the wire in the handshake. The
+:class:`Space` classes wrap a spec with behaviour: seeded sampling through
+Python's :class:`random.Random`, membership tests, and conversion to and from
+Gymnasium spaces.
+
+This module is layer 1: it imports only the standard library and rlmesh's own
+layer-0 modules. numpy, gymnasium and ml_dtypes are imported lazily, inside the
+Gymnasium conversion functions, so ``import rlmesh.spaces`` stays light and
+every space works on a machine without numpy.
+
+Values leave a space through its *bridge* (:mod:`rlmesh._bridge`): ``sample()``
+returns ``bridge.decode(wire_value)`` and ``contains(v)`` first normalises ``v``
+with ``bridge.encode``. With the default identity bridge, array-valued samples
+are :class:`~rlmesh.tensor.Tensor` objects.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+import random
+import secrets
+import struct
+from abc import ABC, abstractmethod
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast
+
+from ._bridge import IDENTITY, Bridge
+from ._dtypes import DLPACK_BOOL, DTYPES, DType, dtype_info, integer_bounds, is_float, is_integer
+from .errors import BackendUnavailable, SpecError
+from .tensor import Tensor
+
+__all__ = [
+    "Box",
+    "Dict",
+    "Discrete",
+    "MultiBinary",
+    "MultiDiscrete",
+    "Space",
+    "SpaceSpec",
+    "Text",
+    "Tuple",
+    "from_gymnasium_space",
+    "space_from_spec",
+    "to_gymnasium_space",
+]
+
+_T = TypeVar("_T")
+
+# -- limits -------------------------------------------------------------------
+# A spec dict may come from an untrusted peer. These bounds are checked before
+# anything proportional to the claimed sizes is allocated or iterated.
+_KINDS = ("box", "discrete", "multi_binary", "multi_discrete", "text", "dict", "tuple")
+_MAX_DEPTH = 32
+_MAX_SUBSPACES = 4096
+_MAX_RANK = 32
+_MAX_ELEMENTS = 2**31
+_MAX_CHARSET = 65536
+_MAX_TEXT_LENGTH = 1 << 20
+
+# Gymnasium's default Text charset, sorted the way gymnasium sorts a set charset,
+# so that unrestricted Text spaces sample the characters gymnasium would.
+_ALPHANUMERIC = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+_SUPPORTED_GYM = "Box, Discrete, MultiBinary, MultiDiscrete, Text, Dict, Tuple"
+
+_Scalar = bool | int | float
+
+
+# -- error helpers --------------------------------------------------------------
+
+
+def _fail(from_spec: bool, where: str, message: str, *, type_error: bool = False) -> NoReturn:
+    """Raise the right error class for the calling context.
+
+    A spec dict is untrusted data, so every problem with it is a SpecError; a
+    bad argument from the caller is a TypeError or ValueError, as the stdlib does.
+    """
+    text = f"{where}: {message}" if where else message
+    if from_spec:
+        raise SpecError(text)
+    if type_error:
+        raise TypeError(text)
+    raise ValueError(text)
+
+
+def _short(value: Any) -> str:
+    # Untrusted values go into messages; keep a hostile megabyte string out of them.
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _check_int(value: Any, where: str, from_spec: bool) -> int:
+    # bool is an int subclass but never a meaningful count or bound.
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        _fail(from_spec, where, f"expected an int, got {type(value).__name__}", type_error=True)
+    return operator.index(value)
+
+
+def _check_seq(value: Any, where: str, from_spec: bool, limit: int, what: str) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        _fail(from_spec, where, f"expected a list, got {type(value).__name__}", type_error=True)
+    if len(value) > limit:
+        _fail(from_spec, where, f"too many {what}: {len(value)} > {limit}")
+    return list(value)
+
+
+def _check_shape(value: Any, where: str, from_spec: bool) -> tuple[int, ...]:
+    if not from_spec and not isinstance(value, (list, tuple)) and hasattr(type(value), "__index__"):
+        value = (value,)
+    dims = _check_seq(value, where, from_spec, _MAX_RANK, "dimensions")
+    shape: list[int] = []
+    for i, dim in enumerate(dims):
+        n = _check_int(dim, f"{where}[{i}]", from_spec)
+        if n < 0:
+            _fail(from_spec, where, f"dimensions must be >= 0, got {n}")
+        if n > _MAX_ELEMENTS:
+            _fail(from_spec, where, f"dimension {n} exceeds the limit of {_MAX_ELEMENTS} elements")
+        shape.append(n)
+    if math.prod(shape) > _MAX_ELEMENTS:
+        _fail(from_spec, where, f"shape {tuple(shape)} exceeds the limit of {_MAX_ELEMENTS} elements")
+    return tuple(shape)
+
+
+def _check_spec_dtype(value: Any, where: str, from_spec: bool) -> DType:
+    if from_spec:
+        # A peer must send a canonical name; aliases are a convenience for callers.
+        if not isinstance(value, str) or value not in DTYPES:
+            _fail(True, where, f"unsupported dtype {_short(value)}; supported: {', '.join(DTYPES)}")
+        return DTYPES[value]
+    return dtype_info(value)
+
+
+def _is_intlike_dtype(dt: DType) -> bool:
+    return is_integer(dt) or dt.dlpack_code == DLPACK_BOOL
+
+
+# -- float rounding -------------------------------------------------------------
+
+
+def _round_f32(value: float) -> float:
+    try:
+        return cast(float, struct.unpack("<f", struct.pack("<f", value))[0])
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+def _bf16_bits(value: float) -> int:
+    """The bfloat16 bit pattern nearest ``value`` (ties to even).
+
+    Rounds through float32 first, as ml_dtypes does, so values agree with what
+    numpy users get from ``array.astype(bfloat16)``.
+    """
+    bits = cast(int, struct.unpack("<I", struct.pack("<f", _round_f32(value)))[0])
+    if bits & 0x7F800000 == 0x7F800000:
+        # inf keeps its pattern; NaN never reaches here.
+        return bits >> 16
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & 0xFFFF
+
+
+def _bf16_value(bits: int) -> float:
+    return cast(float, struct.unpack("<f", struct.pack("<I", bits << 16))[0])
+
+
+def _round_float(value: float, dt: DType) -> float:
+    """Round ``value`` to the nearest value of float dtype ``dt``; overflow gives inf."""
+    if dt.name == "float64" or not math.isfinite(value):
+        return value
+    if dt.name == "float32":
+        return _round_f32(value)
+    if dt.name == "float16":
+        try:
+            return cast(float, struct.unpack("<e", struct.pack("<e", value))[0])
+        except OverflowError:
+            return math.copysign(math.inf, value)
+    return _bf16_value(_bf16_bits(value))
+
+
+def _pack_format(dt: DType, count: int) -> str:
+    if dt.name == "float16":
+        return f"<{count}e"
+    if dt.name == "bfloat16":
+        return f"<{count}H"
+    return f"<{count}{dt.struct_format}"
+
+
+def _make_tensor(values: list[Any], shape: tuple[int, ...], dt: DType) -> Tensor:
+    tensor, view = Tensor._empty(shape, dt)
+    if values:
+        if dt.name == "bfloat16":
+            values = [_bf16_bits(v) for v in values]
+        struct.pack_into(_pack_format(dt, len(values)), view, 0, *values)
+    return tensor
+
+
+def _full_tensor(value: Any, shape: tuple[int, ...], dt: DType) -> Tensor:
+    size = math.prod(shape)
+    one = _bf16_bits(value) if dt.name == "bfloat16" else value
+    data = struct.pack(_pack_format(dt, 1), one) * size
+    return Tensor(data, shape, dt)
+
+
+# -- reading values -------------------------------------------------------------
+
+
+def _to_scalar(value: Any) -> _Scalar | None:
+    """A numeric Python scalar for ``value``, or None if it is not one."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    # numpy.bool_ and ml_dtypes scalars are not registered with `numbers`. A
+    # size-1 array has item() too, but it is not a scalar: its shape matters.
+    item = getattr(value, "item", None)
+    if callable(item) and hasattr(value, "dtype") and getattr(value, "shape", ()) == ():
+        try:
+            out = item()
+        except (TypeError, ValueError):
+            return None
+        if isinstance(out, (bool, int, float)):
+            return out
+    return None
+
+
+def _flatten_nested(value: Any, convert: Any) -> tuple[tuple[int, ...], list[Any]]:
+    """Flatten a rectangular nest of lists/tuples into (shape, flat values).
+
+    Raises:
+        ValueError: the nest is ragged or deeper than the rank limit.
+    """
+    shape: list[int] = []
+    level: list[Any] = [value]
+    while level and isinstance(level[0], (list, tuple)):
+        width = len(level[0])
+        if any(not isinstance(x, (list, tuple)) or len(x) != width for x in level):
+            raise ValueError("ragged nested sequence")
+        shape.append(width)
+        if len(shape) > _MAX_RANK:
+            raise ValueError(f"nested deeper than {_MAX_RANK} levels")
+        level = [y for x in level for y in x]
+    if any(isinstance(x, (list, tuple)) for x in level):
+        raise ValueError("ragged nested sequence")
+    return tuple(shape), [convert(x) for x in level]
+
+
+def _tensor_kind(tensor: Tensor) -> str:
+    dt = dtype_info(tensor.dtype)
+    if dt.dlpack_code == DLPACK_BOOL:
+        return "bool"
+    return "int" if is_integer(dt) else "float"
+
+
+def _tensor_values(tensor: Tensor) -> list[Any]:
+    if tensor.size == 0:
+        return []
+    return cast(list[Any], tensor.reshape(-1).tolist())
+
+
+def _kind_of(values: list[Any]) -> str | None:
+    kind: str | None = None
+    rank = {"bool": 0, "int": 1, "float": 2}
+    for v in values:
+        k = "bool" if isinstance(v, bool) else "int" if isinstance(v, int) else "float"
+        if kind is None or rank[k] > rank[kind]:
+            kind = k
+    return kind
+
+
+class _NotNumeric(Exception):
+    pass
+
+
+def _strict_scalar(value: Any) -> _Scalar:
+    out = _to_scalar(value)
+    if out is None:
+        raise _NotNumeric
+    return out
+
+
+def _as_array(value: Any) -> tuple[tuple[int, ...], str | None, list[Any]] | None:
+    """Read an array-like (Tensor, DLPack producer, scalar, nested list).
+
+    Returns (shape, kind, flat values) where kind is "bool", "int", "float", or
+    None for an empty nest of lists; None when ``value`` is not numeric data.
+    """
+    if isinstance(value, Tensor):
+        return value.shape, _tensor_kind(value), _tensor_values(value)
+    if hasattr(value, "__dlpack__"):
+        try:
+            tensor = Tensor.from_dlpack(value)
+        except (BufferError, TypeError, ValueError):
+            # ml_dtypes' bfloat16 arrays, for one, cannot be exported by DLPack.
+            tensor = None
+        if tensor is not None:
+            return tensor.shape, _tensor_kind(tensor), _tensor_values(tensor)
+    if isinstance(value, (str, bytes, bytearray)):
+        return None
+    if not isinstance(value, (list, tuple)):
+        scalar = _to_scalar(value)
+        if scalar is not None:
+            return (), _kind_of([scalar]), [scalar]
+        tolist = getattr(value, "tolist", None)
+        if not callable(tolist):
+            return None
+        try:
+            value = tolist()
+        except (TypeError, ValueError):
+            return None
+        if not isinstance(value, (list, tuple)):
+            scalar = _to_scalar(value)
+            return None if scalar is None else ((), _kind_of([scalar]), [scalar])
+    try:
+        shape, flat = _flatten_nested(value, _strict_scalar)
+    except (ValueError, _NotNumeric):
+        return None
+    return shape, _kind_of(flat), flat
+
+
+def _user_bound_scalar(value: Any) -> _Scalar:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("inf", "+inf", "infinity", "+infinity"):
+            return math.inf
+        if text in ("-inf", "-infinity"):
+            return -math.inf
+        if text == "nan":
+            raise ValueError("Box bounds cannot be NaN")
+        raise ValueError(f"a string bound must be 'inf' or '-inf', got {value!r}")
+    out = _to_scalar(value)
+    if out is None:
+        raise TypeError(f"a bound must be a real number, got {type(value).__name__}")
+    return out
+
+
+def _user_array(value: Any, what: str) -> tuple[tuple[int, ...], list[Any]] | None:
+    """Read a user-supplied array-like; None when ``value`` is a scalar.
+
+    Raises:
+        ValueError: a ragged nest or a bad string element.
+        TypeError: an element is not a real number.
+    """
+    if isinstance(value, Tensor):
+        return value.shape, _tensor_values(value)
+    if hasattr(value, "__dlpack__"):
+        try:
+            tensor = Tensor.from_dlpack(value)
+        except (BufferError, TypeError, ValueError):
+            tensor = None
+        if tensor is not None:
+            return tensor.shape, _tensor_values(tensor)
+    if isinstance(value, (str, bytes)) or _to_scalar(value) is not None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        tolist = getattr(value, "tolist", None)
+        if not callable(tolist):
+            raise TypeError(f"{what} must be a number, a sequence or an array, got {type(value).__name__}")
+        value = tolist()
+        if not isinstance(value, (list, tuple)):
+            return None
+    try:
+        return _flatten_nested(value, _user_bound_scalar)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+
+
+# -- spec validation ------------------------------------------------------------
+
+
+def _same(a: _Scalar, b: _Scalar) -> bool:
+    # -0.0 == 0.0, but collapsing them would change a bound's sign on the wire.
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+    return a == b
+
+
+def _box_value(value: Any, dt: DType, where: str, from_spec: bool) -> _Scalar:
+    if is_float(dt):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(from_spec, where, f"expected a number, got {type(value).__name__}", type_error=True)
+        try:
+            number = float(value)
+        except OverflowError:
+            _fail(from_spec, where, f"{value} is out of range for {dt.name}")
+        if math.isnan(number):
+            _fail(from_spec, where, "Box bounds cannot be NaN")
+        rounded = _round_float(number, dt)
+        if math.isinf(rounded) and not math.isinf(number):
+            _fail(from_spec, where, f"{number} is out of range for {dt.name}")
+        return rounded
+    lo, hi = integer_bounds(dt)
+    if isinstance(value, bool):
+        if from_spec and dt.dlpack_code != DLPACK_BOOL:
+            _fail(True, where, f"expected an int for {dt.name}, got bool", type_error=True)
+        value = int(value)
+    elif isinstance(value, float):
+        if from_spec:
+            _fail(True, where, f"expected an int for {dt.name}, got float", type_error=True)
+        if math.isnan(value):
+            _fail(False, where, "Box bounds cannot be NaN")
+        if math.isinf(value):
+            # An unbounded side of an integer box is the dtype's own range.
+            return lo if value < 0 else hi
+        if not value.is_integer():
+            _fail(False, where, f"{value} is not an integer, as {dt.name} bounds must be")
+        value = int(value)
+    elif not isinstance(value, int):
+        _fail(from_spec, where, f"expected an int, got {type(value).__name__}", type_error=True)
+    if not lo <= value <= hi:
+        _fail(from_spec, where, f"{value} is out of range for {dt.name} [{lo}, {hi}]")
+    return int(value)
+
+
+def _box_details(
+    shape: tuple[int, ...],
+    dt: DType,
+    low: Any,
+    high: Any,
+    uniform: bool,
+    where: str,
+    from_spec: bool,
+) -> tuple[tuple[str, Any], ...]:
+    """Validate Box bounds and return them in canonical form.
+
+    Canonical form: uniform scalars when the box has elements and every element
+    shares the same bounds, else elementwise tuples (always so for size 0).
+    """
+    size = math.prod(shape)
+    if uniform:
+        lo = _box_value(low, dt, _join(where, "low"), from_spec)
+        hi = _box_value(high, dt, _join(where, "high"), from_spec)
+        if lo > hi:
+            _fail(from_spec, where, f"low ({lo}) must be <= high ({hi})")
+        if size:
+            return (("bounds", "uniform"), ("low", lo), ("high", hi))
+        return (("bounds", "elementwise"), ("low", ()), ("high", ()))
+    lows = _check_seq(low, _join(where, "low"), from_spec, size, "bound entries")
+    highs = _check_seq(high, _join(where, "high"), from_spec, size, "bound entries")
+    for name, seq in (("low", lows), ("high", highs)):
+        if len(seq) != size:
+            _fail(
+                from_spec,
+                _join(where, name),
+                f"expected {size} entries for shape {shape}, got {len(seq)}",
+            )
+    lows = [_box_value(v, dt, f"{_join(where, 'low')}[{i}]", from_spec) for i, v in enumerate(lows)]
+    highs = [_box_value(v, dt, f"{_join(where, 'high')}[{i}]", from_spec) for i, v in enumerate(highs)]
+    for i, (lo, hi) in enumerate(zip(lows, highs, strict=True)):
+        if lo > hi:
+            _fail(from_spec, where, f"low ({lo}) must be <= high ({hi}) at flat index {i}")
+    if size and all(_same(v, lows[0]) for v in lows) and all(_same(v, highs[0]) for v in highs):
+        return (("bounds", "uniform"), ("low", lows[0]), ("high", highs[0]))
+    return (("bounds", "elementwise"), ("low", tuple(lows)), ("high", tuple(highs)))
+
+
+def _int_range_details(
+    dt: DType, counts: list[Any], starts: list[Any], where: str, count_key: str, from_spec: bool
+) -> tuple[list[int], list[int]]:
+    lo, hi = integer_bounds(dt)
+    ns: list[int] = []
+    ss: list[int] = []
+    for i, (n_raw, s_raw) in enumerate(zip(counts, starts, strict=True)):
+        n = _check_int(n_raw, f"{_join(where, count_key)}[{i}]", from_spec)
+        s = _check_int(s_raw, f"{_join(where, 'start')}[{i}]", from_spec)
+        if n < 1:
+            _fail(from_spec, _join(where, count_key), f"entries must be >= 1, got {n}")
+        if s < lo or s + n - 1 > hi:
+            _fail(from_spec, where, f"values [{s}, {s + n - 1}] do not fit {dt.name} [{lo}, {hi}]")
+        ns.append(n)
+        ss.append(s)
+    return ns, ss
+
+
+def _canonical_charset(chars: Iterable[Any], where: str, from_spec: bool) -> str:
+    unique: set[str] = set()
+    for ch in chars:
+        if not isinstance(ch, str) or len(ch) != 1:
+            _fail(from_spec, where, f"charset entries must be single characters, got {ch!r}")
+        if 0xD800 <= ord(ch) <= 0xDFFF:
+            # A lone surrogate cannot be encoded as UTF-8, so it could never cross the wire.
+            _fail(from_spec, where, f"charset cannot contain the surrogate {ch!r}")
+        unique.add(ch)
+    return "".join(sorted(unique))
+
+
+def _text_details(
+    min_length: Any, max_length: Any, charset: str, where: str, from_spec: bool
+) -> tuple[tuple[str, Any], ...]:
+    lo = _check_int(min_length, _join(where, "min_length"), from_spec)
+    hi = _check_int(max_length, _join(where, "max_length"), from_spec)
+    if lo < 0:
+        _fail(from_spec, where, f"min_length must be >= 0, got {lo}")
+    if hi < lo:
+        _fail(from_spec, where, f"max_length ({hi}) must be >= min_length ({lo})")
+    if hi > _MAX_TEXT_LENGTH:
+        _fail(from_spec, where, f"max_length {hi} exceeds the limit of {_MAX_TEXT_LENGTH}")
+    return (("min_length", lo), ("max_length", hi), ("charset", charset))
+
+
+_COMMON_KEYS = frozenset({"kind", "shape", "dtype"})
+_KIND_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    # kind: (required keys besides the common ones, optional keys)
+    "box": (frozenset({"low", "high"}), frozenset({"bounds"})),
+    "discrete": (frozenset({"n"}), frozenset({"start"})),
+    "multi_binary": (frozenset(), frozenset()),
+    "multi_discrete": (frozenset({"nvec"}), frozenset({"start"})),
+    "text": (frozenset({"max_length"}), frozenset({"min_length", "charset"})),
+    "dict": (frozenset({"spaces"}), frozenset()),
+    "tuple": (frozenset({"spaces"}), frozenset()),
+}
+
+
+def _parse_spec(data: Any, where: str, depth: int) -> SpaceSpec:
+    if depth > _MAX_DEPTH:
+        raise SpecError(f"{where or 'spec'}: spaces nest deeper than {_MAX_DEPTH} levels")
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{where or 'spec'}: expected a dict, got {type(data).__name__}")
+    kind = data.get("kind")
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise SpecError(
+            f"{_join(where, 'kind')}: unknown space kind {_short(kind)}; expected one of {', '.join(_KINDS)}"
+        )
+    required, optional = _KIND_KEYS[kind]
+    keys = set()
+    for key in data:
+        if not isinstance(key, str):
+            raise SpecError(f"{where or 'spec'}: keys must be strings, got {_short(key)}")
+        keys.add(key)
+    unknown = keys - _COMMON_KEYS - required - optional
+    if unknown:
+        raise SpecError(f"{where or 'spec'}: unknown keys for a {kind} spec: {', '.join(sorted(unknown))}")
+    missing = (_COMMON_KEYS | required) - keys
+    if missing:
+        raise SpecError(f"{where or 'spec'}: missing keys for a {kind} spec: {', '.join(sorted(missing))}")
+    raw_shape = data["shape"]
+    raw_dtype = data["dtype"]
+    shape_where = _join(where, "shape")
+    dtype_where = _join(where, "dtype")
+
+    if kind in ("dict", "tuple"):
+        if raw_shape is not None or raw_dtype is not None:
+            raise SpecError(f"{where or 'spec'}: a {kind} spec has shape and dtype None")
+        entries = _check_seq(data["spaces"], _join(where, "spaces"), True, _MAX_SUBSPACES, "subspaces")
+        if kind == "tuple":
+            children = tuple(
+                _parse_spec(child, f"{_join(where, 'spaces')}[{i}]", depth + 1)
+                for i, child in enumerate(entries)
+            )
+            return SpaceSpec._new("tuple", None, None, (("spaces", children),))
+        pairs: list[tuple[str, SpaceSpec]] = []
+        seen: set[str] = set()
+        for i, entry in enumerate(entries):
+            entry_where = f"{_join(where, 'spaces')}[{i}]"
+            if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+                raise SpecError(f"{entry_where}: expected a [key, spec] pair")
+            key, child = entry
+            if not isinstance(key, str):
+                raise SpecError(f"{entry_where}: keys must be strings, got {type(key).__name__}")
+            if key in seen:
+                raise SpecError(f"{entry_where}: duplicate key {_short(key)}")
+            seen.add(key)
+            pairs.append((key, _parse_spec(child, f"{_join(where, 'spaces')}[{_short(key)}]", depth + 1)))
+        return SpaceSpec._new("dict", None, None, (("spaces", tuple(pairs)),))
+
+    if kind == "text":
+        if raw_dtype != "str":
+            raise SpecError(f"{dtype_where}: a text spec has dtype 'str', got {_short(raw_dtype)}")
+        if _check_shape(raw_shape, shape_where, True) != ():
+            raise SpecError(f"{shape_where}: a text spec has shape []")
+        charset = data.get("charset", "")
+        if not isinstance(charset, str):
+            raise SpecError(f"{_join(where, 'charset')}: expected a str, got {type(charset).__name__}")
+        if len(charset) > _MAX_CHARSET:
+            raise SpecError(f"{_join(where, 'charset')}: longer than {_MAX_CHARSET} characters")
+        canonical = _canonical_charset(charset, _join(where, "charset"), True)
+        details = _text_details(data.get("min_length", 1), data["max_length"], canonical, where, True)
+        return SpaceSpec._new("text", (), "str", details)
+
+    shape = _check_shape(raw_shape, shape_where, True)
+    dt = _check_spec_dtype(raw_dtype, dtype_where, True)
+    size = math.prod(shape)
+    if kind == "box":
+        bounds = data.get("bounds")
+        uniform = not isinstance(data["low"], (list, tuple))
+        if bounds is not None and bounds not in ("uniform", "elementwise"):
+            raise SpecError(
+                f"{_join(where, 'bounds')}: expected 'uniform' or 'elementwise', got {_short(bounds)}"
+            )
+        if bounds is not None and (bounds == "uniform") != uniform:
+            raise SpecError(f"{_join(where, 'bounds')}: {_short(bounds)} does not match the form of low")
+        if uniform == isinstance(data["high"], (list, tuple)):
+            raise SpecError(f"{where or 'spec'}: low and high must both be scalars or both lists")
+        details = _box_details(shape, dt, data["low"], data["high"], uniform, where, True)
+        return SpaceSpec._new("box", shape, dt.name, details)
+    if not _is_intlike_dtype(dt) or (kind != "multi_binary" and not is_integer(dt)):
+        raise SpecError(f"{dtype_where}: a {kind} spec needs an integer dtype, got {dt.name}")
+    if kind == "multi_binary":
+        return SpaceSpec._new("multi_binary", shape, dt.name, ())
+    if kind == "discrete":
+        if shape != ():
+            raise SpecError(f"{shape_where}: a discrete spec has shape []")
+        ns, ss = _int_range_details(dt, [data["n"]], [data.get("start", 0)], where, "n", True)
+        return SpaceSpec._new("discrete", (), dt.name, (("n", ns[0]), ("start", ss[0])))
+    nvec = _check_seq(data["nvec"], _join(where, "nvec"), True, size, "nvec entries")
+    if len(nvec) != size:
+        raise SpecError(f"{_join(where, 'nvec')}: expected {size} entries for shape {shape}, got {len(nvec)}")
+    if "start" in data:
+        starts = _check_seq(data["start"], _join(where, "start"), True, size, "start entries")
+        if len(starts) != size:
+            raise SpecError(
+                f"{_join(where, 'start')}: expected {size} entries for shape {shape}, got {len(starts)}"
+            )
+    else:
+        # Safe to allocate: nvec already holds this many entries.
+        starts = [0] * size
+    ns, ss = _int_range_details(dt, nvec, starts, where, "nvec", True)
+    return SpaceSpec._new("multi_discrete", shape, dt.name, (("nvec", tuple(ns)), ("start", tuple(ss))))
+
+
+def _details_to_wire(kind: str, details: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in details:
+        if key == "spaces":
+            if kind == "dict":
+                out[key] = [[name, child.to_dict()] for name, child in value]
+            else:
+                out[key] = [child.to_dict() for child in value]
+        elif isinstance(value, tuple):
+            out[key] = list(value)
+        else:
+            out[key] = value
+    return out
+
+
+# -- SpaceSpec --------------------------------------------------------------------
+
+
+class SpaceSpec:
+    """A frozen, hashable description of a space, and its wire (dict) form.
+
+    Specs are made by :meth:`from_dict` (which validates untrusted input) or
+    taken from a space's :attr:`Space.spec`. Two specs are equal when their
+    contents are.
+
+    Attributes:
+        kind: "box", "discrete", "multi_binary", "multi_discrete", "text",
+            "dict" or "tuple".
+        shape: the element shape; ``()`` for discrete and text, None for dict
+            and tuple.
+        dtype: the element dtype name; "str" for text, None for dict and tuple.
+    """
+
+    __slots__ = ("_kind", "_shape", "_dtype", "_details", "_depth", "_hash")
+
+    _kind: str
+    _shape: tuple[int, ...] | None
+    _dtype: str | None
+    _details: tuple[tuple[str, Any], ...]
+    _depth: int
+    _hash: int | None
+
+    def __init__(self) -> None:
+        raise TypeError("SpaceSpec has no public constructor; use SpaceSpec.from_dict() or a space's .spec")
+
+    @classmethod
+    def _new(
+        cls,
+        kind: str,
+        shape: tuple[int, ...] | None,
+        dtype: str | None,
+        details: tuple[tuple[str, Any], ...],
+    ) -> SpaceSpec:
+        # Unvalidated: callers have already checked and canonicalised `details`.
+        spec = object.__new__(cls)
+        depth = 1
+        if kind == "dict":
+            depth += max((child._depth for _, child in details[0][1]), default=0)
+        elif kind == "tuple":
+            depth += max((child._depth for child in details[0][1]), default=0)
+        for name, value in (
+            ("_kind", kind),
+            ("_shape", shape),
+            ("_dtype", dtype),
+            ("_details", details),
+            ("_depth", depth),
+            ("_hash", None),
+        ):
+            object.__setattr__(spec, name, value)
+        return spec
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("SpaceSpec is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("SpaceSpec is immutable")
+
+    @property
+    def kind(self) -> str:
+        """The space kind, such as "box" or "dict"."""
+        return self._kind
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        """The element shape; None for dict and tuple specs."""
+        return self._shape
+
+    @property
+    def dtype(self) -> str | None:
+        """The element dtype name ("str" for text); None for dict and tuple specs."""
+        return self._dtype
+
+    @property
+    def details(self) -> Mapping[str, Any]:
+        """The kind-specific fields, read-only.
+
+        Sequences are tuples; subspaces are SpaceSpecs (for dict specs, a tuple
+        of ``(key, spec)`` pairs).
+        """
+        return MappingProxyType(dict(self._details))
+
+    def _get(self, key: str) -> Any:
+        for name, value in self._details:
+            if name == key:
+                return value
+        raise KeyError(key)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The msgpack-able dict form, which :meth:`from_dict` reads back exactly."""
+        out: dict[str, Any] = {
+            "kind": self._kind,
+            "shape": None if self._shape is None else list(self._shape),
+            "dtype": self._dtype,
+        }
+        out.update(_details_to_wire(self._kind, self._details))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SpaceSpec:
+        """Validate a spec dict (possibly from an untrusted peer) and build the spec.
+
+        Every size is bounded before anything proportional to it is allocated:
+        nesting depth, subspaces per dict/tuple, shape rank and element count,
+        bound and nvec list lengths, charset and text lengths.
+
+        Raises:
+            SpecError: the dict is malformed, inconsistent or over a limit.
+        """
+        return _parse_spec(data, "", 1)
+
+    def to_space(self, bridge: Bridge | None = None) -> Space[Any]:
+        """Build the matching :class:`Space`, bound to ``bridge`` (default: plain)."""
+        return space_from_spec(self, bridge=bridge)
+
+    def to_gym_space(self) -> Any:
+        """Build the equivalent Gymnasium space.
+
+        Raises:
+            BackendUnavailable: gymnasium (or ml_dtypes, for bfloat16) is not installed.
+        """
+        return to_gymnasium_space(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SpaceSpec):
+            return NotImplemented
+        return (
+            self._kind == other._kind
+            and self._shape == other._shape
+            and self._dtype == other._dtype
+            and self._details == other._details
+        )
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash((self._kind, self._shape, self._dtype, self._details)))
+        return cast(int, self._hash)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SpaceSpec.from_dict, (self.to_dict(),))
+
+    def __repr__(self) -> str:
+        if self._kind in ("dict", "tuple"):
+            return f"SpaceSpec(kind={self._kind!r}, spaces={len(self._get('spaces'))})"
+        return f"SpaceSpec(kind={self._kind!r}, shape={self._shape!r}, dtype={self._dtype!r})"
+
+
+# -- Space base ---------------------------------------------------------------------
+
+
+def _check_bridge(bridge: Any) -> Bridge:
+    if bridge is None:
+        return IDENTITY
+    if not isinstance(bridge, Bridge):
+        raise TypeError(f"bridge must have name, decode() and encode(), got {type(bridge).__name__}")
+    return bridge
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not hasattr(type(seed), "__index__"):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    value = operator.index(seed)
+    if value < 0:
+        raise ValueError(f"seed must be >= 0, got {value}")
+    return value
+
+
+class Space(ABC, Generic[_T]):
+    """Base class of rlmesh spaces: a :class:`SpaceSpec` plus sampling and membership.
+
+    Spaces compare and hash by their spec. Samples go out through the space's
+    bridge; values tested by :meth:`contains` come in through it.
+    """
+
+    _spec: SpaceSpec
+    _bridge: Bridge
+    _rng: random.Random
+
+    def _setup(self, spec: SpaceSpec, bridge: Any) -> None:
+        self._spec = spec
+        self._bridge = _check_bridge(bridge)
+        self._rng = random.Random()
+
+    @classmethod
+    def _from_spec(cls, spec: SpaceSpec, bridge: Bridge) -> Space[Any]:
+        space = cls.__new__(cls)
+        space._setup(spec, bridge)
+        return space
+
+    @property
+    def spec(self) -> SpaceSpec:
+        """The space's :class:`SpaceSpec`."""
+        return self._spec
+
+    @property
+    def kind(self) -> str:
+        """The space kind, such as "box"."""
+        return self._spec.kind
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        """The element shape; None for Dict and Tuple."""
+        return self._spec.shape
+
+    @property
+    def dtype(self) -> str | None:
+        """The element dtype name; "str" for Text, None for Dict and Tuple."""
+        return self._spec.dtype
+
+    @property
+    def bridge(self) -> Bridge:
+        """The bridge samples are decoded with and values are encoded with."""
+        return self._bridge
+
+    def seed(self, seed: int | None = None) -> int | None:
+        """Seed the space's random generator.
+
+        Args:
+            seed: a non-negative int for reproducible samples, or None to pick
+                a random seed.
+
+        Returns:
+            The seed used.
+
+        Raises:
+            TypeError: ``seed`` is not an int or None.
+            ValueError: ``seed`` is negative.
+        """
+        value = secrets.randbits(64) if seed is None else _check_seed(seed)
+        self._rng = random.Random(value)
+        return value
+
+    def sample(self) -> _T:
+        """Draw a random element, decoded by the space's bridge."""
+        return cast(_T, self._bridge.decode(self._sample_wire()))
+
+    def contains(self, value: Any) -> bool:
+        """True if ``value`` (after the bridge's ``encode``) is an element of the space."""
+        try:
+            wire = self._bridge.encode(value)
+        except (TypeError, ValueError, BufferError):
+            return False
+        return self._contains_wire(wire)
+
+    def __contains__(self, value: Any) -> bool:
+        return self.contains(value)
+
+    @abstractmethod
+    def _sample_wire(self) -> Any:
+        """Draw a random element in wire form (Tensors and Python values)."""
+
+    @abstractmethod
+    def _contains_wire(self, value: Any) -> bool:
+        """Membership test on an already-encoded value."""
+
+    def to_gymnasium_space(self) -> Any:
+        """The equivalent Gymnasium space.
+
+        Raises:
+            BackendUnavailable: gymnasium (or ml_dtypes, for bfloat16) is not installed.
+        """
+        return to_gymnasium_space(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Space):
+            return NotImplemented
+        return self._spec == other._spec
+
+    def __hash__(self) -> int:
+        return hash(self._spec)
+
+    if not TYPE_CHECKING:
+        # Hidden from type checkers so that typos in attribute names stay errors.
+
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("_"):
+                raise AttributeError(name)
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}; rlmesh spaces "
+                f"implement a subset of the Gymnasium API, call .to_gymnasium_space() for "
+                f"the full Gymnasium space"
+            )
+
+
+# -- Box ------------------------------------------------------------------------------
+
+
+def _fmt_number(value: _Scalar) -> str:
+    return repr(value)
+
+
+def _nest(values: list[Any], shape: tuple[int, ...]) -> Any:
+    if not shape:
+        return values[0]
+    if len(shape) == 1:
+        return values
+    step = len(values) // shape[0] if shape[0] else 0
+    return [_nest(values[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+class Box(Space[Any]):
+    """A box of numbers: each element lies in ``[low, high]``.
+
+    ``Box(low, high, shape, dtype)`` takes scalar bounds (numbers, or the strings
+    "inf"/"-inf") with a required ``shape``, or array-like bounds (sequences,
+    Tensors, DLPack producers such as numpy arrays) whose shape is the box's.
+    ``Box(spec)`` wraps a box :class:`SpaceSpec`.
+
+    Integer boxes are always bounded: an infinite bound becomes the dtype's limit.
+
+    Args:
+        low: lower bound(s), or a SpaceSpec of kind "box".
+        high: upper bound(s).
+        shape: the shape; required when both bounds are scalars.
+        dtype: element dtype: a name ("float32") or dtype-like (``float``).
+        bridge: converts samples and bounds for an array library.
+
+    Raises:
+        TypeError: a bound, shape or dtype of the wrong type.
+        ValueError: NaN bounds, ``low > high``, a bound outside the dtype's
+            range, shapes that disagree, or a size over the limits.
+    """
+
+    def __init__(
+        self,
+        low: Any,
+        high: Any = None,
+        shape: Any = None,
+        dtype: Any = "float32",
+        *,
+        bridge: Bridge = IDENTITY,
+    ) -> None:
+        if isinstance(low, SpaceSpec):
+            if high is not None or shape is not None:
+                raise TypeError("Box(spec) takes no high or shape")
+            if low.kind != "box":
+                raise ValueError(f"Box(spec) needs a box spec, got a {low.kind} spec")
+            if dtype != "float32" and dtype_info(dtype).name != low.dtype:
+                raise ValueError(f"dtype {dtype!r} disagrees with the spec's {low.dtype}")
+            self._setup(low, bridge)
+            return
+        if high is None:
+            raise TypeError("Box() needs both low and high (or a single SpaceSpec)")
+        dt = dtype_info(dtype)
+        low_array = _user_array(low, "low")
+        high_array = _user_array(high, "high")
+        shapes = [a[0] for a in (low_array, high_array) if a is not None]
+        if shape is not None:
+            dims = _check_shape(shape, "shape", False)
+        elif shapes:
+            dims = _check_shape(list(shapes[0]), "shape", False)
+        else:
+            raise ValueError("Box() needs a shape when both bounds are scalars")
+        for name, array in (("low", low_array), ("high", high_array)):
+            if array is not None and array[0] != dims:
+                raise ValueError(f"{name} has shape {array[0]}, but the box has shape {dims}")
+        if low_array is None and high_array is None:
+            details = _box_details(
+                dims, dt, _user_bound_scalar(low), _user_bound_scalar(high), True, "", False
+            )
+        else:
+            size = math.prod(dims)
+            lows = low_array[1] if low_array is not None else [_user_bound_scalar(low)] * size
+            highs = high_array[1] if high_array is not None else [_user_bound_scalar(high)] * size
+            details = _box_details(dims, dt, lows, highs, False, "", False)
+        self._setup(SpaceSpec._new("box", dims, dt.name, details), bridge)
+
+    def _setup(self, spec: SpaceSpec, bridge: Any) -> None:
+        super()._setup(spec, bridge)
+        self._dt = DTYPES[cast(str, spec.dtype)]
+        self._dims = cast(tuple[int, ...], spec.shape)
+        self._uniform = spec._get("bounds") == "uniform"
+        self._low_raw: Any = spec._get("low")
+        self._high_raw: Any = spec._get("high")
+        self._low_tensor: Tensor | None = None
+        self._high_tensor: Tensor | None = None
+
+    @property
+    def bounds_kind(self) -> str:
+        """The bounds' form: "uniform" (one pair for every element) or "elementwise"."""
+        return "uniform" if self._uniform else "elementwise"
+
+    def _bound_tensor(self, raw: Any) -> Tensor:
+        if self._uniform:
+            return _full_tensor(raw, self._dims, self._dt)
+        return _make_tensor(list(raw), self._dims, self._dt)
+
+    @property
+    def low(self) -> Any:
+        """The lower bounds, full-shape, of the box's dtype, decoded by the bridge."""
+        if self._low_tensor is None:
+            self._low_tensor = self._bound_tensor(self._low_raw)
+        return self._bridge.decode(self._low_tensor)
+
+    @property
+    def high(self) -> Any:
+        """The upper bounds, full-shape, of the box's dtype, decoded by the bridge."""
+        if self._high_tensor is None:
+            self._high_tensor = self._bound_tensor(self._high_raw)
+        return self._bridge.decode(self._high_tensor)
+
+    def _flat_bounds(self) -> tuple[list[_Scalar], list[_Scalar]]:
+        size = math.prod(self._dims)
+        if self._uniform:
+            return [self._low_raw] * size, [self._high_raw] * size
+        return list(self._low_raw), list(self._high_raw)
+
+    def is_bounded(self, manner: str = "both") -> bool:
+        """Whether the box is bounded: "both", "below" or "above".
+
+        Integer boxes are always bounded, by the dtype's range if nothing else.
+
+        Raises:
+            ValueError: ``manner`` is not one of the three.
+        """
+        if manner not in ("both", "below", "above"):
+            raise ValueError(f"manner must be 'both', 'below' or 'above', got {manner!r}")
+        if not is_float(self._dt):
+            return True
+        lows, highs = self._flat_bounds()
+        below = all(v > -math.inf for v in lows)
+        above = all(v < math.inf for v in highs)
+        return {"both": below and above, "below": below, "above": above}[manner]
+
+    def _draw_float(self, lo: float, hi: float) -> float:
+        rng = self._rng
+        if lo > -math.inf and hi < math.inf:
+            u = rng.random()
+            # Mixing the ends (not lo + (hi - lo) * u) cannot overflow when hi - lo does.
+            value = (1.0 - u) * lo + u * hi
+        elif lo > -math.inf:
+            value = lo + rng.expovariate(1.0)
+        elif hi < math.inf:
+            value = hi - rng.expovariate(1.0)
+        else:
+            value = rng.normalvariate(0.0, 1.0)
+        value = _round_float(value, self._dt)
+        return min(max(value, lo), hi)
+
+    def _sample_wire(self) -> Tensor:
+        lows, highs = self._flat_bounds()
+        if is_float(self._dt):
+            values: list[Any] = [self._draw_float(lo, hi) for lo, hi in zip(lows, highs, strict=True)]
+        else:
+            randint = self._rng.randint
+            values = [randint(int(lo), int(hi)) for lo, hi in zip(lows, highs, strict=True)]
+        return _make_tensor(values, self._dims, self._dt)
+
+    def _contains_wire(self, value: Any) -> bool:
+        parsed = _as_array(value)
+        if parsed is None:
+            return False
+        shape, kind, values = parsed
+        if shape != self._dims:
+            return False
+        if self._dt.dlpack_code == DLPACK_BOOL:
+            if kind not in (None, "bool"):
+                return False
+        elif is_integer(self._dt) and kind == "float":
+            return False
+        lows, highs = self._flat_bounds()
+        # NaN fails both comparisons, so it is never contained.
+        return all(lo <= v <= hi for v, lo, hi in zip(values, lows, highs, strict=True))
+
+    def __repr__(self) -> str:
+        dims = self._dims
+        size: int = math.prod(dims)
+        if self._uniform:
+            low, high = _fmt_number(self._low_raw), _fmt_number(self._high_raw)
+        elif size <= 16:
+            low = repr(_nest(list(self._low_raw), dims)) if size else "[]"
+            high = repr(_nest(list(self._high_raw), dims)) if size else "[]"
+        else:
+            low, high = "<elementwise>", "<elementwise>"
+        return f"Box({low}, {high}, {dims}, {self._dt.name})"
+
+
+# -- Discrete -------------------------------------------------------------------------
+
+
+class Discrete(Space[int]):
+    """The integers ``start, start + 1, ..., start + n - 1``; samples are Python ints.
+
+    Args:
+        n: the number of elements, >= 1.
+        start: the smallest element.
+        dtype: an integer dtype the elements must fit.
+        bridge: converts samples and values for an array library.
+
+    Raises:
+        TypeError: ``n`` or ``start`` is not an int.
+        ValueError: ``n < 1``, a non-integer dtype, or values outside the dtype.
+    """
+
+    def __init__(self, n: int, start: int = 0, dtype: Any = "int64", *, bridge: Bridge = IDENTITY) -> None:
+        dt = dtype_info(dtype)
+        if not is_integer(dt):
+            raise ValueError(f"Discrete needs an integer dtype, got {dt.name}")
+        ns, ss = _int_range_details(dt, [n], [start], "", "n", False)
+        self._setup(SpaceSpec._new("discrete", (), dt.name, (("n", ns[0]), ("start", ss[0]))), bridge)
+
+    @property
+    def n(self) -> int:
+        """The number of elements."""
+        return cast(int, self._spec._get("n"))
+
+    @property
+    def start(self) -> int:
+        """The smallest element."""
+        return cast(int, self._spec._get("start"))
+
+    def _sample_wire(self) -> int:
+        return self.start + self._rng.randrange(self.n)
+
+    def _contains_wire(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return False
+        if isinstance(value, (int, float)):
+            scalar: Any = value
+        else:
+            parsed = _as_array(value)
+            if parsed is None or len(parsed[2]) != 1 or parsed[1] == "bool":
+                return False
+            scalar = parsed[2][0]
+        if isinstance(scalar, float):
+            if not scalar.is_integer():
+                return False
+            scalar = int(scalar)
+        return bool(self.start <= scalar < self.start + self.n)
+
+    def __repr__(self) -> str:
+        extra = f", start={self.start}" if self.start else ""
+        if self.dtype != "int64":
+            extra += f", dtype={self.dtype}"
+        return f"Discrete({self.n}{extra})"
+
+
+# -- MultiBinary ----------------------------------------------------------------------
+
+
+class MultiBinary(Space[Any]):
+    """An array of 0/1 values with a fixed shape.
+
+    Args:
+        n: the number of elements (an int) or the shape (a sequence of ints).
+        dtype: an integer or bool dtype; "uint8" by default (Gymnasium uses int8).
+        bridge: converts samples and values for an array library.
+
+    Raises:
+        TypeError: ``n`` is not an int or a sequence of ints.
+        ValueError: negative dimensions, a float dtype, or a size over the limits.
+    """
+
+    def __init__(self, n: Any, *, dtype: Any = "uint8", bridge: Bridge = IDENTITY) -> None:
+        dt = dtype_info(dtype)
+        if not _is_intlike_dtype(dt):
+            raise ValueError(f"MultiBinary needs an integer or bool dtype, got {dt.name}")
+        shape = _check_shape(n, "n", False)
+        self._setup(SpaceSpec._new("multi_binary", shape, dt.name, ()), bridge)
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """The shape."""
+        return cast(tuple[int, ...], self._spec.shape)
+
+    @property
+    def n(self) -> int | tuple[int, ...]:
+        """The element count for a 1-D space, else the shape (as Gymnasium's ``n``)."""
+        dims = self.dims
+        return dims[0] if len(dims) == 1 else dims
+
+    @property
+    def size(self) -> int:
+        """The number of elements."""
+        return math.prod(self.dims)
+
+    def _sample_wire(self) -> Tensor:
+        bits = self._rng.getrandbits
+        return _make_tensor([bits(1) for _ in range(self.size)], self.dims, DTYPES[cast(str, self.dtype)])
+
+    def _contains_wire(self, value: Any) -> bool:
+        parsed = _as_array(value)
+        if parsed is None or parsed[0] != self.dims or parsed[1] == "float":
+            return False
+        return all(v in (0, 1) for v in parsed[2])
+
+    def __repr__(self) -> str:
+        extra = "" if self.dtype == "uint8" else f", dtype={self.dtype}"
+        return f"MultiBinary({self.n}{extra})"
+
+
+# -- MultiDiscrete --------------------------------------------------------------------
+
+
+class MultiDiscrete(Space[Any]):
+    """An array whose element ``i`` lies in ``[start[i], start[i] + nvec[i])``.
+
+    Args:
+        nvec: the counts; its shape (1-D or N-D) is the space's shape.
+        dtype: an integer dtype the elements must fit.
+        start: the smallest value of each element (default zeros), shaped like ``nvec``.
+        bridge: converts samples and values for an array library.
+
+    Raises:
+        TypeError: ``nvec`` or ``start`` holds non-integers.
+        ValueError: counts below 1, shapes that disagree, or values outside the dtype.
+    """
+
+    def __init__(
+        self, nvec: Any, dtype: Any = "int64", start: Any = None, *, bridge: Bridge = IDENTITY
+    ) -> None:
+        dt = dtype_info(dtype)
+        if not is_integer(dt):
+            raise ValueError(f"MultiDiscrete needs an integer dtype, got {dt.name}")
+        parsed = _user_array(nvec, "nvec")
+        if parsed is None:
+            raise TypeError("nvec must be a sequence or an array of ints")
+        shape = _check_shape(list(parsed[0]), "nvec", False)
+        counts = parsed[1]
+        if start is None:
+            starts: list[Any] = [0] * len(counts)
+        else:
+            parsed_start = _user_array(start, "start")
+            if parsed_start is None or parsed_start[0] != shape:
+                raise ValueError(f"start must have the shape of nvec, {shape}")
+            starts = parsed_start[1]
+        ns, ss = _int_range_details(dt, counts, starts, "", "nvec", False)
+        details = (("nvec", tuple(ns)), ("start", tuple(ss)))
+        self._setup(SpaceSpec._new("multi_discrete", shape, dt.name, details), bridge)
+
+    def _setup(self, spec: SpaceSpec, bridge: Any) -> None:
+        super()._setup(spec, bridge)
+        self._dims = cast(tuple[int, ...], spec.shape)
+        self._nvec: tuple[int, ...] = spec._get("nvec")
+        self._start: tuple[int, ...] = spec._get("start")
+        self._nvec_tensor: Tensor | None = None
+        self._start_tensor: Tensor | None = None
+
+    @property
+    def nvec(self) -> Any:
+        """The counts, shaped like the space, decoded by the bridge."""
+        if self._nvec_tensor is None:
+            self._nvec_tensor = _make_tensor(list(self._nvec), self._dims, DTYPES[cast(str, self.dtype)])
+        return self._bridge.decode(self._nvec_tensor)
+
+    @property
+    def start(self) -> Any:
+        """The smallest value of each element, shaped like the space, decoded by the bridge."""
+        if self._start_tensor is None:
+            self._start_tensor = _make_tensor(list(self._start), self._dims, DTYPES[cast(str, self.dtype)])
+        return self._bridge.decode(self._start_tensor)
+
+    def _sample_wire(self) -> Tensor:
+        randrange = self._rng.randrange
+        values = [s + randrange(n) for n, s in zip(self._nvec, self._start, strict=True)]
+        return _make_tensor(values, self._dims, DTYPES[cast(str, self.dtype)])
+
+    def _contains_wire(self, value: Any) -> bool:
+        parsed = _as_array(value)
+        if parsed is None or parsed[0] != self._dims or parsed[1] in ("float", "bool"):
+            return False
+        return all(s <= v < s + n for v, n, s in zip(parsed[2], self._nvec, self._start, strict=True))
+
+    def __repr__(self) -> str:
+        nvec = _nest(list(self._nvec), self._dims) if self._nvec else []
+        extra = ""
+        if any(self._start):
+            extra += f", start={_nest(list(self._start), self._dims)}"
+        if self.dtype != "int64":
+            extra += f", dtype={self.dtype}"
+        return f"MultiDiscrete({nvec}{extra})"
+
+
+# -- Text -----------------------------------------------------------------------------
+
+
+class Text(Space[str]):
+    """Strings of ``min_length`` to ``max_length`` characters.
+
+    Args:
+        max_length: the longest string, in characters.
+        min_length: the shortest string, in characters.
+        charset: the allowed characters (a string or a set of characters);
+            None or "" means any character. Samples of an unrestricted space use
+            Gymnasium's default alphanumeric characters.
+        bridge: converts samples and values for an array library.
+
+    Raises:
+        TypeError: a length is not an int, or the charset is not a string or
+            an iterable of characters.
+        ValueError: negative or inverted lengths, or a length or charset over the limits.
+    """
+
+    def __init__(
+        self,
+        max_length: int,
+        min_length: int = 1,
+        charset: str | Iterable[str] | None = None,
+        *,
+        bridge: Bridge = IDENTITY,
+    ) -> None:
+        if charset is None:
+            chars = ""
+        else:
+            if not isinstance(charset, (str, Iterable)):
+                raise TypeError(
+                    f"charset must be a string or a set of characters, got {type(charset).__name__}"
+                )
+            items = charset if isinstance(charset, str) else list(charset)
+            if len(items) > _MAX_CHARSET:
+                raise ValueError(f"charset is longer than {_MAX_CHARSET} characters")
+            chars = _canonical_charset(items, "charset", False)
+        details = _text_details(min_length, max_length, chars, "", False)
+        self._setup(SpaceSpec._new("text", (), "str", details), bridge)
+
+    @property
+    def max_length(self) -> int:
+        """The longest string, in characters."""
+        return cast(int, self._spec._get("max_length"))
+
+    @property
+    def min_length(self) -> int:
+        """The shortest string, in characters."""
+        return cast(int, self._spec._get("min_length"))
+
+    @property
+    def charset(self) -> str:
+        """The allowed characters, sorted; "" when unrestricted."""
+        return cast(str, self._spec._get("charset"))
+
+    def _sample_wire(self) -> str:
+        chars = self.charset or _ALPHANUMERIC
+        rng = self._rng
+        length = rng.randint(self.min_length, self.max_length)
+        return "".join(chars[rng.randrange(len(chars))] for _ in range(length))
+
+    def _contains_wire(self, value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        if not self.min_length <= len(value) <= self.max_length:
+            return False
+        charset = self.charset
+        return not charset or all(ch in charset for ch in value)
+
+    def __repr__(self) -> str:
+        extra = f", charset={self.charset!r}" if self.charset else ""
+        return f"Text(max_length={self.max_length}, min_length={self.min_length}{extra})"
+
+
+# -- Dict and Tuple -------------------------------------------------------------------
+
+
+def _as_child(value: Any, where: str) -> Space[Any]:
+    if isinstance(value, Space):
+        return value
+    if isinstance(value, SpaceSpec):
+        return space_from_spec(value)
+    raise TypeError(
+        f"{where} must be an rlmesh space or SpaceSpec, got {type(value).__name__}; "
+        f"convert Gymnasium spaces with rlmesh.spaces.from_gymnasium_space()"
+    )
+
+
+def _check_children_depth(children: Iterable[Space[Any]]) -> None:
+    if any(child.spec._depth >= _MAX_DEPTH for child in children):
+        raise ValueError(f"spaces nest deeper than {_MAX_DEPTH} levels")
+
+
+def _derive_seeds(seed: int, count: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.getrandbits(64) for _ in range(count)]
+
+
+class Dict(Space[dict[str, Any]]):
+    """A dict of subspaces with string keys, in insertion order.
+
+    Behaves as a read-only mapping from keys to subspaces. ``key in space`` with
+    a string tests for a key; with anything else it tests membership of a value.
+
+    Args:
+        mapping_or_pairs: a mapping or an iterable of ``(key, space)`` pairs.
+            A plain dict keeps its order (Gymnasium would sort it).
+        bridge: converts samples and values for an array library.
+        **kwargs: more ``key=space`` entries, after those of ``mapping_or_pairs``.
+
+    Raises:
+        TypeError: a key is not a string, or a value is not a space or SpaceSpec.
+        ValueError: a duplicate key, or more subspaces or nesting than the limits.
+    """
+
+    def __init__(
+        self,
+        mapping_or_pairs: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+        *,
+        bridge: Bridge = IDENTITY,
+        **kwargs: Any,
+    ) -> None:
+        if mapping_or_pairs is None:
+            pairs: list[Any] = []
+        elif isinstance(mapping_or_pairs, Mapping):
+            pairs = list(mapping_or_pairs.items())
+        else:
+            pairs = list(mapping_or_pairs)
+        pairs.extend(kwargs.items())
+        if len(pairs) > _MAX_SUBSPACES:
+            raise ValueError(f"too many subspaces: {len(pairs)} > {_MAX_SUBSPACES}")
+        spaces: dict[str, Space[Any]] = {}
+        for pair in pairs:
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"expected (key, space) pairs, got {pair!r}")
+            key, value = pair
+            if not isinstance(key, str):
+                raise TypeError(f"Dict keys must be strings, got {key!r}")
+            if key in spaces:
+                raise ValueError(f"duplicate Dict key {key!r}")
+            spaces[key] = _as_child(value, f"Dict[{key!r}]")
+        _check_children_depth(spaces.values())
+        spec = SpaceSpec._new(
+            "dict", None, None, (("spaces", tuple((k, s.spec) for k, s in spaces.items())),)
+        )
+        self._setup(spec, bridge)
+        self._spaces = spaces
+
+    @classmethod
+    def _from_spec(cls, spec: SpaceSpec, bridge: Bridge) -> Space[Any]:
+        space = cls.__new__(cls)
+        space._setup(spec, bridge)
+        space._spaces = {key: space_from_spec(child, bridge=bridge) for key, child in spec._get("spaces")}
+        return space
+
+    @property
+    def spaces(self) -> Mapping[str, Space[Any]]:
+        """The subspaces, read-only, in order."""
+        return MappingProxyType(self._spaces)
+
+    def __getitem__(self, key: str) -> Space[Any]:
+        return self._spaces[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._spaces)
+
+    def __len__(self) -> int:
+        return len(self._spaces)
+
+    def __contains__(self, item: Any) -> bool:
+        if isinstance(item, str):
+            return item in self._spaces
+        return self.contains(item)
+
+    def keys(self) -> KeysView[str]:
+        """The keys, in order."""
+        return self._spaces.keys()
+
+    def values(self) -> ValuesView[Space[Any]]:
+        """The subspaces, in order."""
+        return self._spaces.values()
+
+    def items(self) -> ItemsView[str, Space[Any]]:
+        """``(key, subspace)`` pairs, in order."""
+        return self._spaces.items()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The subspace for ``key``, or ``default``."""
+        return self._spaces.get(key, default)
+
+    def seed(self, seed: int | None = None) -> int | None:
+        """Seed every subspace deterministically from one seed.
+
+        Args:
+            seed: a non-negative int, or None to pick a random one.
+
+        Returns:
+            The seed used.
+
+        Raises:
+            TypeError: ``seed`` is not an int or None.
+            ValueError: ``seed`` is negative.
+        """
+        value = secrets.randbits(64) if seed is None else _check_seed(seed)
+        for child, child_seed in zip(
+            self._spaces.values(), _derive_seeds(value, len(self._spaces)), strict=True
+        ):
+            child.seed(child_seed)
+        return value
+
+    def _sample_wire(self) -> dict[str, Any]:
+        return {key: child._sample_wire() for key, child in self._spaces.items()}
+
+    def _contains_wire(self, value: Any) -> bool:
+        if not isinstance(value, Mapping) or len(value) != len(self._spaces):
+            return False
+        if any(key not in value for key in self._spaces):
+            return False
+        return all(child._contains_wire(value[key]) for key, child in self._spaces.items())
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{key!r}: {child!r}" for key, child in self._spaces.items())
+        return f"Dict({{{inner}}})"
+
+
+class Tuple(Space[tuple[Any, ...]]):
+    """A fixed-length tuple of subspaces.
+
+    Args:
+        spaces: the subspaces, in order.
+        bridge: converts samples and values for an array library.
+
+    Raises:
+        TypeError: an entry is not a space or SpaceSpec.
+        ValueError: more subspaces or nesting than the limits.
+    """
+
+    def __init__(self, spaces: Iterable[Any], *, bridge: Bridge = IDENTITY) -> None:
+        items = list(spaces)
+        if len(items) > _MAX_SUBSPACES:
+            raise ValueError(f"too many subspaces: {len(items)} > {_MAX_SUBSPACES}")
+        children = tuple(_as_child(item, f"Tuple[{i}]") for i, item in enumerate(items))
+        _check_children_depth(children)
+        spec = SpaceSpec._new("tuple", None, None, (("spaces", tuple(c.spec for c in children)),))
+        self._setup(spec, bridge)
+        self._spaces = children
+
+    @classmethod
+    def _from_spec(cls, spec: SpaceSpec, bridge: Bridge) -> Space[Any]:
+        space = cls.__new__(cls)
+        space._setup(spec, bridge)
+        space._spaces = tuple(space_from_spec(child, bridge=bridge) for child in spec._get("spaces"))
+        return space
+
+    @property
+    def spaces(self) -> tuple[Space[Any], ...]:
+        """The subspaces, in order."""
+        return self._spaces
+
+    def __getitem__(self, index: int) -> Space[Any]:
+        return self._spaces[index]
+
+    def __iter__(self) -> Iterator[Space[Any]]:
+        return iter(self._spaces)
+
+    def __len__(self) -> int:
+        return len(self._spaces)
+
+    def seed(self, seed: int | None = None) -> int | None:
+        """Seed every subspace deterministically from one seed.
+
+        Args:
+            seed: a non-negative int, or None to pick a random one.
+
+        Returns:
+            The seed used.
+
+        Raises:
+            TypeError: ``seed`` is not an int or None.
+            ValueError: ``seed`` is negative.
+        """
+        value = secrets.randbits(64) if seed is None else _check_seed(seed)
+        for child, child_seed in zip(self._spaces, _derive_seeds(value, len(self._spaces)), strict=True):
+            child.seed(child_seed)
+        return value
+
+    def _sample_wire(self) -> tuple[Any, ...]:
+        return tuple(child._sample_wire() for child in self._spaces)
+
+    def _contains_wire(self, value: Any) -> bool:
+        if not isinstance(value, (tuple, list)) or len(value) != len(self._spaces):
+            return False
+        return all(child._contains_wire(v) for child, v in zip(self._spaces, value, strict=True))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(child) for child in self._spaces)
+        return f"Tuple(({inner}{',' if len(self._spaces) == 1 else ''}))"
+
+
+# -- construction from specs ----------------------------------------------------------
+
+_CLASSES: dict[str, type[Space[Any]]] = {
+    "box": Box,
+    "discrete": Discrete,
+    "multi_binary": MultiBinary,
+    "multi_discrete": MultiDiscrete,
+    "text": Text,
+    "dict": Dict,
+    "tuple": Tuple,
+}
+
+
+def space_from_spec(
+    spec: SpaceSpec | Mapping[str, Any] | Space[Any], *, bridge: Bridge | None = None
+) -> Space[Any]:
+    """Build the space a spec describes.
+
+    Args:
+        spec: a SpaceSpec, its dict form, or a space (rebuilt with ``bridge``).
+        bridge: the bridge for the space and all its subspaces; None is the
+            plain backend.
+
+    Raises:
+        TypeError: ``spec`` is none of those.
+        SpecError: a dict that is not a valid spec.
+    """
+    if isinstance(spec, Space):
+        spec = spec.spec
+    elif isinstance(spec, Mapping):
+        spec = SpaceSpec.from_dict(spec)
+    elif not isinstance(spec, SpaceSpec):
+        raise TypeError(f"expected a SpaceSpec, a spec dict or a space, got {type(spec).__name__}")
+    return _CLASSES[spec.kind]._from_spec(spec, _check_bridge(bridge))
+
+
+# -- Gymnasium conversion -------------------------------------------------------------
+
+
+def _gym() -> tuple[Any, Any]:
+    try:
+        import gymnasium.spaces
+        import numpy
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "Gymnasium conversion needs gymnasium and numpy; install them with "
+            "pip install 'rlmesh[gymnasium]'"
+        ) from exc
+    return gymnasium.spaces, numpy
+
+
+def _bfloat16() -> Any:
+    try:
+        import ml_dtypes
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "a bfloat16 Box needs ml_dtypes; install it with pip install 'rlmesh[bfloat16]'"
+        ) from exc
+    return ml_dtypes.bfloat16
+
+
+_BFLOAT16_BOX: type | None = None
+
+
+def _bfloat16_box_class() -> type:
+    """A gymnasium Box subclass that holds bfloat16 bounds.
+
+    Gymnasium's Box refuses ml_dtypes' bfloat16 (its numpy kind is "V"), and its
+    sampler would treat it as an integer type. This subclass is built through
+    float32, which holds every bfloat16 value exactly, and samples in float32
+    before rounding to bfloat16; rounding is monotone, so samples stay in bounds.
+    """
+    global _BFLOAT16_BOX
+    if _BFLOAT16_BOX is not None:
+        return _BFLOAT16_BOX
+    gym_spaces, np = _gym()
+    bfloat16 = _bfloat16()
+
+    box_base: Any = gym_spaces.Box
+
+    class _BFloat16Box(box_base):  # type: ignore[misc]
+        def __init__(self, low: Any, high: Any, seed: Any = None) -> None:
+            super().__init__(
+                np.asarray(low).astype(np.float32),
+                np.asarray(high).astype(np.float32),
+                dtype=np.float32,
+                seed=seed,
+            )
+            self.dtype = np.dtype(bfloat16)
+            self.low = np.asarray(low).astype(bfloat16)
+            self.high = np.asarray(high).astype(bfloat16)
+
+        def sample(self, mask: Any = None, probability: Any = None) -> Any:
+            proxy = gym_spaces.Box(
+                self.low.astype(np.float32), self.high.astype(np.float32), dtype=np.float32
+            )
+            # Share the generator, so seeding this space seeds its samples.
+            proxy._np_random = self.np_random
+            return proxy.sample(mask, probability).astype(bfloat16)
+
+    # Pickle finds the class again through this module's __getattr__.
+    _BFloat16Box.__module__ = __name__
+    _BFloat16Box.__qualname__ = _BFloat16Box.__name__ = "_BFloat16Box"
+    _BFLOAT16_BOX = _BFloat16Box
+    return _BFloat16Box
+
+
+if not TYPE_CHECKING:
+    # Hidden from type checkers, which would otherwise accept any name imported from here.
+
+    def __getattr__(name: str) -> Any:
+        if name == "_BFloat16Box":
+            return _bfloat16_box_class()
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _gym_box_bounds(space: Any, np: Any, dt: DType) -> tuple[list[Any], list[Any]]:
+    if is_float(dt):
+        # float64 holds every float16/bfloat16/float32 value exactly.
+        low = space.low.astype(np.float64).reshape(-1).tolist()
+        high = space.high.astype(np.float64).reshape(-1).tolist()
+    else:
+        # .tolist() of the integer arrays keeps int64/uint64 bounds exact.
+        low = [int(v) for v in space.low.reshape(-1).tolist()]
+        high = [int(v) for v in space.high.reshape(-1).tolist()]
+    return low, high
+
+
+def from_gymnasium_space(space: Any) -> Space[Any]:
+    """Convert a Gymnasium space to the equivalent rlmesh space.
+
+    Supports Box (elementwise bounds kept; int64/uint64 bounds exact), Discrete,
+    MultiBinary, MultiDiscrete, Text (the default alphanumeric charset becomes
+    unrestricted), Dict (in the space's own order) and Tuple. An rlmesh space is
+    returned unchanged.
+
+    Raises:
+        TypeError: an unsupported space, such as Graph, Sequence or OneOf.
+        BackendUnavailable: gymnasium is not installed.
+        ValueError: a dtype rlmesh does not carry, or a size over the limits.
+    """
+    if isinstance(space, Space):
+        return space
+    gym_spaces, np = _gym()
+    return _from_gym(space, gym_spaces, np, 1)
+
+
+def _from_gym(space: Any, gym_spaces: Any, np: Any, depth: int) -> Space[Any]:
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"spaces nest deeper than {_MAX_DEPTH} levels")
+    if isinstance(space, gym_spaces.Box):
+        dt = dtype_info(space.dtype)
+        shape = _check_shape(list(space.shape), "shape", False)
+        low, high = _gym_box_bounds(space, np, dt)
+        details = _box_details(shape, dt, low, high, False, "", False)
+        return Box(SpaceSpec._new("box", shape, dt.name, details))
+    if isinstance(space, gym_spaces.Discrete):
+        return Discrete(int(space.n), start=int(space.start), dtype=space.dtype)
+    if isinstance(space, gym_spaces.MultiBinary):
+        return MultiBinary(list(space.shape), dtype=space.dtype)
+    if isinstance(space, gym_spaces.MultiDiscrete):
+        nvec = [int(v) for v in space.nvec.reshape(-1).tolist()]
+        start = [int(v) for v in np.asarray(space.start).reshape(-1).tolist()]
+        dt = dtype_info(space.dtype)
+        if not is_integer(dt):
+            raise ValueError(f"MultiDiscrete needs an integer dtype, got {dt.name}")
+        dims = _check_shape(list(space.nvec.shape), "shape", False)
+        ns, ss = _int_range_details(dt, nvec, start, "", "nvec", False)
+        spec = SpaceSpec._new("multi_discrete", dims, dt.name, (("nvec", tuple(ns)), ("start", tuple(ss))))
+        return MultiDiscrete._from_spec(spec, IDENTITY)
+    if isinstance(space, gym_spaces.Text):
+        chars = frozenset(space.character_set)
+        charset = "" if chars == frozenset(_ALPHANUMERIC) else "".join(sorted(chars))
+        return Text(int(space.max_length), min_length=int(space.min_length), charset=charset)
+    if isinstance(space, gym_spaces.Dict):
+        return Dict(
+            [(key, _from_gym(child, gym_spaces, np, depth + 1)) for key, child in space.spaces.items()]
+        )
+    if isinstance(space, gym_spaces.Tuple):
+        return Tuple([_from_gym(child, gym_spaces, np, depth + 1) for child in space.spaces])
+    raise TypeError(
+        f"cannot convert the Gymnasium space {type(space).__name__} ({space!r}); "
+        f"rlmesh supports {_SUPPORTED_GYM}"
+    )
+
+
+def to_gymnasium_space(space: Space[Any] | SpaceSpec | Mapping[str, Any]) -> Any:
+    """Convert an rlmesh space, spec or spec dict to the equivalent Gymnasium space.
+
+    Box bounds become numpy arrays of the exact dtype (bfloat16 through
+    ml_dtypes); an unrestricted Text gets Gymnasium's default charset; a
+    MultiBinary keeps its dtype (Gymnasium's default is int8).
+
+    Raises:
+        BackendUnavailable: gymnasium, or ml_dtypes for a bfloat16 Box, is not installed.
+        TypeError: the argument is not a space, spec or spec dict.
+        SpecError: a spec dict that is not valid.
+    """
+    if isinstance(space, Space):
+        spec = space.spec
+    elif isinstance(space, SpaceSpec):
+        spec = space
+    elif isinstance(space, Mapping):
+        spec = SpaceSpec.from_dict(space)
+    else:
+        raise TypeError(f"expected an rlmesh space, SpaceSpec or spec dict, got {type(space).__name__}")
+    gym_spaces, np = _gym()
+    return _to_gym(spec, gym_spaces, np)
+
+
+def _to_gym(spec: SpaceSpec, gym_spaces: Any, np: Any) -> Any:
+    kind = spec.kind
+    if kind == "box":
+        shape = cast(tuple[int, ...], spec.shape)
+        name = cast(str, spec.dtype)
+        np_dtype = np.dtype(_bfloat16()) if name == "bfloat16" else np.dtype(name)
+        arrays = []
+        for key in ("low", "high"):
+            raw = spec._get(key)
+            if spec._get("bounds") == "uniform":
+                arrays.append(np.full(shape, raw, dtype=np_dtype))
+            else:
+                arrays.append(np.array(list(raw), dtype=np_dtype).reshape(shape))
+        if name == "bfloat16":
+            return _bfloat16_box_class()(arrays[0], arrays[1])
+        return gym_spaces.Box(arrays[0], arrays[1], shape=shape, dtype=np_dtype)
+    if kind == "discrete":
+        return gym_spaces.Discrete(spec._get("n"), start=spec._get("start"), dtype=np.dtype(spec.dtype))
+    if kind == "multi_binary":
+        shape = cast(tuple[int, ...], spec.shape)
+        gym_space = gym_spaces.MultiBinary(shape[0] if len(shape) == 1 else list(shape))
+        # Gymnasium fixes int8 in its constructor; the dtype is a plain attribute
+        # that its sampler honours, and keeping ours makes round trips exact.
+        gym_space.dtype = np.dtype(spec.dtype)
+        return gym_space
+    if kind == "multi_discrete":
+        shape = cast(tuple[int, ...], spec.shape)
+        np_dtype = np.dtype(spec.dtype)
+        nvec = np.array(list(spec._get("nvec")), dtype=np_dtype).reshape(shape)
+        start = np.array(list(spec._get("start")), dtype=np_dtype).reshape(shape)
+        return gym_spaces.MultiDiscrete(nvec, dtype=np_dtype, start=start)
+    if kind == "text":
+        charset = spec._get("charset")
+        kwargs: dict[str, Any] = {"min_length": spec._get("min_length")}
+        if charset:
+            kwargs["charset"] = charset
+        return gym_spaces.Text(spec._get("max_length"), **kwargs)
+    if kind == "dict":
+        # A list of pairs: gymnasium would sort the keys of a plain dict.
+        return gym_spaces.Dict([(key, _to_gym(child, gym_spaces, np)) for key, child in spec._get("spaces")])
+    return gym_spaces.Tuple(tuple(_to_gym(child, gym_spaces, np) for child in spec._get("spaces")))

@@ -1,0 +1,118 @@
+"""Shared fixtures. The autouse ``no_leaks`` fixture is the suite's own leak check.
+
+After every test it compares, with what was there before the test:
+
+* entries in ``/dev/shm`` (any name, not only rlmesh's prefix);
+* live child processes of the test process;
+* open socket file descriptors of the test process.
+
+Anything new fails the test, after a short grace period for processes and
+sockets that are already on their way out.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHM_DIR = Path("/dev/shm")
+
+
+def shm_entries() -> set[str]:
+    """Names in /dev/shm."""
+    try:
+        return set(os.listdir(SHM_DIR))
+    except FileNotFoundError:  # pragma: no cover - every Linux has it
+        return set()
+
+
+def child_pids() -> set[int]:
+    """Pids of live (non-zombie) children of this process."""
+    me = str(os.getpid())
+    out: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state, ppid, ...
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[1] == me and fields[0] != "Z":
+            out.add(int(entry))
+    return out
+
+
+def socket_fds() -> set[int]:
+    """This process's file descriptors that are sockets."""
+    out: set[int] = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                out.add(int(fd))
+        except OSError:
+            continue
+    return out
+
+
+def _settle(probe, before, grace: float = 3.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + grace
+    while True:
+        added = probe() - before
+        if not added or time.monotonic() >= deadline:
+            return added
+        time.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail the test if it leaves /dev/shm entries, child processes or sockets."""
+    shm_before = shm_entries()
+    children_before = child_pids()
+    sockets_before = socket_fds()
+    yield
+    if request.node.get_closest_marker("allow_leaks"):
+        return
+    problems = []
+    shm_added = _settle(shm_entries, shm_before)
+    if shm_added:
+        problems.append(f"new /dev/shm entries: {sorted(shm_added)}")
+    children_added = _settle(child_pids, children_before)
+    if children_added:
+        problems.append(f"child processes still alive: {sorted(children_added)}")
+    sockets_added = _settle(socket_fds, sockets_before)
+    if sockets_added:
+        problems.append(f"sockets still open (fds): {sorted(sockets_added)}")
+    if problems:
+        pytest.fail("test leaked resources: " + "; ".join(problems), pytrace=False)
+
+
+def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 60.0) -> str:
+    """Run ``code`` in a fresh interpreter, return its stdout; fail on a non-zero exit."""
+    import subprocess
+
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=ROOT,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "allow_leaks: skip the leak check (for tests of the check itself)")
