@@ -1,0 +1,303 @@
+"""Doorbells: cross-process wake-ups through a futex word in shared memory.
+
+A doorbell is an *eventcount*: a 32-bit sequence word plus a waiter flag,
+living in shared memory::
+
+    offset  size  field
+    0       4     seq      bumped by the ringer on every ring; the futex word
+    4       4     waiting  1 while the (single) waiter may be asleep
+
+The waiter first spins for a bounded, adaptive time (a peer with a core of its
+own answers in a microsecond or two), then publishes ``waiting = 1``, reads
+``seq``, re-checks its condition, and sleeps in ``FUTEX_WAIT`` only if ``seq``
+still holds the value it read. The ringer publishes its state change, bumps
+``seq``, and issues ``FUTEX_WAKE`` only when ``waiting`` is set, so a ring
+costs no system call while the peer spins. The kernel compares ``seq``
+atomically with going to sleep, so a ring between the check and the sleep is
+never lost.
+
+Both sides need a full (store-load) barrier between their store and their
+load (a Dekker pattern). Python has no atomics; :func:`fence` is a ctypes call
+into libc, because every such call releases and re-takes the GIL, which takes
+a pthread mutex: a locked instruction on x86-64, an acquire/release pair on
+arm64. Either orders the store before the load.
+
+Never an unbounded spin: after the spin budget the waiter sleeps, and the
+budget shrinks when spinning does not pay (a peer without a core of its own,
+more busy processes than cores), so an oversubscribed machine degrades to
+blocking wake-ups instead of collapsing.
+
+Linux only: futexes on shared mappings work across processes and across
+containers that share the mapping.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import struct
+import time
+from collections.abc import Callable
+
+from ..errors import OperationTimeout
+
+__all__ = ["Doorbell", "SpinPolicy", "fence", "futex_wait", "futex_wake"]
+
+_SYS_FUTEX = {
+    "x86_64": 202,
+    "amd64": 202,
+    "aarch64": 98,
+    "arm64": 98,
+    "riscv64": 98,
+    "ppc64le": 221,
+    "s390x": 238,
+}
+_FUTEX_WAIT = 0
+_FUTEX_WAKE = 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_syscall.argtypes = [
+    ctypes.c_long,
+    ctypes.c_void_p,
+    ctypes.c_int,
+    ctypes.c_uint,
+    ctypes.POINTER(_Timespec),
+    ctypes.c_void_p,
+    ctypes.c_uint,
+]
+
+_NR_FUTEX = _SYS_FUTEX.get(platform.machine().lower())
+
+# Any libc function will do; `abs` is cheap and has no side effects. The call
+# itself is the barrier: ctypes drops and re-takes the GIL around it.
+_barrier = _libc.abs
+_barrier.restype = ctypes.c_int
+_barrier.argtypes = [ctypes.c_int]
+
+
+def fence() -> None:
+    """A full memory barrier between this process's earlier stores and later loads."""
+    _barrier(0)
+
+
+def futex_wait(address: int, expected: int, timeout: float | None) -> bool:
+    """Sleep while the u32 at ``address`` equals ``expected``, at most ``timeout`` s.
+
+    Returns:
+        False if the timeout passed; True if woken, interrupted, or the value
+        already differed (callers re-check their condition either way).
+
+    Raises:
+        OSError: the futex call failed for another reason.
+    """
+    if _NR_FUTEX is None:  # pragma: no cover - exotic architecture
+        time.sleep(min(timeout or 0.001, 0.001))
+        return True
+    spec = None
+    if timeout is not None:
+        timeout = max(timeout, 0.0)
+        sec = int(timeout)
+        spec = _Timespec(sec, int((timeout - sec) * 1e9))
+    result = _syscall(_NR_FUTEX, address, _FUTEX_WAIT, expected & 0xFFFFFFFF, spec, None, 0)
+    if result == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.ETIMEDOUT:
+        return False
+    if err in (errno.EAGAIN, errno.EINTR):
+        return True
+    raise OSError(err, f"futex wait failed: {os.strerror(err)}")
+
+
+def futex_wake(address: int, count: int = 1) -> None:
+    """Wake up to ``count`` waiters sleeping on the u32 at ``address``."""
+    if _NR_FUTEX is None:  # pragma: no cover
+        return
+    _syscall(_NR_FUTEX, address, _FUTEX_WAKE, count, None, None, 0)
+
+
+class SpinPolicy:
+    """An adaptive spin budget, in seconds, for one waiter.
+
+    Two things are tracked after every wait:
+
+    * **the budget follows the waits**: a wait the spin caught leaves it
+      alone; a wait that outlasted the spin but ended within ``maximum``
+      shows that a somewhat longer spin would have caught it, so the budget
+      grows to 1.25 times that wait. This matters because a sleeping peer
+      answers late by its own wake-up latency (a futex wake on a virtual
+      machine can take a few hundred microseconds): a fixed budget below that
+      latency lets both sides of a ping-pong fall asleep and stay asleep. A
+      wait longer than ``maximum`` (the peer is doing real work) halves it.
+    * **whether spinning pays**: a moving score of hits. When more busy
+      processes than cores compete, a spin steals the core the peer needs and
+      long spins keep missing; once the score drops below a quarter the budget
+      falls to ``minimum`` and the waiter sleeps at once. Every 256 waits the
+      policy tries again, so spinning comes back when the machine quietens.
+
+    ``maximum = 0`` disables spinning.
+    """
+
+    __slots__ = ("budget", "minimum", "maximum", "_score", "_count")
+
+    #: How often (in waits) a policy that stopped spinning tries again.
+    PROBE_EVERY = 256
+
+    def __init__(self, maximum: float = 500e-6, minimum: float = 2e-6, initial: float = 100e-6) -> None:
+        if maximum < 0 or minimum < 0:
+            raise ValueError("spin budgets must be >= 0")
+        self.maximum = maximum
+        self.minimum = min(minimum, maximum)
+        self.budget = min(initial, maximum)
+        self._score = 1.0
+        self._count = 0
+
+    def record(self, waited: float) -> None:
+        """Adapt to a wait that lasted ``waited`` seconds in all."""
+        self._count += 1
+        if self._score < 0.25 and self._count % self.PROBE_EVERY == 0:
+            self._score = 0.5
+        hit = waited <= self.budget
+        self._score += ((1.0 if hit else 0.0) - self._score) * 0.0625
+        if hit:
+            return
+        if self._score < 0.25:
+            self.budget = self.minimum
+        elif waited <= self.maximum:
+            self.budget = min(self.maximum, waited * 1.25)
+        else:
+            self.budget = max(self.minimum, self.budget / 2)
+
+    def __repr__(self) -> str:
+        budget, maximum = self.budget * 1e6, self.maximum * 1e6
+        return f"SpinPolicy(budget={budget:.1f}us, max={maximum:.1f}us, score={self._score:.2f})"
+
+
+_U32 = struct.Struct("<I")
+
+#: While blocked, the waiter wakes up this often to run its liveness check.
+CHECK_INTERVAL = 0.05
+
+
+class Doorbell:
+    """One doorbell in shared memory: one ringer, one waiter.
+
+    Args:
+        buf: a writable view of the shared memory holding the doorbell.
+        offset: where its 8 bytes start in ``buf`` (4-byte aligned).
+        address: the address of ``buf[0]`` (for the futex calls).
+    """
+
+    __slots__ = ("_buf", "_offset", "_address")
+
+    SIZE = 8
+
+    def __init__(self, buf: memoryview, offset: int, address: int) -> None:
+        if offset % 4:
+            raise ValueError("a doorbell must be 4-byte aligned")
+        self._buf = buf
+        self._offset = offset
+        self._address = address + offset
+
+    @property
+    def seq(self) -> int:
+        """The current sequence number."""
+        return int(_U32.unpack_from(self._buf, self._offset)[0])
+
+    def ring(self, *, relaxed: bool = False) -> None:
+        """Bump the sequence and wake the waiter if it may be asleep.
+
+        Publish whatever the waiter checks *before* ringing.
+
+        Args:
+            relaxed: skip the barrier. A wake-up can then be missed, so only
+                use it for a doorbell whose waiter sleeps in short slices
+                (``max_sleep``): a rare event where a millisecond is cheap and
+                the barrier on every ring is not.
+        """
+        buf, offset = self._buf, self._offset
+        _U32.pack_into(buf, offset, (_U32.unpack_from(buf, offset)[0] + 1) & 0xFFFFFFFF)
+        if not relaxed:
+            fence()
+        if _U32.unpack_from(buf, offset + 4)[0]:
+            futex_wake(self._address)
+
+    def wait(
+        self,
+        ready: Callable[[], bool],
+        timeout: float | None,
+        *,
+        spin: SpinPolicy | None = None,
+        check: Callable[[], None] | None = None,
+        max_sleep: float = CHECK_INTERVAL,
+    ) -> None:
+        """Block until ``ready()`` is true.
+
+        Args:
+            ready: the condition; must be cheap and side-effect free.
+            timeout: seconds to wait at most; None waits forever (``check``
+                still runs).
+            spin: the spin budget to use and adapt; None does not spin.
+            check: called about every 50 ms while asleep, for liveness; it
+                raises to abort the wait (a dead peer, say).
+            max_sleep: the longest single sleep, in seconds (see ``relaxed``
+                in :meth:`ring`).
+
+        Raises:
+            OperationTimeout: ``timeout`` passed first.
+        """
+        if ready():
+            return
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        if spin is not None and spin.budget > 0:
+            spin_until = start + spin.budget
+            if deadline is not None:
+                spin_until = min(spin_until, deadline)
+            polls = 0
+            # No sched_yield() here: with a third process runnable it hands the
+            # core away for a whole timeslice; the bounded, adaptive budget is
+            # what keeps an oversubscribed machine from collapsing.
+            while True:
+                if ready():
+                    spin.record(time.monotonic() - start)
+                    return
+                polls += 1
+                if polls & 15 == 0 and time.monotonic() >= spin_until:
+                    break
+        buf, offset, address = self._buf, self._offset, self._address
+        last_check = time.monotonic()
+        _U32.pack_into(buf, offset + 4, 1)
+        try:
+            while True:
+                fence()
+                seq = _U32.unpack_from(buf, offset)[0]
+                if ready():
+                    if spin is not None:
+                        spin.record(time.monotonic() - start)
+                    return
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise OperationTimeout(
+                        f"timed out after {timeout:.3g}s waiting for the peer", timeout=timeout
+                    )
+                slice_ = max_sleep if deadline is None else min(max_sleep, deadline - now)
+                futex_wait(address, seq, slice_)
+                if check is not None and time.monotonic() - last_check >= CHECK_INTERVAL:
+                    last_check = time.monotonic()
+                    check()
+        finally:
+            _U32.pack_into(buf, offset + 4, 0)
+
+    def __repr__(self) -> str:
+        return f"<Doorbell at +{self._offset} seq={self.seq}>"

@@ -1,0 +1,465 @@
+"""Ring buffers for per-step traffic.
+
+:class:`MessageRing` carries variable-length messages from one producer
+process to one consumer process through shared memory, with doorbells for
+wake-ups. :class:`SlotRing` recycles fixed-size slab blocks for tensor
+payloads without ever handing out a block a peer still leases.
+"""
+
+from __future__ import annotations
+
+import collections
+import platform
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import BrokenError, ClosedError, InvalidHandle, OperationTimeout, WouldBlock
+from ._layout import CACHE_LINE
+from .doorbell import Doorbell, SpinPolicy, fence
+from .handle import Handle
+from .slab import Block, Slab
+
+__all__ = ["MessageRing", "SlotRing"]
+
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_RECORD = struct.Struct("<II")  # payload length, reserved
+
+_WRAP = 0xFFFFFFFF
+
+_LITTLE = sys.byteorder == "little"
+
+
+def _le64(value: int) -> int:
+    """``value`` as the native u64 whose bytes are its little-endian encoding."""
+    return value if _LITTLE else int.from_bytes(value.to_bytes(8, "little"), sys.byteorder)
+
+
+# Only weakly ordered CPUs need an explicit fence between reading the head and
+# reading the payload it covers.
+_FENCE = platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686")
+
+# The ring's control block, one cache line per field group so the producer's
+# and the consumer's counters never share a line:
+#
+#   offset  size  field
+#   0       8     head: bytes ever written (producer)
+#   64      8     tail: bytes ever consumed (consumer)
+#   128     8     data doorbell: the consumer waits here for messages
+#   192     8     space doorbell: the producer waits here for room
+#   256     4     producer closed flag
+#   260     4     consumer closed flag
+#   320     ...   data: `capacity` bytes of records
+#
+# A record is an 8-byte header (u32 payload length, u32 reserved) and the
+# payload, padded to 8 bytes. A record never wraps: when it does not fit
+# before the end, the producer writes a length of 0xFFFFFFFF there and starts
+# again at offset 0.
+_HEAD = 0
+_TAIL = CACHE_LINE
+_DATA_BELL = 2 * CACHE_LINE
+_SPACE_BELL = 3 * CACHE_LINE
+_PRODUCER_CLOSED = 4 * CACHE_LINE
+_CONSUMER_CLOSED = 4 * CACHE_LINE + 4
+CONTROL_SIZE = 5 * CACHE_LINE
+
+
+def _pad8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+class MessageRing:
+    """A single-producer, single-consumer ring of messages in shared memory.
+
+    Each process builds its own ``MessageRing`` over the same memory and uses
+    it in one role: the producer calls :meth:`put` / :meth:`put_nowait`, the
+    consumer :meth:`get` / :meth:`get_nowait` (or :meth:`peek` then
+    :meth:`pop` to read without a copy).
+
+    Args:
+        buf: a writable view of the shared memory.
+        address: the address of ``buf[0]`` in this process.
+        offset: where the ring starts in ``buf`` (64-byte aligned).
+        capacity: bytes for records, a power of two >= 64.
+        spin: the waiting side's spin policy (None: never spin).
+
+    The largest message is ``capacity // 2 - 8`` bytes, so a message always
+    fits once the ring is drained, wherever the head is.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_base",
+        "_data",
+        "_capacity",
+        "_mask",
+        "_head",
+        "_tail",
+        "data_bell",
+        "space_bell",
+        "spin",
+        "max_message",
+    )
+
+    def __init__(
+        self,
+        buf: memoryview,
+        address: int,
+        offset: int,
+        capacity: int,
+        *,
+        spin: SpinPolicy | None = None,
+    ) -> None:
+        if capacity < 64 or capacity & (capacity - 1):
+            raise ValueError(f"ring capacity must be a power of two >= 64, got {capacity}")
+        if offset % CACHE_LINE:
+            raise ValueError("a ring must start on a cache line")
+        if offset + CONTROL_SIZE + capacity > len(buf):
+            raise ValueError("the ring does not fit in the buffer")
+        self._buf = buf
+        self._base = offset
+        self._data = offset + CONTROL_SIZE
+        self._capacity = capacity
+        self._mask = capacity - 1
+        self.data_bell = Doorbell(buf, offset + _DATA_BELL, address)
+        self.space_bell = Doorbell(buf, offset + _SPACE_BELL, address)
+        self._head: int = _U64.unpack_from(buf, offset + _HEAD)[0]
+        self._tail: int = _U64.unpack_from(buf, offset + _TAIL)[0]
+        self.spin = spin
+        self.max_message = capacity // 2 - _RECORD.size
+
+    @staticmethod
+    def footprint(capacity: int) -> int:
+        """Bytes a ring of ``capacity`` occupies (control block included)."""
+        return CONTROL_SIZE + capacity
+
+    @property
+    def capacity(self) -> int:
+        """Bytes for records."""
+        return self._capacity
+
+    # -- shared state ------------------------------------------------------------
+
+    def _load_head(self) -> int:
+        return int(_U64.unpack_from(self._buf, self._base + _HEAD)[0])
+
+    def _load_tail(self) -> int:
+        return int(_U64.unpack_from(self._buf, self._base + _TAIL)[0])
+
+    @property
+    def producer_closed(self) -> bool:
+        """True once the producer called :meth:`close_producer`."""
+        return bool(_U32.unpack_from(self._buf, self._base + _PRODUCER_CLOSED)[0])
+
+    @property
+    def consumer_closed(self) -> bool:
+        """True once the consumer called :meth:`close_consumer`."""
+        return bool(_U32.unpack_from(self._buf, self._base + _CONSUMER_CLOSED)[0])
+
+    def pending(self) -> int:
+        """Bytes written and not yet consumed (records and padding)."""
+        return self._load_head() - self._load_tail()
+
+    # -- producer ----------------------------------------------------------------
+
+    def put(
+        self, data: Any, timeout: float | None = None, *, check: Callable[[], None] | None = None
+    ) -> None:
+        """Append one message, waiting for room up to ``timeout`` seconds.
+
+        Args:
+            data: a bytes-like object of at most :attr:`max_message` bytes.
+            timeout: seconds to wait for room; None waits indefinitely.
+            check: liveness check run while waiting (see :meth:`Doorbell.wait`).
+
+        Raises:
+            ValueError: the message is larger than :attr:`max_message`.
+            OperationTimeout: no room before the deadline.
+            BrokenError: the consumer closed its end.
+        """
+        self._put(data, timeout, check, blocking=True)
+
+    def put_nowait(self, data: Any) -> None:
+        """Append one message if there is room now.
+
+        Raises:
+            WouldBlock: the ring is full.
+            ValueError: the message is larger than :attr:`max_message`.
+            BrokenError: the consumer closed its end.
+        """
+        self._put(data, 0.0, None, blocking=False)
+
+    def _put(
+        self, data: Any, timeout: float | None, check: Callable[[], None] | None, *, blocking: bool
+    ) -> None:
+        n = len(data) if isinstance(data, (bytes, bytearray)) else memoryview(data).nbytes
+        if n > self.max_message:
+            raise ValueError(f"a {n}-byte message exceeds this ring's limit of {self.max_message} bytes")
+        record = _RECORD.size + _pad8(n)
+        head = self._head
+        pos = head & self._mask
+        room_to_end = self._capacity - pos
+        need = record if record <= room_to_end else room_to_end + record
+        if self._capacity - (head - self._tail) < need:
+            self._tail = self._load_tail()
+            if self._capacity - (head - self._tail) < need:
+                if self.consumer_closed:
+                    raise BrokenError("the ring's consumer has closed")
+                if not blocking:
+                    raise WouldBlock("the ring is full")
+                self._wait_for_room(need, timeout, check)
+        buf = self._buf
+        if record > room_to_end:
+            _RECORD.pack_into(buf, self._data + pos, _WRAP, 0)
+            head += room_to_end
+            pos = 0
+        start = self._data + pos
+        _RECORD.pack_into(buf, start, n, 0)
+        buf[start + 8 : start + 8 + n] = data
+        head += record
+        self._head = head
+        # The payload is in place before the head moves (x86 keeps stores in
+        # order; elsewhere the fence inside ring() orders them too). Head and
+        # tail are published with one 8-byte store: struct.pack_into zeroes
+        # its target before writing it, and a peer that read that transient 0
+        # as the head would take a stale record for a new one.
+        base = self._base + _HEAD
+        buf[base : base + 8].cast("Q")[0] = head if _LITTLE else _le64(head)
+        self.data_bell.ring()
+
+    def _wait_for_room(self, need: int, timeout: float | None, check: Callable[[], None] | None) -> None:
+        def ready() -> bool:
+            self._tail = self._load_tail()
+            return self._capacity - (self._head - self._tail) >= need or self.consumer_closed
+
+        # The consumer rings the space bell without a barrier (one per message
+        # would cost more than the rare full ring saves), so sleep in short slices.
+        self.space_bell.wait(ready, timeout, spin=self.spin, check=check, max_sleep=0.001)
+        if self.consumer_closed and self._capacity - (self._head - self._tail) < need:
+            raise BrokenError("the ring's consumer has closed")
+
+    def close_producer(self) -> None:
+        """Tell the consumer no more messages will come (it gets BrokenError once drained)."""
+        _U32.pack_into(self._buf, self._base + _PRODUCER_CLOSED, 1)
+        self.data_bell.ring()
+
+    # -- consumer ------------------------------------------------------------------
+
+    def _has_data(self) -> bool:
+        return self._load_head() != self._tail
+
+    def peek(self, timeout: float | None = None, *, check: Callable[[], None] | None = None) -> memoryview:
+        """Wait for the next message and return a view of it, without consuming it.
+
+        The view stays valid until :meth:`pop`; call it once done. Release
+        the view (or let it go) before the ring's memory is closed.
+
+        Raises:
+            OperationTimeout: no message before the deadline.
+            BrokenError: the producer closed its end and the ring is empty.
+        """
+        if self._load_head() == self._tail:
+            if self.producer_closed:
+                raise BrokenError("the ring's producer has closed")
+            if timeout == 0:
+                raise WouldBlock("the ring is empty")
+            self.data_bell.wait(self._ready_or_closed, timeout, spin=self.spin, check=check)
+            if self._load_head() == self._tail:
+                raise BrokenError("the ring's producer has closed")
+        if _FENCE:
+            fence()
+        buf = self._buf
+        pos = self._tail & self._mask
+        n = _U32.unpack_from(buf, self._data + pos)[0]
+        if n == _WRAP:
+            self._tail += self._capacity - pos
+            pos = 0
+            n = _U32.unpack_from(buf, self._data)[0]
+        if n > self.max_message:
+            raise BrokenError(f"corrupt ring: a record claims {n} bytes")
+        start = self._data + pos + _RECORD.size
+        return buf[start : start + n]
+
+    def _ready_or_closed(self) -> bool:
+        return self._load_head() != self._tail or self.producer_closed
+
+    def pop(self) -> None:
+        """Consume the message returned by the last :meth:`peek`."""
+        buf = self._buf
+        pos = self._tail & self._mask
+        n = _U32.unpack_from(buf, self._data + pos)[0]
+        tail = self._tail + _RECORD.size + _pad8(n)
+        self._tail = tail
+        base = self._base + _TAIL
+        buf[base : base + 8].cast("Q")[0] = tail if _LITTLE else _le64(tail)  # one store: see _put
+        self.space_bell.ring(relaxed=True)
+
+    def get(self, timeout: float | None = None, *, check: Callable[[], None] | None = None) -> bytes:
+        """Wait for the next message and return a copy of it.
+
+        Raises:
+            OperationTimeout: no message before the deadline.
+            BrokenError: the producer closed its end and the ring is empty.
+        """
+        view = self.peek(timeout, check=check)
+        data = bytes(view)
+        view.release()
+        self.pop()
+        return data
+
+    def get_nowait(self) -> bytes:
+        """Return the next message if one is waiting.
+
+        Raises:
+            WouldBlock: the ring is empty.
+            BrokenError: the producer closed its end and the ring is empty.
+        """
+        return self.get(0)
+
+    def close_consumer(self) -> None:
+        """Tell the producer nobody reads any more (it gets BrokenError)."""
+        _U32.pack_into(self._buf, self._base + _CONSUMER_CLOSED, 1)
+        self.space_bell.ring()
+
+    def __repr__(self) -> str:
+        return f"<MessageRing capacity={self._capacity} pending={self.pending()}>"
+
+
+class SlotRing:
+    """Fixed-size slab blocks recycled in FIFO order, never while leased.
+
+    :meth:`acquire` hands out a free slot (it is *leased* from then on);
+    :meth:`release` takes a lease back, checking the handle's generation.
+    Steady state allocates nothing. When every slot is leased, the policy
+    decides: ``"grow"`` takes a fresh block from the slab (returned to the
+    slab once more than ``depth`` slots are free again), ``"wait"`` blocks
+    until a release or the deadline.
+
+    Args:
+        slab: the slab to carve slots from.
+        slot_size: bytes per slot.
+        depth: slots allocated up front.
+        policy: "grow" or "wait".
+        max_slots: with "grow", the most slots ever leased at once; further
+            acquires wait as with "wait".
+
+    Thread safety: acquire and release may run on different threads.
+    """
+
+    def __init__(
+        self,
+        slab: Slab,
+        slot_size: int,
+        depth: int,
+        *,
+        policy: str = "grow",
+        max_slots: int | None = None,
+    ) -> None:
+        if depth < 1:
+            raise ValueError("a slot ring needs depth >= 1")
+        if policy not in ("grow", "wait"):
+            raise ValueError(f"policy must be 'grow' or 'wait', got {policy!r}")
+        self._slab = slab
+        self.slot_size = slot_size
+        self.depth = depth
+        self.policy = policy
+        self.max_slots = max_slots
+        self._free: collections.deque[Block] = collections.deque()
+        self._leased: dict[tuple[int, int], Block] = {}
+        # A plain Lock: acquire/release run every step, and RLock is slower.
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        for _ in range(depth):
+            self._free.append(slab.alloc(slot_size))
+        self._total = depth
+
+    @property
+    def leased(self) -> int:
+        """Slots handed out and not released."""
+        return len(self._leased)
+
+    @property
+    def total(self) -> int:
+        """Slots owned by the ring, free or leased."""
+        return self._total
+
+    def acquire(self, timeout: float | None = None) -> Block:
+        """Lease the next free slot.
+
+        Raises:
+            OperationTimeout: no slot became free before the deadline.
+            WouldBlock: ``timeout == 0`` and no slot is free.
+            ClosedError: the ring is closed.
+        """
+        with self._cond:
+            if self._closed:
+                raise ClosedError("the slot ring is closed")
+            if not self._free:
+                self._make_room(timeout)
+            block = self._free.popleft()
+            # Renew under the lock that release() checks generations under, so
+            # a stale handle of the previous lease can never release this one.
+            self._slab.renew(block)
+            block.nbytes = self.slot_size
+            self._leased[(block.segment, block.offset)] = block
+        return block
+
+    def _make_room(self, timeout: float | None) -> None:
+        if self.policy == "grow" and (self.max_slots is None or self._total < self.max_slots):
+            self._free.append(self._slab.alloc(self.slot_size))
+            self._total += 1
+            return
+        if timeout == 0:
+            raise WouldBlock("every slot is leased")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._free:
+            if self._closed:
+                raise ClosedError("the slot ring is closed")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise OperationTimeout(
+                    f"every slot is leased and none was released within {timeout:.3g}s",
+                    timeout=timeout,
+                )
+            self._cond.wait(remaining)
+
+    def release(self, handle: Handle) -> None:
+        """Take back the lease a handle names.
+
+        Raises:
+            InvalidHandle: the handle is forged, stale, or not leased from this ring.
+        """
+        with self._cond:
+            block = self._slab.resolve(handle)
+            if self._leased.pop((block.segment, block.offset), None) is None:
+                raise InvalidHandle(f"{handle} is not leased from this slot ring")
+            if len(self._free) >= self.depth and self._total > self.depth:
+                # Shrink back once the burst that grew the ring is over.
+                self._total -= 1
+                self._slab.free(block)
+            else:
+                self._free.append(block)
+            self._cond.notify()
+
+    def release_all(self) -> int:
+        """Take back every lease (the peer went away); returns how many there were."""
+        with self._cond:
+            blocks = list(self._leased.values())
+            self._leased.clear()
+            for block in blocks:
+                self._free.append(block)
+            self._cond.notify_all()
+        return len(blocks)
+
+    def close(self) -> None:
+        """Wake any waiter with ClosedError; the slab still owns the memory. Idempotent."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __repr__(self) -> str:
+        return f"<SlotRing slot={self.slot_size} depth={self.depth} total={self._total} leased={self.leased}>"

@@ -1,0 +1,309 @@
+"""``Segment``: one POSIX shared-memory object, mapped into this process."""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+import weakref
+from mmap import mmap
+from typing import Any
+
+from .._buffers import buffer_address
+from ..errors import BusyError, ClosedError, ShmError
+from . import _posix
+from ._layout import SEGMENT_HEADER, SegmentKind
+
+__all__ = ["Segment"]
+
+
+def _release(fd: int, mapping: mmap, name: str | None, pid: int, warn: bool) -> None:
+    # Captures only raw resources, never the Segment (weakref.finalize rule).
+    # Clean up first: under `-W error` the warning raises, and must not leak.
+    try:
+        mapping.close()
+    except BufferError:
+        # Views are still exported; they keep the mapping alive on their own.
+        pass
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    if name is not None and os.getpid() == pid:
+        _posix.unlink(name)
+    if warn:
+        warnings.warn(
+            f"rlmesh shared-memory segment {name or '(attached)'} was not closed explicitly",
+            ResourceWarning,
+            stacklevel=2,
+        )
+
+
+class Segment:
+    """A shared-memory segment mapped into this process.
+
+    Lifetime:
+        :meth:`create` makes a new segment; this process is its *creator* and
+        the only one that may :meth:`unlink` its name. :meth:`attach` maps a
+        segment someone else created. :meth:`close` lets go of the mapping (a
+        creator's close also unlinks the name, unless it was unlinked
+        already). A segment left unclosed is cleaned up when garbage
+        collected, with a ``ResourceWarning``; after ``fork()`` the child
+        never unlinks its parent's segments.
+
+        While views handed out through :meth:`pin` are alive, the mapping must
+        stay: :meth:`close` raises :class:`BusyError`, and
+        :meth:`close_when_unpinned` defers the close to the last unpin.
+
+    The first 64 bytes hold the header (see ``_layout``); ``payload_offset``
+    is where usable memory starts.
+    """
+
+    # Class defaults make close() safe on a half-built object.
+    _fd = -1
+    _mapping: mmap | None = None
+    _name = ""
+    _size = 0
+    _address = 0
+    _creator = False
+    _unlinked = False
+    _readonly = False
+    _pid = 0
+    _pins = 0
+    _close_pending = False
+    _finalizer: weakref.finalize[..., Segment] | None = None
+    _lock: threading.Lock
+    _buf: memoryview
+    _rbuf: memoryview
+
+    payload_offset = SEGMENT_HEADER
+
+    def __init__(self) -> None:
+        raise TypeError("use Segment.create() or Segment.attach()")
+
+    @classmethod
+    def create(cls, size: int, kind: SegmentKind = SegmentKind.OTHER) -> Segment:
+        """Create and map a new segment of ``size`` bytes (header included).
+
+        Raises:
+            ShmCapacityError: /dev/shm has no room; nothing is left behind.
+            ShmError: the segment could not be created.
+        """
+        name, fd, mapping = _posix.create(size, kind)
+        return cls._wrap(name, fd, mapping, creator=True, readonly=False)
+
+    @classmethod
+    def attach(cls, name: str, size: int | None = None, *, readonly: bool = False) -> Segment:
+        """Map an existing rlmesh segment after checking its name, owner, mode and size.
+
+        Raises:
+            ShmError: the segment is missing, not ours, or not what was announced.
+        """
+        fd, mapping = _posix.attach(name, size, readonly=readonly)
+        return cls._wrap(name.lstrip("/"), fd, mapping, creator=False, readonly=readonly)
+
+    @classmethod
+    def _wrap(cls, name: str, fd: int, mapping: mmap, *, creator: bool, readonly: bool) -> Segment:
+        self = cls.__new__(cls)
+        self._lock = threading.Lock()
+        self._fd = fd
+        self._mapping = mapping
+        self._name = name
+        self._size = len(mapping)
+        self._creator = creator
+        self._readonly = readonly
+        self._pid = os.getpid()
+        try:
+            self._address = buffer_address(mapping)
+            self._buf = memoryview(mapping)
+            self._rbuf = self._buf.toreadonly()
+        except BaseException:
+            _release(fd, mapping, name if creator else None, self._pid, False)
+            raise
+        self._finalizer = weakref.finalize(
+            self, _release, fd, mapping, name if creator else None, self._pid, True
+        )
+        return self
+
+    # -- properties -----------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The segment's name, without the leading slash."""
+        return self._name
+
+    @property
+    def size(self) -> int:
+        """Total bytes, header included."""
+        return self._size
+
+    @property
+    def address(self) -> int:
+        """The address of the first byte of the mapping in this process."""
+        self._check_open()
+        return self._address
+
+    @property
+    def buf(self) -> memoryview:
+        """A view of the whole mapping (read-only for read-only attaches).
+
+        Slices of it hold the mapping: :meth:`close` raises :class:`BusyError`
+        until they are released.
+        """
+        self._check_open()
+        return self._buf
+
+    @property
+    def readonly_buf(self) -> memoryview:
+        """A read-only view of the whole mapping (same caveats as :attr:`buf`)."""
+        self._check_open()
+        return self._rbuf
+
+    @property
+    def is_creator(self) -> bool:
+        """True in the process (and thread of ownership) that created it."""
+        return self._creator and os.getpid() == self._pid
+
+    @property
+    def readonly(self) -> bool:
+        """True if mapped without write access."""
+        return self._readonly
+
+    @property
+    def closed(self) -> bool:
+        """True once closed."""
+        return self._finalizer is None or not self._finalizer.alive
+
+    @property
+    def pins(self) -> int:
+        """Views handed out through :meth:`pin` that are still alive."""
+        return self._pins
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ClosedError(f"shared-memory segment {self._name} is closed")
+
+    def check_range(self, offset: int, nbytes: int) -> None:
+        """Check that ``[offset, offset + nbytes)`` lies inside the segment.
+
+        Python ints do not overflow, but the checks are written as if they
+        could (``nbytes <= size - offset``) so that they read the same in C.
+
+        Raises:
+            ShmError: the range is negative or out of bounds.
+        """
+        if (
+            type(offset) is not int
+            or type(nbytes) is not int
+            or offset < 0
+            or nbytes < 0
+            or offset > self._size
+            or nbytes > self._size - offset
+        ):
+            raise ShmError(
+                f"range [{offset}, +{nbytes}) is outside segment {self._name} of {self._size} bytes"
+            )
+
+    # -- pins -------------------------------------------------------------------
+
+    def pin(self) -> None:
+        """Record one more live view that needs the mapping.
+
+        Raises:
+            ClosedError: the segment is closed, or closing once unpinned.
+        """
+        with self._lock:
+            if self.closed or self._close_pending:
+                raise ClosedError(f"shared-memory segment {self._name} is closed")
+            self._pins += 1
+
+    def unpin(self) -> None:
+        """Record that a pinned view died; may finish a deferred close."""
+        with self._lock:
+            self._pins -= 1
+            finish = self._close_pending and self._pins == 0
+        if finish:
+            try:
+                self._close_now()
+            except BusyError:
+                pass  # a stray slice is still alive; the finalizer unmaps later
+
+    # -- closing ---------------------------------------------------------------
+
+    def unlink(self) -> None:
+        """Remove the segment's name now; mappings (ours and peers') stay valid.
+
+        Raises:
+            PermissionError: this process is not the segment's creator.
+        """
+        if not self.is_creator:
+            raise PermissionError(f"only the creator of segment {self._name} may unlink it")
+        if not self._unlinked:
+            self._unlinked = True
+            _posix.unlink(self._name)
+
+    def close(self) -> None:
+        """Unmap the segment and close its descriptor; a creator also unlinks it.
+
+        Idempotent.
+
+        Raises:
+            BusyError: views of the segment are still alive (pinned views,
+                memoryview slices, numpy arrays over them). Nothing is closed.
+        """
+        if self.closed:
+            return
+        if self._pins:
+            raise BusyError(
+                f"{self._pins} view(s) of shared-memory segment {self._name} are still alive; "
+                "drop them (and any numpy or JAX arrays made from them) before close()"
+            )
+        self._close_now()
+
+    def close_when_unpinned(self) -> None:
+        """Close now if no pinned views are alive, else when the last one dies.
+
+        Never raises for live views; use it when the owner of the mapping goes
+        away while the user may still hold arrays over it.
+        """
+        with self._lock:
+            if self.closed:
+                return
+            if self._pins:
+                self._close_pending = True
+                return
+        self._close_now()
+
+    def _close_now(self) -> None:
+        finalizer = self._finalizer
+        if finalizer is None or not finalizer.alive:
+            return
+        try:
+            self._rbuf.release()
+            self._buf.release()
+            assert self._mapping is not None
+            self._mapping.close()
+        except BufferError:
+            # Re-export the mapping: the segment stays usable after the failed close.
+            self._buf = memoryview(self._mapping)  # type: ignore[arg-type]
+            self._rbuf = self._buf.toreadonly()
+            raise BusyError(
+                f"views of shared-memory segment {self._name} are still alive (memoryview slices "
+                "or arrays over them); release them before close()"
+            ) from None
+        finalizer.detach()
+        os.close(self._fd)
+        if self.is_creator and not self._unlinked:
+            self._unlinked = True
+            _posix.unlink(self._name)
+
+    def __enter__(self) -> Segment:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"pins={self._pins}"
+        role = "creator" if self._creator else ("attached ro" if self._readonly else "attached")
+        return f"<Segment {self._name!r} size={self._size} {role} {state}>"
