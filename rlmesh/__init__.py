@@ -46,6 +46,8 @@ from .values import sanitize_metadata as sanitize_metadata
 
 if TYPE_CHECKING:
     from . import spaces as spaces, specs as specs
+    from .client import RemoteEnv as RemoteEnv, RemoteVectorEnv as RemoteVectorEnv
+    from .server import EnvServer as EnvServer, ServeOptions as ServeOptions
 
 __version__ = "0.1.0"
 
@@ -55,6 +57,10 @@ __version__ = "0.1.0"
 _LAZY: dict[str, tuple[str, str | None]] = {
     "spaces": ("rlmesh.spaces", None),
     "specs": ("rlmesh.specs", None),
+    "EnvServer": ("rlmesh.server", "EnvServer"),
+    "ServeOptions": ("rlmesh.server", "ServeOptions"),
+    "RemoteEnv": ("rlmesh.client", "RemoteEnv"),
+    "RemoteVectorEnv": ("rlmesh.client", "RemoteVectorEnv"),
 }
 
 
@@ -75,6 +81,10 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "BackendUnavailable",
+    "EnvServer",
+    "RemoteEnv",
+    "RemoteVectorEnv",
+    "ServeOptions",
     "BrokenError",
     "BusyError",
     "ClosedError",

@@ -1,7 +1,7 @@
 """``rlmesh.numpy``: the NumPy backend.
 
-Value helpers with tensor leaves decoded to NumPy arrays (the clients come with
-the control channel). Install with ``pip install "rlmesh[numpy]"``.
+The same clients, models and value helpers as the rest of rlmesh, with tensor
+leaves decoded to NumPy arrays. Install with ``pip install "rlmesh[numpy]"``.
 
 Conversion semantics:
 
@@ -14,6 +14,44 @@ Conversion semantics:
 
 from __future__ import annotations
 
-from .backends.numpy import asarray, ensure_available, from_array, space_from_spec
+from typing import Any
 
-__all__ = ["asarray", "ensure_available", "from_array", "space_from_spec"]
+from .backends.numpy import BRIDGE, asarray, ensure_available, from_array, space_from_spec
+from .client import RemoteEnv as _RemoteEnv, RemoteVectorEnv as _RemoteVectorEnv
+
+__all__ = ["RemoteEnv", "RemoteVectorEnv", "asarray", "ensure_available", "from_array", "space_from_spec"]
+
+#: What a NumPy client's values are: primitives, arrays, and containers of them.
+NumpyValue = Any
+
+
+class RemoteEnv(_RemoteEnv):
+    """NumPy-backed remote client for a single environment.
+
+    Observations are writable NumPy arrays (copies); rewards and flags are
+    Python scalars; actions may be NumPy arrays, NumPy scalars or primitives.
+
+    Example:
+        >>> from rlmesh.numpy import RemoteEnv                 # doctest: +SKIP
+        >>> env = RemoteEnv("127.0.0.1:5555")                  # doctest: +SKIP
+        >>> observation, info = env.reset(seed=42)             # doctest: +SKIP
+        >>> observation, reward, terminated, truncated, info = env.step(0)  # doctest: +SKIP
+        >>> env.close()                                        # doctest: +SKIP
+    """
+
+    _bridge = BRIDGE
+
+    def _ensure_backend(self) -> None:
+        ensure_available()
+
+
+class RemoteVectorEnv(_RemoteVectorEnv):
+    """NumPy-backed remote client for a vector environment.
+
+    Batched observations, rewards, terminations and truncations are NumPy arrays.
+    """
+
+    _bridge = BRIDGE
+
+    def _ensure_backend(self) -> None:
+        ensure_available()

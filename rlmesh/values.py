@@ -69,7 +69,17 @@ def encode_metadata(obj: Any) -> Any:
             string; the message names :func:`rlmesh.sanitize_metadata`.
         ValueError: the tree is cyclic or nested deeper than :data:`MAX_DEPTH`.
     """
+    if type(obj) is dict:
+        # The common case, per step: a flat dict of str keys and plain scalars.
+        for key, value in obj.items():
+            if type(key) is not str or type(value) not in _PLAIN:
+                break
+        else:
+            return dict(obj)
     return _encode(obj, 0, "", set())
+
+
+_PLAIN = frozenset((str, float, bool, type(None), bytes))
 
 
 def _encode(obj: Any, depth: int, path: str, active: set[int]) -> Any:

@@ -116,3 +116,64 @@ def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float =
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "allow_leaks: skip the leak check (for tests of the check itself)")
+
+
+# -- serving helpers ---------------------------------------------------------------
+
+TRANSPORTS = ["unix-shm", "unix-inline", "tcp-shm", "tcp-inline"]
+
+
+def bind_address(transport: str, tmp_path: Path) -> str:
+    """A fresh bind address for a transport id ("unix-shm", "tcp-inline", ...)."""
+    if transport.startswith("unix"):
+        for i in range(1000):
+            path = tmp_path / f"env{i}.sock"
+            if not path.exists():
+                return f"unix://{path}"
+    return "tcp://127.0.0.1:0"
+
+
+class Served:
+    """An in-process EnvServer and a client factory for one transport."""
+
+    def __init__(self, env: object, transport: str, tmp_path: Path, **server_kwargs: object) -> None:
+        import rlmesh
+
+        self.transport = transport
+        self.server = rlmesh.EnvServer(env, bind_address(transport, tmp_path), **server_kwargs)  # type: ignore[arg-type]
+        self.server.start()
+        self.clients: list[object] = []
+
+    @property
+    def shm(self) -> bool:
+        return self.transport.endswith("shm")
+
+    def client(self, cls: type | None = None, **kwargs: object) -> object:
+        import rlmesh
+
+        cls = cls or rlmesh.RemoteEnv
+        kwargs.setdefault("shared_memory", self.shm)
+        kwargs.setdefault("request_timeout_seconds", 30)
+        client = cls(self.server.address, **kwargs)
+        self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()  # type: ignore[attr-defined]
+        self.server.shutdown()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[object]:
+    """serve(env, transport, **server_kwargs) -> Served; everything is shut down after the test."""
+    created: list[Served] = []
+
+    def make(env: object, transport: str = "unix-shm", **server_kwargs: object) -> Served:
+        served = Served(env, transport, tmp_path, **server_kwargs)
+        created.append(served)
+        return served
+
+    yield make
+    for served in created:
+        served.close()

@@ -66,9 +66,7 @@ GYM_SPACES: dict[str, Any] = {
     "multibinary int": G.MultiBinary(4),
     "multibinary 2d": G.MultiBinary([2, 3]),
     "multidiscrete 1d": G.MultiDiscrete([3, 4], start=[1, -2]),
-    "multidiscrete 2d": G.MultiDiscrete(
-        np.array([[2, 3], [4, 5]]), start=np.array([[0, 1], [2, 3]])
-    ),
+    "multidiscrete 2d": G.MultiDiscrete(np.array([[2, 3], [4, 5]]), start=np.array([[0, 1], [2, 3]])),
     "nested": G.Dict(
         [
             ("z", G.Discrete(2)),
@@ -293,9 +291,7 @@ print(json.dumps(messages))
     )
     messages = json.loads(out)
     assert len(messages) == 2
-    assert all(
-        is_import_error and "rlmesh[gymnasium]" in text for is_import_error, text in messages
-    )
+    assert all(is_import_error and "rlmesh[gymnasium]" in text for is_import_error, text in messages)
     out = run_python(
         """
 import sys
@@ -375,9 +371,7 @@ def test_box_bounds_from_numpy_arrays() -> None:
     assert Box(np.float32(-1.0), np.float64(1.0), (2,)) == Box(-1.0, 1.0, (2,))
     box = Box(np.full((2,), -np.inf), np.full((2,), np.inf), dtype=np.float32)
     assert box == Box("-inf", "inf", (2,)) and box.dtype == "float32"
-    bf = Box(
-        np.zeros(2, ml_dtypes.bfloat16), np.ones(2, ml_dtypes.bfloat16), dtype=ml_dtypes.bfloat16
-    )
+    bf = Box(np.zeros(2, ml_dtypes.bfloat16), np.ones(2, ml_dtypes.bfloat16), dtype=ml_dtypes.bfloat16)
     assert bf.dtype == "bfloat16" and bf == Box(0.0, 1.0, (2,), "bfloat16")
 
 

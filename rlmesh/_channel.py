@@ -1,0 +1,236 @@
+"""Channels: how one session's messages travel after the handshake.
+
+:class:`SocketChannel` sends frames on the socket (tensors inline in the
+frame tail). :class:`RingChannel` sends messages through two shared-memory
+message rings (tensors as slab handles) and keeps the socket as the
+session's lifeline: a peer that dies closes its socket, which the waiting
+side notices within one liveness interval (50 ms) even while asleep on a
+futex. A message too large for a ring goes on the socket, announced by a
+SPILL marker in the ring so the order of messages is kept.
+
+The channel segment's layout::
+
+    offset          size                 field
+    0               64                   segment header
+    64              64                   token (32 random bytes, then zeros)
+    128             ring(req capacity)   client -> server ring
+    ...             ring(resp capacity)  server -> client ring
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from . import _protocol as P
+from .errors import BrokenError, OperationTimeout
+from .net.framing import body_layout, split_body
+from .net.stream import SocketStream
+from .shm import MessageRing, Segment, SpinPolicy
+from .shm._layout import CACHE_LINE, align_up
+
+__all__ = ["Channel", "Message", "RingChannel", "SocketChannel", "channel_layout"]
+
+_HEAD_LEN = struct.Struct("<I")
+_SPILL = msgpack.packb([P.SPILL])
+_TOKEN_OFFSET = 64
+_TOKEN_SIZE = 32
+_RINGS_OFFSET = 128
+
+
+class Message:
+    """One received message: its head and tail views.
+
+    Call :meth:`done` once decoded: for a ring message the views point into
+    the ring and become invalid then.
+    """
+
+    __slots__ = ("head", "tail", "tail_address", "_done")
+
+    def __init__(
+        self, head: memoryview, tail: memoryview, tail_address: int, done: Callable[[], None] | None
+    ) -> None:
+        self.head = head
+        self.tail = tail
+        self.tail_address = tail_address
+        self._done = done
+
+    @property
+    def in_ring(self) -> bool:
+        """True if the views point into a ring (copy what must outlive done())."""
+        return self._done is not None
+
+    def done(self) -> None:
+        """Release the message's memory."""
+        done, self._done = self._done, None
+        if done is not None:
+            self.head.release()
+            self.tail.release()
+            done()
+
+
+class Channel:
+    """Sends and receives messages of one session.
+
+    Lifetime: owns nothing but its rings' views; the session owns the stream
+    and the segments.
+    """
+
+    stream: SocketStream
+    data_plane = "inline"
+
+    def send(self, head: bytes, tail: Any = None, *, timeout: float | None = None) -> None:
+        """Send one message (``tail`` is a TailBuilder or None).
+
+        Raises:
+            OperationTimeout: the peer did not make room in time.
+            BrokenError: the peer is gone.
+        """
+        raise NotImplementedError
+
+    def recv(self, timeout: float | None = None, check: Callable[[], None] | None = None) -> Message:
+        """Receive one message.
+
+        Raises:
+            OperationTimeout: nothing arrived before the deadline.
+            BrokenError: the peer is gone.
+        """
+        raise NotImplementedError
+
+    def peer_check(self) -> None:
+        """Raise BrokenError if the peer has gone away (closed its socket)."""
+        if self.stream.peer_gone():
+            raise BrokenError("the peer closed the connection")
+
+    def close(self) -> None:
+        """Stop using the channel. Idempotent."""
+
+
+class SocketChannel(Channel):
+    """Messages as frames on the socket."""
+
+    def __init__(self, stream: SocketStream) -> None:
+        self.stream = stream
+
+    def send(self, head: bytes, tail: Any = None, *, timeout: float | None = None) -> None:  # noqa: D102
+        self.stream.send(head, tail.parts if tail is not None and tail.size else (), timeout=timeout)
+
+    def recv(self, timeout: float | None = None, check: Callable[[], None] | None = None) -> Message:  # noqa: D102
+        if check is None:
+            head, tail, address = self.stream.recv_frame(timeout)
+            return Message(head, tail, address, None)
+        # Wake up now and then to run `check` (the server's stop flag).
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise OperationTimeout(f"no message within {timeout:.3g}s", timeout=timeout)
+            if self.stream.wait_readable(0.1 if remaining is None else min(0.1, remaining)):
+                head, tail, address = self.stream.recv_frame(remaining)
+                return Message(head, tail, address, None)
+            check()
+
+
+def channel_layout(req_capacity: int, resp_capacity: int) -> tuple[int, int, int]:
+    """``(segment size, request ring offset, response ring offset)``."""
+    req_offset = _RINGS_OFFSET
+    resp_offset = align_up(req_offset + MessageRing.footprint(req_capacity), CACHE_LINE)
+    size = align_up(resp_offset + MessageRing.footprint(resp_capacity), 4096)
+    return size, req_offset, resp_offset
+
+
+def write_token(segment: Segment) -> str:
+    """Write a fresh random token into a channel segment and return it (hex)."""
+    token = secrets.token_bytes(_TOKEN_SIZE)
+    segment.buf[_TOKEN_OFFSET : _TOKEN_OFFSET + _TOKEN_SIZE] = token
+    return token.hex()
+
+
+def read_token(segment: Segment) -> str:
+    """Read the token a server wrote into a channel segment (hex)."""
+    return bytes(segment.buf[_TOKEN_OFFSET : _TOKEN_OFFSET + _TOKEN_SIZE]).hex()
+
+
+class RingChannel(Channel):
+    """Messages through two shared-memory rings; the socket stays the lifeline.
+
+    Args:
+        stream: the session's socket.
+        segment: the channel segment.
+        tx_offset, tx_capacity: the ring this side writes.
+        rx_offset, rx_capacity: the ring this side reads.
+        spin: the receive side's spin policy.
+    """
+
+    data_plane = "shm"
+
+    def __init__(
+        self,
+        stream: SocketStream,
+        segment: Segment,
+        tx: tuple[int, int],
+        rx: tuple[int, int],
+        spin: SpinPolicy | None,
+    ) -> None:
+        self.stream = stream
+        self.segment = segment
+        buf, address = segment.buf, segment.address
+        self.tx = MessageRing(buf, address, tx[0], tx[1], spin=spin)
+        self.rx = MessageRing(buf, address, rx[0], rx[1], spin=spin)
+        self._closed = False
+
+    def send(self, head: bytes, tail: Any = None, *, timeout: float | None = None) -> None:  # noqa: D102
+        tx = self.tx
+        tail_size = tail.size if tail is not None else 0
+        head_len = len(head)
+        body_len, padding = body_layout(head_len, tail_size)
+        if body_len <= tx.max_message:
+            if tail_size:
+                parts = [_HEAD_LEN.pack(head_len), head, bytes(padding), *tail.parts]
+                tx.put(b"".join(parts), timeout, check=self.peer_check)
+            else:
+                tx.put(_HEAD_LEN.pack(head_len) + head, timeout, check=self.peer_check)
+            return
+        tx.put(_HEAD_LEN.pack(len(_SPILL)) + _SPILL, timeout, check=self.peer_check)
+        self.stream.send(head, tail.parts if tail_size else (), timeout=timeout)
+
+    def recv(self, timeout: float | None = None, check: Callable[[], None] | None = None) -> Message:  # noqa: D102
+        rx = self.rx
+        if check is None:
+            check = self.peer_check
+        else:
+            extra = check
+
+            def check() -> None:
+                extra()
+                self.peer_check()
+
+        view = rx.peek(timeout, check=check)
+        head, tail = split_body(view)
+        if len(head) == 1 and head[0] == _SPILL[0] and bytes(head) == _SPILL:
+            head.release()
+            tail.release()
+            view.release()
+            rx.pop()
+            frame_head, frame_tail, address = self.stream.recv_frame(timeout)
+            return Message(frame_head, frame_tail, address, None)
+        view.release()
+        # Ring tails are not 64-byte aligned and die at done(): receivers
+        # copy inline tensors out of them, so no address is needed.
+        return Message(head, tail, 0, rx.pop)
+
+    def close(self) -> None:
+        """Tell the peer this side is done with both rings. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.tx.close_producer()
+            self.rx.close_consumer()
+        except (ValueError, TypeError):
+            pass  # the segment's memory is already gone

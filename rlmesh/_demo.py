@@ -1,0 +1,273 @@
+"""The demo's envs and the measurement engine shared by ``rlmesh demo`` and ``rlmesh bench``.
+
+A *cell* serves one workload in a fresh ``rlmesh serve`` subprocess and drives
+it from this process for a fixed time through one transport:
+
+* ``shm``: a Unix socket, observations through shared memory;
+* ``unix``: a Unix socket, tensors copied inline (``shared_memory=False``);
+* ``tcp``: TCP on loopback, tensors copied inline (the fallback path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["ImageEnv", "TRANSPORTS", "WORKLOADS", "Cell", "measure", "run_cells", "start_server"]
+
+#: Observation sizes of the demo's image workloads.
+WORKLOADS: dict[str, tuple[str, dict[str, Any]]] = {
+    "CartPole-v1": ("CartPole-v1", {}),
+    "28 KiB obs": ("rlmesh._demo:ImageEnv", {"nbytes": 28 * 1024}),
+    "150 KiB obs": ("rlmesh._demo:ImageEnv", {"nbytes": 150 * 1024}),
+    "4 MiB obs": ("rlmesh._demo:ImageEnv", {"nbytes": 4 * 1024 * 1024}),
+}
+
+TRANSPORTS = ("shm", "unix", "tcp")
+
+
+class ImageEnv:
+    """An env whose observation is a uint8 image of about ``nbytes`` bytes.
+
+    Each step writes the step count into the first row of a new frame (two
+    frames alternate), so every observation differs from the last and the
+    env's own work stays small next to moving the frame.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+    render_mode = None
+
+    def __init__(self, nbytes: int = 28 * 1024, episode_length: int = 1000) -> None:
+        import numpy as np
+
+        from . import spaces
+
+        width = 64
+        height = max(1, nbytes // (width * 4))
+        self.observation_space = spaces.Box(0, 255, (height, width, 4), "uint8")
+        self.action_space = spaces.Discrete(2)
+        self._frames = [np.zeros((height, width, 4), np.uint8) for _ in range(2)]
+        self._t = 0
+        self._episode_length = episode_length
+
+    def _frame(self) -> Any:
+        frame = self._frames[self._t & 1]
+        frame[0, :8, 0] = self._t & 0xFF
+        return frame
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Start an episode."""
+        self._t = 0
+        return self._frame(), {}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Advance one step."""
+        self._t += 1
+        return self._frame(), 1.0, False, self._t >= self._episode_length, {}
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class Cell:
+    """One measurement's result."""
+
+    def __init__(
+        self, workload: str, transport: str, steps_per_s: float, obs_bytes: int, rounds: list[float]
+    ) -> None:
+        self.workload = workload
+        self.transport = transport
+        self.steps_per_s = steps_per_s
+        self.obs_bytes = obs_bytes
+        self.rounds = rounds
+
+    @property
+    def mb_per_s(self) -> float:
+        """Observation megabytes (10**6 bytes) moved per second."""
+        return self.steps_per_s * self.obs_bytes / 1e6
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able summary."""
+        return {
+            "workload": self.workload,
+            "transport": self.transport,
+            "steps_per_s": round(self.steps_per_s, 1),
+            "mb_per_s": round(self.mb_per_s, 2),
+            "obs_bytes": self.obs_bytes,
+            "rounds_steps_per_s": [round(r, 1) for r in self.rounds],
+        }
+
+
+def start_server(
+    target: str, kwargs: dict[str, Any], address: str, *, python: str | None = None, timeout: float = 60.0
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``rlmesh serve`` in a subprocess; return it and its bound address.
+
+    Raises:
+        RuntimeError: the server did not report its address in time.
+    """
+    read_fd, write_fd = os.pipe()
+    cmd = [
+        python or sys.executable,
+        "-m",
+        "rlmesh",
+        "serve",
+        target,
+        "--address",
+        address,
+        "--ready-fd",
+        str(write_fd),
+    ]
+    if kwargs:
+        cmd += ["--kwargs-json", json.dumps(kwargs)]
+    proc = subprocess.Popen(cmd, pass_fds=(write_fd,), stdout=subprocess.DEVNULL)
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd, "r") as ready:
+            import select
+
+            readable, _, _ = select.select([ready], [], [], timeout)
+            line = ready.readline().strip() if readable else ""
+        if not line:
+            raise RuntimeError(f"`rlmesh serve {target}` did not report its address within {timeout}s")
+        return proc, line
+    except BaseException:
+        stop_server(proc)
+        raise
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server subprocess: SIGTERM, then SIGKILL after 5 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def measure(env: Any, seconds: float, rounds: int = 3) -> list[float]:
+    """Step ``env`` (reset when an episode ends) for ``seconds`` per round; steps/s per round."""
+    env.reset(seed=0)
+    for _ in range(50):  # warm up: segments mapped, spin budgets settled
+        _, _, terminated, truncated, _ = env.step(0)
+        if terminated or truncated:
+            env.reset()
+    results = []
+    for _ in range(rounds):
+        steps = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        while True:
+            for _ in range(64):
+                _, _, terminated, truncated, _ = env.step(steps & 1)
+                steps += 1
+                if terminated or truncated:
+                    env.reset()
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+        results.append(steps / (now - start))
+    return results
+
+
+def run_cells(
+    workloads: Sequence[str],
+    transports: Sequence[str],
+    *,
+    seconds: float = 1.0,
+    rounds: int = 3,
+    progress: Callable[[str], None] | None = None,
+) -> list[Cell]:
+    """Measure every workload over every transport with the NumPy client."""
+    from .numpy import RemoteEnv
+
+    cells: list[Cell] = []
+    with tempfile.TemporaryDirectory(prefix="rlmesh-demo-") as tmp:
+        for workload in workloads:
+            target, kwargs = WORKLOADS[workload]
+            servers = {}
+            try:
+                if {"shm", "unix"} & set(transports):
+                    servers["unix"] = start_server(target, kwargs, f"unix://{tmp}/{len(cells)}.sock")
+                if "tcp" in transports:
+                    servers["tcp"] = start_server(target, kwargs, "tcp://127.0.0.1:0")
+                for transport in transports:
+                    address = servers["tcp" if transport == "tcp" else "unix"][1]
+                    env = RemoteEnv(address, shared_memory=transport == "shm", connect_timeout_seconds=30)
+                    try:
+                        obs_bytes = int(
+                            env.observation_space_spec.shape and _nbytes(env.observation_space_spec)
+                        )
+                        per_round = measure(env, seconds, rounds)
+                    finally:
+                        env.close()
+                    cell = Cell(workload, transport, statistics.median(per_round), obs_bytes, per_round)
+                    cells.append(cell)
+                    if progress is not None:
+                        progress(f"{workload:>12} over {transport:<4}: {cell.steps_per_s:>9,.0f} steps/s")
+            finally:
+                for proc, _ in servers.values():
+                    stop_server(proc)
+    return cells
+
+
+def _nbytes(spec: Any) -> int:
+    from ._dtypes import DTYPES
+
+    count = 1
+    for dim in spec.shape:
+        count *= dim
+    return count * DTYPES[spec.dtype].itemsize
+
+
+def table(cells: Sequence[Cell]) -> str:
+    """A markdown table of the cells."""
+    lines = ["| workload | transport | steps/s (median) | MB/s |", "|---|---|---:|---:|"]
+    for cell in cells:
+        lines.append(
+            f"| {cell.workload} | {cell.transport} | {cell.steps_per_s:,.0f} | {cell.mb_per_s:,.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(cells: Sequence[Cell], path: str) -> bool:
+    """Write a bar chart of steps/s to ``path``; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    workloads = list(dict.fromkeys(c.workload for c in cells))
+    transports = list(dict.fromkeys(c.transport for c in cells))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / max(len(transports), 1)
+    for i, transport in enumerate(transports):
+        values = [
+            next((c.steps_per_s for c in cells if c.workload == w and c.transport == transport), 0)
+            for w in workloads
+        ]
+        positions = [x + i * width for x in range(len(workloads))]
+        bars = ax.bar(positions, values, width, label=transport)
+        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=7)
+    ax.set_xticks([x + width * (len(transports) - 1) / 2 for x in range(len(workloads))], workloads)
+    ax.set_yscale("log")
+    ax.set_ylabel("env steps per second (log scale)")
+    ax.set_title("rlmesh: one env served in another process")
+    ax.legend(title="transport")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True

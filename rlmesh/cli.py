@@ -1,0 +1,206 @@
+"""The ``rlmesh`` command line: serve, demo, bench, shm."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _load_target(target: str, kwargs: dict[str, Any], num_envs: int | None) -> tuple[Any, dict[str, Any]]:
+    """What ``rlmesh serve TARGET`` serves: a factory for ``module:factory``, else a Gymnasium id."""
+    module_name, sep, attr = target.rpartition(":")
+    if sep and attr.isidentifier() and module_name:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise SystemExit(f"rlmesh serve: cannot import {module_name!r}: {exc}") from exc
+        try:
+            factory = getattr(module, attr)
+        except AttributeError:
+            raise SystemExit(f"rlmesh serve: {module_name!r} has no attribute {attr!r}") from None
+        if num_envs is not None and num_envs > 1:
+            import gymnasium
+
+            def make_vector() -> Any:
+                return gymnasium.vector.SyncVectorEnv([lambda: factory(**kwargs)] * num_envs)
+
+            return make_vector, {}
+        return (lambda: factory(**kwargs)), {}
+    return target, kwargs
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import EnvServer, ServeOptions
+
+    try:
+        kwargs = json.loads(args.kwargs_json) if args.kwargs_json else {}
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"rlmesh serve: --kwargs-json is not valid JSON: {exc}") from exc
+    if not isinstance(kwargs, dict):
+        raise SystemExit("rlmesh serve: --kwargs-json must be a JSON object")
+    env, make_kwargs = _load_target(args.target, kwargs, args.num_envs)
+    options = ServeOptions(
+        allow_remote_shutdown=args.allow_remote_shutdown,
+        idle_timeout_seconds=args.idle_timeout,
+    )
+    server = EnvServer(
+        env,
+        args.address,
+        options=options,
+        num_envs=args.num_envs if isinstance(env, str) else None,
+        make_kwargs=make_kwargs,
+    )
+    address = server.address
+    print(f"✓ Server address: {address}", flush=True)
+    print(
+        f"rlmesh: serving {server.env_contract.id} (num_envs={server.env_contract.num_envs}); Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
+    if args.ready_fd is not None:
+        with os.fdopen(args.ready_fd, "w") as ready:
+            ready.write(address + "\n")
+    server.serve()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from . import _demo
+
+    seconds = 0.25 if args.quick else args.seconds
+    rounds = 1 if args.quick else 3
+    workloads = ["CartPole-v1", "28 KiB obs", "4 MiB obs"]
+    print(
+        "rlmesh demo: CartPole and image envs served in subprocesses, driven with rlmesh.numpy "
+        f"({rounds}x{seconds}s per cell)"
+    )
+    cells = _demo.run_cells(workloads, _demo.TRANSPORTS, seconds=seconds, rounds=rounds, progress=print)
+    print()
+    print(_demo.table(cells))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump([c.as_dict() for c in cells], out, indent=1)
+        print(f"\nwrote {args.json}")
+    if args.plot:
+        if _demo.plot(cells, args.plot):
+            print(f"\nwrote {args.plot}")
+        else:
+            print('\nno plot: matplotlib is not installed (pip install "rlmesh[plot]")')
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from . import _demo
+
+    workloads = args.workload or list(_demo.WORKLOADS)
+    for name in workloads:
+        if name not in _demo.WORKLOADS:
+            raise SystemExit(f"rlmesh bench: unknown workload {name!r}; choose from {list(_demo.WORKLOADS)}")
+    transports = args.transport or list(_demo.TRANSPORTS)
+    cells = _demo.run_cells(workloads, transports, seconds=args.seconds, rounds=args.rounds)
+    for cell in cells:
+        print(json.dumps(cell.as_dict()))
+    if not args.json_only:
+        print()
+        print(_demo.table(cells))
+    return 0
+
+
+def _shm(args: argparse.Namespace) -> int:
+    from .shm import janitor
+
+    if args.shm_command == "ls":
+        segments = janitor.list_segments(all_users=args.all)
+        if not segments:
+            print("no rlmesh segments in /dev/shm")
+            return 0
+        print(f"{'name':<26} {'size':>12} {'age':>8} {'pid':>8}  state")
+        for seg in segments:
+            state = "in use" if seg.alive else "stale (creator gone)"
+            pid = f"{seg.pid}" + ("" if seg.same_pidns else "*")
+            print(f"{seg.name:<26} {seg.size:>12,} {seg.age:>7.0f}s {pid:>8}  {state}")
+        if any(not s.same_pidns for s in segments):
+            print("* pid in another pid namespace (a container)")
+        return 0
+    removed = janitor.clean(dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for seg in removed:
+        print(f"{verb} {seg.name} ({seg.size:,} bytes)")
+    print(f"{verb} {len(removed)} stale segment(s)")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlmesh", description="Serve and drive Gymnasium environments across processes."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve an env until interrupted")
+    serve.add_argument("target", help="a Gymnasium id (CartPole-v1) or module:factory")
+    serve.add_argument(
+        "--address",
+        default="tcp://127.0.0.1:0",
+        help="unix:///path.sock, tcp://host:port, host:port or a port",
+    )
+    serve.add_argument("--num-envs", type=int, default=None, help="serve a vector env of N copies")
+    serve.add_argument(
+        "--kwargs-json", default=None, help="keyword arguments for gymnasium.make or the factory, as JSON"
+    )
+    serve.add_argument(
+        "--ready-fd", type=int, default=None, help="write the bound address to this fd, then close it"
+    )
+    serve.add_argument("--allow-remote-shutdown", action="store_true", help="let clients stop the server")
+    serve.add_argument(
+        "--idle-timeout", type=float, default=None, help="stop after this many seconds without requests"
+    )
+    serve.set_defaults(func=_serve)
+
+    demo = sub.add_parser("demo", help="serve CartPole and image envs and compare transports")
+    demo.add_argument("--seconds", type=float, default=1.0, help="seconds per round of each cell")
+    demo.add_argument("--quick", action="store_true", help="a short run (for smoke tests)")
+    demo.add_argument("--plot", default="rlmesh-demo.png", help="where to write the plot ('' for none)")
+    demo.add_argument("--json", default=None, help="also write the results as JSON here")
+    demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser("bench", help="measure workloads over transports; JSON lines")
+    bench.add_argument("--workload", action="append", help="a workload name (repeatable); default all")
+    bench.add_argument(
+        "--transport", action="append", choices=["shm", "unix", "tcp"], help="repeatable; default all"
+    )
+    bench.add_argument("--seconds", type=float, default=2.0)
+    bench.add_argument("--rounds", type=int, default=5)
+    bench.add_argument("--json-only", action="store_true")
+    bench.set_defaults(func=_bench)
+
+    shm = sub.add_parser("shm", help="list or clean rlmesh shared-memory segments")
+    shm_sub = shm.add_subparsers(dest="shm_command", required=True)
+    ls = shm_sub.add_parser("ls", help="list segments and whether their creator is alive")
+    ls.add_argument("--all", action="store_true", help="every user's segments")
+    clean = shm_sub.add_parser("clean", help="remove segments whose creator is gone")
+    clean.add_argument("--dry-run", action="store_true")
+    shm.set_defaults(func=_shm)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,790 @@
+"""Remote clients: drive a served environment from another process.
+
+:class:`RemoteEnv` (one env) and :class:`RemoteVectorEnv` (a vector env)
+connect and handshake in their constructor. Tensor leaves arrive as
+:class:`rlmesh.Tensor` here; ``rlmesh.numpy`` and ``rlmesh.jax`` subclass
+these clients with their backend's arrays.
+
+When the server shares our /dev/shm (a Unix socket, or TCP to this host after
+a probe), requests and responses travel through shared-memory rings and
+observations arrive as zero-copy views of the server's slab; a view holds a
+lease on its block until every array made from it is gone. Otherwise tensors
+are copied inline in socket frames.
+
+Every call has a deadline: ``request_timeout_seconds`` (default 300 s) or a
+per-call ``timeout=``. A server that dies is noticed within 50 ms on a Unix
+socket (its socket closes), whatever the deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import threading
+import time
+import types
+import uuid
+import weakref
+from typing import Any, Generic, TypeVar
+
+from . import _protocol as P
+from ._bridge import IDENTITY, Bridge
+from ._channel import Message, RingChannel, SocketChannel, read_token
+from ._codec import TailBuilder, decode, pack, restructurer
+from .errors import (
+    BrokenError,
+    BusyError,
+    ClosedError,
+    ConnectError,
+    OperationTimeout,
+    ProtocolError,
+    RLMeshError,
+    ShmError,
+    VersionMismatch,
+)
+from .net.address import Address, resolve_address
+from .net.framing import DEFAULT_MAX_FRAME
+from .net.stream import SocketStream, connect
+from .shm import PeerMemory, Segment, SpinPolicy
+from .specs import EnvContract
+from .tensor import Tensor
+
+__all__ = ["RemoteEnv", "RemoteEnvBase", "RemoteVectorEnv", "RemoteVectorEnvBase"]
+
+__version__ = "0.1.0"
+
+#: Default deadline of a request when the caller gives none.
+DEFAULT_REQUEST_TIMEOUT = 300.0
+#: Deadline of one connection attempt (connect plus handshake).
+CONNECT_ATTEMPT_TIMEOUT = 10.0
+#: The client spins this long for a response before sleeping.
+CLIENT_SPIN = 500e-6
+
+ObsT = TypeVar("ObsT")
+ActT = TypeVar("ActT")
+
+
+def _seconds(name: str, value: float | None, default: float | None) -> float | None:
+    """None -> default; 0 or inf -> no deadline; negative or NaN -> ValueError."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be >= 0 seconds, got {value}")
+    if value == 0 or math.isinf(value):
+        return None
+    return float(value)
+
+
+def uuid7() -> str:
+    """A UUIDv7 string: 48 bits of Unix milliseconds, then random bits."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(secrets.token_bytes(10), "big")
+    value = (
+        (ms & ((1 << 48) - 1)) << 80
+        | 0x7 << 76
+        | (rand >> 68 & 0xFFF) << 64
+        | 0b10 << 62
+        | (rand & ((1 << 62) - 1))
+    )
+    return str(uuid.UUID(int=value))
+
+
+def _close_connection(stream: SocketStream, peer: PeerMemory | None, segment: Segment | None) -> None:
+    # The finalizer: raw resources only, never the client object.
+    stream.close()
+    if peer is not None:
+        peer.close()
+    if segment is not None:
+        segment.close_when_unpinned()
+
+
+class _Connection:
+    """One session with a server: the handshake, the channel, and requests."""
+
+    def __init__(
+        self,
+        address: Address,
+        *,
+        connect_timeout: float | None,
+        request_timeout: float | None,
+        shared_memory: bool,
+        max_message_bytes: int,
+    ) -> None:
+        self.address = address
+        self.request_timeout = request_timeout
+        self.peer: PeerMemory | None = None
+        self.segment: Segment | None = None
+        self.channel: Any = None
+        self._rid = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        self._broken: BaseException | None = None
+        self.stream = self._dial(connect_timeout, max_message_bytes)
+        try:
+            self._handshake(shared_memory)
+        except BaseException:
+            _close_connection(self.stream, self.peer, self.segment)
+            raise
+        self._finalizer = weakref.finalize(self, _close_connection, self.stream, self.peer, self.segment)
+
+    # -- connecting -----------------------------------------------------------------
+
+    def _dial(self, connect_timeout: float | None, max_frame: int) -> SocketStream:
+        deadline = None if connect_timeout is None else time.monotonic() + connect_timeout
+        delay = 0.02
+        while True:
+            attempt = CONNECT_ATTEMPT_TIMEOUT
+            if deadline is not None:
+                attempt = max(min(attempt, deadline - time.monotonic()), 0.05)
+            try:
+                return connect(self.address, timeout=attempt, max_frame=max_frame)
+            except ConnectError as exc:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is None or remaining <= 0:
+                    raise ConnectError(
+                        f"could not connect to an env at '{self.address}'; is the EnvServer running? ({exc})"
+                    ) from exc
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.25)
+
+    def _handshake(self, shared_memory: bool) -> None:
+        stream = self.stream
+        timeout = CONNECT_ATTEMPT_TIMEOUT
+        hello = {
+            "magic": P.MAGIC,
+            "protocol": P.PROTOCOL_VERSION,
+            "version": __version__,
+            "pid": os.getpid(),
+            "shm": bool(shared_memory),
+            "max_frame": stream.max_frame,
+        }
+        try:
+            stream.send(pack([P.HELLO, hello]), timeout=timeout)
+            head, _, _ = stream.recv_frame(timeout)
+            welcome = decode(head)
+        except (BrokenError, OperationTimeout, ProtocolError) as exc:
+            raise ConnectError(
+                f"connected to an env at '{self.address}', but the handshake failed ({exc})"
+            ) from exc
+        if isinstance(welcome, list) and welcome and welcome[0] == P.ERROR:
+            raise P.error_from_wire(welcome, "the handshake")
+        if not (
+            isinstance(welcome, list)
+            and len(welcome) == 2
+            and welcome[0] == P.WELCOME
+            and isinstance(welcome[1], dict)
+        ):
+            raise ConnectError(f"connected to '{self.address}', but it did not answer like an rlmesh server")
+        info = welcome[1]
+        if info.get("protocol") != P.PROTOCOL_VERSION:
+            raise VersionMismatch(
+                f"protocol version mismatch: this client (rlmesh {__version__}) speaks protocol "
+                f"{P.PROTOCOL_VERSION}, the server (rlmesh {info.get('version', '?')}) speaks "
+                f"{info.get('protocol')!r}; run the same rlmesh release on both sides",
+                local=P.PROTOCOL_VERSION,
+                remote=info.get("protocol"),
+            )
+        contract = info.get("contract")
+        if not isinstance(contract, dict):
+            raise ConnectError(f"the server at '{self.address}' sent no env contract")
+        self.contract = EnvContract.from_dict(contract)
+        self.session = str(info.get("session", ""))
+        token, reason = None, None
+        offer = info.get("offer")
+        if offer is not None:
+            token, reason = self._attach(offer)
+        elif shared_memory:
+            reason = "the server offered no shared memory"
+        stream.send(pack([P.ATTACHED, {"token": token, "reason": reason}]), timeout=timeout)
+        head, _, _ = stream.recv_frame(timeout)
+        ready = decode(head)
+        if not (isinstance(ready, list) and len(ready) == 2 and ready[0] == P.READY):
+            raise ConnectError("the server did not confirm the session")
+        if ready[1].get("data_plane") == "shm" and token is not None:
+            name, size, req_off, req_cap, resp_off, resp_cap = self._channel_args
+            assert self.segment is not None
+            # A server thread in this very process needs the GIL a spin would hold.
+            spin = CLIENT_SPIN if info.get("pid") != os.getpid() else 0.0
+            self.channel = RingChannel(
+                stream, self.segment, tx=(req_off, req_cap), rx=(resp_off, resp_cap), spin=SpinPolicy(spin)
+            )
+        else:
+            self._drop_shm()
+            self.channel = SocketChannel(stream)
+
+    def _attach(self, offer: Any) -> tuple[str | None, str | None]:
+        try:
+            channel = offer["channel"]
+            if not (
+                isinstance(channel, list) and len(channel) == 6 and all(type(v) is int for v in channel[1:])
+            ):
+                raise ShmError("malformed channel offer")
+            name, size = channel[0], channel[1]
+            self.segment = Segment.attach(name, size)
+            self.peer = PeerMemory()
+            for seg_id, seg_name, seg_size in offer["segments"]:
+                self.peer.add_segment(seg_id, seg_name, seg_size)
+            self._channel_args = channel
+            return read_token(self.segment), None
+        except (ShmError, KeyError, TypeError, ValueError) as exc:
+            self._drop_shm()
+            return None, str(exc)
+
+    def _drop_shm(self) -> None:
+        if self.peer is not None:
+            self.peer.close()
+            self.peer = None
+        if self.segment is not None:
+            self.segment.close_when_unpinned()
+            self.segment = None
+
+    @property
+    def data_plane(self) -> str:
+        return str(self.channel.data_plane)
+
+    # -- requests ---------------------------------------------------------------------
+
+    def call(
+        self, request: list[Any], tail: TailBuilder | None, timeout: float | None, what: str
+    ) -> list[Any]:
+        """Send a request (its rid is filled in) and return the OK response.
+
+        Raises:
+            ClosedError, BusyError, OperationTimeout, BrokenError, and the
+            errors an ERROR response maps to (RemoteError, InvalidActionError...).
+        """
+        if not self._lock.acquire(blocking=False):
+            raise BusyError("this client is already in use by another thread; use one client per thread")
+        try:
+            if self._closed:
+                raise ClosedError("the client is closed")
+            if self._broken is not None:
+                raise BrokenError(
+                    f"the connection to {self.address} is broken: {self._broken}"
+                ) from self._broken
+            self._rid += 1
+            rid = request[1] = self._rid
+            deadline = None if timeout is None else time.monotonic() + timeout
+            peer = self.peer
+            if peer is not None and len(request) >= 3 and request[0] in (P.RESET, P.STEP, P.RENDER):
+                releases = peer.take_releases()
+                if releases:
+                    request[-1] = [field for handle in releases for field in handle]
+            try:
+                self.channel.send(pack(request, tail), tail, timeout=timeout)
+                while True:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise OperationTimeout(
+                            f"remote environment call timed out after {timeout:.3g}s", timeout=timeout
+                        )
+                    message = self.channel.recv(remaining)
+                    response = self._decode(message)
+                    kind = response[0]
+                    if kind == P.SEGMENTS:
+                        self._add_segments(response)
+                        continue
+                    if len(response) < 2 or response[1] != rid:
+                        continue  # the late answer to a request that timed out
+                    if kind == P.ERROR:
+                        raise P.error_from_wire(response, what)
+                    if kind != P.OK:
+                        raise ProtocolError(f"unexpected response kind {kind!r}")
+                    return response
+            except OperationTimeout as exc:
+                if "timed out after" not in str(exc):
+                    raise OperationTimeout(
+                        f"remote environment call timed out after {timeout:.3g}s", timeout=timeout
+                    ) from exc
+                raise
+            except (BrokenError, ProtocolError) as exc:
+                self._broken = exc
+                raise BrokenError(f"lost the connection to the env at {self.address}: {exc}") from exc
+        finally:
+            self._lock.release()
+
+    def _decode(self, message: Message) -> list[Any]:
+        try:
+            response = decode(
+                message.head,
+                tail=message.tail,
+                tail_address=message.tail_address,
+                peer=self.peer,
+                copy_inline=message.in_ring,
+            )
+        finally:
+            message.done()
+        if not isinstance(response, list) or not response:
+            raise ProtocolError("malformed response")
+        return response
+
+    def _add_segments(self, response: list[Any]) -> None:
+        if self.peer is None or len(response) != 2 or not isinstance(response[1], list):
+            raise ProtocolError("unexpected segment announcement")
+        for entry in response[1]:
+            if not (isinstance(entry, list) and len(entry) == 3):
+                raise ProtocolError("malformed segment announcement")
+            self.peer.add_segment(*entry)
+
+    def close(self, *, timeout: float = 1.0) -> None:
+        """Detach from the server (it keeps serving) and release everything. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._broken is None:
+                try:
+                    self._rid += 1
+                    self.channel.send(pack([P.CLOSE, self._rid]), timeout=timeout)
+                    deadline = time.monotonic() + timeout
+                    while True:
+                        message = self.channel.recv(max(deadline - time.monotonic(), 0.0))
+                        response = self._decode(message)
+                        if response[0] != P.SEGMENTS and len(response) >= 2 and response[1] == self._rid:
+                            break
+                except RLMeshError:
+                    pass  # not graceful, but closed all the same
+            if self.channel is not None:
+                self.channel.close()
+            self._finalizer()
+
+
+class RemoteEnvBase(Generic[ObsT, ActT]):
+    """The behaviour shared by every remote client (single or vector, any backend).
+
+    Args:
+        address: ``"tcp://host:port"``, ``"host:port"`` or ``"unix:///path.sock"``.
+        host, port, path, transport: the address as helpers instead.
+        connect_timeout_seconds: keep retrying the connection until this
+            deadline (None: one attempt).
+        request_timeout_seconds: the default deadline of each call (None:
+            300 s; 0 or ``math.inf``: none).
+        shared_memory: use shared memory when the server is on this host
+            (False forces inline copies through the socket).
+        max_message_bytes: the largest message accepted.
+
+    Raises:
+        ConnectError: (a ConnectionError) the server cannot be reached or the
+            handshake failed.
+        VersionMismatch: the server speaks another protocol version.
+        BusyError: the server serves one env object and has a client already.
+        ValueError: the endpoint serves the wrong number of envs for this
+            class, or a bad argument.
+
+    Lifetime:
+        :meth:`close` detaches (the server keeps serving); it is idempotent
+        and the context manager calls it. Observations you still hold stay
+        valid after close.
+    """
+
+    _bridge: Bridge = IDENTITY
+    _vector = False
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        path: str | None = None,
+        transport: str | None = None,
+        connect_timeout_seconds: float | None = None,
+        request_timeout_seconds: float | None = None,
+        shared_memory: bool = True,
+        max_message_bytes: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        self._ensure_backend()
+        resolved = resolve_address(address, host=host, port=port, path=path, transport=transport)
+        connect_timeout = _seconds("connect_timeout_seconds", connect_timeout_seconds, None)
+        self._request_timeout = _seconds(
+            "request_timeout_seconds", request_timeout_seconds, DEFAULT_REQUEST_TIMEOUT
+        )
+        self._conn = _Connection(
+            resolved,
+            connect_timeout=connect_timeout,
+            request_timeout=self._request_timeout,
+            shared_memory=shared_memory,
+            max_message_bytes=max_message_bytes,
+        )
+        contract = self._conn.contract
+        try:
+            self._check_arity(contract)
+        except BaseException:
+            self._conn.close()
+            raise
+        self._contract = contract
+        self._address = str(resolved)
+        self._env_id = uuid7()
+        self._observation_space: Any = None
+        self._action_space: Any = None
+        obs_spec = contract.observation_space
+        self._fix_obs = restructurer(obs_spec)
+        self._episode_ids = [uuid7() for _ in range(contract.num_envs)]
+
+    # -- hooks for subclasses --------------------------------------------------------
+
+    def _ensure_backend(self) -> None:
+        """Raise ImportError if the backend's array library is missing."""
+
+    def _check_arity(self, contract: EnvContract) -> None:
+        if contract.num_envs > 1:
+            raise ValueError(
+                f"Endpoint '{self._conn.address}' serves {contract.num_envs} environments. "
+                "Use RemoteVectorEnv instead."
+            )
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The normalised address of the endpoint."""
+        return self._address
+
+    @property
+    def env_id(self) -> str:
+        """This connection's id (a UUIDv7)."""
+        return self._env_id
+
+    @property
+    def env_contract(self) -> EnvContract:
+        """The served env's contract."""
+        return self._contract
+
+    @property
+    def spec(self) -> EnvContract:
+        """Alias of :attr:`env_contract` (the published docs' name)."""
+        return self._contract
+
+    @property
+    def render_mode(self) -> str | None:
+        """The served env's render mode."""
+        return self._contract.render_mode
+
+    @property
+    def metadata(self) -> types.MappingProxyType[str, Any]:
+        """The served env's metadata, read-only."""
+        return types.MappingProxyType(dict(self._contract.metadata))
+
+    @property
+    def num_envs(self) -> int:
+        """How many envs the endpoint serves (1 for a single env)."""
+        return self._contract.num_envs
+
+    @property
+    def data_plane(self) -> str:
+        """How tensors travel: "shm" (shared memory) or "inline" (copied in frames)."""
+        return self._conn.data_plane
+
+    @property
+    def closed(self) -> bool:
+        """True once closed."""
+        return self._conn._closed
+
+    @property
+    def observation_space_spec(self) -> Any:
+        """The observation space's SpaceSpec (per lane for vector endpoints)."""
+        return self._contract.observation_space
+
+    @property
+    def action_space_spec(self) -> Any:
+        """The action space's SpaceSpec (per lane for vector endpoints)."""
+        return self._contract.action_space
+
+    @property
+    def observation_space(self) -> Any:
+        """The observation space, sampling this client's backend values."""
+        if self._observation_space is None:
+            self._observation_space = self._contract.observation_space.to_space(self._bridge)
+        return self._observation_space
+
+    @property
+    def action_space(self) -> Any:
+        """The action space, sampling this client's backend values."""
+        if self._action_space is None:
+            self._action_space = self._contract.action_space.to_space(self._bridge)
+        return self._action_space
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def _timeout(self, timeout: float | None) -> float | None:
+        return self._request_timeout if timeout is None else _seconds("timeout", timeout, None)
+
+    def _obs(self, wire: Any) -> Any:
+        if self._fix_obs is not None:
+            wire = self._fix_obs(wire)
+        return self._bridge.decode(wire)
+
+    def reset(
+        self,
+        *,
+        seed: int | list[int] | None = None,
+        options: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[ObsT, dict[str, Any]]:
+        """Start a new episode (every lane, for vector endpoints).
+
+        Args:
+            seed: a seed, or (vector endpoints) a list of per-lane seeds.
+            options: passed to the env's ``reset``; must be metadata
+                (see :func:`rlmesh.sanitize_metadata`).
+            timeout: this call's deadline in seconds.
+
+        Returns:
+            ``(observation, info)``; ``info`` gains ``episode_ids``.
+
+        Raises:
+            RemoteError: the env raised. OperationTimeout, BrokenError,
+            ClosedError: see the class. ValueError/TypeError: bad arguments.
+        """
+        from .values import encode_metadata
+
+        if seed is not None and not _seed_ok(seed):
+            raise ValueError(f"seed must be a non-negative int or a list of them, got {seed!r}")
+        wire_options = encode_metadata(options) if options is not None else None
+        response = self._conn.call(
+            [P.RESET, 0, seed, wire_options, []], None, self._timeout(timeout), "reset"
+        )
+        if len(response) != 4:
+            raise ProtocolError("malformed reset response")
+        obs, info = response[2], response[3]
+        self._episode_ids = [uuid7() for _ in range(self._contract.num_envs)]
+        self._pending_new_ids: list[int] = []
+        info = dict(info) if isinstance(info, dict) else {}
+        info.setdefault("episode_ids", list(self._episode_ids))
+        return self._obs(obs), info
+
+    def render(self, *, env_index: int = 0, timeout: float | None = None) -> Any:
+        """Render a frame: a tensor of the env's own dtype and shape (no PNG, no cast).
+
+        Args:
+            env_index: which lane to render (vector endpoints).
+            timeout: this call's deadline in seconds.
+
+        Returns:
+            The frame as this backend's array, a string for ``ansi`` mode, a
+            list of frames for ``*_list`` modes, or None.
+
+        Raises:
+            ValueError: ``env_index`` is out of range. RemoteError: the env raised.
+        """
+        if isinstance(env_index, bool) or not isinstance(env_index, int):
+            raise TypeError("env_index must be an int")
+        if not 0 <= env_index < self._contract.num_envs:
+            raise ValueError(
+                f"env_index {env_index} is out of range: the endpoint serves {self._contract.num_envs} "
+                f"environment{'s' if self._contract.num_envs > 1 else ''}"
+            )
+        response = self._conn.call([P.RENDER, 0, env_index, []], None, self._timeout(timeout), "render")
+        return self._bridge.decode(response[2]) if len(response) > 2 else None
+
+    def shutdown(self, reason: str = "owner shutdown", *, timeout: float | None = None) -> bool:
+        """Ask the server to stop; True if it agreed (``allow_remote_shutdown``).
+
+        Raises:
+            OperationTimeout, BrokenError, ClosedError.
+        """
+        response = self._conn.call([P.SHUTDOWN, 0, str(reason)], None, self._timeout(timeout), "shutdown")
+        return bool(response[2]) if len(response) > 2 else False
+
+    def close(self) -> None:
+        """Detach from the server, which keeps serving. Idempotent."""
+        self._conn.close()
+
+    def __enter__(self: Any) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else self.data_plane
+        return f"<{type(self).__name__} {self._contract.id} at {self._address} {state}>"
+
+
+def _seed_ok(seed: Any) -> bool:
+    if type(seed) is int:
+        return seed >= 0
+    return isinstance(seed, list) and bool(seed) and all(type(s) is int and s >= 0 for s in seed)
+
+
+class RemoteEnv(RemoteEnvBase[Any, Any]):
+    """A client for one served environment; tensor leaves are :class:`rlmesh.Tensor`.
+
+    See :class:`RemoteEnvBase` for the constructor.
+
+    Example:
+        >>> env = RemoteEnv("unix:///tmp/cartpole.sock")      # doctest: +SKIP
+        >>> obs, info = env.reset(seed=42)                     # doctest: +SKIP
+        >>> obs, reward, terminated, truncated, info = env.step(0)  # doctest: +SKIP
+        >>> env.close()                                        # doctest: +SKIP
+    """
+
+    def step(
+        self, action: Any, *, timeout: float | None = None
+    ) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        """Advance one step.
+
+        Args:
+            action: an element of the action space, in this client's backend's values.
+            timeout: this call's deadline in seconds.
+
+        Returns:
+            ``(observation, reward, terminated, truncated, info)``; reward and
+            flags are Python scalars. ``info`` gains ``episode_ids`` and, when
+            the episode ended, ``completed_episodes = 1`` (unless the env set
+            those keys itself).
+
+        Raises:
+            InvalidActionError: (a ValueError) the action does not fit the
+                action space; the session stays usable.
+            RemoteError: the env raised; the server keeps serving.
+            OperationTimeout, BrokenError, ClosedError.
+        """
+        wire = self._bridge.encode(action)
+        response = self._conn.call([P.STEP, 0, wire, []], TailBuilder(), self._timeout(timeout), "step")
+        if len(response) != 7:
+            raise ProtocolError("malformed step response")
+        _, _, obs, reward, terminated, truncated, info = response
+        info = dict(info) if type(info) is dict else {}
+        info.setdefault("episode_ids", list(self._episode_ids))
+        if terminated or truncated:
+            info.setdefault("completed_episodes", 1)
+            self._episode_ids = [uuid7()]
+        return self._obs(obs), float(reward), bool(terminated), bool(truncated), info
+
+
+class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
+    """A client for a vector endpoint (``num_envs >= 2``).
+
+    Observations arrive batched: tensor leaves of shape ``(num_envs, ...)``
+    (Discrete leaves too, as int64 arrays, as Gymnasium returns them);
+    rewards are float64 and terminations/truncations bool arrays of length
+    ``num_envs``. ``observation_space`` and ``action_space`` are the
+    per-lane spaces (aliases of ``single_*``).
+    """
+
+    _vector = True
+
+    def _check_arity(self, contract: EnvContract) -> None:
+        if contract.num_envs < 2:
+            raise ValueError(
+                f"Endpoint '{self._conn.address}' serves a single environment. Use RemoteEnv instead."
+            )
+
+    @property
+    def single_observation_space(self) -> Any:
+        """The per-lane observation space."""
+        return self.observation_space
+
+    @property
+    def single_action_space(self) -> Any:
+        """The per-lane action space."""
+        return self.action_space
+
+    @property
+    def autoreset_mode(self) -> str:
+        """The endpoint's autoreset mode: "NextStep", "SameStep" or "Disabled"."""
+        return self._contract.autoreset_mode
+
+    @property
+    def metadata(self) -> types.MappingProxyType[str, Any]:
+        """The served env's metadata; ``autoreset_mode`` is Gymnasium's enum when importable."""
+        data = dict(self._contract.metadata)
+        mode = data.get("autoreset_mode")
+        if isinstance(mode, str):
+            try:
+                from gymnasium.vector import AutoresetMode
+
+                data["autoreset_mode"] = AutoresetMode(mode)
+            except (ImportError, ValueError):
+                pass
+        return types.MappingProxyType(data)
+
+    def _encode_actions(self, actions: Any) -> Any:
+        n = self._contract.num_envs
+        if isinstance(actions, (list, tuple)):
+            if len(actions) != n:
+                raise ValueError(f"expected {n} batched values, got {len(actions)}")
+            lanes = [self._bridge.encode(a) for a in actions]
+            return _stack(lanes, self._contract.action_space)
+        length = getattr(actions, "shape", None)
+        if length is not None and len(length) >= 1 and length[0] != n:
+            raise ValueError(f"expected {n} batched values, got {length[0]}")
+        return self._bridge.encode(actions)
+
+    def step(
+        self, actions: Any, *, timeout: float | None = None
+    ) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """Advance every lane one step.
+
+        Args:
+            actions: a batch (an array of shape ``(num_envs, ...)``, a dict of
+                such arrays for Dict spaces) or a list of per-lane actions.
+            timeout: this call's deadline in seconds.
+
+        Returns:
+            ``(observations, rewards, terminations, truncations, infos)``;
+            ``infos`` gains ``episode_ids`` and ``completed_episodes`` (the
+            number of lanes whose episode ended on this step).
+
+        Raises:
+            ValueError: the wrong number of actions. InvalidActionError,
+            RemoteError, OperationTimeout, BrokenError, ClosedError.
+        """
+        wire = self._encode_actions(actions)
+        tail = TailBuilder()
+        response = self._conn.call([P.STEP, 0, wire, []], tail, self._timeout(timeout), "step")
+        if len(response) != 7:
+            raise ProtocolError("malformed step response")
+        _, _, obs, rewards, terminations, truncations, info = response
+        info = dict(info) if type(info) is dict else {}
+        mode = self._contract.autoreset_mode
+        # Lanes that ended on the previous step were reset by this one (NextStep).
+        for lane in getattr(self, "_pending_new_ids", []):
+            self._episode_ids[lane] = uuid7()
+        term = _flags(terminations)
+        trunc = _flags(truncations)
+        done = [i for i, (a, b) in enumerate(zip(term, trunc, strict=False)) if a or b]
+        info.setdefault("episode_ids", list(self._episode_ids))
+        info.setdefault("completed_episodes", len(done))
+        if mode == "SameStep":
+            for lane in done:
+                self._episode_ids[lane] = uuid7()
+            self._pending_new_ids = []
+        elif mode == "NextStep":
+            self._pending_new_ids = done
+        else:
+            self._pending_new_ids = []
+        decode = self._bridge.decode
+        return self._obs(obs), decode(rewards), decode(terminations), decode(truncations), info
+
+
+def _flags(value: Any) -> list[bool]:
+    if isinstance(value, Tensor):
+        return [bool(v) for v in value.tolist()]
+    return [bool(v) for v in value]
+
+
+def _stack(lanes: list[Any], spec: Any) -> Any:
+    """Stack per-lane wire values into one batched wire value."""
+    kind = spec.kind
+    if kind == "dict":
+        return {key: _stack([lane[key] for lane in lanes], child) for key, child in spec.details["spaces"]}
+    if kind == "tuple":
+        return [_stack([lane[i] for lane in lanes], child) for i, child in enumerate(spec.details["spaces"])]
+    if kind in ("discrete", "text"):
+        return [lane.item() if isinstance(lane, Tensor) else lane for lane in lanes]
+    tensors = [lane if isinstance(lane, Tensor) else None for lane in lanes]
+    if all(t is not None for t in tensors):
+        first = tensors[0]
+        assert first is not None
+        data = b"".join(t.tobytes() for t in tensors if t is not None)
+        return Tensor(data, (len(lanes), *first.shape), first.dtype)
+    return lanes
+
+
+class RemoteVectorEnv(RemoteVectorEnvBase[Any, Any]):
+    """A client for a vector endpoint; tensor leaves are :class:`rlmesh.Tensor`."""

@@ -1,0 +1,480 @@
+"""Socket streams and listeners: frames over Unix and TCP sockets, with deadlines.
+
+This is the only module that touches sockets. It translates OS errors at the
+edge: a refused or unreachable connect is :class:`ConnectError`, a peer that
+goes away mid-conversation is :class:`BrokenError`, a deadline is
+:class:`OperationTimeout`. TCP sockets get ``TCP_NODELAY`` (small request and
+response frames must not wait for Nagle) and keep-alive.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .._buffers import buffer_address
+from ..errors import BrokenError, ClosedError, ConnectError, FramingError, OperationTimeout
+from .address import Address
+from .framing import DEFAULT_MAX_FRAME, PREFIX, aligned_buffer, body_layout, check_body_length, split_body
+
+__all__ = ["Listener", "SocketStream", "connect"]
+
+_ZEROS = bytes(64)
+
+#: Socket buffer size asked for (the kernel caps it at net.core.[rw]mem_max).
+SOCKET_BUFFER = 4 << 20
+
+#: Frames at least this large get their receive buffer reused when free.
+_REUSE_MIN = 64 << 10
+_SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(deadline - time.monotonic(), 0.0)
+
+
+class SocketStream:
+    """A connected socket that sends and receives frames.
+
+    Lifetime: owns the socket; :meth:`close` closes it and is idempotent.
+    After a deadline passes in the middle of a frame, or the peer breaks the
+    connection, the stream is *broken*: every later call raises BrokenError.
+
+    Not thread-safe for concurrent sends or concurrent receives; one sender
+    and one receiver thread may work at the same time.
+    """
+
+    def __init__(self, sock: socket.socket, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._sock = sock
+        self.max_frame = max_frame
+        self.is_unix = sock.family == socket.AF_UNIX
+        self._broken: str | None = None
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._spare: tuple[bytearray, int, int] | None = None
+        if not self.is_unix:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        # Large frames move in fewer, larger chunks (one wake-up per chunk);
+        # these are limits, not allocations, and the kernel caps them.
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            except OSError:
+                pass
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._closed
+
+    def fileno(self) -> int:
+        """The socket's descriptor (-1 once closed)."""
+        return -1 if self._closed else self._sock.fileno()
+
+    @property
+    def peer_uid(self) -> int | None:
+        """The peer process's uid (Unix sockets on Linux), else None."""
+        if not self.is_unix:
+            return None
+        try:
+            creds = self._sock.getsockopt(socket.SOL_SOCKET, _SO_PEERCRED, struct.calcsize("3i"))
+        except OSError:
+            return None
+        return int(struct.unpack("3i", creds)[1])
+
+    @property
+    def peer_name(self) -> str:
+        """A printable name of the peer."""
+        try:
+            name = self._sock.getpeername()
+        except OSError:
+            return "?"
+        return str(name) if name else "unix peer"
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError("the connection is closed")
+        if self._broken is not None:
+            raise BrokenError(f"the connection is broken: {self._broken}")
+
+    def _break(self, reason: str) -> BrokenError:
+        self._broken = reason
+        return BrokenError(f"the connection to the peer was lost: {reason}")
+
+    def peer_gone(self) -> bool:
+        """True if the peer closed or reset the connection (never blocks).
+
+        A readable socket whose next byte is end-of-file means the peer is
+        gone. A peer that sent data is alive; the data stays queued.
+        """
+        if self._closed or self._broken is not None:
+            return True
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+            if not readable:
+                return False
+            return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def wait_readable(self, timeout: float | None) -> bool:
+        """Wait until a frame (or EOF) can be read; False on timeout."""
+        self._check()
+        readable, _, _ = select.select([self._sock], [], [], timeout)
+        return bool(readable)
+
+    # -- sending ---------------------------------------------------------------
+
+    def send(self, head: Any, tail: Sequence[Any] = (), *, timeout: float | None = None) -> None:
+        """Send one frame: ``head`` and the concatenation of ``tail`` buffers.
+
+        The caller lays tail buffers out itself (padding them to 64-byte
+        offsets if it wants aligned tensors on the other side).
+
+        Raises:
+            FramingError: the frame exceeds ``max_frame``.
+            OperationTimeout: the deadline passed (the stream is then broken
+                if part of the frame was sent).
+            BrokenError: the peer went away.
+        """
+        self._check()
+        head_len = len(head)
+        tail_len = sum(memoryview(t).nbytes for t in tail)
+        body, padding = body_layout(head_len, tail_len)
+        if body > self.max_frame:
+            raise FramingError(
+                f"a {body:,}-byte message exceeds the limit of {self.max_frame:,} bytes "
+                "(raise max_message_bytes on both sides if this is expected)"
+            )
+        parts: list[Any] = [PREFIX.pack(body) + struct.pack("<I", head_len), head]
+        if tail_len:
+            if padding:
+                parts.append(_ZEROS[:padding])
+            parts.extend(tail)
+        self._sendall(parts, 4 + body, timeout)
+
+    def _sendall(self, parts: list[Any], total: int, timeout: float | None) -> None:
+        sock = self._sock
+        deadline = _deadline(timeout)
+        # Empty parts would never be "sent" and stall the loop below.
+        views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
+        sent_total = 0
+        while views:
+            remaining = _remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                if sent_total:
+                    raise OperationTimeout("timed out sending a frame", timeout=timeout) from self._break(
+                        "a send timed out half-way"
+                    )
+                raise OperationTimeout("timed out sending a frame", timeout=timeout)
+            sock.settimeout(remaining)
+            try:
+                sent = sock.sendmsg(views[:64])
+            except TimeoutError:
+                continue
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                raise self._break(f"send failed: {exc}") from exc
+            sent_total += sent
+            while sent and views:
+                if sent >= len(views[0]):
+                    sent -= len(views[0])
+                    views.pop(0)
+                else:
+                    views[0] = views[0][sent:]
+                    sent = 0
+
+    # -- receiving -------------------------------------------------------------
+
+    def recv_frame(self, timeout: float | None = None) -> tuple[memoryview, memoryview, int]:
+        """Receive one frame and return ``(head, tail, tail_address)``.
+
+        The views share one fresh buffer; the tail starts on a 64-byte
+        boundary in memory, at ``tail_address``.
+
+        Raises:
+            OperationTimeout: no frame started before the deadline (the stream
+                stays usable), or a frame stopped half-way (it is then broken).
+            FramingError: the length prefix is invalid or over the limit; the
+                stream is broken.
+            BrokenError: the peer closed or reset the connection.
+        """
+        self._check()
+        deadline = _deadline(timeout)
+        prefix = bytearray(4)
+        got = self._recv_into(memoryview(prefix), deadline, timeout, started=False)
+        if got == 0:
+            raise self._break("the peer closed the connection")
+        (length,) = PREFIX.unpack(prefix)
+        try:
+            check_body_length(length, self.max_frame)
+        except FramingError as exc:
+            self._broken = str(exc)
+            raise
+        body, address = self._buffer(length)
+        if self._recv_into(body, deadline, timeout, started=True) != length:
+            raise self._break("the peer closed the connection in the middle of a frame")
+        try:
+            head, tail = split_body(body)
+        except FramingError as exc:
+            self._broken = str(exc)
+            raise
+        return head, tail, address + (len(body) - len(tail))
+
+    def _buffer(self, length: int) -> tuple[memoryview, int]:
+        """A 64-byte-aligned buffer for a body: the last large one if nothing uses it any more.
+
+        Fresh multi-megabyte buffers cost a page fault per 4 KiB; the frame's
+        tensors (wrapping the buffer without a copy) usually die before the
+        next frame, and then the buffer is reused. Each frame takes a fresh
+        memoryview of the bytearray, so while any view or tensor of a frame
+        lives, the bytearray has one more reference.
+        """
+        spare = self._spare
+        if spare is not None:
+            raw, offset, address = spare
+            # References: the _spare tuple, `raw`, and getrefcount's argument.
+            if len(raw) - offset >= length and sys.getrefcount(raw) <= 3:
+                return memoryview(raw)[offset : offset + length], address
+        view, address = aligned_buffer(length)
+        if length >= _REUSE_MIN:
+            owner = view.obj
+            assert isinstance(owner, bytearray)
+            self._spare = (owner, address - buffer_address(owner), address)
+        return view, address
+
+    def _recv_into(
+        self, view: memoryview, deadline: float | None, timeout: float | None, *, started: bool
+    ) -> int:
+        sock = self._sock
+        total = 0
+        size = len(view)
+        while total < size:
+            remaining = _remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                if started or total:
+                    raise OperationTimeout(
+                        "timed out in the middle of a frame", timeout=timeout
+                    ) from self._break("a receive timed out half-way through a frame")
+                raise OperationTimeout(f"no reply within {timeout:.3g}s", timeout=timeout)
+            sock.settimeout(remaining)
+            try:
+                n = sock.recv_into(view[total:])
+            except TimeoutError:
+                continue
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                raise self._break(f"receive failed: {exc}") from exc
+            if n == 0:
+                if total == 0 and not started:
+                    return 0
+                return total
+            total += n
+        return total
+
+    # -- closing ---------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the socket. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+    def __enter__(self) -> SocketStream:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("broken" if self._broken else "open")
+        return f"<SocketStream {'unix' if self.is_unix else 'tcp'} {state}>"
+
+
+def connect(address: Address, *, timeout: float | None, max_frame: int = DEFAULT_MAX_FRAME) -> SocketStream:
+    """Open a connection to ``address``.
+
+    Raises:
+        ConnectError: refused, unreachable, no such socket file, or timed out.
+    """
+    family = socket.AF_UNIX if address.transport == "unix" else None
+    try:
+        if family == socket.AF_UNIX:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(address.sockaddr)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection(address.sockaddr, timeout=timeout)
+    except TimeoutError as exc:
+        raise ConnectError(f"connecting to {address} timed out after {timeout}s") from exc
+    except OSError as exc:
+        raise ConnectError(f"could not connect to {address}: {exc.strerror or exc}") from exc
+    sock.settimeout(None)
+    return SocketStream(sock, max_frame=max_frame)
+
+
+class Listener:
+    """A listening socket.
+
+    Lifetime: binds in the constructor; :meth:`close` stops listening and,
+    for a Unix socket, removes the socket file it created. Idempotent.
+
+    Args:
+        address: where to listen; TCP port 0 picks a free port.
+        backlog: the listen queue length.
+
+    Raises:
+        ConnectError: the address cannot be bound (in use, permission, a
+            non-socket file at a Unix path).
+    """
+
+    def __init__(self, address: Address, *, backlog: int = 128) -> None:
+        self._closed = False
+        self._path: str | None = None
+        if address.transport == "unix":
+            assert address.path is not None
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self._bind_unix(address.path)
+            except BaseException:
+                self._sock.close()
+                raise
+            self.address = address
+        else:
+            host = address.host or "127.0.0.1"
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._sock = socket.socket(family, socket.SOCK_STREAM)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                self._sock.bind((host, address.port or 0))
+            except OSError as exc:
+                self._sock.close()
+                raise ConnectError(
+                    f"failed to bind tcp listener on {address}: {exc.strerror or exc}"
+                ) from exc
+            self.address = Address("tcp", host=host, port=self._sock.getsockname()[1])
+        self._sock.listen(backlog)
+        self._sock.setblocking(False)
+
+    def _bind_unix(self, path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISSOCK(st.st_mode):
+                raise ConnectError(f"failed to bind unix listener: {path} exists and is not a socket")
+            # A socket file nobody answers on is stale (its server died): reuse the path.
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe.settimeout(1.0)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)
+            else:
+                raise ConnectError(f"failed to bind unix listener: a server is already listening on {path}")
+            finally:
+                probe.close()
+        old_umask = os.umask(0o177)  # the socket file is born 0600
+        try:
+            self._sock.bind(path)
+        except OSError as exc:
+            raise ConnectError(f"failed to bind unix listener on {path}: {exc.strerror or exc}") from exc
+        finally:
+            os.umask(old_umask)
+        self._path = path
+        self._inode = os.stat(path).st_ino
+
+    def fileno(self) -> int:
+        """The listening socket's descriptor."""
+        return self._sock.fileno()
+
+    def accept(self, timeout: float | None) -> socket.socket | None:
+        """Accept one connection, or return None if none came before ``timeout``.
+
+        Raises:
+            ClosedError: the listener is closed.
+        """
+        if self._closed:
+            raise ClosedError("the listener is closed")
+        try:
+            readable, _, _ = select.select([self._sock], [], [], timeout)
+            if not readable:
+                return None
+            sock, _ = self._sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        except (OSError, ValueError) as exc:
+            if self._closed:
+                # Closed by another thread while we waited.
+                raise ClosedError("the listener is closed") from None
+            if isinstance(exc, OSError) and exc.errno in (
+                errno.ECONNABORTED,
+                errno.EPROTO,
+                errno.EMFILE,
+                errno.ENFILE,
+            ):
+                return None
+            raise
+        sock.setblocking(True)
+        return sock
+
+    def close(self) -> None:
+        """Stop listening; remove our Unix socket file. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sock.close()
+        if self._path is not None:
+            try:
+                # Only remove the file if it is still the one we bound.
+                if os.stat(self._path).st_ino == self._inode:
+                    os.unlink(self._path)
+            except OSError:
+                pass
+
+    @property
+    def closed(self) -> bool:
+        """True once closed."""
+        return self._closed
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.address} {'closed' if self._closed else 'open'}>"

@@ -1,0 +1,991 @@
+"""``EnvServer``: serve a Gymnasium environment to clients in other processes.
+
+One thread accepts connections; each connection gets a session thread that
+runs the handshake, then serves requests until the client detaches, dies or
+the server stops. Per session:
+
+* a **channel** (two shared-memory message rings) when the client can map our
+  /dev/shm, else frames on the socket;
+* a **data plane** (a slab of leased blocks) holding the observations and
+  frames the client has not released yet;
+* an env: its own instance when the server was given a factory or an env id,
+  or the one shared env object (then one session at a time).
+
+An exception inside the env goes back to the client as a RemoteError with the
+remote traceback; the session and the server keep going.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import signal
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from . import _protocol as P
+from ._adapter import EnvAdapter, InlineSink, ShmSink, Sink, encode_info, encode_render
+from ._channel import RingChannel, SocketChannel, channel_layout, write_token
+from ._codec import TailBuilder, decode, pack
+from ._dtypes import DTYPES
+from .errors import (
+    BrokenError,
+    BusyError,
+    ClosedError,
+    InvalidActionError,
+    InvalidHandle,
+    OperationTimeout,
+    ProtocolError,
+    RLMeshError,
+)
+from .net.address import resolve_address
+from .net.framing import DEFAULT_MAX_FRAME
+from .net.stream import Listener, SocketStream
+from .shm import Handle, Segment, SegmentKind, Slab, SlotRing, SpinPolicy, janitor as _janitor
+from .specs import EnvContract
+
+__all__ = ["EnvServer", "ServeOptions"]
+
+log = logging.getLogger(__name__)
+
+__version__ = "0.1.0"
+
+#: The server spins while waiting for a request only if it has a single
+#: session and at least two cores: never more spinners than cores.
+SERVER_SPIN = 500e-6
+
+
+def _check_seconds(name: str, value: float | None, *, allow_zero: bool = True) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None")
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value}")
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeOptions:
+    """How an :class:`EnvServer` behaves. Keyword-only, immutable.
+
+    Attributes:
+        allow_remote_shutdown: let a client stop the server with
+            ``client.shutdown()`` (also enabled by ``RLMESH_ALLOW_REMOTE_SHUTDOWN=1``).
+        idle_timeout_seconds: stop the server after this long without any
+            request (armed when the server starts; None: never).
+        drain_timeout_seconds: at shutdown, how long sessions may take to
+            finish the request they are serving (None: 5 s).
+        close_timeout_seconds: how long ``env.close()`` may take (None: 10 s).
+        handshake_timeout_seconds: how long a new connection may take to
+            complete the handshake.
+        max_message_bytes: the largest message accepted or sent.
+        shared_memory: offer shared memory to clients that can map it.
+    """
+
+    allow_remote_shutdown: bool = False
+    idle_timeout_seconds: float | None = None
+    drain_timeout_seconds: float | None = None
+    close_timeout_seconds: float | None = None
+    handshake_timeout_seconds: float = 10.0
+    max_message_bytes: int = DEFAULT_MAX_FRAME
+    shared_memory: bool = True
+
+    def __post_init__(self) -> None:
+        _check_seconds("idle_timeout_seconds", self.idle_timeout_seconds, allow_zero=False)
+        _check_seconds("drain_timeout_seconds", self.drain_timeout_seconds)
+        _check_seconds("close_timeout_seconds", self.close_timeout_seconds)
+        _check_seconds("handshake_timeout_seconds", self.handshake_timeout_seconds, allow_zero=False)
+        if not isinstance(self.max_message_bytes, int) or self.max_message_bytes < 4096:
+            raise ValueError("max_message_bytes must be an int >= 4096")
+
+
+# -- where envs come from ------------------------------------------------------------
+
+
+def _gym_factory(env_id: str, num_envs: int | None, kwargs: dict[str, Any]) -> Callable[[], Any]:
+    def make() -> Any:
+        try:
+            import gymnasium
+        except ImportError as exc:
+            from .errors import BackendUnavailable
+
+            raise BackendUnavailable(
+                f'serving the Gymnasium id {env_id!r} needs gymnasium: pip install "rlmesh[gymnasium]"'
+            ) from exc
+        if num_envs is not None and num_envs > 1:
+            return gymnasium.make_vec(env_id, num_envs=num_envs, **kwargs)
+        return gymnasium.make(env_id, **kwargs)
+
+    return make
+
+
+class _EnvSource:
+    """Hands out env adapters to sessions."""
+
+    def __init__(self, env: Any, num_envs: int | None, make_kwargs: dict[str, Any]) -> None:
+        if isinstance(env, str):
+            self.factory: Callable[[], Any] | None = _gym_factory(env, num_envs, make_kwargs)
+        elif isinstance(env, type) or (callable(env) and not hasattr(env, "step")):
+            self.factory = env
+        else:
+            self.factory = None
+        self._lock = threading.Lock()
+        self._spare: EnvAdapter | None = None
+        self._shared_busy = False
+        self._closed = False
+        if self.factory is None:
+            self.shared: EnvAdapter | None = EnvAdapter(env)
+            self.contract = self.shared.contract
+        else:
+            self.shared = None
+            self._spare = EnvAdapter(self.factory())
+            self.contract = self._spare.contract
+
+    def acquire(self) -> EnvAdapter:
+        """An adapter for a new session.
+
+        Raises:
+            BusyError: the shared env object already has a session.
+        """
+        with self._lock:
+            if self._closed:
+                raise ClosedError("the server is shutting down")
+            if self.shared is not None:
+                if self._shared_busy:
+                    raise BusyError(
+                        "this server serves a single env object and another client is connected; "
+                        "only one client at a time can drive it (serve a factory or an env id to "
+                        "give every client its own env)"
+                    )
+                self._shared_busy = True
+                return self.shared
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            return spare
+        assert self.factory is not None
+        adapter = EnvAdapter(self.factory())
+        if adapter.contract != self.contract:
+            adapter.close()
+            raise RLMeshError("the env factory built an env with a different contract than the first one")
+        return adapter
+
+    def release(self, adapter: EnvAdapter, close_timeout: float) -> None:
+        """A session is done with its adapter."""
+        if adapter is self.shared:
+            with self._lock:
+                self._shared_busy = False
+            return
+        _close_env(adapter, close_timeout)
+
+    def close(self, close_timeout: float) -> None:
+        """Close what is not in use: the shared env (exactly once) and the spare."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            spare, self._spare = self._spare, None
+        if self.shared is not None:
+            _close_env(self.shared, close_timeout)
+        if spare is not None:
+            _close_env(spare, close_timeout)
+
+
+def _close_env(adapter: EnvAdapter, timeout: float) -> None:
+    # env.close() runs on a helper thread so a hanging close cannot hold the
+    # server past its close timeout.
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            adapter.close()
+        except Exception:  # the env's failure to close is logged, not fatal
+            log.exception("env.close() raised")
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=run, name="rlmesh-env-close", daemon=True)
+    thread.start()
+    if not done.wait(timeout):
+        log.warning("env.close() did not finish within %.1fs; leaving it behind", timeout)
+
+
+# -- the shared-memory data plane of one session ------------------------------------------
+
+
+class _DataPlane:
+    """The blocks holding tensors a client has not released yet."""
+
+    DEPTH = 4
+    MAX_RINGS = 64
+
+    def __init__(self, contract: EnvContract) -> None:
+        sizes = _leaf_sizes(contract)
+        needed = sum(-(-n // 64) * 64 for n in sizes)
+        segment_size = max(1 << 20, needed * self.DEPTH + (256 << 10))
+        self.slab = Slab(segment_size=segment_size)
+        self._rings: dict[int, SlotRing] = {}
+        self._owner: dict[tuple[int, int], SlotRing | None] = {}
+        try:
+            # The per-step slots exist before the first step: steady state allocates nothing.
+            for nbytes in sorted(set(sizes)):
+                self._rings[nbytes] = SlotRing(self.slab, nbytes, self.DEPTH, policy="grow")
+        except BaseException:
+            self.slab.close()
+            raise
+
+    def acquire(self, nbytes: int) -> Any:
+        ring = self._rings.get(nbytes)
+        if ring is None:
+            if len(self._rings) >= self.MAX_RINGS:
+                block = self.slab.alloc(nbytes)
+                self._owner[(block.segment, block.offset)] = None
+                return block
+            ring = self._rings[nbytes] = SlotRing(self.slab, nbytes, 2, policy="grow")
+        block = ring.acquire()
+        self._owner[(block.segment, block.offset)] = ring
+        return block
+
+    def view_of(self, block: Any) -> memoryview:
+        return self.slab.view(block)
+
+    def release(self, flat: list[int]) -> None:
+        """Take back leases (a flat list of handle fields).
+
+        Raises:
+            InvalidHandle: a forged or stale handle.
+        """
+        if len(flat) % 4:
+            raise InvalidHandle("a release list must hold whole handles")
+        owner = self._owner
+        for i in range(0, len(flat), 4):
+            handle = Handle.decode(flat[i : i + 4])
+            key = (handle.segment, handle.offset)
+            if key not in owner:
+                raise InvalidHandle(f"{handle} is not leased to this client")
+            ring = owner.pop(key)
+            if ring is None:
+                self.slab.free(self.slab.resolve(handle))
+            else:
+                ring.release(handle)
+
+    def close(self) -> None:
+        for ring in self._rings.values():
+            ring.close()
+        self.slab.close()
+
+
+def _leaf_sizes(contract: EnvContract) -> list[int]:
+    """Bytes of each tensor a step response carries.
+
+    Observation leaves, and a vector env's rewards and flags.
+    """
+    batch = contract.num_envs
+    sizes: list[int] = []
+
+    def visit(spec: Any) -> None:
+        if spec.kind == "dict":
+            for _, child in spec.details["spaces"]:
+                visit(child)
+        elif spec.kind == "tuple":
+            for child in spec.details["spaces"]:
+                visit(child)
+        elif spec.kind == "discrete":
+            if batch > 1:
+                sizes.append(8 * batch)
+        elif spec.kind != "text":
+            sizes.append(math.prod(spec.shape) * DTYPES[spec.dtype].itemsize * batch)
+
+    visit(contract.observation_space)
+    if batch > 1:
+        sizes.extend([8 * batch, batch, batch])
+    return sizes
+
+
+# -- sessions --------------------------------------------------------------------------
+
+
+class _Session:
+    """One client connection, served on its own thread."""
+
+    def __init__(self, server: EnvServer, stream: SocketStream) -> None:
+        self.server = server
+        self.stream = stream
+        self.id = str(uuid.uuid4())
+        self.adapter: EnvAdapter | None = None
+        self.channel: Any = None
+        self.data: _DataPlane | None = None
+        self.channel_segment: Segment | None = None
+        self._spin_base = SERVER_SPIN if (os.cpu_count() or 1) >= 2 else 0.0
+        self.spin = SpinPolicy(self._spin_base)
+        self.thread = threading.Thread(target=self.run, name=f"rlmesh-session-{self.id[:8]}", daemon=True)
+        self.busy = False
+        self._current_rid = 0
+        self._pending_unlink: list[int] = []
+        self._rings: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            if self._handshake():
+                self._serve()
+        except (BrokenError, ClosedError):
+            pass  # the client went away, or the server is stopping
+        except OperationTimeout:
+            log.info("session %s: the client did not complete the handshake in time", self.id[:8])
+        except ProtocolError as exc:
+            log.warning("session %s: protocol error: %s", self.id[:8], exc)
+        except Exception:
+            log.exception("session %s failed", self.id[:8])
+        finally:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        if self.data is not None:
+            try:
+                self.data.close()
+            except Exception:
+                log.exception("session %s: could not release its shared memory", self.id[:8])
+        if self.channel_segment is not None:
+            try:
+                self.channel_segment.close()
+            except Exception:
+                log.exception("session %s: could not release its channel", self.id[:8])
+        self.stream.close()
+        self._release_env()
+        self.server._session_ended(self)
+
+    def _release_env(self) -> None:
+        adapter, self.adapter = self.adapter, None
+        if adapter is not None:
+            self.server._source.release(adapter, self.server._close_timeout)
+
+    # -- handshake ----------------------------------------------------------------------
+
+    def _send_error(self, code: str, message: str, exc: BaseException | None = None) -> None:
+        try:
+            self.stream.send(pack(P.error_to_wire(0, code, exc, message)), timeout=2.0)
+        except RLMeshError:
+            pass
+
+    def _handshake(self) -> bool:
+        options = self.server.options
+        timeout = options.handshake_timeout_seconds
+        head, _, _ = self.stream.recv_frame(timeout)
+        hello = decode(head)
+        if not (
+            isinstance(hello, list) and len(hello) == 2 and hello[0] == P.HELLO and isinstance(hello[1], dict)
+        ):
+            self._send_error(P.E_PROTOCOL, "expected an rlmesh HELLO message")
+            raise ProtocolError("the peer did not start with an rlmesh HELLO")
+        info = hello[1]
+        if info.get("magic") != P.MAGIC:
+            self._send_error(P.E_PROTOCOL, "not an rlmesh client")
+            raise ProtocolError("the peer is not an rlmesh client")
+        if info.get("protocol") != P.PROTOCOL_VERSION:
+            message = (
+                f"protocol version mismatch: the client (rlmesh {info.get('version', '?')}) speaks "
+                f"protocol {info.get('protocol')!r}, this server (rlmesh {__version__}) speaks "
+                f"protocol {P.PROTOCOL_VERSION}; run the same rlmesh release on both sides"
+            )
+            log.error("session %s: %s", self.id[:8], message)
+            self._send_error(P.E_VERSION, message)
+            return False
+        uid = self.stream.peer_uid
+        if uid is not None and uid not in (os.geteuid(), 0):
+            self._send_error(P.E_PROTOCOL, "only processes of the same user may connect")
+            raise ProtocolError(f"rejected a client running as uid {uid}")
+        try:
+            self.adapter = self.server._source.acquire()
+        except (BusyError, ClosedError) as exc:
+            self._send_error(P.E_BUSY if isinstance(exc, BusyError) else P.E_STOPPING, str(exc), exc)
+            return False
+        contract = self.adapter.contract
+        offer = None
+        token = None
+        if options.shared_memory and info.get("shm"):
+            offer, token = self._make_offer(contract)
+        if info.get("pid") == os.getpid():
+            # Same process: the client is a thread that needs the GIL we would spin with.
+            self._spin_base = 0.0
+            self.spin.maximum = self.spin.budget = 0.0
+        welcome = {
+            "pid": os.getpid(),
+            "protocol": P.PROTOCOL_VERSION,
+            "version": __version__,
+            "session": self.id,
+            "contract": contract.to_dict(),
+            "offer": offer,
+        }
+        self.stream.send(pack([P.WELCOME, welcome]), timeout=timeout)
+        head, _, _ = self.stream.recv_frame(timeout)
+        attached = decode(head)
+        if not (isinstance(attached, list) and len(attached) == 2 and attached[0] == P.ATTACHED):
+            raise ProtocolError("expected an ATTACHED message")
+        answer = attached[1] if isinstance(attached[1], dict) else {}
+        if token is not None and answer.get("token") == token:
+            self._start_rings()
+        else:
+            if offer is not None:
+                log.info(
+                    "session %s: the client could not map our shared memory (%s); copying inline",
+                    self.id[:8],
+                    answer.get("reason") or "no reason given",
+                )
+            self._drop_shm()
+            self.channel = SocketChannel(self.stream)
+        self.stream.send(pack([P.READY, {"data_plane": self.channel.data_plane}]), timeout=timeout)
+        return True
+
+    def _make_offer(self, contract: EnvContract) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            self.data = _DataPlane(contract)
+            req_cap = _pow2(max(64 << 10, 4 * _contract_action_bytes(contract)))
+            resp_cap = _pow2(max(256 << 10, 4 * 1024 * contract.num_envs))
+            size, req_off, resp_off = channel_layout(req_cap, resp_cap)
+            self.channel_segment = Segment.create(size, SegmentKind.CHANNEL)
+            token = write_token(self.channel_segment)
+        except RLMeshError as exc:
+            log.warning(
+                "session %s: no shared memory for this session (%s); copying inline", self.id[:8], exc
+            )
+            self._drop_shm()
+            return None, None
+        self._rings = ((req_off, req_cap), (resp_off, resp_cap))
+        offer = {
+            "channel": [self.channel_segment.name, size, req_off, req_cap, resp_off, resp_cap],
+            "segments": [list(s) for s in self.data.slab.take_new_segments()],
+        }
+        return offer, token
+
+    def _start_rings(self) -> None:
+        assert self.channel_segment is not None and self.data is not None
+        req, resp = self._rings
+        self.channel = RingChannel(self.stream, self.channel_segment, tx=resp, rx=req, spin=self.spin)
+        # Both sides have mapped everything: the names can go. The memory lives
+        # on until both unmap, and nothing is left in /dev/shm even after a SIGKILL.
+        self.channel_segment.unlink()
+        for segment in self.data.slab.segments.values():
+            segment.unlink()
+
+    def _drop_shm(self) -> None:
+        if self.data is not None:
+            self.data.close()
+            self.data = None
+        if self.channel_segment is not None:
+            self.channel_segment.close()
+            self.channel_segment = None
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def _check_stop(self) -> None:
+        if self.server._stopping.is_set():
+            raise ClosedError("the server is stopping")
+
+    def _serve(self) -> None:
+        assert self.adapter is not None
+        channel = self.channel
+        ring_mode = channel.data_plane == "shm"
+        server = self.server
+        stopping = server._stopping
+        if ring_mode:
+            assert self.data is not None
+            self.sink: Sink = ShmSink(self.data.acquire, self.data.view_of)
+        recv, check = channel.recv, self._check_stop
+        while True:
+            self.busy = False
+            if stopping.is_set():
+                return
+            # Never more spinners than cores: spin only while this is the only session.
+            self.spin.maximum = self._spin_base if server._active_sessions() == 1 else 0.0
+            if self.spin.budget > self.spin.maximum:
+                self.spin.budget = self.spin.maximum
+            message = recv(None, check)
+            self.busy = True
+            server._last_activity = time.monotonic()
+            try:
+                request = decode(
+                    message.head, tail=message.tail, tail_address=message.tail_address, copy_inline=ring_mode
+                )
+            finally:
+                message.done()
+            if type(request) is not list or len(request) < 2 or type(request[1]) is not int:
+                self._reply(P.error_to_wire(0, P.E_PROTOCOL, None, "malformed request"))
+                return
+            self._current_rid = request[1]
+            try:
+                if not self._dispatch(request):
+                    return
+            except (ProtocolError, InvalidHandle) as exc:
+                self._reply(P.error_to_wire(request[1], P.E_PROTOCOL, exc, str(exc)))
+                return
+
+    def _reply(self, head: list[Any], tail: TailBuilder | None = None) -> None:
+        self.channel.send(pack(head), tail)
+
+    def _sink(self) -> tuple[Sink, TailBuilder | None]:
+        if self.channel.data_plane == "shm":
+            return self.sink, None
+        tail = TailBuilder()
+        return InlineSink(tail), tail
+
+    def _send_ok(self, rid: int, payload: list[Any], tail: TailBuilder | None) -> None:
+        data = self.data
+        if data is not None and data.slab.has_new_segments:
+            new = data.slab.take_new_segments()
+            self.channel.send(pack([P.SEGMENTS, [list(s) for s in new]]))
+            self._pending_unlink.extend(seg_id for seg_id, _, _ in new)
+        self.channel.send(pack([P.OK, rid, *payload], tail), tail)
+
+    def _env_error(self, rid: int, exc: BaseException) -> None:
+        self._reply(
+            P.error_to_wire(rid, P.E_ENV, exc, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        )
+
+    def _dispatch(self, request: list[Any]) -> bool:
+        """Serve one request; False ends the session."""
+        op, rid = request[0], request[1]
+        adapter = self.adapter
+        assert adapter is not None
+        if op == P.STEP:
+            if len(request) != 4:
+                raise ProtocolError("malformed STEP")
+            self._apply_releases(request[3])
+            try:
+                action = adapter.decode_action(request[2])
+            except InvalidActionError as exc:
+                self._reply(P.error_to_wire(rid, P.E_INVALID_ACTION, exc, str(exc)))
+                return True
+            sink, tail = self._sink()
+            try:
+                obs, reward, terminated, truncated, info = adapter.step(action)
+                if adapter.vector:
+                    n = adapter.num_envs
+                    payload = [
+                        adapter.encode_obs(obs, sink),
+                        _encode_lanes(reward, n, "float64", sink),
+                        _encode_lanes(terminated, n, "bool", sink),
+                        _encode_lanes(truncated, n, "bool", sink),
+                        encode_info(info),
+                    ]
+                else:
+                    payload = [
+                        adapter.encode_obs(obs, sink),
+                        reward,
+                        terminated,
+                        truncated,
+                        encode_info(info),
+                    ]
+            except Exception as exc:
+                self._env_error(rid, exc)
+                return True
+            self._send_ok(rid, payload, tail)
+            return True
+        if op == P.RESET:
+            if len(request) != 5:
+                raise ProtocolError("malformed RESET")
+            self._apply_releases(request[4])
+            seed, options = request[2], request[3]
+            if not _valid_seed(seed):
+                self._reply(P.error_to_wire(rid, P.E_INVALID_ARGUMENT, None, f"invalid seed {seed!r}"))
+                return True
+            if options is not None and type(options) is not dict:
+                self._reply(P.error_to_wire(rid, P.E_INVALID_ARGUMENT, None, "options must be a dict"))
+                return True
+            sink, tail = self._sink()
+            try:
+                obs, info = adapter.reset(seed, options)
+                payload = [adapter.encode_obs(obs, sink), encode_info(info)]
+            except Exception as exc:
+                self._env_error(rid, exc)
+                return True
+            self._send_ok(rid, payload, tail)
+            return True
+        if op == P.RENDER:
+            if len(request) != 4 or type(request[2]) is not int:
+                raise ProtocolError("malformed RENDER")
+            self._apply_releases(request[3])
+            env_index = request[2]
+            if not 0 <= env_index < adapter.num_envs:
+                message = (
+                    f"env_index {env_index} is out of range: the endpoint serves {adapter.num_envs} env(s)"
+                )
+                self._reply(P.error_to_wire(rid, P.E_INVALID_ARGUMENT, None, message))
+                return True
+            sink, tail = self._sink()
+            try:
+                payload = [encode_render(adapter.render(env_index), sink)]
+            except Exception as exc:
+                self._env_error(rid, exc)
+                return True
+            self._send_ok(rid, payload, tail)
+            return True
+        if op == P.CLOSE:
+            # Free the env before answering: a client that connects right after
+            # this one closed must find a shared env object free.
+            self._release_env()
+            self._reply([P.OK, rid])
+            return False
+        if op == P.SHUTDOWN:
+            accepted = self.server._remote_shutdown_allowed()
+            self._reply([P.OK, rid, accepted])
+            if accepted:
+                reason = request[2] if len(request) > 2 else ""
+                log.info("shutdown requested by a client: %s", reason)
+                self.server._request_stop()
+                return False
+            return True
+        if op == P.PING:
+            self._reply([P.OK, rid])
+            return True
+        raise ProtocolError(f"unknown operation {op!r}")
+
+    def _apply_releases(self, releases: Any) -> None:
+        pending = self._pending_unlink
+        if pending:
+            # The client read SEGMENTS before sending this request: it has mapped them.
+            assert self.data is not None
+            segments = self.data.slab.segments
+            for seg_id in pending:
+                if seg_id in segments:
+                    segments[seg_id].unlink()
+            pending.clear()
+        if releases:
+            if type(releases) is not list or self.data is None:
+                raise ProtocolError("malformed release list")
+            self.data.release(releases)
+
+
+def _encode_lanes(values: Any, n: int, dtype_name: str, sink: Sink) -> Any:
+    dtype = DTYPES[dtype_name]
+    record, view = sink.target((n,), dtype)
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        import struct
+
+        items = list(values)
+        if len(items) != n:
+            raise ValueError(f"expected {n} per-lane values, got {len(items)}") from None
+        fmt = "<" + ("d" if dtype_name == "float64" else "?") * n
+        struct.pack_into(fmt, view, 0, *[float(v) if dtype_name == "float64" else bool(v) for v in items])
+        return record
+    arr = np.asarray(values)
+    if arr.shape != (n,):
+        raise ValueError(f"the vector env returned {dtype_name} values of shape {arr.shape}, expected ({n},)")
+    np.copyto(np.frombuffer(view, dtype=np.dtype(dtype_name)), arr, casting="unsafe")
+    return record
+
+
+def _valid_seed(seed: Any) -> bool:
+    if seed is None:
+        return True
+    if type(seed) is int:
+        return seed >= 0
+    return (
+        isinstance(seed, list) and 0 < len(seed) <= 1 << 20 and all(type(s) is int and s >= 0 for s in seed)
+    )
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 63).bit_length()
+
+
+def _contract_action_bytes(contract: EnvContract) -> int:
+    def leaf(spec: Any) -> int:
+        if spec.kind == "dict":
+            return int(sum(leaf(c) for _, c in spec.details["spaces"])) + 64
+        if spec.kind == "tuple":
+            return int(sum(leaf(c) for c in spec.details["spaces"])) + 64
+        if spec.kind == "text":
+            return 4 * int(spec.details["max_length"]) + 16
+        return int(math.prod(spec.shape)) * DTYPES[spec.dtype].itemsize + 128
+
+    return leaf(contract.action_space) * contract.num_envs + 256
+
+
+# -- the server -------------------------------------------------------------------------
+
+
+class EnvServer:
+    """Serve an environment on a Unix or TCP socket.
+
+    Args:
+        env: what to serve: an env object (one client at a time), a
+            zero-argument factory or env class (one env per client), or a
+            Gymnasium id such as ``"CartPole-v1"`` (one ``gymnasium.make`` per
+            client). Gymnasium 1.x envs, legacy 4-tuple gym envs and vector
+            envs (``num_envs >= 2``) are all accepted.
+        address: where to listen: ``"unix:///tmp/env.sock"``,
+            ``"tcp://127.0.0.1:5555"``, ``"127.0.0.1:0"`` or a bare port.
+            Default ``tcp://127.0.0.1:0`` (a free port).
+        host, port, path, transport: the address as helpers instead.
+        options: :class:`ServeOptions`.
+        num_envs: with a Gymnasium id, serve ``gymnasium.make_vec(id, num_envs)``.
+        make_kwargs: keyword arguments for ``gymnasium.make`` with an id.
+
+    The listener is bound and the contract built in the constructor, so
+    :attr:`address` and :attr:`env_contract` are available at once.
+
+    Lifetime:
+        :meth:`serve` blocks until stopped (SIGINT or SIGTERM stop it
+        gracefully); :meth:`start` serves on a background thread and leaves
+        signal handlers alone; :meth:`shutdown` stops serving, closes every
+        session, closes the env (a single env object exactly once, also when
+        the server never started) and removes the Unix socket file. It is
+        idempotent; the context manager calls it.
+
+    Raises:
+        ConnectError: (a ConnectionError) the address cannot be bound.
+        TypeError: the env lacks reset/step/close or uses an unsupported space.
+        ValueError: a vector env with num_envs < 2, or bad options.
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        address: str | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        path: str | None = None,
+        transport: str | None = None,
+        options: ServeOptions | None = None,
+        num_envs: int | None = None,
+        make_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self._listener: Listener | None = None
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._started = False
+        self._shutdown_lock = threading.Lock()
+        self._shutdown_done = False
+        self.options = options if options is not None else ServeOptions()
+        if not isinstance(self.options, ServeOptions):
+            raise TypeError("options must be a ServeOptions")
+        bind = resolve_address(
+            address,
+            host=host,
+            port=port,
+            path=path,
+            transport=transport,
+            default="tcp://127.0.0.1:0",
+            for_bind=True,
+        )
+        self._close_timeout = (
+            self.options.close_timeout_seconds if self.options.close_timeout_seconds is not None else 10.0
+        )
+        self._drain_timeout = (
+            self.options.drain_timeout_seconds if self.options.drain_timeout_seconds is not None else 5.0
+        )
+        self._source = _EnvSource(env, num_envs, dict(make_kwargs or {}))
+        try:
+            # Stale segments of dead servers go first (cheap, and a server
+            # that was SIGKILLed could not clean up after itself).
+            _janitor.clean()
+            self._listener = Listener(bind)
+        except BaseException:
+            self._source.close(self._close_timeout)
+            raise
+        self._sessions: set[_Session] = set()
+        self._sessions_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._last_activity = time.monotonic()
+
+    # -- properties -----------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The address clients connect to, with the real port (``tcp://127.0.0.1:54321``)."""
+        assert self._listener is not None
+        return str(self._listener.address)
+
+    @property
+    def env_contract(self) -> EnvContract:
+        """The served env's contract (spaces, num_envs, metadata...)."""
+        return self._source.contract
+
+    @property
+    def spec(self) -> EnvContract:
+        """Alias of :attr:`env_contract` (the published docs' name)."""
+        return self._source.contract
+
+    @property
+    def running(self) -> bool:
+        """True between start/serve and the end of shutdown."""
+        return self._started and not self._stopped.is_set()
+
+    def stats(self) -> dict[str, Any]:
+        """Live sessions and, per session, its data plane and leases outstanding."""
+        with self._sessions_lock:
+            sessions = list(self._sessions)
+        out = []
+        for s in sessions:
+            data = s.data
+            out.append(
+                {
+                    "id": s.id,
+                    "data_plane": getattr(s.channel, "data_plane", None),
+                    "leases": sum(r.leased for r in data._rings.values()) if data is not None else 0,
+                    "slab_segments": len(data.slab.segments) if data is not None else 0,
+                }
+            )
+        return {"sessions": out}
+
+    # -- running ----------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Serve until stopped; SIGINT and SIGTERM stop gracefully.
+
+        Signal handlers are installed only when called from the main thread,
+        and restored afterwards.
+
+        Raises:
+            RuntimeError: the server was already started or shut down.
+        """
+        self._begin()
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda *_: self._request_stop())
+        try:
+            self._accept_loop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.shutdown()
+
+    def start(self) -> EnvServer:
+        """Serve on a background thread; returns self.
+
+        Raises:
+            RuntimeError: the server was already started or shut down.
+        """
+        self._begin()
+        self._thread = threading.Thread(target=self._run_background, name="rlmesh-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def _begin(self) -> None:
+        if self._started:
+            raise RuntimeError("the server was already started")
+        if self._shutdown_done:
+            raise RuntimeError("the server was shut down")
+        self._started = True
+        self._last_activity = time.monotonic()
+
+    def _run_background(self) -> None:
+        try:
+            self._accept_loop()
+        except Exception:
+            log.exception("the server's accept loop failed")
+        finally:
+            self.shutdown()
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        idle = self.options.idle_timeout_seconds
+        while not self._stopping.is_set():
+            try:
+                sock = listener.accept(0.1)
+            except ClosedError:
+                return
+            if idle is not None and time.monotonic() - self._last_activity > idle and not self._any_busy():
+                log.info("no request for %.1fs: stopping (idle_timeout_seconds)", idle)
+                self._request_stop()
+                return
+            if sock is None:
+                continue
+            stream = SocketStream(sock, max_frame=self.options.max_message_bytes)
+            session = _Session(self, stream)
+            with self._sessions_lock:
+                if self._stopping.is_set():
+                    stream.close()
+                    return
+                self._sessions.add(session)
+            session.thread.start()
+
+    def _any_busy(self) -> bool:
+        with self._sessions_lock:
+            return any(s.busy for s in self._sessions)
+
+    def _active_sessions(self) -> int:
+        return len(self._sessions)
+
+    def _touch(self) -> None:
+        self._last_activity = time.monotonic()
+
+    def _session_ended(self, session: _Session) -> None:
+        with self._sessions_lock:
+            self._sessions.discard(session)
+
+    def _remote_shutdown_allowed(self) -> bool:
+        return bool(
+            self.options.allow_remote_shutdown or os.environ.get("RLMESH_ALLOW_REMOTE_SHUTDOWN") == "1"
+        )
+
+    def _request_stop(self) -> None:
+        self._stopping.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the server has stopped; True if it has.
+
+        Raises:
+            RuntimeError: called before :meth:`start`.
+            ValueError: a negative, NaN or infinite timeout.
+        """
+        if timeout is not None:
+            _check_seconds("timeout", timeout)
+        if not self._started and not self._shutdown_done:
+            raise RuntimeError("wait() called before start()")
+        return self._stopped.wait(timeout)
+
+    def shutdown(self) -> None:
+        """Stop serving and release everything. Idempotent.
+
+        Sessions get ``drain_timeout_seconds`` to finish the request they are
+        serving; the env's ``close()`` gets ``close_timeout_seconds``.
+        """
+        with self._shutdown_lock:
+            if self._shutdown_done:
+                return
+            self._shutdown_done = True
+        self._stopping.set()
+        if self._listener is not None:
+            self._listener.close()
+        deadline = time.monotonic() + self._drain_timeout
+        with self._sessions_lock:
+            sessions = list(self._sessions)
+        for session in sessions:
+            if not session.busy:
+                # Wake it: closing the socket makes its liveness check fail.
+                session.stream.close()
+        for session in sessions:
+            session.thread.join(max(deadline - time.monotonic(), 0.0))
+            if session.thread.is_alive():
+                log.warning("session %s did not finish within the drain timeout", session.id[:8])
+                session.stream.close()
+        self._source.close(self._close_timeout)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(1.0)
+        self._stopped.set()
+
+    def __enter__(self) -> EnvServer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped.is_set() else ("running" if self._started else "idle")
+        return f"<EnvServer {self.env_contract.id} at {self.address if self._listener else '?'} {state}>"

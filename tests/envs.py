@@ -1,0 +1,240 @@
+"""Small envs for the tests, importable by `rlmesh serve tests.envs:NAME` subprocesses too."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from rlmesh import spaces
+
+
+class TinyEnv:
+    """Discrete(2) observations and actions; terminates after `limit` steps; counts closes."""
+
+    metadata: dict[str, Any] = {"render_modes": []}
+    render_mode = None
+
+    def __init__(self, limit: int = 3) -> None:
+        self.observation_space = spaces.Discrete(2)
+        self.action_space = spaces.Discrete(2)
+        self.limit = limit
+        self.t = 0
+        self.close_calls = 0
+        self.seen_seeds: list[Any] = []
+        self.seen_options: list[Any] = []
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        self.t = 0
+        self.seen_seeds.append(seed)
+        self.seen_options.append(options)
+        return 0, {"seed": seed, "options": options}
+
+    def step(self, action: int) -> tuple[int, float, bool, bool, dict[str, Any]]:
+        self.t += 1
+        return int(action), 1.0, self.t >= self.limit, False, {"action": int(action)}
+
+    def close(self) -> None:
+        self.close_calls += 1
+
+
+class CountEnv:
+    """Box observations [t, action, seed, pid]; float64 from the env for a float32 space."""
+
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 30}
+
+    def __init__(self, limit: int = 100, render_mode: str | None = "rgb_array") -> None:
+        self.observation_space = spaces.Box(-1e9, 1e9, (4,), "float32")
+        self.action_space = spaces.Discrete(3)
+        self.render_mode = render_mode
+        self.limit = limit
+        self.t = 0
+        self.seed_value = -1
+
+    def _obs(self, action: int) -> np.ndarray:
+        return np.array([self.t, action, self.seed_value, os.getpid()], dtype=np.float64)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        self.t = 0
+        self.seed_value = -1 if seed is None else seed
+        return self._obs(0), {"episode_ids": "env-owned", "custom": np.arange(3)}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        self.t += 1
+        return self._obs(int(action)), float(self.t), False, self.t >= self.limit, {"t": self.t}
+
+    def render(self) -> np.ndarray:
+        frame = np.zeros((6, 8, 3), dtype=np.uint8)
+        frame[..., 0] = self.t % 256
+        frame[0, 0] = (1, 2, 3)
+        return frame
+
+    def close(self) -> None:
+        pass
+
+
+class SlowEnv(TinyEnv):
+    """Sleeps `delay` seconds in step (a hung env, for timeouts)."""
+
+    def __init__(self, delay: float = 2.0) -> None:
+        super().__init__(limit=1000)
+        self.delay = delay
+        self.entered = threading.Event()
+
+    def step(self, action: int) -> tuple[int, float, bool, bool, dict[str, Any]]:
+        self.entered.set()
+        time.sleep(self.delay)
+        return super().step(action)
+
+
+class FailingEnv(TinyEnv):
+    """Raises in step when the action is 1, in reset when options ask for it."""
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        if options and options.get("fail"):
+            raise KeyError("reset was asked to fail")
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action: int) -> tuple[int, float, bool, bool, dict[str, Any]]:
+        if action == 1:
+            raise ZeroDivisionError("division by zero in the env")
+        return super().step(action)
+
+
+class LegacyEnv:
+    """The old gym API: reset returns obs only, step returns 4 values."""
+
+    metadata: dict[str, Any] = {}
+
+    def __init__(self, limit: int = 2, time_limit: bool = True) -> None:
+        self.observation_space = spaces.Discrete(5)
+        self.action_space = spaces.Discrete(2)
+        self.limit = limit
+        self.time_limit = time_limit
+        self.t = 0
+
+    def reset(self) -> int:
+        self.t = 0
+        return 0
+
+    def step(self, action: int) -> tuple[int, float, bool, dict[str, Any]]:
+        self.t += 1
+        done = self.t >= self.limit
+        info = {"TimeLimit.truncated": True} if done and self.time_limit else {}
+        return self.t, 0.5, done, info
+
+    def close(self) -> None:
+        pass
+
+
+class BoxActionEnv:
+    """Box(-1, 1, (2,), float32) actions and Dict observations with a Tuple inside."""
+
+    metadata: dict[str, Any] = {}
+    render_mode = None
+
+    def __init__(self) -> None:
+        self.action_space = spaces.Box(-1.0, 1.0, (2,), "float32")
+        self.observation_space = spaces.Dict(
+            {
+                "pos": spaces.Box(-10.0, 10.0, (2,), "float32"),
+                "pair": spaces.Tuple([spaces.Discrete(4), spaces.Text(8)]),
+                "image": spaces.Box(0, 255, (32, 32, 3), "uint8"),
+            }
+        )
+        self.last_action: Any = None
+
+    def _obs(self) -> dict[str, Any]:
+        pos = (
+            np.zeros(2, np.float32) if self.last_action is None else np.asarray(self.last_action, np.float32)
+        )
+        image = np.full((32, 32, 3), 7, np.uint8)
+        return {"pos": pos, "pair": (2, "hi"), "image": image}
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        self.last_action = None
+        return self._obs(), {}
+
+    def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        assert isinstance(action, np.ndarray) and action.dtype == np.float32 and action.shape == (2,)
+        self.last_action = action.copy()
+        return self._obs(), float(action.sum()), False, False, {}
+
+    def close(self) -> None:
+        pass
+
+
+class TinyVectorEnv:
+    """A duck-typed vector env of N TinyEnv-like lanes with NextStep autoreset."""
+
+    metadata: dict[str, Any] = {"autoreset_mode": "NextStep"}
+    render_mode = "rgb_array"
+
+    def __init__(self, num_envs: int = 2, limit: int = 2) -> None:
+        self.num_envs = num_envs
+        self.single_observation_space = spaces.Box(-100.0, 100.0, (3,), "float32")
+        self.single_action_space = spaces.Discrete(3)
+        self.observation_space = self.single_observation_space
+        self.action_space = self.single_action_space
+        self.limit = limit
+        self.t = np.zeros(num_envs, np.int64)
+        self.done = np.zeros(num_envs, bool)
+        self.closed = 0
+        self.last_seed: Any = None
+
+    def _obs(self, actions: np.ndarray) -> np.ndarray:
+        lanes = np.arange(self.num_envs)
+        return np.stack([lanes, self.t, actions], axis=1).astype(np.float32)
+
+    def reset(
+        self, *, seed: Any = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        self.last_seed = seed
+        self.t[:] = 0
+        self.done[:] = False
+        return self._obs(np.zeros(self.num_envs, np.int64)), {"seed": seed}
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        actions = np.asarray(actions)
+        assert actions.shape == (self.num_envs,)
+        # NextStep: lanes that ended last step are reset now.
+        self.t[self.done] = 0
+        self.t[~self.done] += 1
+        terminated = self.t >= self.limit
+        self.done = terminated.copy()
+        return (
+            self._obs(actions),
+            self.t.astype(np.float64),
+            terminated,
+            np.zeros(self.num_envs, bool),
+            {"actions": actions},
+        )
+
+    def render(self) -> tuple[np.ndarray, ...]:
+        return tuple(np.full((2, 2, 3), i, np.uint8) for i in range(self.num_envs))
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def make_count_env() -> CountEnv:
+    return CountEnv()
+
+
+def make_slow_env(delay: float = 30.0) -> SlowEnv:
+    return SlowEnv(delay)
+
+
+def make_vector_env() -> TinyVectorEnv:
+    return TinyVectorEnv(3)

@@ -1,0 +1,320 @@
+"""What goes wrong: dead and hung peers, killed clients, bad frames, version skew."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+
+import rlmesh
+import rlmesh.numpy as rnp
+from tests.conftest import ROOT
+from tests.envs import CountEnv, TinyEnv
+
+pytestmark = pytest.mark.timeout(90)
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def start_subprocess_server(target: str, address: str, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rlmesh",
+            "serve",
+            target,
+            "--address",
+            address,
+            "--ready-fd",
+            str(write_fd),
+            *extra,
+        ],
+        pass_fds=(write_fd,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+        cwd=ROOT,
+    )
+    os.close(write_fd)
+    with os.fdopen(read_fd) as ready:
+        line = ready.readline().strip()
+    if not line:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("server did not start")
+    return proc, line
+
+
+def kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+
+
+@pytest.mark.parametrize(
+    ("address", "shm"),
+    [("unix", True), ("unix", False), ("tcp", True), ("tcp", False)],
+    ids=["unix-shm", "unix-inline", "tcp-shm", "tcp-inline"],
+)
+def test_a_killed_server_is_reported_within_a_second_never_a_hang(tmp_path, address: str, shm: bool) -> None:
+    bind = f"unix://{tmp_path}/s.sock" if address == "unix" else "tcp://127.0.0.1:0"
+    proc, addr = start_subprocess_server("tests.envs:make_slow_env", bind)
+    try:
+        env = rlmesh.RemoteEnv(addr, shared_memory=shm, request_timeout_seconds=60)
+        env.reset()
+        killed_at: list[float] = []
+
+        def kill_soon() -> None:
+            time.sleep(0.3)
+            killed_at.append(time.monotonic())
+            proc.send_signal(signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_soon)
+        killer.start()
+        with pytest.raises(ConnectionError):
+            env.step(0)  # the env sleeps 30 s in step
+        noticed = time.monotonic() - killed_at[0]
+        killer.join()
+        assert noticed < 1.0, f"took {noticed:.2f}s to notice the dead server"
+        with pytest.raises(ConnectionError):
+            env.step(0)
+        env.close()
+    finally:
+        kill(proc)
+    # The killed server could not clean up: its segment names were unlinked
+    # right after the handshake, and the leak check confirms nothing is left.
+
+
+def test_a_server_killed_between_steps_fails_the_next_call_fast(tmp_path) -> None:
+    proc, addr = start_subprocess_server("CartPole-v1", f"unix://{tmp_path}/s.sock")
+    try:
+        env = rnp.RemoteEnv(addr)
+        env.reset(seed=0)
+        env.step(0)
+        kill(proc)
+        start = time.monotonic()
+        with pytest.raises(ConnectionError):
+            env.step(0)
+        assert time.monotonic() - start < 1.0
+        env.close()
+    finally:
+        kill(proc)
+
+
+CLIENT = """
+import sys, time, numpy as np, rlmesh.numpy as rnp
+env = rnp.RemoteEnv(sys.argv[1])
+env.reset(seed=1)
+held = [env.step(0)[0] for _ in range(3)]
+import rlmesh
+plain = rlmesh.RemoteEnv(sys.argv[1])
+plain.reset()
+views = [np.from_dlpack(plain.step(1)[0]) for _ in range(10)]
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_client_does_not_disturb_other_clients(serve) -> None:
+    served = serve(CountEnv)
+    survivor = served.client(rnp.RemoteEnv)
+    survivor.reset(seed=7)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, served.server.address], stdout=subprocess.PIPE, env=ENV, cwd=ROOT
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"ready"
+        assert len(served.server.stats()["sessions"]) == 3
+        leased = [s["leases"] for s in served.server.stats()["sessions"] if s["leases"]]
+        assert max(leased) >= 10  # the dying client holds zero-copy views
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        for i in range(200):
+            obs, *_ = survivor.step(1)
+            assert obs[0] == i + 1 and obs[2] == 7
+        deadline = time.monotonic() + 5
+        while len(served.server.stats()["sessions"]) > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(served.server.stats()["sessions"]) == 1
+    finally:
+        kill(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_one_client_used_from_two_threads_gets_a_clear_error(serve) -> None:
+    from tests.envs import SlowEnv
+
+    slow = SlowEnv(delay=0.5)
+    env = serve(slow).client()
+    env.reset()
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: env.step(0))
+    thread.start()
+    assert slow.entered.wait(5)
+    try:
+        env.step(0)
+    except rlmesh.BusyError as exc:
+        errors.append(exc)
+    thread.join()
+    assert errors and "another thread" in str(errors[0])
+
+
+def _raw_connect(address: str) -> socket.socket:
+    path = address.removeprefix("unix://")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(path)
+    return sock
+
+
+def _frame(obj: object) -> bytes:
+    head = msgpack.packb(obj)
+    return struct.pack("<II", 4 + len(head), len(head)) + head
+
+
+def _read_frame(sock: socket.socket) -> object:
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    (length,) = struct.unpack("<I", exactly(4))
+    body = exactly(length)
+    (head_len,) = struct.unpack_from("<I", body)
+    return msgpack.unpackb(body[4 : 4 + head_len])
+
+
+def test_version_mismatch_is_clear_on_the_server_side(serve, caplog) -> None:
+    served = serve(TinyEnv())
+    sock = _raw_connect(served.server.address)
+    try:
+        with caplog.at_level("ERROR", logger="rlmesh.server"):
+            sock.sendall(_frame([1, {"magic": "rlmesh", "protocol": 999, "version": "9.9.9", "shm": False}]))
+            reply = _read_frame(sock)
+            assert reply[0] == 21 and reply[2] == "version"
+            assert "protocol 999" in reply[4] and "protocol 1" in reply[4]
+            deadline = time.monotonic() + 2
+            while not any("protocol version mismatch" in r.message for r in caplog.records):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+    finally:
+        sock.close()
+    assert served.client().reset()[0] == 0
+
+
+def test_version_mismatch_is_clear_on_the_client_side(tmp_path) -> None:
+    path = tmp_path / "fake.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def fake_server() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            _read_frame(conn)
+            conn.sendall(_frame([2, {"protocol": 7, "version": "7.0", "contract": {}, "offer": None}]))
+            conn.settimeout(2)
+            try:
+                conn.recv(1)
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=fake_server)
+    thread.start()
+    try:
+        with pytest.raises(rlmesh.errors.VersionMismatch, match="speaks 7") as caught:
+            rlmesh.RemoteEnv(f"unix://{path}")
+        assert caught.value.remote == 7 and caught.value.local == 1
+    finally:
+        thread.join()
+        listener.close()
+
+
+def test_an_oversized_or_garbage_frame_drops_that_connection_only(serve) -> None:
+    served = serve(CountEnv, options=rlmesh.ServeOptions(max_message_bytes=1 << 20))
+    good = served.client(rnp.RemoteEnv)
+    good.reset()
+    # A length prefix of 4 GiB: rejected before anything is allocated.
+    sock = _raw_connect(served.server.address)
+    sock.sendall(struct.pack("<I", 0xFFFFFFF0))
+    sock.settimeout(5)
+    assert sock.recv(1) == b""  # the server hung up
+    sock.close()
+    garbage = _raw_connect(served.server.address)
+    garbage.sendall(struct.pack("<II", 12, 8) + b"\xc1" * 8)
+    garbage.settimeout(5)
+    assert garbage.recv(64) == b""  # not a HELLO: the server hung up
+    garbage.close()
+    # The established session never noticed.
+    assert good.step(1)[0][0] == 1
+
+
+def test_a_silent_connection_is_dropped_at_the_handshake_deadline(serve) -> None:
+    served = serve(TinyEnv(), options=rlmesh.ServeOptions(handshake_timeout_seconds=0.3))
+    sock = _raw_connect(served.server.address)
+    sock.settimeout(5)
+    start = time.monotonic()
+    assert sock.recv(1) == b""
+    assert time.monotonic() - start < 3
+    sock.close()
+    assert served.client().reset()[0] == 0
+
+
+def test_observations_held_past_the_ring_depth_stay_unchanged(serve) -> None:
+    served = serve(CountEnv(limit=10_000))
+    env = served.client()
+    assert env.data_plane == "shm"
+    env.reset(seed=3)
+    held = [env.step(0)[0] for _ in range(40)]  # far more than the slots per ring
+    views = [np.from_dlpack(t) for t in held[::7]]
+    for _ in range(40):
+        env.step(1)
+    assert [t.tolist()[0] for t in held] == [float(i + 1) for i in range(40)]
+    assert [v[0] for v in views] == [float(i + 1) for i in range(0, 40, 7)]
+    leases = served.server.stats()["sessions"][0]["leases"]
+    assert leases >= 40
+    del held, views
+    env.step(0)  # the releases ride on this request
+    assert served.server.stats()["sessions"][0]["leases"] <= 2
+
+
+def test_shm_observations_really_live_in_shared_memory(serve) -> None:
+    served = serve(CountEnv)
+    env = served.client()
+    obs, _ = env.reset()
+    address = obs.address
+    mapping = None
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            span, *_, path = line.split(maxsplit=5)
+            lo, hi = (int(x, 16) for x in span.split("-"))
+            if lo <= address < hi:
+                mapping = line
+    assert mapping is not None and "/dev/shm/rlm-" in mapping, mapping
+    assert address % 64 == 0
+    assert np.from_dlpack(obs).ctypes.data == address
+    inline = serve(CountEnv, "unix-inline").client()
+    inline_obs, _ = inline.reset()
+    with open("/proc/self/maps") as maps:
+        assert not any(
+            "/dev/shm" in line
+            and int(line.split("-")[0], 16) <= inline_obs.address < int(line.split()[0].split("-")[1], 16)
+            for line in maps
+        )
