@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import spaces as S
-from ._codec import CODE_BY_NAME, handle_ext, inline_ext
+from ._codec import CODE_BY_NAME, handle_record, inline_ext
 from ._dtypes import DTYPES, DType, integer_bounds, is_float, is_integer
 from .errors import InvalidActionError, SpecError
 from .specs import EnvContract
@@ -124,15 +124,26 @@ class InlineSink(Sink):
 class ShmSink(Sink):
     """Tensor data goes into leased slab blocks (see server's DataPlane)."""
 
-    def __init__(self, acquire: Callable[[int], Any], view_of: Callable[[Any], memoryview]) -> None:
+    def __init__(self, acquire: Callable[[int], Any]) -> None:
         self._acquire = acquire
-        self._view_of = view_of
 
     def target(self, shape: tuple[int, ...], dtype: DType) -> tuple[Any, memoryview]:  # noqa: D102
         nbytes = math.prod(shape) * dtype.itemsize
         block = self._acquire(nbytes)
         block.nbytes = nbytes
-        return handle_ext(CODE_BY_NAME[dtype.name], shape, block.handle), self._view_of(block)
+        record = handle_record(CODE_BY_NAME[dtype.name], shape, block.segment, block.generation, block.offset)
+        return record, block.view[:nbytes]
+
+    def put(self, data: Any, shape: tuple[int, ...], dtype: DType) -> Any:  # noqa: D102
+        nbytes = math.prod(shape) * dtype.itemsize
+        block = self._acquire(nbytes)
+        block.nbytes = nbytes
+        if nbytes:
+            if nbytes == block.capacity:
+                block.view[:] = data
+            else:
+                block.view[:nbytes] = data
+        return handle_record(CODE_BY_NAME[dtype.name], shape, block.segment, block.generation, block.offset)
 
 
 # -- observation encoders -------------------------------------------------------------

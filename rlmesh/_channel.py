@@ -6,7 +6,7 @@ message rings (tensors as slab handles) and keeps the socket as the
 session's lifeline: a peer that dies closes its socket, which the waiting
 side notices within one liveness interval (50 ms) even while asleep on a
 futex. A message too large for a ring goes on the socket, announced by a
-SPILL marker in the ring so the order of messages is kept.
+ring record tagged SPILL so the order of messages is kept.
 
 The channel segment's layout::
 
@@ -20,24 +20,18 @@ The channel segment's layout::
 from __future__ import annotations
 
 import secrets
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
-import msgpack
-
-from . import _protocol as P
 from .errors import BrokenError, OperationTimeout
-from .net.framing import body_layout, split_body
 from .net.stream import SocketStream
 from .shm import MessageRing, Segment, SpinPolicy
 from .shm._layout import CACHE_LINE, align_up
 
 __all__ = ["Channel", "Message", "RingChannel", "SocketChannel", "channel_layout"]
 
-_HEAD_LEN = struct.Struct("<I")
-_SPILL = msgpack.packb([P.SPILL])
+_EMPTY = memoryview(b"")
 _TOKEN_OFFSET = 64
 _TOKEN_SIZE = 32
 _RINGS_OFFSET = 128
@@ -70,7 +64,8 @@ class Message:
         done, self._done = self._done, None
         if done is not None:
             self.head.release()
-            self.tail.release()
+            if self.tail is not _EMPTY:
+                self.tail.release()
             done()
 
 
@@ -184,19 +179,26 @@ class RingChannel(Channel):
         self.rx = MessageRing(buf, address, rx[0], rx[1], spin=spin)
         self._closed = False
 
+    # A ring record's tag says how to read it: 0, the record is the head (no
+    # tail); n > 0, the head is the first n - 1 bytes and the tail follows at
+    # the next 64-byte offset; SPILL_TAG, the message follows on the socket.
+    SPILL_TAG = 0xFFFFFFFF
+
     def send(self, head: bytes, tail: Any = None, *, timeout: float | None = None) -> None:  # noqa: D102
         tx = self.tx
         tail_size = tail.size if tail is not None else 0
         head_len = len(head)
-        body_len, padding = body_layout(head_len, tail_size)
-        if body_len <= tx.max_message:
-            if tail_size:
-                parts = [_HEAD_LEN.pack(head_len), head, bytes(padding), *tail.parts]
-                tx.put(b"".join(parts), timeout, check=self.peer_check)
-            else:
-                tx.put(_HEAD_LEN.pack(head_len) + head, timeout, check=self.peer_check)
-            return
-        tx.put(_HEAD_LEN.pack(len(_SPILL)) + _SPILL, timeout, check=self.peer_check)
+        if not tail_size:
+            if head_len <= tx.max_message:
+                tx.put(head, timeout, check=self.peer_check)
+                return
+        else:
+            start = (head_len + 63) & ~63
+            if start + tail_size <= tx.max_message:
+                parts = [head, bytes(start - head_len), *tail.parts]
+                tx.put(b"".join(parts), timeout, check=self.peer_check, tag=head_len + 1)
+                return
+        tx.put(b"", timeout, check=self.peer_check, tag=self.SPILL_TAG)
         self.stream.send(head, tail.parts if tail_size else (), timeout=timeout)
 
     def recv(self, timeout: float | None = None, check: Callable[[], None] | None = None) -> Message:  # noqa: D102
@@ -211,17 +213,24 @@ class RingChannel(Channel):
                 self.peer_check()
 
         view = rx.peek(timeout, check=check)
-        head, tail = split_body(view)
-        if len(head) == 1 and head[0] == _SPILL[0] and bytes(head) == _SPILL:
-            head.release()
-            tail.release()
+        tag = rx.tag
+        if tag == 0:
+            return Message(view, _EMPTY, 0, rx.pop)
+        if tag == self.SPILL_TAG:
             view.release()
             rx.pop()
             frame_head, frame_tail, address = self.stream.recv_frame(timeout)
             return Message(frame_head, frame_tail, address, None)
+        head_len = tag - 1
+        start = (head_len + 63) & ~63
+        if head_len > len(view) or start > len(view):
+            view.release()
+            rx.pop()
+            raise BrokenError("corrupt ring record: its head overruns it")
+        # Ring tails die at done(): receivers copy inline tensors out of them,
+        # so no address is needed.
+        head, tail = view[:head_len], view[start:]
         view.release()
-        # Ring tails are not 64-byte aligned and die at done(): receivers
-        # copy inline tensors out of them, so no address is needed.
         return Message(head, tail, 0, rx.pop)
 
     def close(self) -> None:

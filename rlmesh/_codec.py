@@ -91,10 +91,23 @@ def inline_ext(dtype_code: int, shape: tuple[int, ...], offset: int) -> msgpack.
 
 def handle_ext(dtype_code: int, shape: tuple[int, ...], handle: Handle) -> msgpack.ExtType:
     """The ext record of a tensor in a slab block."""
+    return handle_record(dtype_code, shape, handle.segment, handle.generation, handle.offset)
+
+
+_DIM_BYTES: dict[tuple[int, ...], bytes] = {}
+
+
+def handle_record(
+    dtype_code: int, shape: tuple[int, ...], segment: int, generation: int, offset: int
+) -> msgpack.ExtType:
+    """:func:`handle_ext` without building a Handle (the per-step path)."""
+    dims = _DIM_BYTES.get(shape)
+    if dims is None:
+        dims = _DIMS[len(shape)].pack(*shape)
+        if len(_DIM_BYTES) < 1024:  # shapes are few and fixed per session
+            _DIM_BYTES[shape] = dims
     return msgpack.ExtType(
-        EXT_HANDLE,
-        _HANDLE.pack(dtype_code, len(shape), handle.segment, handle.generation, handle.offset)
-        + _DIMS[len(shape)].pack(*shape),
+        EXT_HANDLE, _HANDLE.pack(dtype_code, len(shape), segment, generation, offset) + dims
     )
 
 

@@ -35,8 +35,8 @@ Responses::
     ERROR     [21, rid, code, remote_type, message, traceback]
     SEGMENTS  [22, [[id, name, size], ...]]  new slab segments to map first
 
-``SPILL [16]`` in a ring says: the next message is too large for the ring and
-follows as a frame on the socket.
+A ring record tagged SPILL says: the next message is too large for the ring and
+follows as a frame on the socket (see ``_channel``).
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ RENDER = 12
 CLOSE = 13
 SHUTDOWN = 14
 PING = 15
-SPILL = 16
 
 OK = 20
 ERROR = 21

@@ -252,9 +252,6 @@ class _DataPlane:
         self._owner[(block.segment, block.offset)] = ring
         return block
 
-    def view_of(self, block: Any) -> memoryview:
-        return self.slab.view(block)
-
     def release(self, flat: list[int]) -> None:
         """Take back leases (a flat list of handle fields).
 
@@ -499,7 +496,7 @@ class _Session:
         stopping = server._stopping
         if ring_mode:
             assert self.data is not None
-            self.sink: Sink = ShmSink(self.data.acquire, self.data.view_of)
+            self.sink: Sink = ShmSink(self.data.acquire)
         recv, check = channel.recv, self._check_stop
         while True:
             self.busy = False

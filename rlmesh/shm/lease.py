@@ -121,13 +121,14 @@ class PeerMemory:
 
         Raises:
             InvalidHandle: as :meth:`view`.
+            ClosedError: the segment is closed.
         """
         segment = self._check(handle)
         lease = Lease(handle, segment, self)
-        segment.pin()
+        segment.pin()  # raises if the segment closed; after it the fields below are valid
         self._refs[weakref.ref(lease, self._on_release)] = (handle, segment)
         offset = handle.offset
-        return segment.readonly_buf[offset : offset + handle.nbytes], lease, segment.address + offset
+        return segment._rbuf[offset : offset + handle.nbytes], lease, segment._address + offset
 
     def _check(self, handle: Handle) -> Segment:
         segment = self._segments.get(handle.segment)

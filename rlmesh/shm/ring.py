@@ -9,6 +9,7 @@ payloads without ever handing out a block a peer still leases.
 from __future__ import annotations
 
 import collections
+import ctypes
 import platform
 import struct
 import sys
@@ -19,7 +20,7 @@ from typing import Any
 
 from ..errors import BrokenError, ClosedError, InvalidHandle, OperationTimeout, WouldBlock
 from ._layout import CACHE_LINE
-from .doorbell import Doorbell, SpinPolicy, fence
+from .doorbell import Doorbell, SpinPolicy, fence, futex_wake
 from .handle import Handle
 from .slab import Block, Slab
 
@@ -37,6 +38,11 @@ _LITTLE = sys.byteorder == "little"
 def _le64(value: int) -> int:
     """``value`` as the native u64 whose bytes are its little-endian encoding."""
     return value if _LITTLE else int.from_bytes(value.to_bytes(8, "little"), sys.byteorder)
+
+
+def _le32(value: int) -> int:
+    # The stored word must read as little-endian on every host.
+    return int.from_bytes(value.to_bytes(4, "little"), sys.byteorder)
 
 
 # Only weakly ordered CPUs need an explicit fence between reading the head and
@@ -103,6 +109,10 @@ class MessageRing:
         "space_bell",
         "spin",
         "max_message",
+        "tag",
+        "_words",
+        "_data_seq",
+        "_address",
     )
 
     def __init__(
@@ -122,6 +132,7 @@ class MessageRing:
             raise ValueError("the ring does not fit in the buffer")
         self._buf = buf
         self._base = offset
+        self._address = address + offset
         self._data = offset + CONTROL_SIZE
         self._capacity = capacity
         self._mask = capacity - 1
@@ -131,6 +142,20 @@ class MessageRing:
         self._tail: int = _U64.unpack_from(buf, offset + _TAIL)[0]
         self.spin = spin
         self.max_message = capacity // 2 - _RECORD.size
+        #: The tag of the message returned by the last :meth:`peek`.
+        self.tag = 0
+        # ctypes words over the counters: publishing one is a single 8-byte
+        # store (see _put) with no slice and cast per message, and they take
+        # no buffer export, so the segment stays closable. Every put and pop
+        # touches `buf` first, which raises once the segment is closed, so
+        # these addresses are never written after an unmap.
+        base = address + offset
+        self._words = (
+            ctypes.c_uint64.from_address(base + _HEAD),
+            ctypes.c_uint64.from_address(base + _TAIL),
+            ctypes.c_uint32.from_address(base + _DATA_BELL),
+        )
+        self._data_seq: int = _U32.unpack_from(buf, offset + _DATA_BELL)[0]
 
     @staticmethod
     def footprint(capacity: int) -> int:
@@ -167,7 +192,12 @@ class MessageRing:
     # -- producer ----------------------------------------------------------------
 
     def put(
-        self, data: Any, timeout: float | None = None, *, check: Callable[[], None] | None = None
+        self,
+        data: Any,
+        timeout: float | None = None,
+        *,
+        check: Callable[[], None] | None = None,
+        tag: int = 0,
     ) -> None:
         """Append one message, waiting for room up to ``timeout`` seconds.
 
@@ -175,13 +205,15 @@ class MessageRing:
             data: a bytes-like object of at most :attr:`max_message` bytes.
             timeout: seconds to wait for room; None waits indefinitely.
             check: liveness check run while waiting (see :meth:`Doorbell.wait`).
+            tag: a 32-bit number kept with the message; the consumer reads it
+                from :attr:`tag` after :meth:`peek`.
 
         Raises:
             ValueError: the message is larger than :attr:`max_message`.
             OperationTimeout: no room before the deadline.
             BrokenError: the consumer closed its end.
         """
-        self._put(data, timeout, check, blocking=True)
+        self._put(data, timeout, check, blocking=True, tag=tag)
 
     def put_nowait(self, data: Any) -> None:
         """Append one message if there is room now.
@@ -194,9 +226,17 @@ class MessageRing:
         self._put(data, 0.0, None, blocking=False)
 
     def _put(
-        self, data: Any, timeout: float | None, check: Callable[[], None] | None, *, blocking: bool
+        self,
+        data: Any,
+        timeout: float | None,
+        check: Callable[[], None] | None,
+        *,
+        blocking: bool,
+        tag: int = 0,
     ) -> None:
-        n = len(data) if isinstance(data, (bytes, bytearray)) else memoryview(data).nbytes
+        if type(data) is not bytes and type(data) is not bytearray:
+            data = memoryview(data).cast("B")
+        n = len(data)
         if n > self.max_message:
             raise ValueError(f"a {n}-byte message exceeds this ring's limit of {self.max_message} bytes")
         record = _RECORD.size + _pad8(n)
@@ -218,18 +258,23 @@ class MessageRing:
             head += room_to_end
             pos = 0
         start = self._data + pos
-        _RECORD.pack_into(buf, start, n, 0)
+        _RECORD.pack_into(buf, start, n, tag)
         buf[start + 8 : start + 8 + n] = data
         head += record
         self._head = head
         # The payload is in place before the head moves (x86 keeps stores in
-        # order; elsewhere the fence inside ring() orders them too). Head and
-        # tail are published with one 8-byte store: struct.pack_into zeroes
-        # its target before writing it, and a peer that read that transient 0
-        # as the head would take a stale record for a new one.
-        base = self._base + _HEAD
-        buf[base : base + 8].cast("Q")[0] = head if _LITTLE else _le64(head)
-        self.data_bell.ring()
+        # order; elsewhere the fence below orders them too). Head and tail are
+        # published with one 8-byte store: struct.pack_into zeroes its target
+        # before writing it, and a peer that read that transient 0 as the head
+        # would take a stale record for a new one.
+        head_word, _, seq_word = self._words
+        head_word.value = head if _LITTLE else _le64(head)
+        # The data doorbell, inlined: only this producer writes its sequence.
+        seq = self._data_seq = (self._data_seq + 1) & 0xFFFFFFFF
+        seq_word.value = seq if _LITTLE else _le32(seq)
+        fence()
+        if _U32.unpack_from(buf, self._base + _DATA_BELL + 4)[0]:
+            futex_wake(self._address + _DATA_BELL)
 
     def _wait_for_room(self, need: int, timeout: float | None, check: Callable[[], None] | None) -> None:
         def ready() -> bool:
@@ -274,11 +319,12 @@ class MessageRing:
             fence()
         buf = self._buf
         pos = self._tail & self._mask
-        n = _U32.unpack_from(buf, self._data + pos)[0]
+        n, tag = _RECORD.unpack_from(buf, self._data + pos)
         if n == _WRAP:
             self._tail += self._capacity - pos
             pos = 0
-            n = _U32.unpack_from(buf, self._data)[0]
+            n, tag = _RECORD.unpack_from(buf, self._data)
+        self.tag = tag
         if n > self.max_message:
             raise BrokenError(f"corrupt ring: a record claims {n} bytes")
         start = self._data + pos + _RECORD.size
@@ -294,9 +340,11 @@ class MessageRing:
         n = _U32.unpack_from(buf, self._data + pos)[0]
         tail = self._tail + _RECORD.size + _pad8(n)
         self._tail = tail
-        base = self._base + _TAIL
-        buf[base : base + 8].cast("Q")[0] = tail if _LITTLE else _le64(tail)  # one store: see _put
-        self.space_bell.ring(relaxed=True)
+        self._words[1].value = tail if _LITTLE else _le64(tail)  # one store: see _put
+        # The space bell, relaxed (no barrier): a producer waiting for room
+        # sleeps in 1 ms slices, and only one that flagged itself needs a wake.
+        if _U32.unpack_from(buf, self._base + _SPACE_BELL + 4)[0]:
+            self.space_bell.ring(relaxed=True)
 
     def get(self, timeout: float | None = None, *, check: Callable[[], None] | None = None) -> bytes:
         """Wait for the next message and return a copy of it.

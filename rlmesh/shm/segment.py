@@ -71,6 +71,8 @@ class Segment:
     _pid = 0
     _pins = 0
     _close_pending = False
+    # Set once closed (or closing once unpinned): the cheap check of pin().
+    _dead = False
     _finalizer: weakref.finalize[..., Segment] | None = None
     _lock: threading.Lock
     _buf: memoryview
@@ -213,7 +215,7 @@ class Segment:
             ClosedError: the segment is closed, or closing once unpinned.
         """
         with self._lock:
-            if self.closed or self._close_pending:
+            if self._dead or self._finalizer is None:
                 raise ClosedError(f"shared-memory segment {self._name} is closed")
             self._pins += 1
 
@@ -271,6 +273,7 @@ class Segment:
                 return
             if self._pins:
                 self._close_pending = True
+                self._dead = True
                 return
         self._close_now()
 
@@ -291,6 +294,7 @@ class Segment:
                 f"views of shared-memory segment {self._name} are still alive (memoryview slices "
                 "or arrays over them); release them before close()"
             ) from None
+        self._dead = True
         finalizer.detach()
         os.close(self._fd)
         if self.is_creator and not self._unlinked:

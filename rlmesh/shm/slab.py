@@ -12,6 +12,7 @@ that was freed and handed out again is recognisably stale.
 from __future__ import annotations
 
 import bisect
+import itertools
 import threading
 from typing import Any
 
@@ -37,15 +38,19 @@ class Block:
         address: the first byte's address in this process.
     """
 
-    __slots__ = ("segment", "offset", "capacity", "nbytes", "generation", "address")
+    __slots__ = ("segment", "offset", "capacity", "nbytes", "generation", "address", "view")
 
-    def __init__(self, segment: int, offset: int, capacity: int, generation: int, address: int) -> None:
+    def __init__(
+        self, segment: int, offset: int, capacity: int, generation: int, address: int, view: memoryview
+    ) -> None:
         self.segment = segment
         self.offset = offset
         self.capacity = capacity
         self.nbytes = capacity
         self.generation = generation
         self.address = address
+        #: A writable view of the whole block (capacity bytes), made once.
+        self.view = view
 
     @property
     def handle(self) -> Handle:
@@ -132,7 +137,7 @@ class Slab:
         self._live: dict[tuple[int, int], Block] = {}
         self._new: list[int] = []
         self._next_id = 1
-        self._generation = 0
+        self._generations = itertools.count(1)
         self._lock = threading.Lock()
         self._closed = False
 
@@ -196,9 +201,9 @@ class Slab:
             return self._record(seg_id, offset, capacity, nbytes)
 
     def _record(self, seg_id: int, offset: int, capacity: int, nbytes: int) -> Block:
-        self._generation += 1
-        address = self._segments[seg_id].address + offset
-        block = Block(seg_id, offset, capacity, self._generation, address)
+        segment = self._segments[seg_id]
+        view = segment.buf[offset : offset + capacity]
+        block = Block(seg_id, offset, capacity, next(self._generations), segment.address + offset, view)
         block.nbytes = nbytes
         self._live[(seg_id, offset)] = block
         return block
@@ -234,6 +239,7 @@ class Slab:
             if live is not block:
                 raise InvalidHandle(f"{block!r} is not a live block of this slab")
             del self._live[(block.segment, block.offset)]
+            block.view.release()
             self._free[block.segment].give(block.offset, block.capacity)
 
     def renew(self, block: Block) -> None:
@@ -241,9 +247,8 @@ class Slab:
 
         Handles to its previous use become stale.
         """
-        with self._lock:
-            self._generation += 1
-            block.generation = self._generation
+        # itertools.count's next() is atomic under the GIL: no lock on this per-step path.
+        block.generation = next(self._generations)
 
     def resolve(self, handle: Handle) -> Block:
         """Return the live block a handle names, checking it against the table.
@@ -273,7 +278,7 @@ class Slab:
         size = block.nbytes if nbytes is None else nbytes
         if size > block.capacity:
             raise ValueError(f"{size} bytes do not fit a block of {block.capacity}")
-        return self._segments[block.segment].buf[block.offset : block.offset + size]
+        return block.view[:size]
 
     # -- closing ---------------------------------------------------------------
 
@@ -287,6 +292,8 @@ class Slab:
         """
         with self._lock:
             self._closed = True
+            for block in self._live.values():
+                block.view.release()
             self._live.clear()
             errors = []
             for seg_id, segment in list(self._segments.items()):
