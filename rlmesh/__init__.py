@@ -47,6 +47,18 @@ from .values import sanitize_metadata as sanitize_metadata
 if TYPE_CHECKING:
     from . import spaces as spaces, specs as specs
     from .client import RemoteEnv as RemoteEnv, RemoteVectorEnv as RemoteVectorEnv
+    from .models import (
+        RANDOM_SAMPLE as RANDOM_SAMPLE,
+        EpisodeResult as EpisodeResult,
+        Model as Model,
+        ModelBase as ModelBase,
+        RunHooks as RunHooks,
+        RunResult as RunResult,
+        Session as Session,
+        StepEvent as StepEvent,
+        run as run,
+        session as session,
+    )
     from .server import EnvServer as EnvServer, ServeOptions as ServeOptions
 
 __version__ = "0.1.0"
@@ -61,6 +73,16 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "ServeOptions": ("rlmesh.server", "ServeOptions"),
     "RemoteEnv": ("rlmesh.client", "RemoteEnv"),
     "RemoteVectorEnv": ("rlmesh.client", "RemoteVectorEnv"),
+    "Model": ("rlmesh.models", "Model"),
+    "ModelBase": ("rlmesh.models", "ModelBase"),
+    "run": ("rlmesh.models", "run"),
+    "session": ("rlmesh.models", "session"),
+    "Session": ("rlmesh.models", "Session"),
+    "RunResult": ("rlmesh.models", "RunResult"),
+    "EpisodeResult": ("rlmesh.models", "EpisodeResult"),
+    "RunHooks": ("rlmesh.models", "RunHooks"),
+    "StepEvent": ("rlmesh.models", "StepEvent"),
+    "RANDOM_SAMPLE": ("rlmesh.models", "RANDOM_SAMPLE"),
 }
 
 
@@ -80,26 +102,36 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "__version__",
     "BackendUnavailable",
-    "EnvServer",
-    "RemoteEnv",
-    "RemoteVectorEnv",
-    "ServeOptions",
     "BrokenError",
     "BusyError",
     "ClosedError",
     "ConnectError",
+    "EnvServer",
+    "EpisodeResult",
+    "errors",
     "InvalidActionError",
+    "Model",
+    "ModelBase",
     "OperationTimeout",
     "ProtocolError",
-    "RLMeshError",
+    "RANDOM_SAMPLE",
+    "RemoteEnv",
     "RemoteError",
-    "SpecError",
-    "Tensor",
-    "__version__",
-    "errors",
+    "RemoteVectorEnv",
+    "RLMeshError",
+    "run",
+    "RunHooks",
+    "RunResult",
     "sanitize_metadata",
+    "ServeOptions",
+    "Session",
+    "session",
     "spaces",
+    "SpecError",
     "specs",
+    "StepEvent",
+    "Tensor",
     "types",
 ]

@@ -50,7 +50,7 @@ from .shm import PeerMemory, Segment, SpinPolicy
 from .specs import EnvContract
 from .tensor import Tensor
 
-__all__ = ["RemoteEnv", "RemoteEnvBase", "RemoteVectorEnv", "RemoteVectorEnvBase"]
+__all__ = ["RemoteEnv", "RemoteEnvBase", "RemoteVectorEnv", "RemoteVectorEnvBase", "dial"]
 
 __version__ = "0.1.0"
 
@@ -402,21 +402,25 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
         self._request_timeout = _seconds(
             "request_timeout_seconds", request_timeout_seconds, DEFAULT_REQUEST_TIMEOUT
         )
-        self._conn = _Connection(
+        conn = _Connection(
             resolved,
             connect_timeout=connect_timeout,
             request_timeout=self._request_timeout,
             shared_memory=shared_memory,
             max_message_bytes=max_message_bytes,
         )
-        contract = self._conn.contract
+        self._attach(conn)
+
+    def _attach(self, conn: _Connection) -> None:
+        self._conn = conn
+        contract = conn.contract
         try:
             self._check_arity(contract)
         except BaseException:
-            self._conn.close()
+            conn.close()
             raise
         self._contract = contract
-        self._address = str(resolved)
+        self._address = str(conn.address)
         self._env_id = uuid7()
         self._observation_space: Any = None
         self._action_space: Any = None
@@ -788,3 +792,35 @@ def _stack(lanes: list[Any], spec: Any) -> Any:
 
 class RemoteVectorEnv(RemoteVectorEnvBase[Any, Any]):
     """A client for a vector endpoint; tensor leaves are :class:`rlmesh.Tensor`."""
+
+
+def dial(
+    address: str,
+    *,
+    single: type[RemoteEnvBase[Any, Any]],
+    vector: type[RemoteVectorEnvBase[Any, Any]],
+    connect_timeout_seconds: float | None = None,
+    request_timeout_seconds: float | None = None,
+    shared_memory: bool = True,
+) -> RemoteEnvBase[Any, Any]:
+    """Connect to an endpoint with ``single`` or ``vector`` as its ``num_envs`` asks (one handshake).
+
+    Raises:
+        ConnectError, VersionMismatch, BusyError: as the client constructors.
+    """
+    probe = single.__new__(single)
+    probe._ensure_backend()
+    resolved = resolve_address(address)
+    request_timeout = _seconds("request_timeout_seconds", request_timeout_seconds, DEFAULT_REQUEST_TIMEOUT)
+    conn = _Connection(
+        resolved,
+        connect_timeout=_seconds("connect_timeout_seconds", connect_timeout_seconds, None),
+        request_timeout=request_timeout,
+        shared_memory=shared_memory,
+        max_message_bytes=DEFAULT_MAX_FRAME,
+    )
+    cls = vector if conn.contract.num_envs > 1 else single
+    client = cls.__new__(cls)
+    client._request_timeout = request_timeout
+    client._attach(conn)
+    return client

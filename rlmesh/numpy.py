@@ -18,8 +18,18 @@ from typing import Any
 
 from .backends.numpy import BRIDGE, asarray, ensure_available, from_array, space_from_spec
 from .client import RemoteEnv as _RemoteEnv, RemoteVectorEnv as _RemoteVectorEnv
+from .models import ModelBase as _ModelBase
 
-__all__ = ["RemoteEnv", "RemoteVectorEnv", "asarray", "ensure_available", "from_array", "space_from_spec"]
+__all__ = [
+    "Model",
+    "NumpyValue",
+    "RemoteEnv",
+    "RemoteVectorEnv",
+    "asarray",
+    "ensure_available",
+    "from_array",
+    "space_from_spec",
+]
 
 #: What a NumPy client's values are: primitives, arrays, and containers of them.
 NumpyValue = Any
@@ -55,3 +65,21 @@ class RemoteVectorEnv(_RemoteVectorEnv):
 
     def _ensure_backend(self) -> None:
         ensure_available()
+
+
+class Model(_ModelBase[Any, Any]):
+    """A model whose ``predict`` receives NumPy observations (writable copies).
+
+    See :class:`rlmesh.models.ModelBase` for the constructor, the hooks and ``run``.
+
+    Example:
+        >>> from rlmesh.numpy import Model                            # doctest: +SKIP
+        >>> Model(lambda observation: 0).run("127.0.0.1:5555", seeds=[0]).mean_reward  # doctest: +SKIP
+    """
+
+    _bridge = BRIDGE
+    _client_classes = (RemoteEnv, RemoteVectorEnv)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        ensure_available()
+        super().__init__(*args, **kwargs)

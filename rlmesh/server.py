@@ -129,7 +129,10 @@ def _gym_factory(env_id: str, num_envs: int | None, kwargs: dict[str, Any]) -> C
 class _EnvSource:
     """Hands out env adapters to sessions."""
 
-    def __init__(self, env: Any, num_envs: int | None, make_kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, env: Any, num_envs: int | None, make_kwargs: dict[str, Any], *, close_shared: bool = True
+    ) -> None:
+        self._close_shared = close_shared
         if isinstance(env, str):
             self.factory: Callable[[], Any] | None = _gym_factory(env, num_envs, make_kwargs)
         elif isinstance(env, type) or (callable(env) and not hasattr(env, "step")):
@@ -191,7 +194,7 @@ class _EnvSource:
                 return
             self._closed = True
             spare, self._spare = self._spare, None
-        if self.shared is not None:
+        if self.shared is not None and self._close_shared:
             _close_env(self.shared, close_timeout)
         if spare is not None:
             _close_env(spare, close_timeout)
@@ -729,6 +732,8 @@ class EnvServer:
         options: :class:`ServeOptions`.
         num_envs: with a Gymnasium id, serve ``gymnasium.make_vec(id, num_envs)``.
         make_kwargs: keyword arguments for ``gymnasium.make`` with an id.
+        close_env_on_shutdown: close a single env object at shutdown (False
+            leaves it open for its owner; envs the server made are always closed).
 
     The listener is bound and the contract built in the constructor, so
     :attr:`address` and :attr:`env_contract` are available at once.
@@ -759,6 +764,7 @@ class EnvServer:
         options: ServeOptions | None = None,
         num_envs: int | None = None,
         make_kwargs: dict[str, Any] | None = None,
+        close_env_on_shutdown: bool = True,
     ) -> None:
         self._listener: Listener | None = None
         self._stopping = threading.Event()
@@ -784,7 +790,7 @@ class EnvServer:
         self._drain_timeout = (
             self.options.drain_timeout_seconds if self.options.drain_timeout_seconds is not None else 5.0
         )
-        self._source = _EnvSource(env, num_envs, dict(make_kwargs or {}))
+        self._source = _EnvSource(env, num_envs, dict(make_kwargs or {}), close_shared=close_env_on_shutdown)
         try:
             # Stale segments of dead servers go first (cheap, and a server
             # that was SIGKILLed could not clean up after itself).

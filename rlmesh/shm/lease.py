@@ -112,12 +112,12 @@ class PeerMemory:
         return keepalive_view(segment.address + handle.offset, handle.nbytes, lease)
 
     def lease(self, handle: Handle) -> tuple[memoryview, Lease, int]:
-        """The fast path of :meth:`view`: a plain read-only slice, the lease, and the address.
+        """Like :meth:`view`, but also return the lease and the block's address.
 
-        The slice does *not* keep the lease alive on its own: the caller must
-        keep the returned :class:`Lease` referenced for as long as anything
-        uses the memory (a Tensor does, as its owner), and must hand out only
-        views that reference the lease (see :func:`rlmesh._buffers.keepalive_view`).
+        For owners (a Tensor) that keep the lease themselves and need the
+        address. The view keeps the lease alive like :meth:`view`'s: it is
+        never a plain slice of the mapping, whose export would block the
+        deferred unmap (a dying Tensor may drop its lease before its view).
 
         Raises:
             InvalidHandle: as :meth:`view`.
@@ -127,8 +127,8 @@ class PeerMemory:
         lease = Lease(handle, segment, self)
         segment.pin()  # raises if the segment closed; after it the fields below are valid
         self._refs[weakref.ref(lease, self._on_release)] = (handle, segment)
-        offset = handle.offset
-        return segment._rbuf[offset : offset + handle.nbytes], lease, segment._address + offset
+        address = segment._address + handle.offset
+        return keepalive_view(address, handle.nbytes, lease), lease, address
 
     def _check(self, handle: Handle) -> Segment:
         segment = self._segments.get(handle.segment)

@@ -81,3 +81,23 @@ def test_eval_many_across_both_servers(tmp_path) -> None:
         gym_server.stop()
         counter.stop()
     assert os.path.exists(tmp_path) and not (tmp_path / "counter.sock").exists()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_model_worker_against_the_gymnasium_server(tmp_path, backend: str) -> None:
+    server = Server("serve_gymnasium.py", f"unix://{tmp_path}/cartpole.sock")
+    try:
+        out = run("model.py", "--address", server.address, "--seeds", "0", "1", "--backend", backend)
+        assert re.search(r"seed=0 steps=\d+ return=\d+\.\d", out) and "RunResult(episodes=2" in out
+    finally:
+        server.stop()
+
+
+def test_the_readme_example_runs(tmp_path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    block = block.replace("/tmp/cartpole.sock", str(tmp_path / "readme.sock"))
+    result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    mean_reward, steps = result.stdout.split()
+    assert float(mean_reward) > 0 and int(steps) > 0

@@ -103,15 +103,20 @@ def test_large_frames_reuse_their_buffer_only_when_free(pair) -> None:
 
     thread = threading.Thread(target=send_two)
     thread.start()
-    _, tail1, addr1 = right.recv_frame(5)
-    kept = tail1  # a live view of frame 1: its buffer must not be reused
-    _, tail2, addr2 = right.recv_frame(5)
+    head1, tail1, addr1 = right.recv_frame(5)
+    # A view of frame 1 is alive: frame 2 must not land in its buffer.
+    head2, tail2, addr2 = right.recv_frame(5)
     thread.join()
-    assert addr1 != addr2 and bytes(kept[:4]) == b"\x01" * 4
-    del kept, tail1, tail2
+    assert addr1 != addr2 and bytes(tail1[:4]) == b"\x01" * 4
+    # Frame 2's buffer is the one kept for reuse; once nothing views it, frame 3 lands there.
+    del head1, tail1, head2, tail2
     left.send(b"c", [big], timeout=5)
-    _, tail3, addr3 = right.recv_frame(5)
-    assert addr3 in (addr1, addr2) and bytes(tail3[-4:]) == b"\x01" * 4
+    head3, tail3, addr3 = right.recv_frame(5)
+    assert addr3 == addr2 and bytes(tail3[-4:]) == b"\x01" * 4
+    # While frame 3 is viewed, frame 4 gets a buffer of its own.
+    left.send(b"d", [big], timeout=5)
+    _, _, addr4 = right.recv_frame(5)
+    assert addr4 != addr3 and bytes(tail3[:1]) == b"\x01"
 
 
 def test_peer_gone_detection(pair) -> None:

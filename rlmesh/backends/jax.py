@@ -1,0 +1,184 @@
+"""The JAX backend (experimental): Tensor leaves become ``jax.Array``.
+
+Conversion semantics (the published JAX backend page):
+
+* :func:`asarray` imports over DLPack. XLA:CPU aliases 64-byte-aligned
+  buffers, and every rlmesh tensor is aligned, so an observation that arrived
+  through shared memory becomes a ``jax.Array`` over the shared-memory block
+  itself: no copy. The block's lease is held until the array is garbage
+  collected, so observations kept across many steps never change. JAX arrays
+  are immutable either way.
+* :func:`from_array` moves the array to the CPU if needed, blocks until it
+  is ready, and copies it into a fresh tensor; 0-d arrays become Python scalars.
+* int64, uint64 and float64 need JAX's 64-bit mode
+  (``jax.config.update("jax_enable_x64", True)``); without it JAX itself
+  demotes them to 32 bits (a copy).
+* bfloat16 crosses bit for bit, both ways.
+* jax >= 0.4.24 is required (the first release with DLPack bool support);
+  :func:`ensure_available` enforces it.
+
+JAX is imported on first use, so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from types import ModuleType
+from typing import Any
+
+from ..errors import BackendUnavailable
+from ..tensor import Tensor
+
+__all__ = ["BRIDGE", "JAX_FLOOR", "JaxBridge", "asarray", "ensure_available", "from_array", "space_from_spec"]
+
+#: The oldest jax release supported.
+JAX_FLOOR = (0, 4, 24)
+
+_jax: ModuleType | None = None
+_jnp: ModuleType | None = None
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:3]:
+        match = re.match(r"\d+", piece)
+        parts.append(int(match.group()) if match else 0)
+    return tuple(parts)
+
+
+def _modules() -> tuple[ModuleType, ModuleType]:
+    global _jax, _jnp
+    if _jax is None or _jnp is None:
+        try:
+            jax = importlib.import_module("jax")
+            jnp = importlib.import_module("jax.numpy")
+        except ImportError as exc:
+            raise BackendUnavailable('the JAX backend needs jax: pip install "rlmesh[jax]"') from exc
+        version = getattr(jax, "__version__", "0")
+        if _version_tuple(version) < JAX_FLOOR:
+            raise BackendUnavailable(
+                f"the JAX backend needs jax >= {'.'.join(map(str, JAX_FLOOR))} (the first release with "
+                f"DLPack bool support); jax {version} is installed"
+            )
+        _jax, _jnp = jax, jnp
+    return _jax, _jnp
+
+
+def ensure_available() -> None:
+    """Raise if JAX is not installed or is older than 0.4.24.
+
+    Raises:
+        BackendUnavailable: (an ImportError) jax is missing or too old; the
+            message names the floor.
+    """
+    global _jax, _jnp
+    # Re-check every time: the version may have been swapped (tests do).
+    _jax = _jnp = None
+    _modules()
+
+
+def asarray(tensor: Tensor) -> Any:
+    """Return a ``jax.Array`` for a tensor, imported over DLPack.
+
+    Aligned buffers (every rlmesh tensor) are shared without a copy; the
+    array keeps the tensor's memory, and any shared-memory lease on it,
+    alive. 64-bit dtypes without JAX's x64 mode are demoted by JAX (a copy).
+
+    Raises:
+        TypeError: ``tensor`` is not an :class:`rlmesh.Tensor`.
+        BackendUnavailable: jax is missing or too old.
+    """
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"asarray() expects an rlmesh.Tensor, got {type(tensor).__name__}")
+    _, jnp = _jax_modules()
+    return jnp.from_dlpack(tensor)
+
+
+def _jax_modules() -> tuple[ModuleType, ModuleType]:
+    if _jax is not None and _jnp is not None:
+        return _jax, _jnp
+    return _modules()
+
+
+def from_array(array: Any) -> Any:
+    """Encode a ``jax.Array`` as an rlmesh value, always copying.
+
+    Args:
+        array: the JAX array (on any device).
+
+    Returns:
+        A fresh :class:`rlmesh.Tensor`, or a Python scalar for 0-d arrays.
+
+    Raises:
+        TypeError: ``array`` is not a ``jax.Array``.
+        BufferError: the dtype has no rlmesh equivalent (complex).
+    """
+    jax, _ = _jax_modules()
+    if not isinstance(array, jax.Array):
+        raise TypeError(f"from_array() expects a jax.Array, got {type(array).__name__}")
+    if array.ndim == 0:
+        return array.item()
+    cpu = jax.devices("cpu")[0]
+    if any(device.platform != "cpu" for device in array.devices()):
+        array = jax.device_put(array, cpu)
+    array.block_until_ready()
+    return Tensor.from_dlpack(array)
+
+
+class JaxBridge:
+    """Tensor leaves <-> JAX arrays (zero-copy imports, copying exports)."""
+
+    name = "jax"
+
+    def decode(self, value: Any) -> Any:
+        """Return ``value`` with Tensor leaves as ``jax.Array``."""
+        kind = type(value)
+        if kind is Tensor:
+            return asarray(value)
+        if kind is dict:
+            return {k: self.decode(v) for k, v in value.items()}
+        if kind is list:
+            return [self.decode(v) for v in value]
+        if kind is tuple:
+            return tuple(self.decode(v) for v in value)
+        return value
+
+    def encode(self, value: Any) -> Any:
+        """Return ``value`` with JAX (and NumPy) arrays as Tensors and scalars as primitives."""
+        jax, _ = _jax_modules()
+        if isinstance(value, jax.Array):
+            return from_array(value)
+        kind = type(value)
+        if kind is dict:
+            return {k: self.encode(v) for k, v in value.items()}
+        if kind is list:
+            return [self.encode(v) for v in value]
+        if kind is tuple:
+            return tuple(self.encode(v) for v in value)
+        if kind.__module__ == "numpy":
+            # A JAX policy may hand back NumPy values (jax.device_get does).
+            from .numpy import BRIDGE as NUMPY
+
+            return NUMPY.encode(value)
+        return value
+
+    def __repr__(self) -> str:
+        return "JaxBridge()"
+
+
+BRIDGE = JaxBridge()
+
+
+def space_from_spec(spec: Any) -> Any:
+    """Create a JAX-adapted space for a space spec: samples are ``jax.Array``.
+
+    Raises:
+        BackendUnavailable: jax is missing or too old.
+    """
+    from .. import spaces
+
+    ensure_available()
+    if isinstance(spec, spaces.Space):
+        spec = spec.spec
+    return spaces.space_from_spec(spec, bridge=BRIDGE)
