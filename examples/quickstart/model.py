@@ -12,6 +12,7 @@ def main() -> None:
 
     if args.backend == "jax":
         import jax.numpy as jnp
+
         from rlmesh.jax import Model
 
         def policy(obs):

@@ -97,7 +97,9 @@ def test_the_readme_example_runs(tmp_path) -> None:
     readme = (ROOT / "README.md").read_text()
     block = readme.split("```python\n", 1)[1].split("```", 1)[0]
     block = block.replace("/tmp/cartpole.sock", str(tmp_path / "readme.sock"))
-    result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", block], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr
     mean_reward, steps = result.stdout.split()
     assert float(mean_reward) > 0 and int(steps) > 0
