@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -128,24 +127,7 @@ def gymnasium_async_cells(workloads: list[str], seconds: float, rounds: int) -> 
         for shared in (True, False):
             envs = gym.vector.AsyncVectorEnv(fns, shared_memory=shared, context="spawn")
             try:
-                envs.reset(seed=0)
-                actions = np.zeros(1, np.int64)
-                for _ in range(50):
-                    envs.step(actions)
-                per_round = []
-                for _ in range(rounds):
-                    steps = 0
-                    start = time.perf_counter()
-                    deadline = start + seconds
-                    while True:
-                        for _ in range(8):
-                            actions[0] = steps & 1
-                            envs.step(actions)  # NextStep autoreset: no reset calls needed
-                            steps += 1
-                        now = time.perf_counter()
-                        if now >= deadline:
-                            break
-                    per_round.append(steps / (now - start))
+                per_round = _demo.measure(_OneLane(envs, np), seconds, rounds)
             finally:
                 envs.close()
             name = f"gymnasium-async-{'shm' if shared else 'pipe'}"
@@ -154,6 +136,25 @@ def gymnasium_async_cells(workloads: list[str], seconds: float, rounds: int) -> 
                 f"  {workload:>12} {name:<24} {statistics.median(per_round):>10,.0f} steps/s", file=sys.stderr
             )
     return cells
+
+
+class _OneLane:
+    """A one-worker AsyncVectorEnv behind the single-env calls _demo.measure makes.
+
+    Its lane resets itself (NextStep autoreset), so episode ends are not reported.
+    """
+
+    def __init__(self, envs: Any, np: Any) -> None:
+        self._envs = envs
+        self._actions = np.zeros(1, np.int64)
+
+    def reset(self, seed: int | None = None) -> Any:
+        return self._envs.reset(seed=seed)
+
+    def step(self, action: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        self._actions[0] = action
+        obs, rewards, _, _, info = self._envs.step(self._actions)
+        return obs, float(rewards[0]), False, False, info
 
 
 def _gym_image_env(**kwargs: Any) -> Any:

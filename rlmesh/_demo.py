@@ -108,9 +108,29 @@ class Cell:
 
 
 def start_server(
-    target: str, kwargs: dict[str, Any], address: str, *, python: str | None = None, timeout: float = 60.0
+    target: str,
+    kwargs: dict[str, Any],
+    address: str,
+    *,
+    python: str | None = None,
+    timeout: float = 60.0,
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    quiet: bool = False,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``rlmesh serve`` in a subprocess; return it and its bound address.
+
+    Args:
+        target: what to serve (a Gymnasium id or ``module:factory``).
+        kwargs: keyword arguments for the env (``--kwargs-json``).
+        address: where to bind.
+        python: the interpreter (default: this one).
+        timeout: how long to wait for the server's address.
+        extra: more ``rlmesh serve`` arguments.
+        env: the subprocess's environment (default: this one's).
+        cwd: the subprocess's working directory.
+        quiet: silence the server's stderr.
 
     Raises:
         RuntimeError: the server did not report its address in time.
@@ -129,7 +149,15 @@ def start_server(
     ]
     if kwargs:
         cmd += ["--kwargs-json", json.dumps(kwargs)]
-    proc = subprocess.Popen(cmd, pass_fds=(write_fd,), stdout=subprocess.DEVNULL)
+    cmd += list(extra)
+    proc = subprocess.Popen(
+        cmd,
+        pass_fds=(write_fd,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if quiet else None,
+        env=env,
+        cwd=cwd,
+    )
     os.close(write_fd)
     try:
         with os.fdopen(read_fd, "r") as ready:

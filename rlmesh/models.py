@@ -369,15 +369,17 @@ class ModelBase(Generic[ObsT, ActT]):
             ValueError: bad counts or caps. Any error of the env or the model;
             it carries the episodes finished so far as ``partial_result``.
         """
-        with Session._create(self, env, close_env=close_env, allow_vector=True) as session:
-            return session.run(
-                seeds=seeds,
-                max_episodes=max_episodes,
-                max_episode_steps=max_episode_steps,
-                max_episode_seconds=max_episode_seconds,
-                hooks=hooks,
-                progress=progress,
-            )
+        return run(
+            self,
+            env,
+            seeds=seeds,
+            max_episodes=max_episodes,
+            max_episode_steps=max_episode_steps,
+            max_episode_seconds=max_episode_seconds,
+            hooks=hooks,
+            close_env=close_env,
+            progress=progress,
+        )
 
     def session(self, env: Any, *, close_env: bool = False) -> Session:
         """A :class:`Session` to drive this model against one env by hand.

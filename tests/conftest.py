@@ -177,3 +177,11 @@ def serve(tmp_path: Path) -> Iterator[object]:
     yield make
     for served in created:
         served.close()
+
+
+def serve_subprocess(target: str, address: str, *extra: str, kwargs: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
+    """Start `rlmesh serve TARGET` in a subprocess that can import tests.envs; return (proc, address)."""
+    from rlmesh._demo import start_server
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return start_server(target, kwargs or {}, address, extra=extra, env=env, cwd=str(ROOT), quiet=True)

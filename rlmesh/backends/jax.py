@@ -27,6 +27,7 @@ import re
 from types import ModuleType
 from typing import Any
 
+from .._bridge import TreeBridge
 from ..errors import BackendUnavailable
 from ..tensor import Tensor
 
@@ -126,45 +127,26 @@ def from_array(array: Any) -> Any:
     return Tensor.from_dlpack(array)
 
 
-class JaxBridge:
+class JaxBridge(TreeBridge):
     """Tensor leaves <-> JAX arrays (zero-copy imports, copying exports)."""
 
     name = "jax"
 
-    def decode(self, value: Any) -> Any:
-        """Return ``value`` with Tensor leaves as ``jax.Array``."""
-        kind = type(value)
-        if kind is Tensor:
-            return asarray(value)
-        if kind is dict:
-            return {k: self.decode(v) for k, v in value.items()}
-        if kind is list:
-            return [self.decode(v) for v in value]
-        if kind is tuple:
-            return tuple(self.decode(v) for v in value)
-        return value
+    def decode_tensor(self, tensor: Tensor) -> Any:
+        """A ``jax.Array`` over the tensor's memory."""
+        return asarray(tensor)
 
-    def encode(self, value: Any) -> Any:
-        """Return ``value`` with JAX (and NumPy) arrays as Tensors and scalars as primitives."""
+    def encode_leaf(self, value: Any) -> Any:
+        """JAX (and NumPy) arrays and scalars as Tensors and primitives."""
         jax, _ = _jax_modules()
         if isinstance(value, jax.Array):
             return from_array(value)
-        kind = type(value)
-        if kind is dict:
-            return {k: self.encode(v) for k, v in value.items()}
-        if kind is list:
-            return [self.encode(v) for v in value]
-        if kind is tuple:
-            return tuple(self.encode(v) for v in value)
-        if kind.__module__ == "numpy":
+        if type(value).__module__ == "numpy":
             # A JAX policy may hand back NumPy values (jax.device_get does).
             from .numpy import BRIDGE as NUMPY
 
-            return NUMPY.encode(value)
+            return NUMPY.encode_leaf(value)
         return value
-
-    def __repr__(self) -> str:
-        return "JaxBridge()"
 
 
 BRIDGE = JaxBridge()

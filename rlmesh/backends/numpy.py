@@ -18,6 +18,7 @@ import importlib
 from types import ModuleType
 from typing import Any
 
+from .._bridge import TreeBridge
 from .._dtypes import dtype_info
 from ..errors import BackendUnavailable
 from ..tensor import Tensor
@@ -133,26 +134,17 @@ def _check_dtype(dtype: Any) -> Any:
         ) from None
 
 
-class NumpyBridge:
+class NumpyBridge(TreeBridge):
     """Tensor leaves <-> NumPy arrays (writable copies on the way in)."""
 
     name = "numpy"
 
-    def decode(self, value: Any) -> Any:
-        """Return ``value`` with Tensor leaves as writable NumPy arrays."""
-        kind = type(value)
-        if kind is Tensor:
-            return asarray(value)
-        if kind is dict:
-            return {k: self.decode(v) for k, v in value.items()}
-        if kind is list:
-            return [self.decode(v) for v in value]
-        if kind is tuple:
-            return tuple(self.decode(v) for v in value)
-        return value
+    def decode_tensor(self, tensor: Tensor) -> Any:
+        """A writable NumPy copy of the tensor."""
+        return asarray(tensor)
 
-    def encode(self, value: Any) -> Any:
-        """Return ``value`` with NumPy arrays and scalars as Tensors and primitives.
+    def encode_leaf(self, value: Any) -> Any:
+        """NumPy arrays and scalars as Tensors and primitives; other leaves unchanged.
 
         Raises:
             ValueError: an array has a dtype rlmesh does not carry.
@@ -160,17 +152,7 @@ class NumpyBridge:
         np = _numpy()
         if isinstance(value, (np.ndarray, np.generic)):
             return from_array(value)
-        kind = type(value)
-        if kind is dict:
-            return {k: self.encode(v) for k, v in value.items()}
-        if kind is list:
-            return [self.encode(v) for v in value]
-        if kind is tuple:
-            return tuple(self.encode(v) for v in value)
         return value
-
-    def __repr__(self) -> str:
-        return "NumpyBridge()"
 
 
 BRIDGE = NumpyBridge()

@@ -13,7 +13,7 @@ import pytest
 import rlmesh
 import rlmesh.numpy as rnp
 from rlmesh.shm import Segment
-from tests.conftest import ROOT
+from tests.conftest import ROOT, serve_subprocess
 
 pytestmark = pytest.mark.timeout(180)
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -31,49 +31,31 @@ def rlmesh_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[
 
 
 def test_serve_a_factory_with_kwargs_and_num_envs(tmp_path) -> None:
-    from rlmesh._demo import start_server, stop_server
+    from rlmesh._demo import stop_server
 
-    proc, address = start_server("rlmesh._demo:ImageEnv", {"nbytes": 4096}, f"unix://{tmp_path}/img.sock")
+    proc, address = serve_subprocess(
+        "rlmesh._demo:ImageEnv", f"unix://{tmp_path}/img.sock", kwargs={"nbytes": 4096}
+    )
     try:
         with rnp.RemoteEnv(address) as env:
             obs, _ = env.reset()
             assert obs.dtype.name == "uint8" and obs.nbytes == 4096
     finally:
         stop_server(proc)
-    proc, address = start_server("tests.envs:make_count_env", {}, f"unix://{tmp_path}/vec.sock")
-    stop_server(proc)
-    read_fd, write_fd = os.pipe()
-    vec = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rlmesh",
-            "serve",
-            "CartPole-v1",
-            "--num-envs",
-            "3",
-            "--address",
-            f"unix://{tmp_path}/v.sock",
-            "--ready-fd",
-            str(write_fd),
-        ],
-        pass_fds=(write_fd,),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=ENV,
-        cwd=ROOT,
-    )
-    os.close(write_fd)
+    proc, address = serve_subprocess("tests.envs:make_count_env", f"unix://{tmp_path}/count.sock")
     try:
-        with os.fdopen(read_fd) as ready:
-            address = ready.readline().strip()
+        with rnp.RemoteEnv(address) as env:
+            assert env.reset(seed=4)[0][2] == 4.0
+    finally:
+        stop_server(proc)
+    proc, address = serve_subprocess("CartPole-v1", f"unix://{tmp_path}/v.sock", "--num-envs", "3")
+    try:
         with rnp.RemoteVectorEnv(address) as env:
             assert env.num_envs == 3
             obs, _ = env.reset(seed=0)
             assert obs.shape == (3, 4)
     finally:
-        vec.terminate()
-        vec.wait(10)
+        stop_server(proc)
 
 
 def test_serve_reports_bad_targets() -> None:

@@ -17,43 +17,12 @@ import pytest
 
 import rlmesh
 import rlmesh.numpy as rnp
-from tests.conftest import ROOT
+from tests.conftest import ROOT, serve_subprocess
 from tests.envs import CountEnv, TinyEnv
 
 pytestmark = pytest.mark.timeout(90)
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
-
-
-def start_subprocess_server(target: str, address: str, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    read_fd, write_fd = os.pipe()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rlmesh",
-            "serve",
-            target,
-            "--address",
-            address,
-            "--ready-fd",
-            str(write_fd),
-            *extra,
-        ],
-        pass_fds=(write_fd,),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=ENV,
-        cwd=ROOT,
-    )
-    os.close(write_fd)
-    with os.fdopen(read_fd) as ready:
-        line = ready.readline().strip()
-    if not line:
-        proc.kill()
-        proc.wait()
-        raise AssertionError("server did not start")
-    return proc, line
 
 
 def kill(proc: subprocess.Popen[bytes]) -> None:
@@ -69,7 +38,7 @@ def kill(proc: subprocess.Popen[bytes]) -> None:
 )
 def test_a_killed_server_is_reported_within_a_second_never_a_hang(tmp_path, address: str, shm: bool) -> None:
     bind = f"unix://{tmp_path}/s.sock" if address == "unix" else "tcp://127.0.0.1:0"
-    proc, addr = start_subprocess_server("tests.envs:make_slow_env", bind)
+    proc, addr = serve_subprocess("tests.envs:make_slow_env", bind)
     try:
         env = rlmesh.RemoteEnv(addr, shared_memory=shm, request_timeout_seconds=60)
         env.reset()
@@ -97,7 +66,7 @@ def test_a_killed_server_is_reported_within_a_second_never_a_hang(tmp_path, addr
 
 
 def test_a_server_killed_between_steps_fails_the_next_call_fast(tmp_path) -> None:
-    proc, addr = start_subprocess_server("CartPole-v1", f"unix://{tmp_path}/s.sock")
+    proc, addr = serve_subprocess("CartPole-v1", f"unix://{tmp_path}/s.sock")
     try:
         env = rnp.RemoteEnv(addr)
         env.reset(seed=0)
