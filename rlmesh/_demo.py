@@ -227,9 +227,11 @@ def run_cells(
             servers = {}
             try:
                 if {"shm", "unix"} & set(transports):
-                    servers["unix"] = start_server(target, kwargs, f"unix://{tmp}/{len(cells)}.sock")
+                    servers["unix"] = start_server(
+                        target, kwargs, f"unix://{tmp}/{len(cells)}.sock", quiet=True
+                    )
                 if "tcp" in transports:
-                    servers["tcp"] = start_server(target, kwargs, "tcp://127.0.0.1:0")
+                    servers["tcp"] = start_server(target, kwargs, "tcp://127.0.0.1:0", quiet=True)
                 for transport in transports:
                     address = servers["tcp" if transport == "tcp" else "unix"][1]
                     env = RemoteEnv(address, shared_memory=transport == "shm", connect_timeout_seconds=30)
