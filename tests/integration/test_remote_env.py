@@ -334,3 +334,24 @@ def test_remote_shutdown_needs_permission(serve) -> None:
     assert allowed.server.wait(5.0) is True
     with pytest.raises(ConnectionError):
         client.step(0)
+
+
+@pytest.mark.parametrize("transport", ["unix-shm", "tcp-shm"])
+def test_a_client_that_cannot_map_the_servers_memory_falls_back_to_inline(
+    serve, transport, monkeypatch, caplog
+) -> None:
+    from rlmesh import errors
+    from rlmesh.shm import Segment
+
+    served = serve(CountEnv, transport)
+
+    def refuse(*args, **kwargs):
+        raise errors.ShmError("no shared /dev/shm here")
+
+    monkeypatch.setattr(Segment, "attach", classmethod(lambda cls, *a, **k: refuse()))
+    with caplog.at_level("INFO", logger="rlmesh.server"):
+        env = served.client(rnp.RemoteEnv)
+    assert env.data_plane == "inline"
+    obs, _ = env.reset(seed=6)
+    assert obs[2] == 6.0 and env.step(1)[0][1] == 1.0
+    assert any("could not map our shared memory" in r.message for r in caplog.records)

@@ -127,3 +127,17 @@ def test_peer_gone_detection(pair) -> None:
     left.close()
     right.recv_frame(5)
     assert right.peer_gone()
+
+
+def test_tcp_streams_disable_nagle() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        stream = SocketStream(client)
+        assert stream._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert stream._sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0
+        stream.close()
+    finally:
+        server.close()
+        listener.close()
