@@ -33,7 +33,7 @@ from ._dtypes import DTYPES, DType, integer_bounds, is_float, is_integer
 from .errors import InvalidActionError, SpecError
 from .specs import EnvContract
 from .tensor import Tensor
-from .values import encode_metadata, sanitize_metadata
+from .values import sanitize_metadata
 
 __all__ = ["EnvAdapter", "Sink", "is_vector_env", "to_spec"]
 
@@ -588,11 +588,6 @@ class EnvAdapter:
     def close(self) -> None:
         """Close the env."""
         self.env.close()
-
-
-def encode_info(info: Any) -> Any:
-    """Apply the metadata rules to an info dict (TypeError names sanitize_metadata)."""
-    return encode_metadata(info)
 
 
 def encode_render(frame: Any, sink: Sink) -> Any:

@@ -23,7 +23,6 @@ Tuples travel as msgpack arrays; receivers restore them from the space
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -43,7 +42,7 @@ __all__ = [
     "MAX_DIMS",
     "TailBuilder",
     "decode",
-    "handle_ext",
+    "handle_record",
     "inline_ext",
     "pack",
     "restructurer",
@@ -89,18 +88,13 @@ def inline_ext(dtype_code: int, shape: tuple[int, ...], offset: int) -> msgpack.
     )
 
 
-def handle_ext(dtype_code: int, shape: tuple[int, ...], handle: Handle) -> msgpack.ExtType:
-    """The ext record of a tensor in a slab block."""
-    return handle_record(dtype_code, shape, handle.segment, handle.generation, handle.offset)
-
-
 _DIM_BYTES: dict[tuple[int, ...], bytes] = {}
 
 
 def handle_record(
     dtype_code: int, shape: tuple[int, ...], segment: int, generation: int, offset: int
 ) -> msgpack.ExtType:
-    """:func:`handle_ext` without building a Handle (the per-step path)."""
+    """The ext record of a tensor in a slab block (built without a Handle: the per-step path)."""
     dims = _DIM_BYTES.get(shape)
     if dims is None:
         dims = _DIMS[len(shape)].pack(*shape)
@@ -270,11 +264,3 @@ def restructurer(spec: Any) -> Callable[[Any], Any] | None:
 
         return fix_dict
     return None
-
-
-def element_count(shape: tuple[int, ...]) -> int:
-    """prod(shape)."""
-    return math.prod(shape)
-
-
-Encoder = Callable[[Any], Any]

@@ -69,15 +69,6 @@ OK = 20
 ERROR = 21
 SEGMENTS = 22
 
-OP_NAMES = {
-    RESET: "reset",
-    STEP: "step",
-    RENDER: "render",
-    CLOSE: "close",
-    SHUTDOWN: "shutdown",
-    PING: "ping",
-}
-
 # Error codes of ERROR responses.
 E_ENV = "env"  # the env raised: RemoteError, the session stays usable
 E_INVALID_ACTION = "invalid_action"  # InvalidActionError, the session stays usable
@@ -91,8 +82,10 @@ E_INTERNAL = "internal"  # a bug or resource failure inside the server
 #: A remote traceback is cut to this many characters.
 MAX_TRACEBACK = 64 * 1024
 
-#: Handshake frames are small; bound them tightly.
-MAX_HANDSHAKE_FRAME = 16 << 20
+#: The most a server reads from a client before the handshake completes
+#: (HELLO and ATTACHED are a few hundred bytes): an unauthenticated peer
+#: cannot make it allocate more.
+MAX_HANDSHAKE_FRAME = 64 << 10
 
 
 def error_to_wire(rid: int, code: str, exc: BaseException | None, message: str, tb: str = "") -> list[Any]:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _protocol as P
-from ._adapter import EnvAdapter, InlineSink, ShmSink, Sink, encode_info, encode_render
+from ._adapter import EnvAdapter, InlineSink, ShmSink, Sink, encode_render
 from ._channel import RingChannel, SocketChannel, channel_layout, write_token
 from ._codec import TailBuilder, decode, pack
 from ._dtypes import DTYPES
@@ -49,6 +49,7 @@ from .net.framing import DEFAULT_MAX_FRAME
 from .net.stream import Listener, SocketStream
 from .shm import Handle, Segment, SegmentKind, Slab, SlotRing, SpinPolicy, janitor as _janitor
 from .specs import EnvContract
+from .values import encode_metadata
 
 __all__ = ["EnvServer", "ServeOptions"]
 
@@ -326,7 +327,6 @@ class _Session:
         self.spin = SpinPolicy(self._spin_base)
         self.thread = threading.Thread(target=self.run, name=f"rlmesh-session-{self.id[:8]}", daemon=True)
         self.busy = False
-        self._current_rid = 0
         self._pending_unlink: list[int] = []
         self._rings: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
 
@@ -380,7 +380,7 @@ class _Session:
     def _handshake(self) -> bool:
         options = self.server.options
         timeout = options.handshake_timeout_seconds
-        head, _, _ = self.stream.recv_frame(timeout)
+        head, _, _ = self.stream.recv_frame(timeout, limit=P.MAX_HANDSHAKE_FRAME)
         hello = decode(head)
         if not (
             isinstance(hello, list) and len(hello) == 2 and hello[0] == P.HELLO and isinstance(hello[1], dict)
@@ -427,7 +427,7 @@ class _Session:
             "offer": offer,
         }
         self.stream.send(pack([P.WELCOME, welcome]), timeout=timeout)
-        head, _, _ = self.stream.recv_frame(timeout)
+        head, _, _ = self.stream.recv_frame(timeout, limit=P.MAX_HANDSHAKE_FRAME)
         attached = decode(head)
         if not (isinstance(attached, list) and len(attached) == 2 and attached[0] == P.ATTACHED):
             raise ProtocolError("expected an ATTACHED message")
@@ -521,7 +521,6 @@ class _Session:
             if type(request) is not list or len(request) < 2 or type(request[1]) is not int:
                 self._reply(P.error_to_wire(0, P.E_PROTOCOL, None, "malformed request"))
                 return
-            self._current_rid = request[1]
             try:
                 if not self._dispatch(request):
                     return
@@ -575,7 +574,7 @@ class _Session:
                         _encode_lanes(reward, n, "float64", sink),
                         _encode_lanes(terminated, n, "bool", sink),
                         _encode_lanes(truncated, n, "bool", sink),
-                        encode_info(info),
+                        encode_metadata(info),
                     ]
                 else:
                     payload = [
@@ -583,7 +582,7 @@ class _Session:
                         reward,
                         terminated,
                         truncated,
-                        encode_info(info),
+                        encode_metadata(info),
                     ]
             except Exception as exc:
                 self._env_error(rid, exc)
@@ -604,7 +603,7 @@ class _Session:
             sink, tail = self._sink()
             try:
                 obs, info = adapter.reset(seed, options)
-                payload = [adapter.encode_obs(obs, sink), encode_info(info)]
+                payload = [adapter.encode_obs(obs, sink), encode_metadata(info)]
             except Exception as exc:
                 self._env_error(rid, exc)
                 return True
@@ -924,9 +923,6 @@ class EnvServer:
 
     def _active_sessions(self) -> int:
         return len(self._sessions)
-
-    def _touch(self) -> None:
-        self._last_activity = time.monotonic()
 
     def _session_ended(self, session: _Session) -> None:
         with self._sessions_lock:

@@ -207,11 +207,17 @@ class SocketStream:
 
     # -- receiving -------------------------------------------------------------
 
-    def recv_frame(self, timeout: float | None = None) -> tuple[memoryview, memoryview, int]:
+    def recv_frame(
+        self, timeout: float | None = None, *, limit: int | None = None
+    ) -> tuple[memoryview, memoryview, int]:
         """Receive one frame and return ``(head, tail, tail_address)``.
 
         The views share one fresh buffer; the tail starts on a 64-byte
         boundary in memory, at ``tail_address``.
+
+        Args:
+            timeout: seconds to wait; None waits forever.
+            limit: a tighter cap on this frame's size than ``max_frame``.
 
         Raises:
             OperationTimeout: no frame started before the deadline (the stream
@@ -228,7 +234,7 @@ class SocketStream:
             raise self._break("the peer closed the connection")
         (length,) = PREFIX.unpack(prefix)
         try:
-            check_body_length(length, self.max_frame)
+            check_body_length(length, self.max_frame if limit is None else min(limit, self.max_frame))
         except FramingError as exc:
             self._broken = str(exc)
             raise

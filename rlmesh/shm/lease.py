@@ -146,17 +146,6 @@ class PeerMemory:
             )
         return segment
 
-    def address_of(self, handle: Handle) -> int:
-        """The address, in this process, of the block a (validated) handle names.
-
-        Raises:
-            InvalidHandle: the handle names a segment that was never announced.
-        """
-        segment = self._segments.get(handle.segment)
-        if segment is None:
-            raise InvalidHandle(f"handle names segment id {handle.segment}, which was never announced")
-        return segment.address + handle.offset
-
     def _on_release(self, ref: weakref.ref[Lease]) -> None:
         # Runs when a lease dies, on whatever thread dropped the last view;
         # the lease itself is gone, so its handle was kept beside the weakref.

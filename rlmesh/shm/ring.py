@@ -294,9 +294,6 @@ class MessageRing:
 
     # -- consumer ------------------------------------------------------------------
 
-    def _has_data(self) -> bool:
-        return self._load_head() != self._tail
-
     def peek(self, timeout: float | None = None, *, check: Callable[[], None] | None = None) -> memoryview:
         """Wait for the next message and return a view of it, without consuming it.
 

@@ -76,7 +76,6 @@ class Segment:
     _finalizer: weakref.finalize[..., Segment] | None = None
     _lock: threading.Lock
     _buf: memoryview
-    _rbuf: memoryview
 
     payload_offset = SEGMENT_HEADER
 
@@ -118,7 +117,6 @@ class Segment:
         try:
             self._address = buffer_address(mapping)
             self._buf = memoryview(mapping)
-            self._rbuf = self._buf.toreadonly()
         except BaseException:
             _release(fd, mapping, name if creator else None, self._pid, False)
             raise
@@ -154,12 +152,6 @@ class Segment:
         """
         self._check_open()
         return self._buf
-
-    @property
-    def readonly_buf(self) -> memoryview:
-        """A read-only view of the whole mapping (same caveats as :attr:`buf`)."""
-        self._check_open()
-        return self._rbuf
 
     @property
     def is_creator(self) -> bool:
@@ -282,14 +274,12 @@ class Segment:
         if finalizer is None or not finalizer.alive:
             return
         try:
-            self._rbuf.release()
             self._buf.release()
             assert self._mapping is not None
             self._mapping.close()
         except BufferError:
             # Re-export the mapping: the segment stays usable after the failed close.
             self._buf = memoryview(self._mapping)  # type: ignore[arg-type]
-            self._rbuf = self._buf.toreadonly()
             raise BusyError(
                 f"views of shared-memory segment {self._name} are still alive (memoryview slices "
                 "or arrays over them); release them before close()"

@@ -287,3 +287,17 @@ def test_shm_observations_really_live_in_shared_memory(serve) -> None:
             and int(line.split("-")[0], 16) <= inline_obs.address < int(line.split()[0].split("-")[1], 16)
             for line in maps
         )
+
+
+def test_a_large_frame_before_the_handshake_is_refused_at_once(serve) -> None:
+    # The session limit is 256 MiB; before HELLO the server accepts 64 KiB at most,
+    # so it hangs up on this length prefix instead of allocating and waiting for it.
+    served = serve(TinyEnv())
+    sock = _raw_connect(served.server.address)
+    sock.settimeout(5)
+    start = time.monotonic()
+    sock.sendall(struct.pack("<I", 100 << 20))
+    assert sock.recv(1) == b""
+    assert time.monotonic() - start < 2
+    sock.close()
+    assert served.client().reset()[0] == 0
