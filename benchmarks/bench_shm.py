@@ -33,15 +33,33 @@ import ctypes
 import multiprocessing as mp
 import socket
 import struct
+import sys
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
-from rlmesh.shm import Handle, MessageRing, PeerMemory, Segment, SegmentKind, Slab, SlotRing, SpinPolicy
-from rlmesh.shm._layout import align_up
+if __package__ in (None, ""):  # run as a file: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ._harness import Runner, add_common_args, deadline, markdown_table
+from benchmarks._harness import (  # noqa: E402
+    Runner,
+    add_common_args,
+    deadline,
+    markdown_table,
+)
+from rlmesh.shm import (  # noqa: E402
+    Handle,
+    MessageRing,
+    PeerMemory,
+    Segment,
+    SegmentKind,
+    Slab,
+    SlotRing,
+    SpinPolicy,
+)
+from rlmesh.shm._layout import align_up  # noqa: E402
 
 CAPACITY = 1 << 16
 #: A peer that hears nothing for this long gives up (the parent died).

@@ -31,8 +31,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks._harness import environment, markdown_table
-from rlmesh import _demo
+if __package__ in (None, ""):  # run as a file: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._harness import environment, markdown_table  # noqa: E402
+from rlmesh import _demo  # noqa: E402
 
 WORKLOADS = ["CartPole-v1", "28 KiB obs", "150 KiB obs", "4 MiB obs"]
 
