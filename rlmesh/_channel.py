@@ -121,13 +121,15 @@ class SocketChannel(Channel):
             return Message(head, tail, address, None)
         # Wake up now and then to run `check` (the server's stop flag).
         deadline = None if timeout is None else time.monotonic() + timeout
+        first = True
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise OperationTimeout(f"no message within {timeout:.3g}s", timeout=timeout)
-            if self.stream.wait_readable(0.1 if remaining is None else min(0.1, remaining)):
+            if self.stream.wait_readable(0.1 if remaining is None else min(0.1, remaining), spin=first):
                 head, tail, address = self.stream.recv_frame(remaining)
                 return Message(head, tail, address, None)
+            first = False
             check()
 
 

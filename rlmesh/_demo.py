@@ -163,8 +163,9 @@ def start_server(
         with os.fdopen(read_fd, "r") as ready:
             import select
 
-            readable, _, _ = select.select([ready], [], [], timeout)
-            line = ready.readline().strip() if readable else ""
+            poller = select.poll()  # not select(2): the pipe's descriptor may pass 1024
+            poller.register(ready, select.POLLIN)
+            line = ready.readline().strip() if poller.poll(timeout * 1000) else ""
         if not line:
             raise RuntimeError(f"`rlmesh serve {target}` did not report its address within {timeout}s")
         return proc, line

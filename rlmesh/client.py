@@ -203,16 +203,17 @@ class _Connection:
         ready = decode(head)
         if not (isinstance(ready, list) and len(ready) == 2 and ready[0] == P.READY):
             raise ConnectError("the server did not confirm the session")
+        # A server thread in this very process needs the GIL a spin would hold.
+        spin = CLIENT_SPIN if info.get("pid") != os.getpid() else 0.0
         if ready[1].get("data_plane") == "shm" and token is not None:
             name, size, req_off, req_cap, resp_off, resp_cap = self._channel_args
             assert self.segment is not None
-            # A server thread in this very process needs the GIL a spin would hold.
-            spin = CLIENT_SPIN if info.get("pid") != os.getpid() else 0.0
             self.channel = RingChannel(
                 stream, self.segment, tx=(req_off, req_cap), rx=(resp_off, resp_cap), spin=SpinPolicy(spin)
             )
         else:
             self._drop_shm()
+            stream.spin = SpinPolicy(spin)
             self.channel = SocketChannel(stream)
 
     def _attach(self, offer: Any) -> tuple[str | None, str | None]:

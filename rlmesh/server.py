@@ -443,6 +443,7 @@ class _Session:
                 )
             self._drop_shm()
             self.channel = SocketChannel(self.stream)
+            self.stream.spin = self.spin  # the same policy and rules as the rings'
         self.stream.send(pack([P.READY, {"data_plane": self.channel.data_plane}]), timeout=timeout)
         return True
 

@@ -10,6 +10,7 @@ response frames must not wait for Nagle) and keep-alive.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import select
 import socket
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._buffers import buffer_address
+from .._spin import SpinPolicy
 from ..errors import BrokenError, ClosedError, ConnectError, FramingError, OperationTimeout
 from .address import Address
 from .framing import DEFAULT_MAX_FRAME, PREFIX, aligned_buffer, body_layout, check_body_length, split_body
@@ -48,6 +50,17 @@ def _remaining(deadline: float | None) -> float | None:
     return max(deadline - time.monotonic(), 0.0)
 
 
+def _wait(poller: select.poll, deadline: float | None) -> bool:
+    """Sleep in poll(2) until the socket is ready (True) or ``deadline`` passes (False)."""
+    while True:
+        remaining = _remaining(deadline)
+        # Whole milliseconds, rounded up, so a wait never ends early.
+        if poller.poll(None if remaining is None else math.ceil(remaining * 1000)):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+
+
 class SocketStream:
     """A connected socket that sends and receives frames.
 
@@ -55,18 +68,44 @@ class SocketStream:
     After a deadline passes in the middle of a frame, or the peer breaks the
     connection, the stream is *broken*: every later call raises BrokenError.
 
+    The socket is non-blocking, and waits go through poll(2) with the
+    caller's deadline: a frame that is already there costs one ``recv`` per
+    part, not the ``ioctl`` and ``poll`` that a socket timeout adds to every
+    call. Before sleeping, a receiver waiting for a new frame spins for an
+    adaptive budget (``spin``), as the shared-memory doorbells do: a peer
+    with a core of its own answers a small request in tens of microseconds,
+    less than a sleep and kernel wake-up cost. Spinning stops by itself on a
+    machine where it does not pay (see :class:`~rlmesh._spin.SpinPolicy`).
+
     Not thread-safe for concurrent sends or concurrent receives; one sender
     and one receiver thread may work at the same time.
+
+    Args:
+        sock: a connected stream socket; the stream owns it from now on.
+        max_frame: the largest frame accepted or sent, in bytes.
+        spin: the receive spin policy; the default never spins. Spin only
+            where the peer is another process: a peer thread in this process
+            needs the GIL that the spinning thread keeps taking back.
     """
 
-    def __init__(self, sock: socket.socket, *, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(
+        self, sock: socket.socket, *, max_frame: int = DEFAULT_MAX_FRAME, spin: SpinPolicy | None = None
+    ) -> None:
         self._sock = sock
         self.max_frame = max_frame
         self.is_unix = sock.family == socket.AF_UNIX
+        self.spin = spin if spin is not None else SpinPolicy(0)
         self._broken: str | None = None
         self._closed = False
         self._close_lock = threading.Lock()
         self._spare: tuple[bytearray, int, int] | None = None
+        sock.setblocking(False)
+        # One poll object per direction: a sender thread and a receiver thread
+        # may wait at the same time, and a poll object refuses concurrent use.
+        self._readable = select.poll()
+        self._readable.register(sock, select.POLLIN)
+        self._writable = select.poll()
+        self._writable.register(sock, select.POLLOUT)
         if not self.is_unix:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -128,20 +167,47 @@ class SocketStream:
         if self._closed or self._broken is not None:
             return True
         try:
-            readable, _, _ = select.select([self._sock], [], [], 0)
-            if not readable:
-                return False
             return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError):
             return False
         except OSError:
             return True
 
-    def wait_readable(self, timeout: float | None) -> bool:
-        """Wait until a frame (or EOF) can be read; False on timeout."""
+    def wait_readable(self, timeout: float | None, *, spin: bool = True) -> bool:
+        """Wait until a frame (or EOF) can be read; False on timeout.
+
+        Spins first, within the spin budget (unless ``spin`` is false: a caller
+        waking up every so often to run a check spins on its first wait only),
+        then sleeps in poll(2).
+        """
         self._check()
-        readable, _, _ = select.select([self._sock], [], [], timeout)
-        return bool(readable)
+        return self._await_frame(_deadline(timeout), spin=spin)
+
+    def _await_frame(self, deadline: float | None, *, spin: bool = True) -> bool:
+        """Wait for the start of a frame until ``deadline``: a bounded spin, then poll(2).
+
+        Every wait teaches the spin policy, a timed-out one too: an idle
+        connection is a wait that spinning does not catch, so its budget
+        shrinks instead of burning a slice of a core on every wake-up.
+        """
+        poll = self._readable.poll
+        if poll(0):
+            return True
+        start = time.monotonic()
+        policy = self.spin
+        if spin and policy.budget > 0 and (deadline is None or deadline > start):
+            spin_until = start + policy.budget
+            if deadline is not None:
+                spin_until = min(spin_until, deadline)
+            while True:
+                if poll(0):
+                    policy.record(time.monotonic() - start)
+                    return True
+                if time.monotonic() >= spin_until:
+                    break
+        ready = _wait(self._readable, deadline)
+        policy.record(time.monotonic() - start)
+        return ready
 
     # -- sending ---------------------------------------------------------------
 
@@ -180,22 +246,21 @@ class SocketStream:
         views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
         sent_total = 0
         while views:
-            remaining = _remaining(deadline)
-            if remaining is not None and remaining <= 0:
+            try:
+                sent = sock.sendmsg(views[:64])
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                raise self._break(f"send failed: {exc}") from exc
+            if not sent:
+                # The socket buffer is full: wait for room, within the deadline.
+                if _wait(self._writable, deadline):
+                    continue
                 if sent_total:
                     raise OperationTimeout("timed out sending a frame", timeout=timeout) from self._break(
                         "a send timed out half-way"
                     )
                 raise OperationTimeout("timed out sending a frame", timeout=timeout)
-            sock.settimeout(remaining)
-            try:
-                sent = sock.sendmsg(views[:64])
-            except TimeoutError:
-                continue
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                raise self._break(f"send failed: {exc}") from exc
             sent_total += sent
             while sent and views:
                 if sent >= len(views[0]):
@@ -277,22 +342,21 @@ class SocketStream:
         total = 0
         size = len(view)
         while total < size:
-            remaining = _remaining(deadline)
-            if remaining is not None and remaining <= 0:
-                if started or total:
+            try:
+                n = sock.recv_into(view[total:] if total else view)
+            except (BlockingIOError, InterruptedError):
+                n = -1
+            except OSError as exc:
+                raise self._break(f"receive failed: {exc}") from exc
+            if n < 0:
+                mid_frame = started or total > 0
+                if _wait(self._readable, deadline) if mid_frame else self._await_frame(deadline):
+                    continue
+                if mid_frame:
                     raise OperationTimeout(
                         "timed out in the middle of a frame", timeout=timeout
                     ) from self._break("a receive timed out half-way through a frame")
                 raise OperationTimeout(f"no reply within {timeout:.3g}s", timeout=timeout)
-            sock.settimeout(remaining)
-            try:
-                n = sock.recv_into(view[total:])
-            except TimeoutError:
-                continue
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                raise self._break(f"receive failed: {exc}") from exc
             if n == 0:
                 if total == 0 and not started:
                     return 0
@@ -436,8 +500,10 @@ class Listener:
         if self._closed:
             raise ClosedError("the listener is closed")
         try:
-            readable, _, _ = select.select([self._sock], [], [], timeout)
-            if not readable:
+            # poll(2), not select(2): a busy server's descriptors can pass FD_SETSIZE.
+            poller = select.poll()
+            poller.register(self._sock, select.POLLIN)
+            if not poller.poll(None if timeout is None else math.ceil(max(timeout, 0.0) * 1000)):
                 return None
             sock, _ = self._sock.accept()
         except (BlockingIOError, InterruptedError):

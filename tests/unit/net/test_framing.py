@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import os
+import resource
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
+from rlmesh._spin import SpinPolicy
 from rlmesh.errors import BrokenError, FramingError, OperationTimeout
-from rlmesh.net import framing
-from rlmesh.net.stream import SocketStream
+from rlmesh.net import framing, parse_address
+from rlmesh.net.stream import Listener, SocketStream, connect
 
 
 @pytest.fixture
@@ -141,3 +145,114 @@ def test_tcp_streams_disable_nagle() -> None:
     finally:
         server.close()
         listener.close()
+
+
+def test_a_send_into_a_full_socket_waits_within_its_deadline() -> None:
+    a, b = socket.socketpair()
+    with SocketStream(a, max_frame=64 << 20) as left, SocketStream(b, max_frame=64 << 20) as right:
+        big = b"\x02" * (16 << 20)  # far more than the socket buffers hold
+        start = time.monotonic()
+        with pytest.raises(OperationTimeout, match="sending"):
+            left.send(b"h", [big], timeout=0.2)
+        assert 0.15 < time.monotonic() - start < 2
+        with pytest.raises(BrokenError, match="half-way"):  # part of the frame went out
+            left.send(b"h", timeout=1)
+        # The reader sees the truncated frame as a frame that never ends.
+        with pytest.raises(OperationTimeout):
+            right.recv_frame(0.2)
+
+
+def test_a_sender_waits_for_the_reader_to_drain_a_large_frame(pair) -> None:
+    left, right = pair
+    left.max_frame = right.max_frame = 64 << 20
+    big = bytes(range(256)) * (32 << 12)  # 8 MiB
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            left.send(b"big", [big], timeout=10)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    time.sleep(0.05)  # the sender is now waiting for room
+    head, tail, _ = right.recv_frame(10)
+    thread.join(10)
+    assert not errors and bytes(head) == b"big" and tail == big
+
+
+class CountingPoll:
+    """Wraps a poll object and counts the calls that could not block."""
+
+    def __init__(self, poller) -> None:
+        self.poller = poller
+        self.nonblocking = 0
+
+    def poll(self, timeout=None):
+        if timeout == 0:
+            self.nonblocking += 1
+        return self.poller.poll(timeout)
+
+
+def reply_later(stream: SocketStream, delay: float) -> threading.Thread:
+    thread = threading.Thread(target=lambda: (time.sleep(delay), stream.send(b"late", timeout=5)))
+    thread.start()
+    return thread
+
+
+def test_a_receiver_spins_before_it_sleeps_unless_told_not_to() -> None:
+    for policy, spins in ((SpinPolicy(maximum=0.5, initial=0.5), True), (SpinPolicy(0), False)):
+        a, b = socket.socketpair()
+        with SocketStream(a) as left, SocketStream(b, spin=policy) as right:
+            counter = CountingPoll(right._readable)
+            right._readable = counter  # type: ignore[assignment]
+            thread = reply_later(left, 0.05)
+            assert bytes(right.recv_frame(5)[0]) == b"late"
+            thread.join()
+            # Spinning polls without blocking many times over 50 ms; not spinning, once.
+            assert (counter.nonblocking > 100) is spins, counter.nonblocking
+
+
+def test_idle_waits_shrink_the_spin_budget() -> None:
+    a, b = socket.socketpair()
+    policy = SpinPolicy(maximum=500e-6, initial=500e-6)
+    with SocketStream(a) as left, SocketStream(b, spin=policy) as right:
+        for _ in range(40):  # a connection that stays idle: every wait times out
+            assert not right.wait_readable(0.005)
+        assert policy.budget == policy.minimum
+        left.send(b"x", timeout=5)  # and a frame still arrives at once
+        assert bytes(right.recv_frame(5)[0]) == b"x"
+
+
+def test_descriptors_beyond_fd_setsize(tmp_path) -> None:
+    """poll(2) everywhere: a busy process's descriptors pass select()'s limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1400
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the hard descriptor limit ({hard}) is below {wanted}")
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    filler: list[int] = []
+    try:
+        while not filler or filler[-1] < 1100:  # push every new descriptor past 1024
+            filler.append(os.open(os.devnull, os.O_RDONLY))
+        address = parse_address(f"unix://{tmp_path}/high.sock")
+        with Listener(address) as listener:
+            assert listener.fileno() > 1024
+            assert listener.accept(0.01) is None  # a timed wait with nothing to accept
+            client = connect(address, timeout=5)
+            accepted = listener.accept(5)
+            assert accepted is not None
+            with client, SocketStream(accepted) as server:
+                assert server.fileno() > 1024 and client.fileno() > 1024
+                assert not server.wait_readable(0.01) and not server.peer_gone()
+                client.send(b"ping", [b"\x03" * 100], timeout=5)
+                head, tail, _ = server.recv_frame(5)
+                assert bytes(head) == b"ping" and bytes(tail) == b"\x03" * 100
+                client.close()
+                assert server.peer_gone()
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
