@@ -27,6 +27,7 @@ import mmap
 import os
 import secrets
 import stat
+import sys
 import time
 
 import posix_ipc
@@ -120,6 +121,31 @@ def _fallocate(fd: int, size: int) -> None:
         raise ShmError(f"could not size a {size:,}-byte segment: {exc}") from exc
 
 
+def _map(fd: int, size: int, prot: int, name: str) -> mmap.mmap:
+    """Map ``size`` bytes of ``fd`` shared.
+
+    Python 3.13+ is told not to keep a duplicate of the descriptor (``mmap``
+    otherwise does, for ``size()`` and ``resize()``, which we never call): a
+    server with many sessions maps many segments, and every descriptor counts
+    against ``ulimit -n``.
+
+    Raises:
+        ShmError: the mapping failed; out of descriptors or of address space
+            are named as such.
+    """
+    try:
+        if sys.version_info >= (3, 13):
+            return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=prot, trackfd=False)
+        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=prot)
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            raise ShmError(
+                f"could not map shared-memory segment {name}: out of file descriptors "
+                "(raise the limit with `ulimit -n`)"
+            ) from exc
+        raise ShmError(f"could not map shared-memory segment {name}: {exc}") from exc
+
+
 def create(size: int, kind: SegmentKind) -> tuple[str, int, mmap.mmap]:
     """Create, size, lock and map a new segment of ``size`` bytes (header included).
 
@@ -150,7 +176,7 @@ def create(size: int, kind: SegmentKind) -> tuple[str, int, mmap.mmap]:
         # Taken before anything else: from here on the janitor sees a live owner.
         fcntl.flock(fd, fcntl.LOCK_SH)
         _fallocate(fd, size)
-        mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        mapping = _map(fd, size, mmap.PROT_READ | mmap.PROT_WRITE, name)
         HEADER.pack_into(
             mapping,
             0,
@@ -214,7 +240,7 @@ def attach(name: str, size: int | None = None, *, readonly: bool = False) -> tup
         if st.st_size < HEADER.size:
             raise ShmError(f"shared-memory segment {name} is too small to be an rlmesh segment")
         prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
-        mapping = mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED, prot=prot)
+        mapping = _map(fd, st.st_size, prot, name)
         magic, version = HEADER.unpack_from(mapping, 0)[:2]
         if magic != MAGIC or version != LAYOUT_VERSION:
             mapping.close()

@@ -17,7 +17,22 @@ from ._layout import SEGMENT_HEADER, SegmentKind
 __all__ = ["Segment"]
 
 
-def _release(fd: int, mapping: mmap, name: str | None, pid: int, warn: bool) -> None:
+def _close_fd(fd_box: list[int]) -> None:
+    """Close the descriptor in ``fd_box`` once; the box then holds -1.
+
+    A box, not an int, because the descriptor may be closed early (see
+    :meth:`Segment.unlink`): a finalizer holding the bare number would later
+    close whatever file had been given that number since.
+    """
+    fd, fd_box[0] = fd_box[0], -1
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _release(fd_box: list[int], mapping: mmap, name: str | None, pid: int, warn: bool) -> None:
     # Captures only raw resources, never the Segment (weakref.finalize rule).
     # Clean up first: under `-W error` the warning raises, and must not leak.
     try:
@@ -25,10 +40,7 @@ def _release(fd: int, mapping: mmap, name: str | None, pid: int, warn: bool) -> 
     except BufferError:
         # Views are still exported; they keep the mapping alive on their own.
         pass
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+    _close_fd(fd_box)
     if name is not None and os.getpid() == pid:
         _posix.unlink(name)
     if warn:
@@ -60,7 +72,7 @@ class Segment:
     """
 
     # Class defaults make close() safe on a half-built object.
-    _fd = -1
+    _fd_box: list[int] = [-1]  # noqa: RUF012 - replaced per instance, never mutated here
     _mapping: mmap | None = None
     _name = ""
     _size = 0
@@ -107,7 +119,14 @@ class Segment:
     def _wrap(cls, name: str, fd: int, mapping: mmap, *, creator: bool, readonly: bool) -> Segment:
         self = cls.__new__(cls)
         self._lock = threading.Lock()
-        self._fd = fd
+        # The descriptor is kept only while it does a job: a creator's shared
+        # flock tells the janitor the owner is alive, for as long as the name
+        # exists. A mapping needs no descriptor, so an attacher closes it now
+        # and a creator at unlink(): a server with many sessions would
+        # otherwise hold several descriptors per session and run out.
+        self._fd_box = [fd]
+        if not creator:
+            _close_fd(self._fd_box)
         self._mapping = mapping
         self._name = name
         self._size = len(mapping)
@@ -118,10 +137,10 @@ class Segment:
             self._address = buffer_address(mapping)
             self._buf = memoryview(mapping)
         except BaseException:
-            _release(fd, mapping, name if creator else None, self._pid, False)
+            _release(self._fd_box, mapping, name if creator else None, self._pid, False)
             raise
         self._finalizer = weakref.finalize(
-            self, _release, fd, mapping, name if creator else None, self._pid, True
+            self, _release, self._fd_box, mapping, name if creator else None, self._pid, True
         )
         return self
 
@@ -227,6 +246,9 @@ class Segment:
     def unlink(self) -> None:
         """Remove the segment's name now; mappings (ours and peers') stay valid.
 
+        The descriptor is closed too: with the name gone, no janitor can find
+        the segment, so the liveness lock it held has no more use.
+
         Raises:
             PermissionError: this process is not the segment's creator.
         """
@@ -235,6 +257,7 @@ class Segment:
         if not self._unlinked:
             self._unlinked = True
             _posix.unlink(self._name)
+            _close_fd(self._fd_box)
 
     def close(self) -> None:
         """Unmap the segment and close its descriptor; a creator also unlinks it.
@@ -286,7 +309,7 @@ class Segment:
             ) from None
         self._dead = True
         finalizer.detach()
-        os.close(self._fd)
+        _close_fd(self._fd_box)
         if self.is_creator and not self._unlinked:
             self._unlinked = True
             _posix.unlink(self._name)

@@ -98,7 +98,7 @@ def test_unlocked_segment_of_a_live_process_is_seen_as_stale() -> None:
     # The lock, not the pid, decides: drop it and the janitor takes the segment.
     seg = Segment.create(4096)
     try:
-        fcntl.flock(seg._fd, fcntl.LOCK_UN)
+        fcntl.flock(seg._fd_box[0], fcntl.LOCK_UN)
         assert not info_for(seg.name).alive  # type: ignore[union-attr]
         assert seg.name in {i.name for i in janitor.clean(grace=0)}
         assert not os.path.exists(f"/dev/shm/{seg.name}")
