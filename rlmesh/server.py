@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 import time
 import traceback
@@ -686,6 +687,29 @@ def _encode_lanes(values: Any, n: int, dtype_name: str, sink: Sink) -> Any:
     return record
 
 
+def _turn_away(sock: socket.socket) -> None:
+    """Tell a client the server has no descriptor left for it (see :class:`Listener`).
+
+    The client's HELLO is read and dropped after the answer: closing a socket
+    with unread data resets the connection, and the client could lose the
+    answer to the reset.
+    """
+    log.warning("out of file descriptors: turning a client away (raise `ulimit -n`)")
+    message = (
+        "the server has run out of file descriptors and cannot take another session; "
+        "try again later, or raise its limit (ulimit -n)"
+    )
+    try:
+        SocketStream(sock).send(pack(P.error_to_wire(0, P.E_BUSY, None, message)), timeout=1.0)
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(1.0)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and sock.recv(P.MAX_HANDSHAKE_FRAME):
+            pass
+    except (OSError, RLMeshError):
+        pass
+
+
 def _valid_seed(seed: Any) -> bool:
     if seed is None:
         return True
@@ -795,7 +819,7 @@ class EnvServer:
             # Stale segments of dead servers go first (cheap, and a server
             # that was SIGKILLed could not clean up after itself).
             _janitor.clean()
-            self._listener = Listener(bind)
+            self._listener = Listener(bind, reject=_turn_away)
         except BaseException:
             self._source.close(self._close_timeout)
             raise

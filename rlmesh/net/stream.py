@@ -19,7 +19,8 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._buffers import buffer_address
@@ -415,24 +416,106 @@ def connect(address: Address, *, timeout: float | None, max_frame: int = DEFAULT
     return SocketStream(sock, max_frame=max_frame)
 
 
+class _Reserve:
+    """One spare descriptor (on ``/dev/null``), to be freed when none is left.
+
+    Lifetime: opens in the constructor; :meth:`close` (idempotent) closes it
+    for good. Kept apart from the listener so that a finalizer can close it
+    without holding the listener alive.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
+        self._fd = -1
+        self.restore()
+
+    def release(self) -> bool:
+        """Close the spare so that the next descriptor can take its number; False if none is held."""
+        with self._lock:
+            if self._fd < 0:
+                self._fd = self._open()
+            fd, self._fd = self._fd, -1
+        if fd < 0:
+            return False
+        os.close(fd)
+        return True
+
+    def restore(self) -> None:
+        """Take a spare again (quietly none if every descriptor is in use)."""
+        with self._lock:
+            if self._fd < 0 and not self._closed:
+                self._fd = self._open()
+
+    def adopt(self, fd: int) -> None:
+        """Keep ``fd`` (which we own) as the spare, or close it if a spare is held.
+
+        Any open descriptor reserves its number. Adopting the one just used
+        for a rejected connection, instead of closing it and opening a new
+        spare, leaves no moment in which another thread could take the number.
+        """
+        with self._lock:
+            if self._fd < 0 and not self._closed:
+                self._fd, fd = fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Close the spare for good. Idempotent."""
+        with self._lock:
+            self._closed = True
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def _open(self) -> int:
+        if self._closed:
+            return -1
+        try:
+            return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return -1
+
+
 class Listener:
     """A listening socket.
 
     Lifetime: binds in the constructor; :meth:`close` stops listening and,
     for a Unix socket, removes the socket file it created. Idempotent.
 
+    Out of descriptors (``EMFILE``), a listener cannot accept, and a
+    connection left in the queue keeps the listener readable: a naive loop
+    spins and the client waits out its timeout. So the listener keeps one
+    descriptor in reserve: when accepting fails for want of descriptors, it
+    frees the reserve, accepts the connection on it, and hands it to
+    ``reject`` on a thread of its own (which can tell the client why), then
+    closes it and takes the reserve back.
+
     Args:
         address: where to listen; TCP port 0 picks a free port.
         backlog: the listen queue length.
+        reject: called with each connection turned away for want of
+            descriptors, on a short-lived thread; it must not close the socket
+            (the listener does) and should return within a second or two.
+            None closes such connections at once.
 
     Raises:
         ConnectError: the address cannot be bound (in use, permission, a
             non-socket file at a Unix path).
     """
 
-    def __init__(self, address: Address, *, backlog: int = 128) -> None:
+    def __init__(
+        self,
+        address: Address,
+        *,
+        backlog: int = 128,
+        reject: Callable[[socket.socket], None] | None = None,
+    ) -> None:
         self._closed = False
         self._path: str | None = None
+        self._reject = reject
+        self._reserve = _Reserve()
+        self._finalizer = weakref.finalize(self, self._reserve.close)
         if address.transport == "unix":
             assert address.path is not None
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -440,6 +523,7 @@ class Listener:
                 self._bind_unix(address.path)
             except BaseException:
                 self._sock.close()
+                self._reserve.close()
                 raise
             self.address = address
         else:
@@ -451,6 +535,7 @@ class Listener:
                 self._sock.bind((host, address.port or 0))
             except OSError as exc:
                 self._sock.close()
+                self._reserve.close()
                 raise ConnectError(
                     f"failed to bind tcp listener on {address}: {exc.strerror or exc}"
                 ) from exc
@@ -512,16 +597,44 @@ class Listener:
             if self._closed:
                 # Closed by another thread while we waited.
                 raise ClosedError("the listener is closed") from None
-            if isinstance(exc, OSError) and exc.errno in (
-                errno.ECONNABORTED,
-                errno.EPROTO,
-                errno.EMFILE,
-                errno.ENFILE,
-            ):
+            if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+                self._turn_away()
+                return None
+            if isinstance(exc, OSError) and exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                 return None
             raise
         sock.setblocking(True)
         return sock
+
+    def _turn_away(self) -> None:
+        """Out of descriptors: accept one connection on the reserve and reject it."""
+        if not self._reserve.release():
+            # The reserve is out turning away another client: wait a little
+            # rather than spin on a listener that stays readable.
+            time.sleep(0.01)
+            return
+        try:
+            sock, _ = self._sock.accept()
+        except OSError:
+            self._reserve.restore()  # nothing to accept after all (or no number freed)
+            time.sleep(0.01)
+            return
+
+        def finish() -> None:
+            try:
+                if self._reject is not None:
+                    self._reject(sock)
+            except Exception:  # noqa: BLE001 - a failed courtesy message changes nothing
+                pass
+            finally:
+                # Keep the rejected socket's descriptor as the next spare.
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                self._reserve.adopt(sock.detach())
+
+        threading.Thread(target=finish, name="rlmesh-turn-away", daemon=True).start()
 
     def close(self) -> None:
         """Stop listening; remove our Unix socket file. Idempotent."""
@@ -529,6 +642,7 @@ class Listener:
             return
         self._closed = True
         self._sock.close()
+        self._finalizer()
         if self._path is not None:
             try:
                 # Only remove the file if it is still the one we bound.
