@@ -421,6 +421,24 @@ def _accepts(fn: Any, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+def _scalar_reward(reward: Any) -> float:
+    """A single env's reward as a float; a one-element array (shape ``(1,)``) counts as a scalar.
+
+    Raises:
+        ValueError: the reward holds several numbers, or none.
+    """
+    try:
+        return float(reward)
+    except TypeError:
+        # NumPy 2 refuses float() of a 1-d array even with one element.
+        if getattr(reward, "size", None) == 1 and hasattr(reward, "item"):
+            return float(reward.item())
+        shape = getattr(reward, "shape", None)
+        what = f"shape {shape}" if shape is not None else f"type {type(reward).__name__}"
+        message = f"env.step() returned a reward of {what}; a single env's reward must be one number"
+        raise ValueError(message) from None
+
+
 def _autoreset_mode(metadata: dict[str, Any], vector: bool) -> str:
     if not vector:
         return "Disabled"
@@ -535,7 +553,7 @@ class EnvAdapter:
             terminated, truncated = self._legacy_done(done, info)
         if self.vector:
             return obs, reward, terminated, truncated, self._vector_info(info)
-        return obs, float(reward), bool(terminated), bool(truncated), dict(info or {})
+        return obs, _scalar_reward(reward), bool(terminated), bool(truncated), dict(info or {})
 
     def _legacy_done(self, done: Any, info: Any) -> tuple[Any, Any]:
         if not self.vector:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -193,6 +194,25 @@ def test_legacy_gym_env_is_normalised(serve) -> None:
     plain = serve(LegacyEnv(limit=1, time_limit=False)).client()
     plain.reset()
     assert plain.step(0)[2:4] == (True, False)
+
+
+class ArrayRewardEnv(TinyEnv):
+    """Returns its rewards as NumPy arrays: shape (1,) is one number, shape (2,) is not."""
+
+    def step(self, action: int) -> tuple[int, Any, bool, bool, dict[str, Any]]:
+        obs, _, terminated, truncated, info = super().step(action)
+        reward = np.array([1.5]) if action == 0 else np.array([1.0, 2.0])
+        return obs, reward, terminated, truncated, info
+
+
+def test_a_one_element_array_reward_is_a_number_and_a_longer_one_a_clear_error(serve) -> None:
+    env = serve(ArrayRewardEnv(limit=10)).client()
+    env.reset()
+    reward = env.step(0)[1]
+    assert reward == 1.5 and type(reward) is float
+    with pytest.raises(rlmesh.RemoteError, match=r"reward of shape \(2,\); a single env's reward"):
+        env.step(1)
+    assert env.step(0)[1] == 1.5  # the session stays usable
 
 
 @pytest.mark.parametrize("transport", ["unix-shm", "tcp-inline"])
