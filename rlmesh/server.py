@@ -44,6 +44,7 @@ from .errors import (
     OperationTimeout,
     ProtocolError,
     RLMeshError,
+    ShmError,
 )
 from .net.address import resolve_address
 from .net.framing import DEFAULT_MAX_FRAME
@@ -237,6 +238,10 @@ class _DataPlane:
         self.slab = Slab(segment_size=segment_size)
         self._rings: dict[int, SlotRing] = {}
         self._owner: dict[tuple[int, int], SlotRing | None] = {}
+        # Blocks handed out for the response being built: if building it
+        # fails (the env raised half-way, its info cannot be encoded), no
+        # client will ever release them, so they are taken back at once.
+        self.unsent: list[Any] = []
         try:
             # The per-step slots exist before the first step: steady state allocates nothing.
             for nbytes in sorted(set(sizes)):
@@ -251,11 +256,23 @@ class _DataPlane:
             if len(self._rings) >= self.MAX_RINGS:
                 block = self.slab.alloc(nbytes)
                 self._owner[(block.segment, block.offset)] = None
+                self.unsent.append(block)
                 return block
             ring = self._rings[nbytes] = SlotRing(self.slab, nbytes, 2, policy="grow")
         block = ring.acquire()
         self._owner[(block.segment, block.offset)] = ring
+        self.unsent.append(block)
         return block
+
+    def take_back_unsent(self) -> None:
+        """Free the blocks of a response that will not be sent."""
+        blocks, self.unsent = self.unsent, []
+        for block in blocks:
+            ring = self._owner.pop((block.segment, block.offset), None)
+            if ring is None:
+                self.slab.free(block)
+            else:
+                ring.release(block.handle)
 
     def release(self, flat: list[int]) -> None:
         """Take back leases (a flat list of handle fields).
@@ -535,6 +552,8 @@ class _Session:
 
     def _sink(self) -> tuple[Sink, TailBuilder | None]:
         if self.channel.data_plane == "shm":
+            assert self.data is not None
+            self.data.unsent.clear()  # the last response's blocks went out with it
             return self.sink, None
         tail = TailBuilder()
         return InlineSink(tail), tail
@@ -548,9 +567,12 @@ class _Session:
         self.channel.send(pack([P.OK, rid, *payload], tail), tail)
 
     def _env_error(self, rid: int, exc: BaseException) -> None:
-        self._reply(
-            P.error_to_wire(rid, P.E_ENV, exc, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        )
+        """Answer a request whose response could not be built, and free what it had taken."""
+        if self.data is not None:
+            self.data.take_back_unsent()
+        # Shared memory running out is the server's trouble, not the env's.
+        code = P.E_INTERNAL if isinstance(exc, ShmError) else P.E_ENV
+        self._reply(P.error_to_wire(rid, code, exc, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
 
     def _dispatch(self, request: list[Any]) -> bool:
         """Serve one request; False ends the session."""

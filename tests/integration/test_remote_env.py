@@ -196,6 +196,51 @@ def test_legacy_gym_env_is_normalised(serve) -> None:
     assert plain.step(0)[2:4] == (True, False)
 
 
+class BadInfoEnv(CountEnv):
+    """Action 2 puts an object in info that no wire can carry; the observation was encoded already."""
+
+    def step(self, action: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = super().step(action)
+        if action == 2:
+            info["handle"] = object()
+        return obs, reward, terminated, truncated, info
+
+
+@pytest.mark.parametrize("transport", ["unix-shm", "tcp-inline"])
+def test_a_response_that_cannot_be_built_gives_back_its_memory(serve, transport: str) -> None:
+    served = serve(BadInfoEnv(limit=10_000), transport)
+    env = served.client()
+    env.reset(seed=1)
+    for _ in range(3 * 64):  # far more than the slot rings' depth
+        with pytest.raises(rlmesh.RemoteError, match="sanitize_metadata"):
+            env.step(2)
+    obs = env.step(1)[0]
+    assert np.asarray(obs).tolist()[:3] == [3 * 64 + 1, 1, 1]
+    (session,) = served.server._sessions
+    if served.shm:
+        # Only the observation the client holds is leased; the failed steps' blocks came back.
+        assert len(session.data._owner) <= 1
+        assert len(session.data.slab.segments) == 1  # and the slab never had to grow
+
+
+def test_running_out_of_shared_memory_mid_session_blames_the_server_not_the_env(serve) -> None:
+    served = serve(CountEnv())
+    env = served.client()
+    env.reset(seed=1)
+    (session,) = served.server._sessions
+    acquire = session.sink._acquire
+
+    def full(nbytes: int) -> Any:
+        raise rlmesh.errors.ShmCapacityError("/dev/shm is full (test)")
+
+    session.sink._acquire = full
+    with pytest.raises(rlmesh.RemoteError, match="the server failed in step: ShmCapacityError") as caught:
+        env.step(1)
+    assert "served env raised" not in str(caught.value)
+    session.sink._acquire = acquire
+    assert np.asarray(env.step(1)[0]).tolist()[:2] == [2, 1]
+
+
 class ArrayRewardEnv(TinyEnv):
     """Returns its rewards as NumPy arrays: shape (1,) is one number, shape (2,) is not."""
 
