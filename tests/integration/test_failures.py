@@ -17,7 +17,7 @@ import pytest
 
 import rlmesh
 import rlmesh.numpy as rnp
-from tests.conftest import ROOT, serve_subprocess
+from tests.conftest import ROOT, TRANSPORTS, bind_address, serve_subprocess
 from tests.envs import CountEnv, TinyEnv
 
 pytestmark = pytest.mark.timeout(90)
@@ -77,6 +77,70 @@ def test_a_server_killed_between_steps_fails_the_next_call_fast(tmp_path) -> Non
             env.step(0)
         assert time.monotonic() - start < 1.0
         env.close()
+    finally:
+        kill(proc)
+
+
+def wait_until_stopped(pid: int) -> None:
+    """SIGSTOP takes effect asynchronously: wait until the kernel reports the process stopped."""
+    deadline = time.monotonic() + 5
+    while True:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        if state in ("T", "t"):
+            return
+        assert time.monotonic() < deadline, f"process {pid} did not stop (state {state})"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_stopped_server_times_out_and_the_session_survives_it(tmp_path, transport: str) -> None:
+    """A hung peer (SIGSTOP: no FIN, no EOF) is a timeout, not a dead server, and not a hang.
+
+    The timed-out step still runs once the server resumes; its late answer is
+    skipped by request id, so the next call gets its own answer.
+    """
+    proc, addr = serve_subprocess("tests.envs:make_count_env", bind_address(transport, tmp_path))
+    try:
+        env = rnp.RemoteEnv(addr, shared_memory=transport.endswith("shm"), request_timeout_seconds=30)
+        env.reset(seed=4)
+        env.step(1)
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_until_stopped(proc.pid)
+            start = time.monotonic()
+            with pytest.raises(TimeoutError):
+                env.step(1, timeout=0.5)
+            elapsed = time.monotonic() - start
+            assert 0.45 <= elapsed < 1.5, elapsed
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        obs = env.step(2)[0]
+        assert obs[:3].tolist() == [3, 2, 4]  # the third step of this session, its own action
+        env.close()
+    finally:
+        kill(proc)
+
+
+@pytest.mark.parametrize("transport", ["unix-shm", "tcp-inline"])
+def test_a_server_restarts_on_the_address_of_one_that_was_killed(tmp_path, transport: str) -> None:
+    """SIGKILL leaves a socket file (and a bound TCP port in TIME_WAIT): a restart must still bind."""
+    proc, addr = serve_subprocess("tests.envs:make_count_env", bind_address(transport, tmp_path))
+    try:
+        env = rnp.RemoteEnv(addr, shared_memory=transport.endswith("shm"))
+        first_pid = int(env.reset(seed=1)[0][3])
+        env.step(1)
+        kill(proc)
+        with pytest.raises(ConnectionError):
+            env.step(1)
+        env.close()
+        # The same address exactly: the Unix path, or the TCP port the first server had.
+        proc, again = serve_subprocess("tests.envs:make_count_env", addr)
+        assert again == addr
+        with rnp.RemoteEnv(addr, shared_memory=transport.endswith("shm")) as fresh:
+            obs, _ = fresh.reset(seed=2)
+            assert int(obs[3]) == proc.pid != first_pid
+            assert fresh.data_plane == ("shm" if transport.endswith("shm") else "inline")
     finally:
         kill(proc)
 
