@@ -88,21 +88,38 @@ MAX_TRACEBACK = 64 * 1024
 MAX_HANDSHAKE_FRAME = 64 << 10
 
 
-def error_to_wire(rid: int, code: str, exc: BaseException | None, message: str, tb: str = "") -> list[Any]:
-    """An ERROR response."""
+def error_to_wire(
+    rid: int,
+    code: str,
+    exc: BaseException | None,
+    message: str,
+    tb: str = "",
+    *,
+    detail: dict[str, Any] | None = None,
+) -> list[Any]:
+    """An ERROR response.
+
+    ``detail`` (msgpack-able) rides along as a seventh field, for errors
+    whose exception has attributes of its own (a peer's protocol version);
+    readers that know only six fields ignore it.
+    """
     remote_type = ""
     if exc is not None:
         cls = type(exc)
         remote_type = (
             cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
         )
-    return [ERROR, rid, code, remote_type, message[:MAX_TRACEBACK], tb[-MAX_TRACEBACK:]]
+    frame = [ERROR, rid, code, remote_type, message[:MAX_TRACEBACK], tb[-MAX_TRACEBACK:]]
+    if detail:
+        frame.append(detail)
+    return frame
 
 
 def error_from_wire(msg: list[Any], what: str) -> Exception:
     """The exception to raise for an ERROR response to operation ``what``."""
     _, _, code, remote_type, message, tb = (list(msg) + [""] * 6)[:6]
     code, remote_type, message, tb = str(code), str(remote_type), str(message), str(tb)
+    detail = msg[6] if len(msg) > 6 and isinstance(msg[6], dict) else {}
     if code == E_ENV:
         return errors.RemoteError(
             f"the served env raised {remote_type or 'an exception'} in {what}: {message}",
@@ -117,7 +134,7 @@ def error_from_wire(msg: list[Any], what: str) -> Exception:
     if code == E_BUSY:
         return errors.BusyError(message)
     if code == E_VERSION:
-        return errors.VersionMismatch(message, local=PROTOCOL_VERSION)
+        return errors.VersionMismatch(message, local=PROTOCOL_VERSION, remote=detail.get("protocol"))
     if code == E_STOPPING:
         return errors.BrokenError(message)
     if code == E_PROTOCOL:

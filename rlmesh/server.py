@@ -389,9 +389,16 @@ class _Session:
 
     # -- handshake ----------------------------------------------------------------------
 
-    def _send_error(self, code: str, message: str, exc: BaseException | None = None) -> None:
+    def _send_error(
+        self,
+        code: str,
+        message: str,
+        exc: BaseException | None = None,
+        *,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         try:
-            self.stream.send(pack(P.error_to_wire(0, code, exc, message)), timeout=2.0)
+            self.stream.send(pack(P.error_to_wire(0, code, exc, message, detail=detail)), timeout=2.0)
         except RLMeshError:
             pass
 
@@ -416,7 +423,7 @@ class _Session:
                 f"protocol {P.PROTOCOL_VERSION}; run the same rlmesh release on both sides"
             )
             log.error("session %s: %s", self.id[:8], message)
-            self._send_error(P.E_VERSION, message)
+            self._send_error(P.E_VERSION, message, detail={"protocol": P.PROTOCOL_VERSION})
             return False
         uid = self.stream.peer_uid
         if uid is not None and uid not in (os.geteuid(), 0):

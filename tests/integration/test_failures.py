@@ -280,6 +280,18 @@ def test_version_mismatch_is_clear_on_the_client_side(tmp_path) -> None:
         listener.close()
 
 
+def test_a_server_refusing_our_protocol_names_both_versions(tmp_path, monkeypatch) -> None:
+    """The other direction: a real server turns away a client speaking protocol 2."""
+    proc, addr = serve_subprocess("tests.envs:make_count_env", f"unix://{tmp_path}/s.sock")
+    try:
+        monkeypatch.setattr(rlmesh._protocol, "PROTOCOL_VERSION", 2)
+        with pytest.raises(rlmesh.errors.VersionMismatch, match="speaks protocol 2") as caught:
+            rlmesh.RemoteEnv(addr)
+        assert (caught.value.local, caught.value.remote) == (2, 1)
+    finally:
+        kill(proc)
+
+
 def test_an_oversized_or_garbage_frame_drops_that_connection_only(serve) -> None:
     served = serve(CountEnv, options=rlmesh.ServeOptions(max_message_bytes=1 << 20))
     good = served.client(rnp.RemoteEnv)
