@@ -152,7 +152,9 @@ class _Connection:
 
     def _handshake(self, shared_memory: bool) -> None:
         stream = self.stream
-        timeout = CONNECT_ATTEMPT_TIMEOUT
+        # One deadline for the whole exchange, not one per message: a server
+        # that accepts and then stalls costs at most this, not four times it.
+        deadline = time.monotonic() + CONNECT_ATTEMPT_TIMEOUT
         hello = {
             "magic": P.MAGIC,
             "protocol": P.PROTOCOL_VERSION,
@@ -161,14 +163,7 @@ class _Connection:
             "shm": bool(shared_memory),
             "max_frame": stream.max_frame,
         }
-        try:
-            stream.send(pack([P.HELLO, hello]), timeout=timeout)
-            head, _, _ = stream.recv_frame(timeout)
-            welcome = decode(head)
-        except (BrokenError, OperationTimeout, ProtocolError) as exc:
-            raise ConnectError(
-                f"connected to an env at '{self.address}', but the handshake failed ({exc})"
-            ) from exc
+        welcome = self._exchange([P.HELLO, hello], deadline)
         if isinstance(welcome, list) and welcome and welcome[0] == P.ERROR:
             raise P.error_from_wire(welcome, "the handshake")
         if not (
@@ -198,9 +193,7 @@ class _Connection:
             token, reason = self._attach(offer)
         elif shared_memory:
             reason = "the server offered no shared memory"
-        stream.send(pack([P.ATTACHED, {"token": token, "reason": reason}]), timeout=timeout)
-        head, _, _ = stream.recv_frame(timeout)
-        ready = decode(head)
+        ready = self._exchange([P.ATTACHED, {"token": token, "reason": reason}], deadline)
         if not (isinstance(ready, list) and len(ready) == 2 and ready[0] == P.READY):
             raise ConnectError("the server did not confirm the session")
         # A server thread in this very process needs the GIL a spin would hold.
@@ -215,6 +208,21 @@ class _Connection:
             self._drop_shm()
             stream.spin = SpinPolicy(spin)
             self.channel = SocketChannel(stream)
+
+    def _exchange(self, message: list[Any], deadline: float) -> Any:
+        """Send one handshake message and return the decoded answer, by ``deadline``.
+
+        Raises:
+            ConnectError: the server went away, stalled or answered garbage.
+        """
+        try:
+            self.stream.send(pack(message), timeout=max(deadline - time.monotonic(), 0.0))
+            head, _, _ = self.stream.recv_frame(max(deadline - time.monotonic(), 0.0))
+            return decode(head)
+        except (BrokenError, OperationTimeout, ProtocolError) as exc:
+            raise ConnectError(
+                f"connected to an env at '{self.address}', but the handshake failed ({exc})"
+            ) from exc
 
     def _attach(self, offer: Any) -> tuple[str | None, str | None]:
         try:

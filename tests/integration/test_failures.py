@@ -280,6 +280,42 @@ def test_version_mismatch_is_clear_on_the_client_side(tmp_path) -> None:
         listener.close()
 
 
+def test_a_server_that_stalls_mid_handshake_is_a_connect_error_by_one_deadline(tmp_path, monkeypatch) -> None:
+    """A fake server answers HELLO slowly and never confirms the session."""
+    monkeypatch.setattr(rlmesh.client, "CONNECT_ATTEMPT_TIMEOUT", 0.6)
+    contract = rlmesh.EnvServer(TinyEnv(), f"unix://{tmp_path}/real.sock")
+    contract_dict = contract.env_contract.to_dict()
+    contract.shutdown()
+    path = tmp_path / "stalling.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    done = threading.Event()
+
+    def stalling_server() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            _read_frame(conn)
+            time.sleep(0.5)  # most of the deadline goes here...
+            welcome = {"protocol": 1, "version": "0.1.0", "contract": contract_dict, "offer": None, "pid": 1}
+            conn.sendall(_frame([2, welcome]))
+            _read_frame(conn)  # ...and the session is never confirmed
+            done.wait(10)
+
+    thread = threading.Thread(target=stalling_server)
+    thread.start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(rlmesh.ConnectError, match="handshake failed"):
+            rlmesh.RemoteEnv(f"unix://{path}", shared_memory=False)
+        # One deadline for the whole handshake: 0.6 s, not 0.5 s plus another 0.6 s.
+        assert time.monotonic() - start < 1.0
+    finally:
+        done.set()
+        thread.join()
+        listener.close()
+
+
 def test_a_server_refusing_our_protocol_names_both_versions(tmp_path, monkeypatch) -> None:
     """The other direction: a real server turns away a client speaking protocol 2."""
     proc, addr = serve_subprocess("tests.envs:make_count_env", f"unix://{tmp_path}/s.sock")
