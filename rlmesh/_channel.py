@@ -37,6 +37,13 @@ _TOKEN_SIZE = 32
 _RINGS_OFFSET = 128
 
 
+#: Once a message has begun to arrive, the rest must arrive within this many
+#: seconds, even where the caller waits for messages without a deadline (a
+#: server waiting for its client's next request): a peer that trickles a frame
+#: a byte at a time must not hold a session thread forever.
+FRAME_DEADLINE = 60.0
+
+
 class Message:
     """One received message: its head and tail views.
 
@@ -127,7 +134,8 @@ class SocketChannel(Channel):
             if remaining is not None and remaining <= 0:
                 raise OperationTimeout(f"no message within {timeout:.3g}s", timeout=timeout)
             if self.stream.wait_readable(0.1 if remaining is None else min(0.1, remaining), spin=first):
-                head, tail, address = self.stream.recv_frame(remaining)
+                rest = FRAME_DEADLINE if remaining is None else remaining
+                head, tail, address = self.stream.recv_frame(rest)
                 return Message(head, tail, address, None)
             first = False
             check()
@@ -221,7 +229,8 @@ class RingChannel(Channel):
         if tag == self.SPILL_TAG:
             view.release()
             rx.pop()
-            frame_head, frame_tail, address = self.stream.recv_frame(timeout)
+            rest = FRAME_DEADLINE if timeout is None else timeout
+            frame_head, frame_tail, address = self.stream.recv_frame(rest)
             return Message(frame_head, frame_tail, address, None)
         head_len = tag - 1
         start = (head_len + 63) & ~63

@@ -316,6 +316,29 @@ def test_a_server_that_stalls_mid_handshake_is_a_connect_error_by_one_deadline(t
         listener.close()
 
 
+@pytest.mark.parametrize("transport", ["unix-inline", "unix-shm"])
+def test_a_client_trickling_a_request_loses_its_session_not_a_thread(serve, transport, monkeypatch) -> None:
+    """After the handshake, a frame that starts must finish within FRAME_DEADLINE."""
+    monkeypatch.setattr(rlmesh._channel, "FRAME_DEADLINE", 0.5)
+    served = serve(CountEnv, transport)
+    env = served.client(rnp.RemoteEnv)
+    env.reset(seed=1)
+    if served.shm:
+        # Over shared memory a large message spills to the socket: announce one.
+        from rlmesh._channel import RingChannel
+
+        env._conn.channel.tx.put(b"", 5, tag=RingChannel.SPILL_TAG)
+    env._conn.stream._sock.sendall(struct.pack("<II", 100, 4))  # 96 bytes promised, never sent
+    deadline = time.monotonic() + 5
+    while served.server._sessions:
+        assert time.monotonic() < deadline, "the server still waits for the rest of the frame"
+        time.sleep(0.05)
+    with pytest.raises(ConnectionError):
+        env.step(1)
+    env.close()
+    assert served.client(rnp.RemoteEnv).reset(seed=2)[0][2] == 2  # the server serves on
+
+
 def test_a_server_refusing_our_protocol_names_both_versions(tmp_path, monkeypatch) -> None:
     """The other direction: a real server turns away a client speaking protocol 2."""
     proc, addr = serve_subprocess("tests.envs:make_count_env", f"unix://{tmp_path}/s.sock")
