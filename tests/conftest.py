@@ -13,6 +13,7 @@ sockets that are already on their way out.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -92,6 +93,16 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     if sockets_added:
         problems.append(f"sockets still open (fds): {sorted(sockets_added)}")
     if problems:
+        # Report, then clean up, so that one failing test leaves nothing behind
+        # either (an orphaned server would outlive the whole run).
+        for pid in children_added:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        for name in shm_added:
+            Path("/dev/shm", name).unlink(missing_ok=True)
         pytest.fail("test leaked resources: " + "; ".join(problems), pytrace=False)
 
 

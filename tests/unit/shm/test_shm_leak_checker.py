@@ -47,6 +47,12 @@ LEAKY_TESTS = textwrap.dedent(
 
     def test_closes_its_segment():
         Segment.create(4096).close()
+
+    def test_leaks_a_child_process():
+        import subprocess, sys
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        KEEP.append(child)
+        print("CHILD", child.pid)
     """
 )
 
@@ -87,6 +93,11 @@ def test_the_autouse_fixture_fails_a_leaky_test(tmp_path: Path) -> None:
         assert reports and set(reports) == {repr(leaked[0])}
         assert "PASSED test_leaky.py::test_leak_allowed_by_the_marker" in proc.stdout
         assert "PASSED test_leaky.py::test_closes_its_segment" in proc.stdout
+        # A leaked child is reported, and killed: nothing outlives the run.
+        (child,) = re.findall(r"CHILD (\d+)", proc.stdout)
+        assert "ERROR test_leaky.py::test_leaks_a_child_process" in proc.stdout
+        assert f"child processes still alive: [{child}]" in proc.stdout
+        assert not Path(f"/proc/{child}").exists()
     finally:
         for name in leaked:  # the inner session's finalizers should have removed them
             Path("/dev/shm", name).unlink(missing_ok=True)
