@@ -41,15 +41,26 @@ def start(limit: int, address: str) -> tuple[subprocess.Popen[str], str]:
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert "unix://" in line, proc.stderr.read() if proc.stderr else line
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "unix://" in line, proc.stderr.read() if proc.stderr else line
+    except BaseException:
+        proc.kill()
+        proc.communicate(timeout=30)
+        raise
     return proc, line.split()[-1]
 
 
 def stop(proc: subprocess.Popen[str]) -> str:
+    """SIGINT, and the exit status must say it stopped cleanly; it is killed if it does not stop."""
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate(timeout=30)
+        raise
     assert proc.returncode == 0, err
     return err
 
