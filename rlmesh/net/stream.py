@@ -191,9 +191,9 @@ class SocketStream:
         connection is a wait that spinning does not catch, so its budget
         shrinks instead of burning a slice of a core on every wake-up.
         """
+        # No poll(0) up front: on the per-step path the caller's recv has just
+        # found the socket empty, and the spin's first poll checks again anyway.
         poll = self._readable.poll
-        if poll(0):
-            return True
         start = time.monotonic()
         policy = self.spin
         if spin and policy.budget > 0 and (deadline is None or deadline > start):
@@ -488,8 +488,8 @@ class Listener:
     spins and the client waits out its timeout. So the listener keeps one
     descriptor in reserve: when accepting fails for want of descriptors, it
     frees the reserve, accepts the connection on it, and hands it to
-    ``reject`` on a thread of its own (which can tell the client why), then
-    closes it and takes the reserve back.
+    ``reject`` on a thread of its own (which can tell the client why); the
+    rejected connection's descriptor, shut down, then becomes the reserve.
 
     Args:
         address: where to listen; TCP port 0 picks a free port.
