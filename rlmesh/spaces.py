@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast
 
 from ._bridge import IDENTITY, Bridge
 from ._dtypes import DLPACK_BOOL, DTYPES, DType, dtype_info, integer_bounds, is_float, is_integer
+from ._shape import EMPTY_SHAPE, Shape
 from .errors import BackendUnavailable, SpecError
 from .tensor import Tensor
 
@@ -557,7 +558,7 @@ def _parse_spec(data: Any, where: str, depth: int) -> SpaceSpec:
                 _parse_spec(child, f"{_join(where, 'spaces')}[{i}]", depth + 1)
                 for i, child in enumerate(entries)
             )
-            return SpaceSpec._new("tuple", None, None, (("spaces", children),))
+            return SpaceSpec._new("tuple", (), None, (("spaces", children),))
         pairs: list[tuple[str, SpaceSpec]] = []
         seen: set[str] = set()
         for i, entry in enumerate(entries):
@@ -571,7 +572,7 @@ def _parse_spec(data: Any, where: str, depth: int) -> SpaceSpec:
                 raise SpecError(f"{entry_where}: duplicate key {_short(key)}")
             seen.add(key)
             pairs.append((key, _parse_spec(child, f"{_join(where, 'spaces')}[{_short(key)}]", depth + 1)))
-        return SpaceSpec._new("dict", None, None, (("spaces", tuple(pairs)),))
+        return SpaceSpec._new("dict", (), None, (("spaces", tuple(pairs)),))
 
     if kind == "text":
         if raw_dtype != "str":
@@ -656,15 +657,16 @@ class SpaceSpec:
     Attributes:
         kind: "box", "discrete", "multi_binary", "multi_discrete", "text",
             "dict" or "tuple".
-        shape: the element shape; ``()`` for discrete and text, None for dict
-            and tuple.
+        shape: the element shape, a :class:`~rlmesh._shape.Shape` (a tuple
+            that also equals the list of the same ints); empty for discrete,
+            text, dict and tuple.
         dtype: the element dtype name; "str" for text, None for dict and tuple.
     """
 
     __slots__ = ("_kind", "_shape", "_dtype", "_details", "_depth", "_hash")
 
     _kind: str
-    _shape: tuple[int, ...] | None
+    _shape: Shape
     _dtype: str | None
     _details: tuple[tuple[str, Any], ...]
     _depth: int
@@ -677,11 +679,12 @@ class SpaceSpec:
     def _new(
         cls,
         kind: str,
-        shape: tuple[int, ...] | None,
+        shape: tuple[int, ...],
         dtype: str | None,
         details: tuple[tuple[str, Any], ...],
     ) -> SpaceSpec:
         # Unvalidated: callers have already checked and canonicalised `details`.
+        # Dict and tuple specs pass (); their wire form still says None.
         spec = object.__new__(cls)
         depth = 1
         if kind == "dict":
@@ -690,7 +693,7 @@ class SpaceSpec:
             depth += max((child._depth for child in details[0][1]), default=0)
         for name, value in (
             ("_kind", kind),
-            ("_shape", shape),
+            ("_shape", Shape(shape) if shape else EMPTY_SHAPE),
             ("_dtype", dtype),
             ("_details", details),
             ("_depth", depth),
@@ -711,8 +714,12 @@ class SpaceSpec:
         return self._kind
 
     @property
-    def shape(self) -> tuple[int, ...] | None:
-        """The element shape; None for dict and tuple specs."""
+    def shape(self) -> Shape:
+        """The element shape; empty for discrete, text, dict and tuple specs.
+
+        A :class:`~rlmesh._shape.Shape`: a tuple that also compares equal to the
+        list of the same ints, so ``spec.shape == [2, 3]`` and ``== (2, 3)``.
+        """
         return self._shape
 
     @property
@@ -739,7 +746,8 @@ class SpaceSpec:
         """The msgpack-able dict form, which :meth:`from_dict` reads back exactly."""
         out: dict[str, Any] = {
             "kind": self._kind,
-            "shape": None if self._shape is None else list(self._shape),
+            # The wire keeps None for composites, as every peer expects.
+            "shape": None if self._kind in ("dict", "tuple") else list(self._shape),
             "dtype": self._dtype,
         }
         out.update(_details_to_wire(self._kind, self._details))
@@ -847,8 +855,8 @@ class Space(ABC, Generic[_T]):
         return self._spec.kind
 
     @property
-    def shape(self) -> tuple[int, ...] | None:
-        """The element shape; None for Dict and Tuple."""
+    def shape(self) -> Shape:
+        """The element shape (a tuple equal to the same list); empty for Dict and Tuple."""
         return self._spec.shape
 
     @property
@@ -1017,7 +1025,7 @@ class Box(Space[Any]):
     def _setup(self, spec: SpaceSpec, bridge: Any) -> None:
         super()._setup(spec, bridge)
         self._dt = DTYPES[cast(str, spec.dtype)]
-        self._dims = cast(tuple[int, ...], spec.shape)
+        self._dims = spec.shape
         self._uniform = spec._get("bounds") == "uniform"
         self._low_raw: Any = spec._get("low")
         self._high_raw: Any = spec._get("high")
@@ -1208,12 +1216,12 @@ class MultiBinary(Space[Any]):
         self._setup(SpaceSpec._new("multi_binary", shape, dt.name, ()), bridge)
 
     @property
-    def dims(self) -> tuple[int, ...]:
-        """The shape."""
-        return cast(tuple[int, ...], self._spec.shape)
+    def dims(self) -> Shape:
+        """The shape (a tuple that also equals the list of the same ints)."""
+        return self._spec.shape
 
     @property
-    def n(self) -> int | tuple[int, ...]:
+    def n(self) -> int | Shape:
         """The element count for a 1-D space, else the shape (as Gymnasium's ``n``)."""
         dims = self.dims
         return dims[0] if len(dims) == 1 else dims
@@ -1279,7 +1287,7 @@ class MultiDiscrete(Space[Any]):
 
     def _setup(self, spec: SpaceSpec, bridge: Any) -> None:
         super()._setup(spec, bridge)
-        self._dims = cast(tuple[int, ...], spec.shape)
+        self._dims = spec.shape
         self._nvec: tuple[int, ...] = spec._get("nvec")
         self._start: tuple[int, ...] = spec._get("start")
         self._nvec_tensor: Tensor | None = None
@@ -1464,9 +1472,7 @@ class Dict(Space[dict[str, Any]]):
                 raise ValueError(f"duplicate Dict key {key!r}")
             spaces[key] = _as_child(value, f"Dict[{key!r}]")
         _check_children_depth(spaces.values())
-        spec = SpaceSpec._new(
-            "dict", None, None, (("spaces", tuple((k, s.spec) for k, s in spaces.items())),)
-        )
+        spec = SpaceSpec._new("dict", (), None, (("spaces", tuple((k, s.spec) for k, s in spaces.items())),))
         self._setup(spec, bridge)
         self._spaces = spaces
 
@@ -1565,7 +1571,7 @@ class Tuple(Space[tuple[Any, ...]]):
             raise ValueError(f"too many subspaces: {len(items)} > {_MAX_SUBSPACES}")
         children = tuple(_as_child(item, f"Tuple[{i}]") for i, item in enumerate(items))
         _check_children_depth(children)
-        spec = SpaceSpec._new("tuple", None, None, (("spaces", tuple(c.spec for c in children)),))
+        spec = SpaceSpec._new("tuple", (), None, (("spaces", tuple(c.spec for c in children)),))
         self._setup(spec, bridge)
         self._spaces = children
 
@@ -1834,7 +1840,7 @@ def to_gymnasium_space(space: Space[Any] | SpaceSpec | Mapping[str, Any]) -> Any
 def _to_gym(spec: SpaceSpec, gym_spaces: Any, np: Any) -> Any:
     kind = spec.kind
     if kind == "box":
-        shape = cast(tuple[int, ...], spec.shape)
+        shape = tuple(spec.shape)
         name = cast(str, spec.dtype)
         np_dtype = np.dtype(_bfloat16()) if name == "bfloat16" else np.dtype(name)
         arrays = []
@@ -1850,14 +1856,14 @@ def _to_gym(spec: SpaceSpec, gym_spaces: Any, np: Any) -> Any:
     if kind == "discrete":
         return gym_spaces.Discrete(spec._get("n"), start=spec._get("start"), dtype=np.dtype(spec.dtype))
     if kind == "multi_binary":
-        shape = cast(tuple[int, ...], spec.shape)
+        shape = tuple(spec.shape)
         gym_space = gym_spaces.MultiBinary(shape[0] if len(shape) == 1 else list(shape))
         # Gymnasium fixes int8 in its constructor; the dtype is a plain attribute
         # that its sampler honours, and keeping ours makes round trips exact.
         gym_space.dtype = np.dtype(spec.dtype)
         return gym_space
     if kind == "multi_discrete":
-        shape = cast(tuple[int, ...], spec.shape)
+        shape = tuple(spec.shape)
         np_dtype = np.dtype(spec.dtype)
         nvec = np.array(list(spec._get("nvec")), dtype=np_dtype).reshape(shape)
         start = np.array(list(spec._get("start")), dtype=np_dtype).reshape(shape)

@@ -17,6 +17,7 @@ from hypothesis import given, settings, strategies as st
 from rlmesh import spaces
 from rlmesh._bridge import IDENTITY
 from rlmesh._dtypes import DTYPES, dtype_info, integer_bounds, is_float
+from rlmesh._shape import Shape
 from rlmesh.errors import SpecError
 from rlmesh.spaces import (
     Box,
@@ -214,13 +215,39 @@ def test_spec_attributes_and_immutability() -> None:
     assert (spec.kind, spec.shape, spec.dtype) == ("box", (2, 3), "float16")
     assert dict(spec.details) == {"bounds": "uniform", "low": 0.0, "high": 1.0}
     assert (Discrete(2).spec.shape, Text(2).spec.dtype) == ((), "str")
-    assert (Dict().spec.shape, Tuple([]).spec.dtype) == (None, None)
+    assert (Dict().spec.shape, Tuple([]).spec.dtype) == ((), None)
     with pytest.raises(AttributeError):
         spec._kind = "discrete"  # type: ignore[misc]
     with pytest.raises(TypeError):
         SpaceSpec()
     assert repr(spec) == "SpaceSpec(kind='box', shape=(2, 3), dtype='float16')"
     assert {spec: 1}[Box(0.0, 1.0, (2, 3), "float16").spec] == 1
+
+
+def test_shapes_equal_both_lists_and_tuples() -> None:
+    # The published API returns lists; numpy, JAX and Gymnasium use tuples. Both compare equal.
+    box = Box(0, 1, shape=[4])
+    assert box.shape == [4] and box.shape == (4,) and box.spec.shape == [4]
+    assert isinstance(box.shape, Shape) and isinstance(box.shape, tuple)
+    assert hash(box.shape) == hash((4,)) and {(4,): "x"}[box.shape] == "x"
+    assert box.shape + [2] == [4, 2] and box.shape + (2,) == (4, 2)
+    assert Discrete(3).spec.shape == [] and Discrete(3).shape == ()
+    assert Text(3).shape == [] and Box(-1.0, 1.0, ()).shape == []
+    assert MultiBinary([2, 3]).dims == [2, 3] and MultiBinary([2, 3]).dims == (2, 3)
+    assert MultiBinary([2, 3]).shape == [2, 3] and MultiBinary(5).dims == [5]
+    assert MultiDiscrete([[2, 3], [4, 5]]).shape == [2, 2]
+    assert box.shape != [4, 1] and box.shape != (5,)
+
+
+@pytest.mark.parametrize("space", [Dict(), Dict(a=Discrete(2)), Tuple([]), Tuple([Box(0.0, 1.0, (2,))])])
+def test_composite_shapes_are_empty_not_none(space: Space[Any]) -> None:
+    assert isinstance(space.shape, Shape) and space.shape == [] and space.shape == ()
+    assert isinstance(space.spec.shape, Shape) and space.spec.shape == []
+    assert len(space.shape) == 0 and space.dtype is None
+    # The wire form is unchanged: peers read a composite's shape as None.
+    wire = space.spec.to_dict()
+    assert wire["shape"] is None
+    assert SpaceSpec.from_dict(wire).shape == []
 
 
 def test_from_dict_accepts_defaults_for_optional_keys() -> None:

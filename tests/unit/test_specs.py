@@ -43,6 +43,15 @@ def test_attributes() -> None:
     assert c.env is c and c.spec is c
 
 
+def test_space_shapes_read_as_lists_and_tuples() -> None:
+    # Dict and Tuple specs have an empty shape rather than None, on both ends of the wire.
+    for c in (contract(), EnvContract.from_dict(msgpack.unpackb(msgpack.packb(contract().to_dict())))):
+        assert c.observation_space.shape == [] and c.observation_space.shape == ()
+        assert c.action_space.shape == []
+        assert c.observation_space.details["spaces"][0][1].shape == [3]
+    assert contract().to_dict()["observation_space"]["shape"] is None
+
+
 def test_defaults() -> None:
     single = EnvContract("E-v0", OBS, ACT)
     assert single.render_mode is None and single.num_envs == 1 and single.metadata == {}
