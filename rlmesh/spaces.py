@@ -204,13 +204,6 @@ def _make_tensor(values: list[Any], shape: tuple[int, ...], dt: DType) -> Tensor
     return tensor
 
 
-def _full_tensor(value: Any, shape: tuple[int, ...], dt: DType) -> Tensor:
-    size = math.prod(shape)
-    one = _bf16_bits(value) if dt.name == "bfloat16" else value
-    data = struct.pack(_pack_format(dt, 1), one) * size
-    return Tensor(data, shape, dt)
-
-
 # -- reading values -------------------------------------------------------------
 
 
@@ -970,7 +963,7 @@ class Box(Space[Any]):
         high: upper bound(s).
         shape: the shape; required when both bounds are scalars.
         dtype: element dtype: a name ("float32") or dtype-like (``float``).
-        bridge: converts samples and bounds for an array library.
+        bridge: converts samples and values for an array library.
 
     Raises:
         TypeError: a bound, shape or dtype of the wrong type.
@@ -1029,32 +1022,33 @@ class Box(Space[Any]):
         self._uniform = spec._get("bounds") == "uniform"
         self._low_raw: Any = spec._get("low")
         self._high_raw: Any = spec._get("high")
-        self._low_tensor: Tensor | None = None
-        self._high_tensor: Tensor | None = None
 
     @property
     def bounds_kind(self) -> str:
         """The bounds' form: "uniform" (one pair for every element) or "elementwise"."""
         return "uniform" if self._uniform else "elementwise"
 
-    def _bound_tensor(self, raw: Any) -> Tensor:
+    def _bound(self, raw: Any) -> int | float | list[Any]:
         if self._uniform:
-            return _full_tensor(raw, self._dims, self._dt)
-        return _make_tensor(list(raw), self._dims, self._dt)
+            return cast(int | float, raw)
+        # A fresh nest per call, so a caller editing it cannot change the box.
+        return cast(list[Any], _nest(list(raw), self._dims))
 
     @property
-    def low(self) -> Any:
-        """The lower bounds, full-shape, of the box's dtype, decoded by the bridge."""
-        if self._low_tensor is None:
-            self._low_tensor = self._bound_tensor(self._low_raw)
-        return self._bridge.decode(self._low_tensor)
+    def low(self) -> int | float | list[Any]:
+        """The lower bound, as the spec holds it (not decoded by the bridge).
+
+        One number for uniform bounds (a float for float dtypes, an int for
+        integer and bool dtypes, exact for int64 and uint64); nested lists
+        shaped like the box for elementwise bounds. The full-shape array is
+        ``space.to_gymnasium_space().low``.
+        """
+        return self._bound(self._low_raw)
 
     @property
-    def high(self) -> Any:
-        """The upper bounds, full-shape, of the box's dtype, decoded by the bridge."""
-        if self._high_tensor is None:
-            self._high_tensor = self._bound_tensor(self._high_raw)
-        return self._bridge.decode(self._high_tensor)
+    def high(self) -> int | float | list[Any]:
+        """The upper bound, in the form :attr:`low` describes."""
+        return self._bound(self._high_raw)
 
     def _flat_bounds(self) -> tuple[list[_Scalar], list[_Scalar]]:
         size = math.prod(self._dims)
@@ -1290,22 +1284,21 @@ class MultiDiscrete(Space[Any]):
         self._dims = spec.shape
         self._nvec: tuple[int, ...] = spec._get("nvec")
         self._start: tuple[int, ...] = spec._get("start")
-        self._nvec_tensor: Tensor | None = None
-        self._start_tensor: Tensor | None = None
 
     @property
     def nvec(self) -> Any:
-        """The counts, shaped like the space, decoded by the bridge."""
-        if self._nvec_tensor is None:
-            self._nvec_tensor = _make_tensor(list(self._nvec), self._dims, DTYPES[cast(str, self.dtype)])
-        return self._bridge.decode(self._nvec_tensor)
+        """The counts as the spec holds them: a list of ints, nested like the space.
+
+        A fresh list per call, not decoded by the bridge: ``[[2, 3], [4, 5]]``
+        for a 2x2 space (one int for a 0-d space, as ``ndarray.tolist()``).
+        The array is ``space.to_gymnasium_space().nvec``.
+        """
+        return _nest(list(self._nvec), self._dims)
 
     @property
     def start(self) -> Any:
-        """The smallest value of each element, shaped like the space, decoded by the bridge."""
-        if self._start_tensor is None:
-            self._start_tensor = _make_tensor(list(self._start), self._dims, DTYPES[cast(str, self.dtype)])
-        return self._bridge.decode(self._start_tensor)
+        """The smallest value of each element, in the form of :attr:`nvec`."""
+        return _nest(list(self._start), self._dims)
 
     def _sample_wire(self) -> Tensor:
         randrange = self._rng.randrange

@@ -156,10 +156,39 @@ def test_elementwise_bounds_are_kept_and_uniform_ones_collapse() -> None:
     low = np.array([0.0, 1.0], np.float32)
     ours = from_gymnasium_space(G.Box(low, low + 2, dtype=np.float32))
     assert isinstance(ours, Box) and ours.bounds_kind == "elementwise"
-    assert ours.low.tolist() == [0.0, 1.0]
+    assert ours.low == [0.0, 1.0] and ours.high == [2.0, 3.0]
     uniform = from_gymnasium_space(G.Box(0.0, 1.0, (4,), np.float32))
     assert isinstance(uniform, Box) and uniform.bounds_kind == "uniform"
     assert uniform == Box(0.0, 1.0, (4,))
+
+
+def test_full_bound_arrays_come_from_the_gymnasium_space() -> None:
+    box = Box(-1.0, 1.0, shape=[2])
+    assert box.low == -1.0 and box.high == 1.0
+    gym_box = box.to_gymnasium_space()
+    assert gym_box.low.tolist() == [-1.0, -1.0] and gym_box.low.dtype == np.float32
+    # A scalar bound broadcasts in numpy as the full array would.
+    clipped = np.clip(np.array([-3.0, 0.5], np.float32), box.low, box.high)
+    assert clipped.tolist() == [-1.0, 0.5]
+    grid = MultiDiscrete([[2, 3], [4, 5]])
+    assert grid.nvec == [[2, 3], [4, 5]]
+    assert grid.to_gymnasium_space().nvec.tolist() == [[2, 3], [4, 5]]
+    exact = from_gymnasium_space(
+        G.Box(np.array([INT64_MIN, 0], np.int64), np.array([INT64_MAX, 5], np.int64), dtype=np.int64)
+    )
+    assert isinstance(exact, Box) and exact.low == [INT64_MIN, 0] and exact.high == [INT64_MAX, 5]
+    top = from_gymnasium_space(G.Box(0, UINT64_MAX, (3,), np.uint64))
+    assert isinstance(top, Box) and top.high == UINT64_MAX and type(top.high) is int
+
+
+def test_numpy_backend_spaces_give_spec_bounds_too() -> None:
+    import rlmesh.numpy as rnp
+
+    box = rnp.space_from_spec(Box([0.0, -1.0], [1.0, 1.0]).spec)
+    assert isinstance(box, Box) and box.low == [0.0, -1.0] and box.high == [1.0, 1.0]
+    assert isinstance(box.sample(), np.ndarray)  # samples still go through the numpy bridge
+    md = rnp.space_from_spec(MultiDiscrete([[2, 3], [4, 5]]).spec)
+    assert isinstance(md, MultiDiscrete) and md.nvec == [[2, 3], [4, 5]]
 
 
 def test_text_charsets() -> None:
@@ -253,14 +282,16 @@ def test_bfloat16_rounding_matches_ml_dtypes() -> None:
     values = np.concatenate([values, [1.00390625 + 2**-40, 3.3961e38 * 0.99, -0.0, 1e-40]])
     box = Box(values.tolist(), values.tolist(), dtype="bfloat16")
     expected = values.astype(ml_dtypes.bfloat16)
-    low = np.frombuffer(box.low.tobytes(), dtype=ml_dtypes.bfloat16)
+    # The bounds are floats that bfloat16 holds exactly, so this cast is exact.
+    low = np.array(box.low, np.float64).astype(ml_dtypes.bfloat16)
     assert low.tobytes() == expected.tobytes()
+    assert to_gymnasium_space(box).low.tobytes() == expected.tobytes()
 
 
 def test_float16_rounding_matches_numpy() -> None:
     values = np.random.default_rng(1).normal(scale=1000.0, size=2000)
     box = Box(values.tolist(), values.tolist(), dtype="float16")
-    assert box.low.tobytes() == values.astype(np.float16).tobytes()
+    assert np.array(box.low, np.float64).astype(np.float16).tobytes() == values.astype(np.float16).tobytes()
 
 
 def test_half_precision_samples_read_back_through_numpy() -> None:

@@ -450,9 +450,9 @@ def test_from_dict_of_huge_claims_is_fast_and_small() -> None:
 def test_box_scalar_bounds() -> None:
     box = Box(-1.0, 1.0, (3,), "float32")
     assert (box.kind, box.shape, box.dtype, box.bounds_kind) == ("box", (3,), "float32", "uniform")
-    assert isinstance(box.low, Tensor)
-    assert (box.low.shape, box.low.dtype, box.low.tolist()) == ((3,), "float32", [-1.0] * 3)
-    assert box.high.tolist() == [1.0] * 3
+    # Uniform bounds read back as the one number the spec holds.
+    assert (box.low, box.high) == (-1.0, 1.0)
+    assert type(box.low) is float and type(box.high) is float and float(box.low) == -1.0
     assert box.is_bounded() and repr(box) == "Box(-1.0, 1.0, (3,), float32)"
 
 
@@ -460,7 +460,7 @@ def test_box_infinite_bounds_from_strings_and_floats() -> None:
     assert Box("-inf", "inf", (2,)) == Box(-math.inf, math.inf, (2,))
     box = Box(0.0, "+inf", (2,))
     assert box.is_bounded("below") and not box.is_bounded("above") and not box.is_bounded()
-    assert box.high.tolist() == [math.inf, math.inf]
+    assert (box.low, box.high) == (0.0, math.inf)
     with pytest.raises(ValueError, match="manner"):
         box.is_bounded("sideways")
 
@@ -506,8 +506,8 @@ def test_box_argument_errors() -> None:
 def test_box_integer_bounds() -> None:
     # Infinite sides of an integer box become the dtype's range.
     box = Box("-inf", "inf", (2,), "int8")
-    assert box.low.tolist() == [-128, -128] and box.high.tolist() == [127, 127]
-    assert Box(-math.inf, math.inf, (1,), "uint64").high.tolist() == [UINT64_MAX]
+    assert (box.low, box.high) == (-128, 127) and type(box.low) is int and type(box.high) is int
+    assert Box(-math.inf, math.inf, (1,), "uint64").high == UINT64_MAX
     assert Box(1.0, 3.0, (1,), "int16") == Box(1, 3, (1,), "int16")
     assert Box(0, 1, (2,), "int32").is_bounded()
     with pytest.raises(ValueError, match="not an integer"):
@@ -517,7 +517,11 @@ def test_box_integer_bounds() -> None:
     with pytest.raises(ValueError, match="out of range"):
         Box(-1, 0, (1,), "uint64")
     exact = Box(INT64_MIN, INT64_MAX, (1,), "int64")
-    assert exact.low.tolist() == [INT64_MIN] and exact.high.tolist() == [INT64_MAX]
+    assert exact.low == INT64_MIN and exact.high == INT64_MAX and type(exact.low) is int
+    elementwise = Box([0, 1], [UINT64_MAX, 5], dtype="uint64")
+    assert elementwise.low == [0, 1] and elementwise.high == [UINT64_MAX, 5]
+    assert all(type(v) is int for v in elementwise.high)
+    assert Box(0, 1, (2,), "bool").high == 1
     assert repr(exact) == f"Box({INT64_MIN}, {INT64_MAX}, (1,), int64)"
 
 
@@ -531,13 +535,14 @@ def test_box_dtype_likes() -> None:
 def test_box_elementwise_bounds_from_lists_and_tensors() -> None:
     box = Box([[0.0, 1.0], [2.0, 3.0]], 10.0)
     assert box.shape == (2, 2) and box.bounds_kind == "elementwise"
-    assert box.low.tolist() == [[0.0, 1.0], [2.0, 3.0]]
-    assert box.high.tolist() == [[10.0, 10.0], [10.0, 10.0]]
+    # Elementwise bounds read back as nested lists shaped like the box.
+    assert box.low == [[0.0, 1.0], [2.0, 3.0]]
+    assert box.high == [[10.0, 10.0], [10.0, 10.0]]
     low = tensor([0, -5, 3], (3,), "int32")
     high = tensor([1, 5, 3], (3,), "int32")
     from_tensors = Box(low, high, dtype="int32")
     assert from_tensors == Box([0, -5, 3], [1, 5, 3], dtype="int32")
-    assert from_tensors.high.dtype == "int32"
+    assert from_tensors.high == [1, 5, 3] and all(type(v) is int for v in from_tensors.high)
     assert repr(from_tensors) == "Box([0, -5, 3], [1, 5, 3], (3,), int32)"
     # Elementwise bounds that agree everywhere are the uniform box.
     same = Box([0.0, 0.0], [1.0, 1.0])
@@ -547,13 +552,26 @@ def test_box_elementwise_bounds_from_lists_and_tensors() -> None:
 def test_box_float_bounds_are_rounded_to_the_dtype() -> None:
     box = Box(0.1, 0.7, (1,), "float32")
     assert box.spec.details["low"] == f32(0.1)
-    assert box.low.tolist() == [f32(0.1)]
+    assert box.low == f32(0.1) and box.low != 0.1
     half = Box(0.1, 1.0, (1,), "float16")
     assert half.spec.details["low"] == struct.unpack("<e", struct.pack("<e", 0.1))[0]
     bf = Box(0.1, 1.0, (1,), "bfloat16")
     # bfloat16 keeps the top 16 bits of float32, rounded to nearest even.
     assert bf.spec.details["low"] == 0.10009765625
-    assert bf.low.tolist() == [0.10009765625]
+    assert bf.low == 0.10009765625
+
+
+def test_box_bounds_are_fresh_spec_values() -> None:
+    box = Box([[0.0, 1.0], [2.0, 3.0]], [[5.0, 6.0], [7.0, 8.0]])
+    low = box.low
+    assert isinstance(low, list)
+    low[0][0] = 99.0
+    assert box.low == [[0.0, 1.0], [2.0, 3.0]] and box.contains([[0.0, 1.0], [2.0, 3.0]])
+    assert Box(-1.0, 1.0, shape=[2]).low == -1.0
+    assert Box(-1.0, 1.0, shape=[2], dtype="float64").high == 1.0
+    # -0.0 keeps its sign, as on the wire.
+    assert math.copysign(1.0, Box(-0.0, 1.0, (1,)).low) == -1.0
+    assert Box(-1.0, 1.0, ()).low == -1.0 and Box(3, 3, (), "int8").high == 3
 
 
 def test_box_wraps_a_spec() -> None:
@@ -664,7 +682,8 @@ def test_size_zero_box() -> None:
     assert box.bounds_kind == "elementwise"
     sample = box.sample()
     assert sample.shape == (0, 3) and box.contains(sample)
-    assert box.low.shape == (0, 3)
+    assert box.low == [] and box.high == []
+    assert Box(0.0, 1.0, (3, 0)).low == [[], [], []]
 
 
 # -- hypothesis: every sample is contained ------------------------------------------
@@ -706,9 +725,13 @@ def test_box_samples_are_contained(box: Box, seed: int) -> None:
     assert isinstance(sample, Tensor)
     assert sample.shape == box.shape and sample.dtype == box.dtype
     assert box.contains(sample)
-    flat_low = box.low.reshape(-1).tolist() if sample.size else []
-    flat_high = box.high.reshape(-1).tolist() if sample.size else []
     flat = sample.reshape(-1).tolist() if sample.size else []
+    if box.bounds_kind == "uniform":
+        flat_low, flat_high = [box.low] * len(flat), [box.high] * len(flat)
+    elif flat:
+        flat_low, flat_high = box.low, box.high  # non-empty elementwise boxes here are 1-D
+    else:
+        flat_low = flat_high = []
     assert all(lo <= v <= hi for v, lo, hi in zip(flat, flat_low, flat_high, strict=True))
     assert space_from_spec(SpaceSpec.from_dict(box.spec.to_dict())) == box
 
@@ -788,8 +811,7 @@ def test_multi_binary() -> None:
 def test_multi_discrete() -> None:
     space = MultiDiscrete([[2, 3], [4, 5]], start=[[1, -1], [0, 10]], dtype="int32")
     assert space.shape == (2, 2) and space.dtype == "int32"
-    assert space.nvec.tolist() == [[2, 3], [4, 5]] and space.nvec.dtype == "int32"
-    assert space.start.tolist() == [[1, -1], [0, 10]]
+    assert space.nvec == [[2, 3], [4, 5]] and space.start == [[1, -1], [0, 10]]
     assert repr(space) == "MultiDiscrete([[2, 3], [4, 5]], start=[[1, -1], [0, 10]], dtype=int32)"
     space.seed(9)
     seen = [space.sample().tolist() for _ in range(200)]
@@ -799,7 +821,7 @@ def test_multi_discrete() -> None:
     assert not space.contains([[0, -1], [0, 10]])
     assert not space.contains([1, -1, 0, 10])
     assert not space.contains([[1.0, -1.0], [0.0, 10.0]])
-    assert MultiDiscrete([3, 4]).start.tolist() == [0, 0]
+    assert MultiDiscrete([3, 4]).start == [0, 0] and MultiDiscrete([3, 4]).nvec == [3, 4]
     with pytest.raises(ValueError):
         MultiDiscrete([0, 2])
     with pytest.raises(ValueError):
@@ -810,6 +832,24 @@ def test_multi_discrete() -> None:
         MultiDiscrete([2], dtype="float32")
     with pytest.raises(TypeError):
         MultiDiscrete(3)
+
+
+def test_multi_discrete_nvec_is_the_spec_value() -> None:
+    flat = MultiDiscrete([2, 3, 4], dtype="int8")
+    assert flat.nvec == [2, 3, 4] and all(type(v) is int for v in flat.nvec)
+    grid = MultiDiscrete([[2, 3], [4, 5]])
+    nvec = grid.nvec
+    assert nvec == [[2, 3], [4, 5]]
+    nvec[0][0] = 7
+    assert grid.nvec == [[2, 3], [4, 5]]  # a fresh list per call
+    rebuilt = space_from_spec(SpaceSpec.from_dict(grid.spec.to_dict()))
+    assert isinstance(rebuilt, MultiDiscrete) and rebuilt.nvec == [[2, 3], [4, 5]]
+    scalar = SpaceSpec.from_dict(
+        {"kind": "multi_discrete", "shape": [], "dtype": "int64", "nvec": [3], "start": [1]}
+    )
+    assert (scalar.to_space().nvec, scalar.to_space().start) == (3, 1)
+    empty = space_from_spec({"kind": "multi_discrete", "shape": [0, 2], "dtype": "int64", "nvec": []})
+    assert isinstance(empty, MultiDiscrete) and empty.nvec == []
 
 
 def test_text() -> None:
@@ -1065,7 +1105,9 @@ def test_bridge_decodes_samples_and_encodes_values() -> None:
     assert box.bridge is bridge
     sample = box.sample()
     assert isinstance(sample, Wrapped) and sample.tensor.shape == (2,)
-    assert isinstance(box.low, Wrapped) and box.low.tensor.tolist() == [0.0, 0.0]
+    before = bridge.decoded
+    assert (box.low, box.high) == (0.0, 1.0)  # bounds are spec values, not decoded
+    assert bridge.decoded == before
     assert box.contains(sample)
     assert not box.contains(b"xx")  # the bridge raised TypeError
     assert isinstance(Discrete(3, bridge=bridge).sample(), int)
