@@ -25,6 +25,7 @@ import numbers
 import operator
 import random
 import secrets
+import string
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
@@ -68,6 +69,13 @@ _MAX_TEXT_LENGTH = 1 << 20
 # Gymnasium's default Text charset, sorted the way gymnasium sorts a set charset,
 # so that unrestricted Text spaces sample the characters gymnasium would.
 _ALPHANUMERIC = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Gymnasium has no unrestricted Text. An unrestricted rlmesh Text exports with
+# this charset, as the published package does: a superset of gymnasium's
+# alphanumeric default, so its twin accepts ordinary text ("pick up the cup!").
+_UNRESTRICTED_TO_GYM = string.printable
+# Both import back as unrestricted: gymnasium's default because the published
+# package reads it so, and string.printable so rlmesh -> gym -> rlmesh is exact.
+_UNRESTRICTED_FROM_GYM = (frozenset(_ALPHANUMERIC), frozenset(_UNRESTRICTED_TO_GYM))
 
 _SUPPORTED_GYM = "Box, Discrete, MultiBinary, MultiDiscrete, Text, Dict, Tuple"
 
@@ -1332,7 +1340,8 @@ class Text(Space[str]):
         min_length: the shortest string, in characters.
         charset: the allowed characters (a string or a set of characters);
             None or "" means any character. Samples of an unrestricted space use
-            Gymnasium's default alphanumeric characters.
+            Gymnasium's default alphanumeric characters; its Gymnasium twin
+            allows ``string.printable`` (see :func:`to_gymnasium_space`).
         bridge: converts samples and values for an array library.
 
     Raises:
@@ -1752,9 +1761,14 @@ def from_gymnasium_space(space: Any) -> Space[Any]:
     """Convert a Gymnasium space to the equivalent rlmesh space.
 
     Supports Box (elementwise bounds kept; int64/uint64 bounds exact), Discrete,
-    MultiBinary, MultiDiscrete, Text (the default alphanumeric charset becomes
-    unrestricted), Dict (in the space's own order) and Tuple. An rlmesh space is
-    returned unchanged.
+    MultiBinary, MultiDiscrete, Text, Dict (in the space's own order) and Tuple.
+    An rlmesh space is returned unchanged.
+
+    A Text whose charset is Gymnasium's default (alphanumeric) or exactly
+    ``string.printable`` becomes an unrestricted Text. So Gymnasium's default
+    ``Text(4)`` comes back from :func:`to_gymnasium_space` as ``Text(4,
+    charset=string.printable)``: wider, holding every string the original held,
+    and converting to the same rlmesh space again.
 
     Raises:
         TypeError: an unsupported space, such as Graph, Sequence or OneOf.
@@ -1792,7 +1806,7 @@ def _from_gym(space: Any, gym_spaces: Any, np: Any, depth: int) -> Space[Any]:
         return MultiDiscrete._from_spec(spec, IDENTITY)
     if isinstance(space, gym_spaces.Text):
         chars = frozenset(space.character_set)
-        charset = "" if chars == frozenset(_ALPHANUMERIC) else "".join(sorted(chars))
+        charset = "" if chars in _UNRESTRICTED_FROM_GYM else "".join(sorted(chars))
         return Text(int(space.max_length), min_length=int(space.min_length), charset=charset)
     if isinstance(space, gym_spaces.Dict):
         return Dict(
@@ -1810,8 +1824,10 @@ def to_gymnasium_space(space: Space[Any] | SpaceSpec | Mapping[str, Any]) -> Any
     """Convert an rlmesh space, spec or spec dict to the equivalent Gymnasium space.
 
     Box bounds become numpy arrays of the exact dtype (bfloat16 through
-    ml_dtypes); an unrestricted Text gets Gymnasium's default charset; a
-    MultiBinary keeps its dtype (Gymnasium's default is int8).
+    ml_dtypes); an unrestricted Text gets the charset ``string.printable``
+    (Gymnasium has no unrestricted Text; its alphanumeric default would reject
+    spaces and punctuation), so non-ASCII strings the rlmesh space holds are
+    outside its twin; a MultiBinary keeps its dtype (Gymnasium's default is int8).
 
     Raises:
         BackendUnavailable: gymnasium, or ml_dtypes for a bfloat16 Box, is not installed.
@@ -1862,11 +1878,11 @@ def _to_gym(spec: SpaceSpec, gym_spaces: Any, np: Any) -> Any:
         start = np.array(list(spec._get("start")), dtype=np_dtype).reshape(shape)
         return gym_spaces.MultiDiscrete(nvec, dtype=np_dtype, start=start)
     if kind == "text":
-        charset = spec._get("charset")
-        kwargs: dict[str, Any] = {"min_length": spec._get("min_length")}
-        if charset:
-            kwargs["charset"] = charset
-        return gym_spaces.Text(spec._get("max_length"), **kwargs)
+        return gym_spaces.Text(
+            spec._get("max_length"),
+            min_length=spec._get("min_length"),
+            charset=spec._get("charset") or _UNRESTRICTED_TO_GYM,
+        )
     if kind == "dict":
         # A list of pairs: gymnasium would sort the keys of a plain dict.
         return gym_spaces.Dict([(key, _to_gym(child, gym_spaces, np)) for key, child in spec._get("spaces")])

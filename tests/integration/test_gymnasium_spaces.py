@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import string
 from typing import Any
 
 import gymnasium as gym
@@ -97,16 +98,32 @@ def assert_same_gym(a: Any, b: Any) -> None:
             assert_same_gym(x, y)
 
 
+def widened(gym_space: Any) -> Any:
+    """``gym_space`` with every default (alphanumeric) Text made a string.printable one.
+
+    That is what a round trip through rlmesh gives back: the default charset
+    imports as unrestricted, which exports as string.printable.
+    """
+    if isinstance(gym_space, G.Text) and gym_space.character_set == frozenset(ALNUM):
+        return G.Text(gym_space.max_length, min_length=gym_space.min_length, charset=string.printable)
+    if isinstance(gym_space, G.Dict):
+        return G.Dict([(key, widened(child)) for key, child in gym_space.spaces.items()])
+    if isinstance(gym_space, G.Tuple):
+        return G.Tuple(tuple(widened(child) for child in gym_space.spaces))
+    return gym_space
+
+
 @pytest.mark.parametrize("gym_space", list(GYM_SPACES.values()), ids=list(GYM_SPACES))
 def test_gymnasium_round_trip(gym_space: Any) -> None:
     ours = from_gymnasium_space(gym_space)
     assert isinstance(ours, Space)
     back = to_gymnasium_space(ours)
-    assert_same_gym(back, gym_space)
+    expected = widened(gym_space)
+    assert_same_gym(back, expected)
     assert from_gymnasium_space(back) == ours
     # The wire form carries everything gymnasium needs.
-    assert_same_gym(to_gymnasium_space(ours.spec.to_dict()), gym_space)
-    assert_same_gym(SpaceSpec.from_dict(ours.spec.to_dict()).to_gym_space(), gym_space)
+    assert_same_gym(to_gymnasium_space(ours.spec.to_dict()), expected)
+    assert_same_gym(SpaceSpec.from_dict(ours.spec.to_dict()).to_gym_space(), expected)
 
 
 RLMESH_SPACES: dict[str, Space[Any]] = {
@@ -196,9 +213,42 @@ def test_text_charsets() -> None:
     assert from_gymnasium_space(G.Text(4, charset="cab")).charset == "abc"
     explicit = from_gymnasium_space(G.Text(4, charset=ALNUM[:10]))
     assert isinstance(explicit, Text) and explicit.charset == ALNUM[:10]
-    gym_default = to_gymnasium_space(Text(4))
-    assert gym_default.character_set == frozenset(ALNUM)
     assert to_gymnasium_space(Text(4, charset="q")).character_set == frozenset("q")
+
+
+def test_unrestricted_text_converts_with_printable_characters() -> None:
+    gym_text = to_gymnasium_space(Text(32))
+    assert isinstance(gym_text, G.Text) and gym_text.character_set == frozenset(string.printable)
+    assert gym_text.contains("pick up the object!")
+    assert gym_text.contains("x = [1, 2];\ty")
+    assert (gym_text.min_length, gym_text.max_length) == (1, 32)
+    assert to_gymnasium_space(Text(8, min_length=0).spec.to_dict()).contains("")
+    # Gymnasium has no unrestricted Text: characters outside string.printable stay outside.
+    assert Text(32).contains("héllo") and not gym_text.contains("héllo")
+    # Our samples (alphanumeric) are always valid for the twin.
+    ours = Text(16)
+    ours.seed(0)
+    assert all(gym_text.contains(ours.sample()) for _ in range(50))
+
+
+def test_default_gymnasium_text_round_trip() -> None:
+    # rlmesh -> gymnasium -> rlmesh is exact: string.printable imports as unrestricted.
+    assert from_gymnasium_space(to_gymnasium_space(Text(5, min_length=2))) == Text(5, min_length=2)
+    assert from_gymnasium_space(G.Text(5, charset=string.printable)) == Text(5)
+    # gymnasium's default (alphanumeric) Text imports as unrestricted too, so going
+    # gymnasium -> rlmesh -> gymnasium widens it to string.printable: a superset,
+    # holding every string the original held, and the same rlmesh space again.
+    gym_default = G.Text(5)
+    ours = from_gymnasium_space(gym_default)
+    assert ours == Text(5) and isinstance(ours, Text) and ours.charset == ""
+    back = to_gymnasium_space(ours)
+    assert back.character_set == frozenset(string.printable) > gym_default.character_set
+    gym_default.seed(1)
+    assert all(back.contains(gym_default.sample()) for _ in range(50))
+    assert from_gymnasium_space(back) == ours
+    # Any other charset, even a near miss, is kept as it is.
+    near = from_gymnasium_space(G.Text(5, charset=string.printable[:-1]))
+    assert isinstance(near, Text) and near.charset == "".join(sorted(string.printable[:-1]))
 
 
 def test_dict_order_is_kept_both_ways() -> None:
