@@ -30,6 +30,7 @@ from typing import Any
 import msgpack
 
 from ._dtypes import DTYPES, DType
+from ._shape import Shape
 from .errors import DecodeError, InvalidHandle
 from .net.framing import FRAME_ALIGN
 from .shm import Handle, PeerMemory
@@ -156,13 +157,13 @@ def pack(obj: Any, tail: TailBuilder | None = None) -> bytes:
     return msgpack.packb(obj, use_bin_type=True, default=default)  # type: ignore[no-any-return]
 
 
-def _dims(data: bytes, start: int, ndim: int) -> tuple[tuple[int, ...], int]:
+def _dims(data: bytes, start: int, ndim: int) -> tuple[Shape, int]:
     if ndim > MAX_DIMS:
         raise DecodeError(f"tensor rank {ndim} exceeds {MAX_DIMS}")
     layout = _DIMS[ndim]
     if len(data) != start + layout.size:
         raise DecodeError("malformed tensor record")
-    shape = layout.unpack_from(data, start)
+    shape = Shape(layout.unpack_from(data, start))
     count = 1
     for dim in shape:
         if dim > MAX_ELEMENTS:

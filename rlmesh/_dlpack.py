@@ -1,19 +1,23 @@
-"""A DLPack producer and consumer for CPU memory, written with ctypes.
+"""A DLPack producer and consumer for CPU memory.
 
 rlmesh exports its own capsules instead of going through numpy because numpy
 cannot export read-only arrays over the legacy protocol and cannot name
 bfloat16 at all; JAX receives ``kDLBfloat`` directly from here.
 
+The capsules, their destructor and the managed-tensor deleters live in the C
+extension (``rlmesh/_native.c``). A consumer may drop a capsule, or call its
+deleter, with an exception pending (numpy refusing bfloat16 does), and only C
+can save and restore it around the release. Nothing here sets ``argtypes`` on
+the ctypes function objects of the Python C API, which every library in the
+process shares: whoever set them last used to decide for everyone.
+
 Ownership, as the DLPack spec lays it down:
 
-* The producer (:func:`export`) allocates a managed-tensor struct and keeps
-  the memory's owner alive in :data:`_LIVE` until the struct's deleter runs.
+* The producer (:func:`export`) allocates a managed-tensor struct that holds a
+  reference to the memory's owner until the struct's deleter runs.
 * A consumer renames the capsule to ``used_dltensor[_versioned]`` and later
   calls the deleter. A capsule dropped unconsumed still has its original name,
   so its destructor calls the deleter itself.
-
-The deleter is a ctypes callback, so a consumer may call it from any thread:
-ctypes takes the GIL around it.
 """
 
 from __future__ import annotations
@@ -22,10 +26,20 @@ import ctypes
 import itertools
 from typing import Any
 
+from . import _native
 from ._buffers import buffer_address
 from ._dtypes import DLPACK_BOOL, DLPACK_FLOAT, DLPACK_INT, DLPACK_UINT, DTYPES, DType
+from .errors import CapsuleConsumedError
 
-__all__ = ["CPU_DEVICE", "ImportedBuffer", "buffer_address", "export", "import_capsule", "live_exports"]
+__all__ = [
+    "CPU_DEVICE",
+    "ImportedBuffer",
+    "buffer_address",
+    "capsule_name",
+    "export",
+    "import_capsule",
+    "live_exports",
+]
 
 KDL_CPU = 1
 KDL_CUDA_HOST = 3
@@ -35,128 +49,19 @@ CPU_DEVICE = (KDL_CPU, 0)
 FLAG_READ_ONLY = 1 << 0
 FLAG_IS_COPIED = 1 << 1
 
-# The version our versioned capsules declare.
-DLPACK_MAJOR = 1
-DLPACK_MINOR = 0
-
-
-class _DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
-
-
-class _DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-
-
-class _DLTensor(ctypes.Structure):
-    _fields_ = [
-        ("data", ctypes.c_void_p),
-        ("device", _DLDevice),
-        ("ndim", ctypes.c_int32),
-        ("dtype", _DLDataType),
-        ("shape", ctypes.POINTER(ctypes.c_int64)),
-        ("strides", ctypes.POINTER(ctypes.c_int64)),
-        ("byte_offset", ctypes.c_uint64),
-    ]
-
-
-_Deleter = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-
-
-class _DLManagedTensor(ctypes.Structure):
-    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", _Deleter)]
-
-
-class _DLPackVersion(ctypes.Structure):
-    _fields_ = [("major", ctypes.c_uint32), ("minor", ctypes.c_uint32)]
-
-
-class _DLManagedTensorVersioned(ctypes.Structure):
-    _fields_ = [
-        ("version", _DLPackVersion),
-        ("manager_ctx", ctypes.c_void_p),
-        ("deleter", _Deleter),
-        ("flags", ctypes.c_uint64),
-        ("dl_tensor", _DLTensor),
-    ]
-
-
-_api = ctypes.pythonapi
-_Destructor = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-_api.PyCapsule_New.restype = ctypes.py_object
-_api.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, _Destructor]
-_api.PyCapsule_IsValid.restype = ctypes.c_int
-_api.PyCapsule_IsValid.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-_api.PyCapsule_GetPointer.restype = ctypes.c_void_p
-_api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-_api.PyCapsule_GetName.restype = ctypes.c_char_p
-_api.PyCapsule_GetName.argtypes = [ctypes.py_object]
-_api.PyCapsule_SetName.restype = ctypes.c_int
-_api.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
-
-# PyCapsule_New keeps the name pointer, not a copy: these buffers live forever.
-_NAME_LEGACY = ctypes.create_string_buffer(b"dltensor")
-_NAME_VERSIONED = ctypes.create_string_buffer(b"dltensor_versioned")
-_NAME_USED_LEGACY = ctypes.create_string_buffer(b"used_dltensor")
-_NAME_USED_VERSIONED = ctypes.create_string_buffer(b"used_dltensor_versioned")
-
-
-class _Export:
-    """What one exported capsule keeps alive until its deleter runs."""
-
-    __slots__ = ("managed", "shape", "strides", "owner")
-
-    def __init__(self, managed: ctypes.Structure, shape: Any, strides: Any, owner: object) -> None:
-        self.managed = managed
-        self.shape = shape
-        self.strides = strides
-        self.owner = owner
-
-
-# Struct address -> the export it belongs to. An entry is removed exactly once,
-# by the deleter, which drops the last reference to the owner.
-_LIVE: dict[int, _Export] = {}
-
 
 def live_exports() -> int:
     """The number of exported DLPack tensors whose deleter has not run yet."""
-    return len(_LIVE)
+    return _native.live_exports()
 
 
-def _delete_managed_impl(address: int | None) -> None:
-    if address:
-        _LIVE.pop(address, None)
+def capsule_name(obj: object) -> bytes | None:
+    """The name of a capsule (None if it has none).
 
-
-_delete_managed = _Deleter(_delete_managed_impl)
-
-
-def _destroy_capsule_impl(capsule: int | None) -> None:
-    # Runs while the capsule is being deallocated. Only an unconsumed capsule
-    # still carries our name; a consumer renamed it and owns the deleter call.
-    if not capsule:
-        return
-    for name in (_NAME_LEGACY, _NAME_VERSIONED):
-        if _api.PyCapsule_IsValid(capsule, name):
-            address = _pointer_of_raw_capsule(capsule, name)
-            if address:
-                _LIVE.pop(address, None)
-            return
-
-
-_destroy_capsule = _Destructor(_destroy_capsule_impl)
-
-
-# A second prototype of PyCapsule_GetPointer taking a raw pointer: in the
-# destructor the capsule is mid-deallocation (refcount zero) and must not be
-# wrapped in a py_object, which would resurrect it.
-_raw_get_pointer = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p)(
-    ("PyCapsule_GetPointer", ctypes.pythonapi)
-)
-
-
-def _pointer_of_raw_capsule(capsule: int, name: Any) -> int:
-    return int(_raw_get_pointer(capsule, name) or 0)
+    Raises:
+        TypeError: ``obj`` is not a capsule.
+    """
+    return _native.capsule_name(obj)
 
 
 def export(
@@ -184,39 +89,10 @@ def export(
     Returns:
         The capsule.
     """
-    ndim = len(shape)
-    c_shape = (ctypes.c_int64 * max(ndim, 1))(*shape)
-    c_strides = (ctypes.c_int64 * max(ndim, 1))(*_c_strides(shape))
-    managed: _DLManagedTensor | _DLManagedTensorVersioned
-    if versioned:
-        managed = _DLManagedTensorVersioned()
-        managed.version.major = DLPACK_MAJOR
-        managed.version.minor = DLPACK_MINOR
-        managed.flags = (FLAG_READ_ONLY if read_only else 0) | (FLAG_IS_COPIED if copied else 0)
-        name = _NAME_VERSIONED
-    else:
-        managed = _DLManagedTensor()
-        name = _NAME_LEGACY
-    dl = managed.dl_tensor
-    dl.data = address
-    dl.device.device_type = KDL_CPU
-    dl.device.device_id = 0
-    dl.ndim = ndim
-    dl.dtype.code = dtype.dlpack_code
-    dl.dtype.bits = dtype.itemsize * 8
-    dl.dtype.lanes = 1
-    dl.shape = ctypes.cast(c_shape, ctypes.POINTER(ctypes.c_int64))
-    dl.strides = ctypes.cast(c_strides, ctypes.POINTER(ctypes.c_int64))
-    dl.byte_offset = 0
-    managed.deleter = _delete_managed
-    struct_address = ctypes.addressof(managed)
-    managed.manager_ctx = struct_address
-    _LIVE[struct_address] = _Export(managed, c_shape, c_strides, owner)
-    try:
-        return _api.PyCapsule_New(struct_address, name, _destroy_capsule)
-    except BaseException:
-        _LIVE.pop(struct_address, None)
-        raise
+    flags = (FLAG_READ_ONLY if read_only else 0) | (FLAG_IS_COPIED if copied else 0)
+    return _native.dlpack_export(
+        owner, address, tuple(shape), dtype.dlpack_code, dtype.itemsize * 8, versioned, flags
+    )
 
 
 def _c_strides(shape: tuple[int, ...]) -> list[int]:
@@ -228,7 +104,7 @@ def _c_strides(shape: tuple[int, ...]) -> list[int]:
 
 
 class ImportedBuffer:
-    """A consumed DLPack tensor: its metadata plus a deleter to call when done.
+    """A consumed DLPack tensor: its metadata plus the producer's deleter, run once.
 
     Attributes:
         address: the first element's address (byte offset applied).
@@ -238,7 +114,7 @@ class ImportedBuffer:
         read_only: the producer flagged the memory read-only.
     """
 
-    __slots__ = ("address", "shape", "strides", "dtype", "read_only", "_deleter", "_managed")
+    __slots__ = ("address", "shape", "strides", "dtype", "read_only", "_import")
 
     def __init__(
         self,
@@ -247,22 +123,21 @@ class ImportedBuffer:
         strides: tuple[int, ...] | None,
         dtype: DType,
         read_only: bool,
-        deleter: Any,
-        managed: int,
+        handle: Any,
     ) -> None:
         self.address = address
         self.shape = shape
         self.strides = strides
         self.dtype = dtype
         self.read_only = read_only
-        self._deleter = deleter
-        self._managed = managed
+        self._import = handle
 
     def release(self) -> None:
-        """Call the producer's deleter once; later calls do nothing."""
-        deleter, self._deleter = self._deleter, None
-        if deleter:
-            deleter(self._managed)
+        """Call the producer's deleter once; later calls do nothing.
+
+        If it is never called, the deleter runs when this object is collected.
+        """
+        self._import.release()
 
 
 def _dtype_from_dl(code: int, bits: int, lanes: int) -> DType:
@@ -271,8 +146,6 @@ def _dtype_from_dl(code: int, bits: int, lanes: int) -> DType:
     for dtype in DTYPES.values():
         if dtype.dlpack_code == code and dtype.itemsize * 8 == bits:
             return dtype
-    if code == DLPACK_UINT and bits == 8:  # pragma: no cover - covered by the table
-        return DTYPES["uint8"]
     kinds = {DLPACK_INT: "int", DLPACK_UINT: "uint", DLPACK_FLOAT: "float", DLPACK_BOOL: "bool"}
     raise BufferError(f"unsupported DLPack dtype {kinds.get(code, f'code {code}')}{bits}")
 
@@ -281,67 +154,38 @@ def import_capsule(capsule: object) -> ImportedBuffer:
     """Consume a DLPack capsule (legacy or versioned) holding CPU memory.
 
     The capsule is renamed to its ``used_`` name, so it cannot be consumed
-    again; the caller must call :meth:`ImportedBuffer.release` when done.
+    again; the caller should call :meth:`ImportedBuffer.release` when done.
+    A capsule that fails a check is released at once and stays unusable.
 
     Raises:
-        BufferError: the capsule was already consumed, is not a DLPack
-            capsule, lives on a non-CPU device, or has an unsupported dtype.
+        CapsuleConsumedError: the capsule was already consumed (both a
+            ``BufferError`` and, as in the published API, a ``TypeError``).
+        BufferError: not a DLPack capsule, a newer major version, a bad rank,
+            a non-CPU device, or an unsupported dtype.
     """
-    name = _capsule_name(capsule)
-    if name == b"dltensor_versioned":
-        address = _api.PyCapsule_GetPointer(capsule, _NAME_VERSIONED)
-        versioned = _DLManagedTensorVersioned.from_address(address)
-        if versioned.version.major > DLPACK_MAJOR:
-            raise BufferError(
-                f"DLPack version {versioned.version.major}.{versioned.version.minor} "
-                f"is newer than the {DLPACK_MAJOR}.x this build understands"
-            )
-        dl = versioned.dl_tensor
-        read_only = bool(versioned.flags & FLAG_READ_ONLY)
-        deleter_ptr = ctypes.cast(versioned.deleter, ctypes.c_void_p).value
-        used = _NAME_USED_VERSIONED
-    elif name == b"dltensor":
-        address = _api.PyCapsule_GetPointer(capsule, _NAME_LEGACY)
-        legacy = _DLManagedTensor.from_address(address)
-        dl = legacy.dl_tensor
-        read_only = False
-        deleter_ptr = ctypes.cast(legacy.deleter, ctypes.c_void_p).value
-        used = _NAME_USED_LEGACY
-    elif name is not None and name.startswith(b"used_"):
-        raise BufferError("this DLPack capsule was already consumed; a capsule can be consumed once")
-    else:
+    if type(capsule).__name__ != "PyCapsule":
+        raise BufferError(f"expected a DLPack capsule, got {type(capsule).__name__}")
+    name = capsule_name(capsule)
+    if name is not None and name.startswith(b"used_dltensor"):
+        raise CapsuleConsumedError("this DLPack capsule was already consumed; a capsule can be consumed once")
+    if name not in (b"dltensor", b"dltensor_versioned"):
         raise BufferError(f"not a DLPack capsule (capsule name {name!r})")
-
-    if dl.device.device_type not in (KDL_CPU, KDL_CUDA_HOST):
-        raise BufferError(
-            f"DLPack tensor lives on device type {dl.device.device_type}; only CPU memory can be "
-            "imported (move it to the CPU first)"
-        )
-    dtype = _dtype_from_dl(dl.dtype.code, dl.dtype.bits, dl.dtype.lanes)
-    ndim = int(dl.ndim)
-    if ndim < 0 or ndim > 64:
-        raise BufferError(f"DLPack tensor has an invalid rank {ndim}")
-    shape = tuple(int(dl.shape[i]) for i in range(ndim))
-    if any(d < 0 for d in shape):
-        raise BufferError(f"DLPack tensor has a negative dimension: {shape}")
-    strides: tuple[int, ...] | None = None
-    if ndim and dl.strides:
-        strides = tuple(int(dl.strides[i]) for i in range(ndim))
-        if strides == tuple(_c_strides(shape)):
+    handle, data, shape, strides, code, bits, lanes, device_type, read_only = _native.dlpack_take(capsule)
+    try:
+        if device_type not in (KDL_CPU, KDL_CUDA_HOST):
+            raise BufferError(
+                f"DLPack tensor lives on device type {device_type}; only CPU memory can be "
+                "imported (move it to the CPU first)"
+            )
+        dtype = _dtype_from_dl(code, bits, lanes)
+        if any(d < 0 for d in shape):
+            raise BufferError(f"DLPack tensor has a negative dimension: {shape}")
+        if strides is not None and strides == tuple(_c_strides(shape)):
             strides = None
-    data = int(dl.data or 0) + int(dl.byte_offset)
-    # The capsule is ours now: rename it first so its destructor leaves the
-    # deleter call to us.
-    _api.PyCapsule_SetName(capsule, used)
-    deleter = _Deleter(deleter_ptr) if deleter_ptr else None
-    return ImportedBuffer(data, shape, strides, dtype, read_only, deleter, address)
-
-
-def _capsule_name(obj: object) -> bytes | None:
-    if type(obj).__name__ != "PyCapsule":
-        raise BufferError(f"expected a DLPack capsule, got {type(obj).__name__}")
-    name = _api.PyCapsule_GetName(obj)
-    return bytes(name) if name is not None else None
+    except BaseException:
+        handle.release()
+        raise
+    return ImportedBuffer(data, shape, strides, dtype, read_only, handle)
 
 
 def strided_copy(dst: int, src: int, shape: tuple[int, ...], strides: tuple[int, ...], itemsize: int) -> None:

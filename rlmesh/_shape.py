@@ -28,18 +28,15 @@ class Shape(tuple[int, ...]):
     def __eq__(self, other: object) -> bool:
         if isinstance(other, list):
             return tuple.__eq__(self, tuple(other))
-        return tuple.__eq__(self, other)  # type: ignore[operator]
+        return tuple.__eq__(self, other)
 
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
 
     __hash__ = tuple.__hash__
 
-    @overload
-    def __add__(self, other: tuple[int, ...]) -> Shape: ...
-    @overload
-    def __add__(self, other: list[int]) -> Shape: ...
-    def __add__(self, other: Any) -> Any:
+    # tuple's stubs only add tuples; a Shape also adds a list, as the published lists did.
+    def __add__(self, other: tuple[int, ...] | list[int]) -> Shape:  # type: ignore[override]
         if isinstance(other, (list, tuple)):
             return Shape(tuple.__add__(self, tuple(other)))
         return NotImplemented

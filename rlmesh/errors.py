@@ -24,6 +24,8 @@ published RLMesh API (which raised builtins) keeps working::
     │   └── ShmCapacityError             /dev/shm lacks room for a segment
     ├── RemoteError(RuntimeError)        the served env raised; carries its type and traceback
     ├── BackendUnavailable(ImportError)  an optional array library is missing or too old
+    ├── CapsuleConsumedError(BufferError, TypeError)
+    │                                    a DLPack capsule was imported a second time
     └── SandboxError                     a Docker sandbox failed to build, start or stop
 
 Every class survives ``pickle`` with its message and attributes, since errors
@@ -41,6 +43,7 @@ __all__ = [
     "BackendUnavailable",
     "BrokenError",
     "BusyError",
+    "CapsuleConsumedError",
     "ClosedError",
     "ConnectError",
     "DecodeError",
@@ -199,6 +202,14 @@ class RemoteError(RLMeshError, RuntimeError):
 
 class BackendUnavailable(RLMeshError, ImportError):
     """An optional array library is not installed, or is older than supported."""
+
+
+class CapsuleConsumedError(RLMeshError, BufferError, TypeError):
+    """A DLPack capsule was imported a second time; a capsule can be consumed once.
+
+    It is a ``BufferError``, as the DLPack protocol reports such misuse, and a
+    ``TypeError``, as the published RLMesh API raises for it.
+    """
 
 
 class SandboxError(RLMeshError):

@@ -2,8 +2,9 @@
 
 A Tensor is the leaf of every value rlmesh moves. It needs no array library:
 it carries its bytes, shape and dtype, and hands them to numpy or JAX without a
-copy through DLPack, ``__array_interface__`` and (on Python >= 3.12) the buffer
-protocol. Every export is read-only.
+copy through DLPack, ``__array_interface__`` and the buffer protocol (on every
+Python, through the C base type :class:`rlmesh._native.TensorBase`). Every
+export is read-only, except a DLPack export asked to copy.
 
 Storage comes in two kinds:
 
@@ -20,12 +21,13 @@ from __future__ import annotations
 import ctypes
 import math
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from . import _dlpack
-from ._buffers import keepalive_view
 from ._dtypes import DType, dtype_info
+from ._native import TensorBase
+from ._shape import Shape
 
 __all__ = ["ALIGNMENT", "Tensor"]
 
@@ -34,16 +36,16 @@ __all__ = ["ALIGNMENT", "Tensor"]
 ALIGNMENT = 64
 
 
-def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+def _c_strides(shape: tuple[int, ...], itemsize: int) -> Shape:
     strides = []
     step = itemsize
     for dim in reversed(shape):
         strides.append(step)
         step *= max(dim, 1)
-    return tuple(reversed(strides))
+    return Shape(reversed(strides))
 
 
-def _validate_shape(shape: Iterable[int] | int) -> tuple[int, ...]:
+def _validate_shape(shape: Iterable[int] | int) -> Shape:
     if isinstance(shape, int):
         shape = (shape,)
     try:
@@ -58,7 +60,7 @@ def _validate_shape(shape: Iterable[int] | int) -> tuple[int, ...]:
         if value < 0:
             raise ValueError(f"shape entries must be >= 0, got {dims}")
         out.append(value)
-    return tuple(out)
+    return Shape(out)
 
 
 def _allocate(nbytes: int) -> tuple[memoryview, int, bytearray]:
@@ -75,7 +77,7 @@ def _allocate(nbytes: int) -> tuple[memoryview, int, bytearray]:
     return view, base + offset, raw
 
 
-class Tensor:
+class Tensor(TensorBase):
     """An immutable, C-contiguous, little-endian tensor in CPU memory.
 
     ``Tensor(buffer, shape, dtype)`` copies ``buffer``'s bytes into fresh
@@ -97,7 +99,11 @@ class Tensor:
             ``shape`` is not a sequence of ints.
     """
 
-    __slots__ = ("_view", "_shape", "_dtype", "_owner", "_address", "__weakref__")
+    # The fields live in the C base, which also exports the buffer protocol:
+    # ``memoryview(t)`` is read-only, shaped, typed with the struct formats of
+    # the published API (float16 is "e"), and keeps ``t`` (and so its lease)
+    # alive. bfloat16 has no format: its buffer request raises BufferError.
+    __slots__ = ()
 
     _view: memoryview
     _shape: tuple[int, ...]
@@ -135,19 +141,6 @@ class Tensor:
         self._address = address
 
     # -- constructors -------------------------------------------------------
-
-    @classmethod
-    def _from_parts(
-        cls, view: memoryview, shape: tuple[int, ...], dtype: DType, owner: object, address: int
-    ) -> Tensor:
-        # Unvalidated: for callers that already checked the sizes (decoders).
-        tensor = cls.__new__(cls)
-        tensor._view = view
-        tensor._shape = shape
-        tensor._dtype = dtype
-        tensor._owner = owner
-        tensor._address = address
-        return tensor
 
     @classmethod
     def _empty(cls, shape: Sequence[int], dtype: Any) -> tuple[Tensor, memoryview]:
@@ -311,25 +304,19 @@ class Tensor:
     def buffer(self) -> memoryview:
         """A read-only memoryview of the data, shaped and typed like the tensor.
 
-        Types with no struct format that ``memoryview.cast`` accepts (float16
-        and bfloat16) are viewed as raw 16-bit words (format "H"); reinterpret
-        them with numpy's ``.view(numpy.float16)`` or ml_dtypes' bfloat16. A
-        tensor with no elements gives an empty one-dimensional byte view.
+        The same as ``memoryview(tensor)``: struct formats ``? b B h H i I q Q
+        e f d`` (float16 is "e"; before Python 3.12 ``memoryview`` itself
+        cannot index or ``tolist()`` "e", numpy reads it). bfloat16 has no
+        format, so its view holds raw 16-bit words (format "H"); reinterpret
+        them with ml_dtypes' bfloat16. The view keeps the tensor, and any
+        lease on its memory, alive until it is released.
         """
-        view = self._view
-        owner = self._owner
-        if owner is not None and view.obj is not owner and self.nbytes:
-            # The storage belongs to someone else (a lease): the view handed out
-            # must keep the owner alive by itself, not only through this tensor.
-            view = keepalive_view(self._address, self.nbytes, owner)
-        if self.size == 0:
-            return view
-        typed: Any = view  # memoryview.cast's stubs only take literal formats
-        return typed.cast(self._dtype.view_format, self._shape)  # type: ignore[no-any-return]
-
-    def __buffer__(self, flags: int) -> memoryview:
-        """The buffer protocol (Python >= 3.12): the same view as :attr:`buffer`."""
-        return self.buffer
+        if self._dtype.struct_format is None and self._dtype.name == "bfloat16":
+            if self.size == 0:
+                return self._view
+            words: Any = self._view  # memoryview.cast's stubs only take literal formats
+            return words.cast("H", self._shape)  # type: ignore[no-any-return]
+        return memoryview(self)
 
     @property
     def __array_interface__(self) -> dict[str, Any]:
@@ -350,6 +337,56 @@ class Tensor:
         if not self._shape:
             raise TypeError("len() of a 0-d tensor")
         return self._shape[0]
+
+    def __getitem__(self, index: int) -> Any:
+        """Index the first axis: a Python scalar for a 1-d tensor, else a sub-tensor.
+
+        Only integers (negative ones count from the end) are accepted; for
+        slices and fancy indexing, convert with ``rlmesh.numpy.asarray``. A
+        sub-tensor shares this tensor's memory.
+
+        Raises:
+            TypeError: a 0-d tensor, or an index that is not an integer.
+            IndexError: the index is out of range.
+        """
+        if not self._shape:
+            raise TypeError("a 0-d tensor cannot be indexed; use item()")
+        if isinstance(index, bool) or not hasattr(index, "__index__"):
+            raise TypeError(f"tensor indices must be integers, got {type(index).__name__}")
+        i = index.__index__()
+        length = self._shape[0]
+        if i < 0:
+            i += length
+        if not 0 <= i < length:
+            raise IndexError(f"index {index} is out of range for a first axis of {length}")
+        inner = self._shape[1:]
+        if not inner:
+            return self._element(i)
+        step = math.prod(inner) * self._dtype.itemsize
+        view = self._view[i * step : (i + 1) * step]
+        return Tensor._from_parts(view, inner, self._dtype, self._owner, self._address + i * step)
+
+    def __iter__(self) -> Iterator[Any]:
+        """Iterate the first axis, as :meth:`__getitem__` indexes it.
+
+        Raises:
+            TypeError: a 0-d tensor.
+        """
+        if not self._shape:
+            raise TypeError("iteration over a 0-d tensor")
+        if len(self._shape) == 1:
+            return iter(self._flat_values())
+        return (self[i] for i in range(self._shape[0]))
+
+    def _element(self, i: int) -> Any:
+        itemsize = self._dtype.itemsize
+        return Tensor._from_parts(
+            self._view[i * itemsize : (i + 1) * itemsize],
+            Shape(),
+            self._dtype,
+            self._owner,
+            self._address + i * itemsize,
+        ).item()
 
     # -- transformations ----------------------------------------------------
 
@@ -435,9 +472,10 @@ class Tensor:
         """Export the tensor as a DLPack capsule.
 
         By default the capsule is a legacy ``dltensor`` one. A consumer that
-        asks for ``max_version >= (1, 0)`` gets a ``dltensor_versioned`` capsule
-        flagged read-only. The capsule keeps the tensor's memory (and any lease
-        on it) alive until the consumer's deleter runs.
+        asks for ``max_version >= (1, 0)`` gets a ``dltensor_versioned`` capsule,
+        flagged read-only unless ``copy=True`` asked for a fresh copy, which the
+        consumer then owns (DLPack 1.0). The capsule keeps the tensor's memory
+        (and any lease on it) alive until the consumer's deleter runs.
 
         Raises:
             BufferError: a stream was requested (CPU memory has none), or a
@@ -455,7 +493,7 @@ class Tensor:
             dtype=source._dtype,
             owner=source,
             versioned=versioned,
-            read_only=True,
+            read_only=not copy,
             copied=bool(copy),
         )
 

@@ -16,13 +16,9 @@ from tests.conftest import run_python
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
-_name = ctypes.pythonapi.PyCapsule_GetName
-_name.restype = ctypes.c_char_p
-_name.argtypes = [ctypes.py_object]
 
-
-def capsule_name(capsule: object) -> bytes:
-    return _name(capsule)
+def capsule_name(capsule: object) -> bytes | None:
+    return _dlpack.capsule_name(capsule)
 
 
 def floats(n: int = 12) -> Tensor:
