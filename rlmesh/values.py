@@ -62,7 +62,8 @@ def encode_metadata(obj: Any) -> Any:
     bits). Dicts must have string keys; tuples and lists become lists.
     Objects with ``_asdict()`` (named tuples) become dicts, objects with
     ``tolist()`` (numpy arrays, tensors) nested lists, objects with ``item()``
-    (array scalars) Python scalars, and enums their ``value``.
+    (array scalars) Python scalars, and enums their ``value`` (their ``name``
+    where the value fits none of these rules).
 
     Raises:
         TypeError: an object fits none of the rules, or a dict key is not a
@@ -114,7 +115,11 @@ def _encode(obj: Any, depth: int, path: str, active: set[int]) -> Any:
         finally:
             active.discard(ident)
     if isinstance(obj, enum.Enum):
-        return _encode(obj.value, depth + 1, path, active)
+        # The published rule: the value if it can be carried, else the name.
+        try:
+            return _encode(obj.value, depth + 1, path, active)
+        except TypeError:
+            return obj.name
     if isinstance(obj, tuple) and hasattr(obj, "_asdict"):
         return _encode(obj._asdict(), depth + 1, path, active)
     if isinstance(obj, (list, tuple)):
@@ -142,14 +147,21 @@ def sanitize_metadata(obj: Any) -> Any:
 
     Follows the rules of :func:`encode_metadata`, and where they fail: dict
     keys become ``str(key)``, sets and other iterables of unknown kind stay
-    unknown and become ``str(obj)``, integers beyond 64 bits become strings.
+    unknown and become ``str(obj)``, integers beyond 64 bits become strings,
+    and an enum whose value cannot be carried becomes its name.
+
+    Args:
+        obj: a mapping (an info dict, env metadata, reset options).
 
     Returns:
-        A new tree of None, bool, int, float, str, bytes, list and dict.
+        A new dict of None, bool, int, float, str, bytes, list and dict.
 
     Raises:
+        TypeError: ``obj`` is not a mapping (metadata is a dict at the top).
         ValueError: the tree is cyclic or nested deeper than :data:`MAX_DEPTH`.
     """
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"sanitize_metadata() takes a mapping, got {type(obj).__name__}")
     return _sanitize(obj, 0, set())
 
 
@@ -174,7 +186,12 @@ def _sanitize(obj: Any, depth: int, active: set[int]) -> Any:
         finally:
             active.discard(ident)
     if isinstance(obj, enum.Enum):
-        return _sanitize(obj.value, depth + 1, active)
+        # The value only if it is carried as it is, else the name: a rich value's
+        # str() would be noise (published rule: ``.value`` then ``.name``).
+        try:
+            return _encode(obj.value, depth + 1, "", set())
+        except (TypeError, ValueError):
+            return obj.name
     if isinstance(obj, tuple) and hasattr(obj, "_asdict"):
         return _sanitize(obj._asdict(), depth + 1, active)
     if isinstance(obj, (list, tuple)):

@@ -111,3 +111,39 @@ def test_check_value() -> None:
     loop.append(loop)
     with pytest.raises(ValueError):
         check_value(loop)
+
+
+class _Pose:
+    def __init__(self, xyz: list[float]) -> None:
+        self.xyz = xyz
+
+    def __repr__(self) -> str:
+        return f"Pose({self.xyz})"
+
+
+def test_enums_carry_their_value_if_it_fits_else_their_name() -> None:
+    import enum
+
+    class Rich(enum.Enum):
+        HOME = _Pose([0.0, 0.0, 0.0])
+
+    class Color(enum.Enum):
+        RED = "red"
+
+    class Number(enum.IntEnum):
+        ONE = 1
+
+    class Pair(enum.Enum):
+        XY = (1, 2)
+
+    info = {"rich": Rich.HOME, "color": Color.RED, "one": Number.ONE, "pair": Pair.XY}
+    expected = {"rich": "HOME", "color": "red", "one": 1, "pair": [1, 2]}
+    assert sanitize_metadata(info) == expected
+    assert encode_metadata(info) == expected
+    assert type(sanitize_metadata(info)["one"]) is int
+
+
+@pytest.mark.parametrize("bad", [[("a", 1)], ("a", 1), "text", 3, None])
+def test_sanitize_refuses_a_non_mapping_at_the_top(bad: object) -> None:
+    with pytest.raises(TypeError, match="mapping"):
+        sanitize_metadata(bad)
