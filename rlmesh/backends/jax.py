@@ -79,19 +79,23 @@ def ensure_available() -> None:
     _modules()
 
 
-def asarray(tensor: Tensor) -> Any:
+def asarray(tensor: Tensor | bool | int | float) -> Any:
     """Return a ``jax.Array`` for a tensor, imported over DLPack.
 
     Aligned buffers (every rlmesh tensor) are shared without a copy; the
     array keeps the tensor's memory, and any shared-memory lease on it,
     alive. 64-bit dtypes without JAX's x64 mode are demoted by JAX (a copy).
+    A Python bool, int or float becomes a 0-d array (``jnp.asarray``).
 
     Raises:
-        TypeError: ``tensor`` is not an :class:`rlmesh.Tensor`.
+        TypeError: ``tensor`` is neither an :class:`rlmesh.Tensor` nor a
+            Python scalar.
         BackendUnavailable: jax is missing or too old.
     """
     if not isinstance(tensor, Tensor):
-        raise TypeError(f"asarray() expects an rlmesh.Tensor, got {type(tensor).__name__}")
+        if isinstance(tensor, (bool, int, float)):
+            return _jax_modules()[1].asarray(tensor)
+        raise TypeError(f"asarray() expects an rlmesh.Tensor or a Python scalar, got {type(tensor).__name__}")
     _, jnp = _jax_modules()
     return jnp.from_dlpack(tensor)
 

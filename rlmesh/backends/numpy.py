@@ -71,22 +71,26 @@ def numpy_dtype(name: str) -> Any:
     return dtype
 
 
-def asarray(tensor: Tensor) -> Any:
+def asarray(tensor: Tensor | bool | int | float) -> Any:
     """Return a writable NumPy array holding a copy of the tensor's data.
 
     Args:
-        tensor: the tensor to convert.
+        tensor: the tensor to convert, or a Python bool, int or float (a
+            decoded Discrete leaf, say), which becomes a 0-d array.
 
     Returns:
         A new, writable ``numpy.ndarray`` of the tensor's shape and dtype.
 
     Raises:
-        TypeError: ``tensor`` is not an :class:`rlmesh.Tensor`.
+        TypeError: ``tensor`` is neither an :class:`rlmesh.Tensor` nor a
+            Python scalar.
         BackendUnavailable: numpy is missing, or ml_dtypes for a bfloat16 tensor
             (the message names ``rlmesh[bfloat16]``).
     """
     if not isinstance(tensor, Tensor):
-        raise TypeError(f"asarray() expects an rlmesh.Tensor, got {type(tensor).__name__}")
+        if isinstance(tensor, (bool, int, float)):
+            return _numpy().asarray(tensor)
+        raise TypeError(f"asarray() expects an rlmesh.Tensor or a Python scalar, got {type(tensor).__name__}")
     np = _numpy()
     flat = np.frombuffer(tensor._view, dtype=numpy_dtype(tensor._dtype.name))
     return flat.reshape(tensor._shape).copy()

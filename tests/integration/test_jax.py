@@ -54,6 +54,14 @@ def test_scalars_types_and_errors() -> None:
         rjax.from_array(np.zeros(2))
     with pytest.raises(TypeError):
         rjax.asarray(np.zeros(2))
+    # Python scalars (a decoded Discrete leaf) become 0-d arrays, as jnp.asarray makes them.
+    for scalar in (1.5, True, 3):
+        array = rjax.asarray(scalar)
+        assert isinstance(array, jax.Array) and array.shape == ()
+        assert array.item() == scalar
+    assert rjax.asarray(True).dtype == jnp.bool_
+    with pytest.raises(TypeError, match="Python scalar"):
+        rjax.asarray("3")
     assert rjax.asarray(Tensor(np.float32(2.5).tobytes(), (), "float32")).shape == ()
 
 

@@ -120,3 +120,17 @@ def test_bridge_converts_trees() -> None:
     assert isinstance(native["b"][1][0], np.ndarray) and native["b"][1][1] == "s"
     again = BRIDGE.encode(native)
     assert isinstance(again["a"], Tensor) and again["b"][1][0] == 0
+
+
+def test_asarray_of_python_scalars_is_a_writable_0d_array() -> None:
+    assert rnp.asarray(1.5).item() == 1.5
+    assert rnp.asarray(1.5).shape == ()
+    assert rnp.asarray(True).dtype == np.bool_
+    assert rnp.asarray(3).shape == () and rnp.asarray(3).dtype == np.int64
+    out = rnp.asarray(3)
+    out += 1
+    assert out == 4
+    with pytest.raises(TypeError, match="Python scalar"):
+        rnp.asarray("3")
+    with pytest.raises(TypeError):
+        rnp.asarray(None)  # type: ignore[arg-type]
