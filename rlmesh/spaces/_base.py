@@ -32,11 +32,11 @@ from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, Va
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast
 
-from ._bridge import IDENTITY, Bridge
-from ._dtypes import DLPACK_BOOL, DTYPES, DType, dtype_info, integer_bounds, is_float, is_integer
-from ._shape import EMPTY_SHAPE, Shape
-from .errors import BackendUnavailable, SpecError
-from .tensor import Tensor
+from .._bridge import IDENTITY, Bridge
+from .._dtypes import DLPACK_BOOL, DTYPES, DType, dtype_info, integer_bounds, is_float, is_integer
+from .._shape import EMPTY_SHAPE, Shape
+from ..errors import BackendUnavailable, SpecError
+from ..tensor import Tensor
 
 __all__ = [
     "Box",
@@ -1729,20 +1729,11 @@ def _bfloat16_box_class() -> type:
             proxy._np_random = self.np_random
             return proxy.sample(mask, probability).astype(bfloat16)
 
-    # Pickle finds the class again through this module's __getattr__.
-    _BFloat16Box.__module__ = __name__
+    # Pickle finds the class again through the package's __getattr__.
+    _BFloat16Box.__module__ = "rlmesh.spaces"
     _BFloat16Box.__qualname__ = _BFloat16Box.__name__ = "_BFloat16Box"
     _BFLOAT16_BOX = _BFloat16Box
     return _BFloat16Box
-
-
-if not TYPE_CHECKING:
-    # Hidden from type checkers, which would otherwise accept any name imported from here.
-
-    def __getattr__(name: str) -> Any:
-        if name == "_BFloat16Box":
-            return _bfloat16_box_class()
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _gym_box_bounds(space: Any, np: Any, dt: DType) -> tuple[list[Any], list[Any]]:
