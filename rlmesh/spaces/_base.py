@@ -21,22 +21,43 @@ are :class:`~rlmesh.tensor.Tensor` objects.
 from __future__ import annotations
 
 import math
-import numbers
 import operator
 import random
 import secrets
 import string
-import struct
 from abc import ABC, abstractmethod
 from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from .._bridge import IDENTITY, Bridge
 from .._dtypes import DLPACK_BOOL, DTYPES, DType, dtype_info, integer_bounds, is_float, is_integer
 from .._shape import EMPTY_SHAPE, Shape
 from ..errors import BackendUnavailable, SpecError
 from ..tensor import Tensor
+from ._arrays import (
+    _as_array,
+    _make_tensor,
+    _nest,
+    _round_float,
+    _Scalar,
+    _user_array,
+    _user_bound_scalar,
+)
+from ._checks import (
+    _MAX_CHARSET,
+    _MAX_DEPTH,
+    _MAX_SUBSPACES,
+    _MAX_TEXT_LENGTH,
+    _check_int,
+    _check_seq,
+    _check_shape,
+    _check_spec_dtype,
+    _fail,
+    _is_intlike_dtype,
+    _join,
+    _short,
+)
 
 __all__ = [
     "Box",
@@ -55,16 +76,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 
-# -- limits -------------------------------------------------------------------
-# A spec dict may come from an untrusted peer. These bounds are checked before
-# anything proportional to the claimed sizes is allocated or iterated.
 _KINDS = ("box", "discrete", "multi_binary", "multi_discrete", "text", "dict", "tuple")
-_MAX_DEPTH = 32
-_MAX_SUBSPACES = 4096
-_MAX_RANK = 32
-_MAX_ELEMENTS = 2**31
-_MAX_CHARSET = 65536
-_MAX_TEXT_LENGTH = 1 << 20
 
 # Gymnasium's default Text charset, sorted the way gymnasium sorts a set charset,
 # so that unrestricted Text spaces sample the characters gymnasium would.
@@ -78,303 +90,6 @@ _UNRESTRICTED_TO_GYM = string.printable
 _UNRESTRICTED_FROM_GYM = (frozenset(_ALPHANUMERIC), frozenset(_UNRESTRICTED_TO_GYM))
 
 _SUPPORTED_GYM = "Box, Discrete, MultiBinary, MultiDiscrete, Text, Dict, Tuple"
-
-_Scalar = bool | int | float
-
-
-# -- error helpers --------------------------------------------------------------
-
-
-def _fail(from_spec: bool, where: str, message: str, *, type_error: bool = False) -> NoReturn:
-    """Raise the right error class for the calling context.
-
-    A spec dict is untrusted data, so every problem with it is a SpecError; a
-    bad argument from the caller is a TypeError or ValueError, as the stdlib does.
-    """
-    text = f"{where}: {message}" if where else message
-    if from_spec:
-        raise SpecError(text)
-    if type_error:
-        raise TypeError(text)
-    raise ValueError(text)
-
-
-def _short(value: Any) -> str:
-    # Untrusted values go into messages; keep a hostile megabyte string out of them.
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _check_int(value: Any, where: str, from_spec: bool) -> int:
-    # bool is an int subclass but never a meaningful count or bound.
-    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
-        _fail(from_spec, where, f"expected an int, got {type(value).__name__}", type_error=True)
-    return operator.index(value)
-
-
-def _check_seq(value: Any, where: str, from_spec: bool, limit: int, what: str) -> list[Any]:
-    if not isinstance(value, (list, tuple)):
-        _fail(from_spec, where, f"expected a list, got {type(value).__name__}", type_error=True)
-    if len(value) > limit:
-        _fail(from_spec, where, f"too many {what}: {len(value)} > {limit}")
-    return list(value)
-
-
-def _check_shape(value: Any, where: str, from_spec: bool) -> tuple[int, ...]:
-    if not from_spec and not isinstance(value, (list, tuple)) and hasattr(type(value), "__index__"):
-        value = (value,)
-    dims = _check_seq(value, where, from_spec, _MAX_RANK, "dimensions")
-    shape: list[int] = []
-    for i, dim in enumerate(dims):
-        n = _check_int(dim, f"{where}[{i}]", from_spec)
-        if n < 0:
-            _fail(from_spec, where, f"dimensions must be >= 0, got {n}")
-        if n > _MAX_ELEMENTS:
-            _fail(from_spec, where, f"dimension {n} exceeds the limit of {_MAX_ELEMENTS} elements")
-        shape.append(n)
-    if math.prod(shape) > _MAX_ELEMENTS:
-        _fail(from_spec, where, f"shape {tuple(shape)} exceeds the limit of {_MAX_ELEMENTS} elements")
-    return tuple(shape)
-
-
-def _check_spec_dtype(value: Any, where: str, from_spec: bool) -> DType:
-    if from_spec:
-        # A peer must send a canonical name; aliases are a convenience for callers.
-        if not isinstance(value, str) or value not in DTYPES:
-            _fail(True, where, f"unsupported dtype {_short(value)}; supported: {', '.join(DTYPES)}")
-        return DTYPES[value]
-    return dtype_info(value)
-
-
-def _is_intlike_dtype(dt: DType) -> bool:
-    return is_integer(dt) or dt.dlpack_code == DLPACK_BOOL
-
-
-# -- float rounding -------------------------------------------------------------
-
-
-def _round_f32(value: float) -> float:
-    try:
-        return cast(float, struct.unpack("<f", struct.pack("<f", value))[0])
-    except OverflowError:
-        return math.copysign(math.inf, value)
-
-
-def _bf16_bits(value: float) -> int:
-    """The bfloat16 bit pattern nearest ``value`` (ties to even).
-
-    Rounds through float32 first, as ml_dtypes does, so values agree with what
-    numpy users get from ``array.astype(bfloat16)``.
-    """
-    bits = cast(int, struct.unpack("<I", struct.pack("<f", _round_f32(value)))[0])
-    if bits & 0x7F800000 == 0x7F800000:
-        # inf keeps its pattern; NaN never reaches here.
-        return bits >> 16
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & 0xFFFF
-
-
-def _bf16_value(bits: int) -> float:
-    return cast(float, struct.unpack("<f", struct.pack("<I", bits << 16))[0])
-
-
-def _round_float(value: float, dt: DType) -> float:
-    """Round ``value`` to the nearest value of float dtype ``dt``; overflow gives inf."""
-    if dt.name == "float64" or not math.isfinite(value):
-        return value
-    if dt.name == "float32":
-        return _round_f32(value)
-    if dt.name == "float16":
-        try:
-            return cast(float, struct.unpack("<e", struct.pack("<e", value))[0])
-        except OverflowError:
-            return math.copysign(math.inf, value)
-    return _bf16_value(_bf16_bits(value))
-
-
-def _pack_format(dt: DType, count: int) -> str:
-    if dt.name == "float16":
-        return f"<{count}e"
-    if dt.name == "bfloat16":
-        return f"<{count}H"
-    return f"<{count}{dt.struct_format}"
-
-
-def _make_tensor(values: list[Any], shape: tuple[int, ...], dt: DType) -> Tensor:
-    tensor, view = Tensor._empty(shape, dt)
-    if values:
-        if dt.name == "bfloat16":
-            values = [_bf16_bits(v) for v in values]
-        struct.pack_into(_pack_format(dt, len(values)), view, 0, *values)
-    return tensor
-
-
-# -- reading values -------------------------------------------------------------
-
-
-def _to_scalar(value: Any) -> _Scalar | None:
-    """A numeric Python scalar for ``value``, or None if it is not one."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    # numpy.bool_ and ml_dtypes scalars are not registered with `numbers`. A
-    # size-1 array has item() too, but it is not a scalar: its shape matters.
-    item = getattr(value, "item", None)
-    if callable(item) and hasattr(value, "dtype") and getattr(value, "shape", ()) == ():
-        try:
-            out = item()
-        except (TypeError, ValueError):
-            return None
-        if isinstance(out, (bool, int, float)):
-            return out
-    return None
-
-
-def _flatten_nested(value: Any, convert: Any) -> tuple[tuple[int, ...], list[Any]]:
-    """Flatten a rectangular nest of lists/tuples into (shape, flat values).
-
-    Raises:
-        ValueError: the nest is ragged or deeper than the rank limit.
-    """
-    shape: list[int] = []
-    level: list[Any] = [value]
-    while level and isinstance(level[0], (list, tuple)):
-        width = len(level[0])
-        if any(not isinstance(x, (list, tuple)) or len(x) != width for x in level):
-            raise ValueError("ragged nested sequence")
-        shape.append(width)
-        if len(shape) > _MAX_RANK:
-            raise ValueError(f"nested deeper than {_MAX_RANK} levels")
-        level = [y for x in level for y in x]
-    if any(isinstance(x, (list, tuple)) for x in level):
-        raise ValueError("ragged nested sequence")
-    return tuple(shape), [convert(x) for x in level]
-
-
-def _tensor_kind(tensor: Tensor) -> str:
-    dt = dtype_info(tensor.dtype)
-    if dt.dlpack_code == DLPACK_BOOL:
-        return "bool"
-    return "int" if is_integer(dt) else "float"
-
-
-def _tensor_values(tensor: Tensor) -> list[Any]:
-    if tensor.size == 0:
-        return []
-    return cast(list[Any], tensor.reshape(-1).tolist())
-
-
-def _kind_of(values: list[Any]) -> str | None:
-    kind: str | None = None
-    rank = {"bool": 0, "int": 1, "float": 2}
-    for v in values:
-        k = "bool" if isinstance(v, bool) else "int" if isinstance(v, int) else "float"
-        if kind is None or rank[k] > rank[kind]:
-            kind = k
-    return kind
-
-
-class _NotNumeric(Exception):
-    pass
-
-
-def _strict_scalar(value: Any) -> _Scalar:
-    out = _to_scalar(value)
-    if out is None:
-        raise _NotNumeric
-    return out
-
-
-def _as_array(value: Any) -> tuple[tuple[int, ...], str | None, list[Any]] | None:
-    """Read an array-like (Tensor, DLPack producer, scalar, nested list).
-
-    Returns (shape, kind, flat values) where kind is "bool", "int", "float", or
-    None for an empty nest of lists; None when ``value`` is not numeric data.
-    """
-    if isinstance(value, Tensor):
-        return value.shape, _tensor_kind(value), _tensor_values(value)
-    if hasattr(value, "__dlpack__"):
-        try:
-            tensor = Tensor.from_dlpack(value)
-        except (BufferError, TypeError, ValueError):
-            # ml_dtypes' bfloat16 arrays, for one, cannot be exported by DLPack.
-            tensor = None
-        if tensor is not None:
-            return tensor.shape, _tensor_kind(tensor), _tensor_values(tensor)
-    if isinstance(value, (str, bytes, bytearray)):
-        return None
-    if not isinstance(value, (list, tuple)):
-        scalar = _to_scalar(value)
-        if scalar is not None:
-            return (), _kind_of([scalar]), [scalar]
-        tolist = getattr(value, "tolist", None)
-        if not callable(tolist):
-            return None
-        try:
-            value = tolist()
-        except (TypeError, ValueError):
-            return None
-        if not isinstance(value, (list, tuple)):
-            scalar = _to_scalar(value)
-            return None if scalar is None else ((), _kind_of([scalar]), [scalar])
-    try:
-        shape, flat = _flatten_nested(value, _strict_scalar)
-    except (ValueError, _NotNumeric):
-        return None
-    return shape, _kind_of(flat), flat
-
-
-def _user_bound_scalar(value: Any) -> _Scalar:
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("inf", "+inf", "infinity", "+infinity"):
-            return math.inf
-        if text in ("-inf", "-infinity"):
-            return -math.inf
-        if text == "nan":
-            raise ValueError("Box bounds cannot be NaN")
-        raise ValueError(f"a string bound must be 'inf' or '-inf', got {value!r}")
-    out = _to_scalar(value)
-    if out is None:
-        raise TypeError(f"a bound must be a real number, got {type(value).__name__}")
-    return out
-
-
-def _user_array(value: Any, what: str) -> tuple[tuple[int, ...], list[Any]] | None:
-    """Read a user-supplied array-like; None when ``value`` is a scalar.
-
-    Raises:
-        ValueError: a ragged nest or a bad string element.
-        TypeError: an element is not a real number.
-    """
-    if isinstance(value, Tensor):
-        return value.shape, _tensor_values(value)
-    if hasattr(value, "__dlpack__"):
-        try:
-            tensor = Tensor.from_dlpack(value)
-        except (BufferError, TypeError, ValueError):
-            tensor = None
-        if tensor is not None:
-            return tensor.shape, _tensor_values(tensor)
-    if isinstance(value, (str, bytes)) or _to_scalar(value) is not None:
-        return None
-    if not isinstance(value, (list, tuple)):
-        tolist = getattr(value, "tolist", None)
-        if not callable(tolist):
-            raise TypeError(f"{what} must be a number, a sequence or an array, got {type(value).__name__}")
-        value = tolist()
-        if not isinstance(value, (list, tuple)):
-            return None
-    try:
-        return _flatten_nested(value, _user_bound_scalar)
-    except ValueError as exc:
-        raise ValueError(f"{what}: {exc}") from None
 
 
 # -- spec validation ------------------------------------------------------------
@@ -945,15 +660,6 @@ class Space(ABC, Generic[_T]):
 
 def _fmt_number(value: _Scalar) -> str:
     return repr(value)
-
-
-def _nest(values: list[Any], shape: tuple[int, ...]) -> Any:
-    if not shape:
-        return values[0]
-    if len(shape) == 1:
-        return values
-    step = len(values) // shape[0] if shape[0] else 0
-    return [_nest(values[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
 
 
 class Box(Space[Any]):
