@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import ctypes
 
-from ._native import buffer_address
+try:
+    # The first import of the C extension in the package: say how to build it.
+    from ._native import buffer_address
+except ImportError as exc:  # pragma: no cover - a source tree nobody installed
+    raise ImportError(
+        "rlmesh's C extension (rlmesh._native) is not built; install rlmesh with pip "
+        "(`pip install -e .` in a checkout), which compiles it: it needs a C compiler and "
+        "the Python headers"
+    ) from exc
 
 __all__ = ["buffer_address", "keepalive_view"]
 
