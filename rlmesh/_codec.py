@@ -30,7 +30,6 @@ from typing import Any
 import msgpack
 
 from ._dtypes import DTYPES, DType
-from ._shape import Shape
 from .errors import DecodeError, InvalidHandle
 from .net.framing import FRAME_ALIGN
 from .shm import Handle, PeerMemory
@@ -157,13 +156,13 @@ def pack(obj: Any, tail: TailBuilder | None = None) -> bytes:
     return msgpack.packb(obj, use_bin_type=True, default=default)  # type: ignore[no-any-return]
 
 
-def _dims(data: bytes, start: int, ndim: int) -> tuple[Shape, int]:
+def _dims(data: bytes, start: int, ndim: int) -> tuple[tuple[int, ...], int]:
     if ndim > MAX_DIMS:
         raise DecodeError(f"tensor rank {ndim} exceeds {MAX_DIMS}")
     layout = _DIMS[ndim]
     if len(data) != start + layout.size:
         raise DecodeError("malformed tensor record")
-    shape = Shape(layout.unpack_from(data, start))
+    shape = layout.unpack_from(data, start)
     count = 1
     for dim in shape:
         if dim > MAX_ELEMENTS:

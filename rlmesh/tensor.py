@@ -45,7 +45,7 @@ def _c_strides(shape: tuple[int, ...], itemsize: int) -> Shape:
     return Shape(reversed(strides))
 
 
-def _validate_shape(shape: Iterable[int] | int) -> Shape:
+def _validate_shape(shape: Iterable[int] | int) -> tuple[int, ...]:
     if isinstance(shape, int):
         shape = (shape,)
     try:
@@ -60,7 +60,7 @@ def _validate_shape(shape: Iterable[int] | int) -> Shape:
         if value < 0:
             raise ValueError(f"shape entries must be >= 0, got {dims}")
         out.append(value)
-    return Shape(out)
+    return tuple(out)
 
 
 def _allocate(nbytes: int) -> tuple[memoryview, int, bytearray]:
@@ -256,9 +256,10 @@ class Tensor(TensorBase):
     # -- attributes ---------------------------------------------------------
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        """The dimensions."""
-        return self._shape
+    def shape(self) -> Shape:
+        """The dimensions: a tuple that also equals the list of the same ints."""
+        # Kept as a plain tuple inside: numpy takes exact tuples on a fast path.
+        return Shape(self._shape)
 
     @property
     def ndim(self) -> int:
@@ -382,7 +383,7 @@ class Tensor(TensorBase):
         itemsize = self._dtype.itemsize
         return Tensor._from_parts(
             self._view[i * itemsize : (i + 1) * itemsize],
-            Shape(),
+            (),
             self._dtype,
             self._owner,
             self._address + i * itemsize,
