@@ -29,14 +29,16 @@ from ._base import (
     MultiBinary as MultiBinary,
     MultiDiscrete as MultiDiscrete,
     Space as Space,
-    SpaceSpec as SpaceSpec,
     Text as Text,
     Tuple as Tuple,
+    space_from_spec as space_from_spec,
+)
+from ._conversion import (
     _bfloat16_box_class,
     from_gymnasium_space as from_gymnasium_space,
-    space_from_spec as space_from_spec,
     to_gymnasium_space as to_gymnasium_space,
 )
+from ._spec import SpaceSpec as SpaceSpec
 
 __all__ = [
     "Box",

@@ -444,7 +444,7 @@ class SpaceSpec:
         Raises:
             BackendUnavailable: gymnasium (or ml_dtypes, for bfloat16) is not installed.
         """
-        from ._base import to_gymnasium_space
+        from ._conversion import to_gymnasium_space
 
         return to_gymnasium_space(self)
 
