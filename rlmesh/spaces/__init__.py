@@ -22,23 +22,29 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._base import (
-    Box as Box,
-    Dict as Dict,
-    Discrete as Discrete,
-    MultiBinary as MultiBinary,
-    MultiDiscrete as MultiDiscrete,
-    Space as Space,
-    Text as Text,
-    Tuple as Tuple,
-    space_from_spec as space_from_spec,
-)
+# General layout, lowest first (a module imports only from those above it;
+# specs and Space import the conversion and space_from_spec only when called):
+#   _checks.py       limits, and the check that picks SpecError or TypeError/ValueError
+#   _arrays.py       reading array-likes, float rounding, building Tensors
+#   _spec.py         SpaceSpec, its wire dict, validation of untrusted specs
+#   _base.py         the Space base class, space_from_spec, Dict/Tuple helpers
+#   box.py, discrete.py, multi_binary.py, multi_discrete.py, text.py, dict.py,
+#   tuple.py         one space family each
+#   _conversion.py   to and from Gymnasium spaces (numpy and gymnasium imported lazily)
+from ._base import Space as Space, space_from_spec as space_from_spec
 from ._conversion import (
     _bfloat16_box_class,
     from_gymnasium_space as from_gymnasium_space,
     to_gymnasium_space as to_gymnasium_space,
 )
 from ._spec import SpaceSpec as SpaceSpec
+from .box import Box as Box
+from .dict import Dict as Dict
+from .discrete import Discrete as Discrete
+from .multi_binary import MultiBinary as MultiBinary
+from .multi_discrete import MultiDiscrete as MultiDiscrete
+from .text import Text as Text
+from .tuple import Tuple as Tuple
 
 __all__ = [
     "Box",

@@ -14,9 +14,16 @@ from typing import Any, cast
 from .._bridge import IDENTITY
 from .._dtypes import DType, dtype_info, is_float, is_integer
 from ..errors import BackendUnavailable
-from ._base import _ALPHANUMERIC, Box, Dict, Discrete, MultiBinary, MultiDiscrete, Space, Text, Tuple
+from ._base import Space
 from ._checks import _MAX_DEPTH, _check_shape
 from ._spec import SpaceSpec, _box_details, _int_range_details
+from .box import Box
+from .dict import Dict
+from .discrete import Discrete
+from .multi_binary import MultiBinary
+from .multi_discrete import MultiDiscrete
+from .text import _ALPHANUMERIC, Text
+from .tuple import Tuple
 
 # Gymnasium has no unrestricted Text. An unrestricted rlmesh Text exports with
 # this charset, as the published package does: a superset of gymnasium's
