@@ -66,8 +66,9 @@ class RemoteVectorEnv(_RemoteVectorEnv):
 
 
 class Model(_ModelBase[Any, Any]):
-    """Experimental JAX-backed model: ``predict`` receives ``jax.Array`` observations.
+    """Experimental JAX-backed model: the predict corners receive ``jax.Array`` observations.
 
+    Batched corners get arrays whose leading axis is the lanes.
     See :class:`rlmesh.models.ModelBase`.
     """
 

@@ -1,10 +1,12 @@
 """The model runtime: ``Model``, ``run``, ``session`` and their results.
 
 A *model* turns observations into actions: ``rlmesh.Model(predict)`` wraps a
-callable; a subclass overrides ``predict`` (and optionally ``predict_batch``,
-``load``, ``reset`` and ``close``). ``rlmesh.numpy.Model`` and
-``rlmesh.jax.Model`` hand ``predict`` NumPy or JAX observations; the plain
-``rlmesh.Model`` hands it :class:`rlmesh.Tensor` leaves.
+callable; a subclass overrides one or more of the four predict corners
+(``predict``, ``predict_chunk``, ``predict_batch``, ``predict_chunk_batch``;
+the missing ones are derived, see :mod:`rlmesh._corners`) and optionally
+``load``, ``reset`` and ``close``. ``rlmesh.numpy.Model`` and
+``rlmesh.jax.Model`` hand the corners NumPy or JAX observations; the plain
+``rlmesh.Model`` hands them :class:`rlmesh.Tensor` leaves.
 
 ``run`` drives a model against an env for a number of episodes and returns a
 :class:`RunResult`. The env may be an address (``"unix:///tmp/env.sock"``), a
@@ -25,24 +27,28 @@ Each episode is capped at 100,000 steps (and at ``max_episode_steps`` /
 else ``info["success"]``, else ``terminated``; :attr:`RunResult.success_rate`
 warns once when no episode reported a signal of its own.
 
-Vector endpoints run every lane at once, fusing lanes into one
-``predict_batch`` call when the model defines it.
+``execution_horizon=H`` (> 1) plays the first H actions of every chunk the
+model predicts, one per step, before it predicts again; a new episode drops
+what is left of a chunk.
+
+A vector endpoint hands its whole batch to one call per step:
+``predict_batch`` (defined or derived), else ``predict`` itself, which then
+gets the ``(N, ...)`` observation and returns the ``(N, ...)`` action.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import math
-import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from typing import IO, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ._bridge import IDENTITY, Bridge
-from .errors import ClosedError, RLMeshError
+from ._corners import CORNERS, ChunkReplay, LaneReplay, derive_corners, lane_planner
+from ._results import EpisodeResult, EpisodeTotals, Progress, RunHooks, RunResult, StepEvent, read_success
+from ._targets import Target
+from .errors import ClosedError
 
 __all__ = [
     "MAX_EPISODE_STEPS",
@@ -76,174 +82,66 @@ class _RandomSample:
 RANDOM_SAMPLE = _RandomSample()
 
 
-# -- results -------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class EpisodeResult:
-    """One finished episode.
-
-    Attributes:
-        index: the episode's position in the run (0-based).
-        seed: the seed it was reset with, or None.
-        steps: steps taken.
-        reward: the sum of rewards.
-        terminated: the env ended it.
-        truncated: a time limit ended it (the env's, or the runtime's caps).
-        success: the env's own success signal from the last step's info
-            (``is_success``, else ``success``), or None if it gave none.
-        duration_s: wall time of the episode.
-        predict_ms: time spent in the model, in milliseconds.
-        step_ms: time spent in env steps (including the transport), in milliseconds.
-    """
-
-    index: int
-    seed: int | None
-    steps: int
-    reward: float
-    terminated: bool
-    truncated: bool
-    success: bool | None = None
-    duration_s: float = 0.0
-    predict_ms: float = 0.0
-    step_ms: float = 0.0
-
-    @property
-    def succeeded(self) -> bool:
-        """``success`` when the env reported one, else ``terminated``."""
-        return self.terminated if self.success is None else self.success
-
-
-@dataclasses.dataclass(frozen=True)
-class RunResult:
-    """The episodes of a run, and their aggregates."""
-
-    episodes: tuple[EpisodeResult, ...] = ()
-
-    @property
-    def num_episodes(self) -> int:
-        """How many episodes finished."""
-        return len(self.episodes)
-
-    @property
-    def total_steps(self) -> int:
-        """Steps over all episodes."""
-        return sum(e.steps for e in self.episodes)
-
-    @property
-    def mean_reward(self) -> float:
-        """The mean episode return (0.0 without episodes)."""
-        if not self.episodes:
-            return 0.0
-        return sum(e.reward for e in self.episodes) / len(self.episodes)
-
-    @property
-    def success_rate(self) -> float:
-        """The fraction of episodes that succeeded (0.0 without episodes).
-
-        Warns (``UserWarning``) when no episode reported a success signal of
-        its own, so the rate fell back to ``terminated``.
-        """
-        if not self.episodes:
-            return 0.0
-        if all(e.success is None for e in self.episodes):
-            warnings.warn(
-                "no episode reported a task-outcome signal (info['is_success'] or info['success']); "
-                "success_rate fell back to `terminated`",
-                UserWarning,
-                stacklevel=2,
-            )
-        return sum(e.succeeded for e in self.episodes) / len(self.episodes)
-
-    def __repr__(self) -> str:
-        return (
-            f"RunResult(episodes={self.num_episodes}, mean_reward={self.mean_reward:.3f}, "
-            f"total_steps={self.total_steps})"
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class StepEvent:
-    """What :meth:`RunHooks.on_step` receives for every step."""
-
-    episode: int
-    seed: int | None
-    step: int
-    observation: Any
-    action: Any
-    reward: float
-    terminated: bool
-    truncated: bool
-    info: dict[str, Any]
-    predict_ms: float
-    step_ms: float
-
-
-class RunHooks:
-    """Callbacks of a run; subclass and override what you need.
-
-    An exception in a hook aborts the run. ``on_run_end`` always runs once,
-    with the episodes finished so far; if the run itself failed, that
-    original exception wins over one raised by ``on_run_end``.
-    """
-
-    def on_run_start(self, session: Session) -> None:
-        """The run is about to start its first episode."""
-
-    def on_episode_start(self, *, episode: int, seed: int | None) -> None:
-        """An episode is about to reset."""
-
-    def on_step(self, event: StepEvent) -> None:
-        """A step finished."""
-
-    def on_episode_end(self, result: EpisodeResult) -> None:
-        """An episode finished."""
-
-    def on_run_end(self, result: RunResult) -> None:
-        """The run finished (or failed; ``result`` then holds what finished)."""
-
-
 # -- models --------------------------------------------------------------------------
 
 
-def _positional_arity(fn: Callable[..., Any]) -> int:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return 1
-    count = 0
-    for param in params:
-        if param.kind is inspect.Parameter.VAR_POSITIONAL:
-            return 2
-        if param.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
-            count += 1
-    return count
+def _check_horizon(execution_horizon: Any) -> int:
+    """The execution horizon, checked before anything connects.
+
+    Raises:
+        ValueError: not an int >= 1.
+    """
+    if isinstance(execution_horizon, bool) or not isinstance(execution_horizon, int) or execution_horizon < 1:
+        raise ValueError(f"execution_horizon must be an int >= 1, got {execution_horizon!r}")
+    return execution_horizon
 
 
 class ModelBase(Generic[ObsT, ActT]):
     """A policy: observations in, actions out.
 
+    Build one by wrapping a callable, ``Model(predict)``, or by subclassing and
+    overriding at least one of the four predict corners:
+
+    * ``predict(observation[, context])``: one action;
+    * ``predict_chunk(observation[, execution_horizon][, context])``: a chunk
+      of future actions (leading axis: time);
+    * ``predict_batch(observations)``: actions for a batch whose every leaf has
+      a leading lane axis ``(N, ...)``;
+    * ``predict_chunk_batch(observations[, execution_horizon])``: chunks for
+      a batch, leaves ``(N, H, ...)``.
+
+    The corners a model leaves out are derived from the ones it has (a 1-lane
+    batch, or the first action of a chunk), so ``predict_chunk_batch`` alone
+    gives all four. An unbatched corner gets the episode's context,
+    ``{"episode_id", "episode_seed"}``, only when it declares a parameter named
+    ``context``; a chunk corner gets the execution horizon only when it
+    declares a second positional parameter or a keyword-only
+    ``execution_horizon``.
+
     Args:
-        source: a callable ``predict(observation)`` (or
-            ``predict(observation, context)``, where context holds
-            ``episode_id`` and ``episode_seed``). Omit it in a subclass that
-            overrides :meth:`predict` or :meth:`predict_batch`.
+        source: a callable used as ``predict`` (see above for its context).
+            Omit it in a subclass that overrides a corner.
         spec: optional metadata about the model (kept as ``self.spec``).
         on_episode_end: called with no arguments after every episode.
         on_close: called with no arguments once, when a session closes.
 
-    Subclass hooks: :meth:`load` (once, before the first episode),
+    Subclass hooks: :meth:`load` (once, at the end of construction, so that
+    what it sets exists right away and bad weights fail here),
     :meth:`reset` (before every episode) and :meth:`close` (when a session
     closes).
 
     Raises:
-        TypeError: no callable source and no ``predict``/``predict_batch`` override.
+        TypeError: no callable source and no corner overridden; a source that
+            is not callable, or is itself a Model.
+        Exception: whatever :meth:`load` raises.
     """
 
     _bridge: Bridge = IDENTITY
     #: The backend's clients, used when the env is given as an address.
     _client_classes: tuple[type, type] | None = None
-    #: Let ``run`` fuse the lanes of a vector env into one ``predict_batch`` call.
+    #: Whether lanes of different envs may share one batched call (the
+    #: published package's fusion across routes). A run here drives one env,
+    #: whose lanes always share one call, so this is kept for compatibility only.
     allow_fusion = True
     spec: Any = None
 
@@ -256,51 +154,104 @@ class ModelBase(Generic[ObsT, ActT]):
         on_close: Callable[[], Any] | None = None,
     ) -> None:
         cls = type(self)
-        overrides = cls.predict is not ModelBase.predict or cls.predict_batch is not ModelBase.predict_batch
-        if source is None and not overrides:
+        if isinstance(source, ModelBase) or (isinstance(source, type) and issubclass(source, ModelBase)):
             raise TypeError(
-                f"{cls.__name__} needs a predict callable, or a subclass that overrides "
-                "predict() or predict_batch()"
+                "a Model cannot wrap another Model: instantiate the Model subclass itself, "
+                "or pass a predict callable"
             )
         if source is not None and not callable(source):
             raise TypeError(f"the model source must be callable, got {type(source).__name__}")
+        overridden = [name for name in CORNERS if getattr(cls, name) is not getattr(ModelBase, name)]
+        own = {name: getattr(self, name) for name in overridden}
+        if source is None and not own:
+            raise TypeError(
+                f"{cls.__name__} needs a predict callable, or a subclass that overrides one of "
+                "predict(), predict_chunk(), predict_batch() or predict_chunk_batch()"
+            )
+        corners = dict(own)
+        if source is not None:
+            corners["predict"] = source  # the explicit argument wins over an override
         self._source = source
-        self._source_arity = _positional_arity(source) if source is not None else 1
+        # Corners whose base method must not dispatch (they are the override itself).
+        self._own_corners = frozenset(name for name, fn in corners.items() if fn is own.get(name))
+        self._corners = derive_corners(
+            self._bridge,
+            predict=corners.get("predict"),
+            predict_chunk=corners.get("predict_chunk"),
+            predict_batch=corners.get("predict_batch"),
+            predict_chunk_batch=corners.get("predict_chunk_batch"),
+        )
         if spec is not None:
             self.spec = spec
         self._on_episode_end = on_episode_end
         self._on_close = on_close
-        self._loaded = False
+        self.load()
 
     # -- what subclasses override ---------------------------------------------------------
+    #
+    # The base versions run the wrapped callable or a derived corner, so that
+    # ``model.predict(obs)`` works on any model, in a notebook too.
 
-    def predict(self, observation: ObsT, context: dict[str, Any] | None = None) -> ActT:
-        """The action for one observation.
+    def _refuse_inherited(self, name: str) -> None:
+        if name in self._own_corners:
+            # Reached through super() from the override itself: nothing to fall back on.
+            raise NotImplementedError(f"{name}() has no inherited implementation")
+
+    def predict(self, observation: ObsT) -> ActT:
+        """The action for one observation (no context on a direct call).
 
         Raises:
-            NotImplementedError: no source callable was given and only
-                ``predict_batch`` is overridden.
+            NotImplementedError: called through ``super()`` from an override.
         """
-        source = self._source
-        if source is None:
-            if type(self).predict_batch is not ModelBase.predict_batch:
-                action: ActT = self._predict_via_batch(observation)
-                return action
-            raise NotImplementedError("predict() is not implemented")
-        if self._source_arity >= 2:
-            return source(observation, context)  # type: ignore[no-any-return]
-        return source(observation)  # type: ignore[no-any-return]
+        self._refuse_inherited("predict")
+        action: ActT = self._corners.predict(observation, None)
+        return action
+
+    def predict_chunk(self, observation: ObsT) -> Any:
+        """A chunk of actions for one observation (leading axis: time), at horizon 1.
+
+        Raises:
+            NotImplementedError: the model has no chunk corner, or this was
+                called through ``super()`` from an override.
+        """
+        self._refuse_inherited("predict_chunk")
+        corner = self._corners.predict_chunk
+        if corner is None:
+            raise NotImplementedError(
+                "this model does not predict action chunks; override predict_chunk() or predict_chunk_batch()"
+            )
+        return corner(observation, 1, None)
 
     def predict_batch(self, observations: Any) -> Any:
-        """Actions for a batch of observations (leading axis: the lanes).
+        """Actions for a batch of observations (leading axis of every leaf: the lanes).
 
-        Override it to fuse the lanes of a vector env into one call; the base
-        class does not define it, and ``run`` then calls :meth:`predict` per lane.
+        Raises:
+            NotImplementedError: the model has no batched corner, or this was
+                called through ``super()`` from an override.
         """
-        raise NotImplementedError
+        self._refuse_inherited("predict_batch")
+        corner = self._corners.predict_batch
+        if corner is None:
+            raise NotImplementedError(
+                "this model has no batched corner; override predict_batch() or predict_chunk_batch()"
+            )
+        return corner(observations)
 
-    def load(self) -> None:
-        """Load weights or other state; called once before the first episode."""
+    def predict_chunk_batch(self, observations: Any) -> Any:
+        """Chunks for a batch of observations (leaves ``(N, H, ...)``), at horizon 1.
+
+        Raises:
+            NotImplementedError: the model does not override it (it derives
+                from no other corner), or this was called through ``super()``.
+        """
+        self._refuse_inherited("predict_chunk_batch")
+        corner = self._corners.predict_chunk_batch
+        if corner is None:
+            raise NotImplementedError("this model does not override predict_chunk_batch()")
+        return corner(observations, 1)
+
+    def load(self, **kwargs: Any) -> None:
+        """Load weights or other state; called once, at the end of construction."""
 
     def reset(self) -> None:
         """Called before every episode."""
@@ -309,18 +260,6 @@ class ModelBase(Generic[ObsT, ActT]):
         """Release what the model holds; called once when a session closes."""
 
     # -- helpers ---------------------------------------------------------------------------
-
-    def _has_batch(self) -> bool:
-        return self.allow_fusion and type(self).predict_batch is not ModelBase.predict_batch
-
-    def _predict_via_batch(self, observation: Any) -> Any:
-        batch = _stack_lanes([observation], self._bridge)
-        return _lane(self.predict_batch(batch), 0)
-
-    def _ensure_loaded(self) -> None:
-        if not self._loaded:
-            self._loaded = True
-            self.load()
 
     def _episode_ended(self) -> None:
         if self._on_episode_end is not None:
@@ -346,6 +285,7 @@ class ModelBase(Generic[ObsT, ActT]):
         hooks: RunHooks | None = None,
         close_env: bool = False,
         progress: bool | None = None,
+        execution_horizon: int = 1,
     ) -> RunResult:
         """Run the model against ``env`` and return the finished episodes.
 
@@ -361,15 +301,19 @@ class ModelBase(Generic[ObsT, ActT]):
                 a client's ``shutdown()``, or close a local env.
             progress: show a progress line on stderr (default: when stderr is
                 a terminal, for runs longer than two seconds).
+            execution_horizon: play this many actions of every predicted chunk
+                before predicting again. Above 1 without a chunk corner, warns
+                (``UserWarning``) and runs un-chunked.
 
         Returns:
             The :class:`RunResult`.
 
         Raises:
-            ValueError: bad counts or caps. Any error of the env or the model;
-            it carries the episodes finished so far as ``partial_result``.
+            ValueError: bad counts, caps or ``execution_horizon`` (before
+            connecting). Any error of the env or the model; it carries the
+            episodes finished so far as ``partial_result``.
         """
-        return run(
+        return _run(
             self,
             env,
             seeds=seeds,
@@ -379,201 +323,37 @@ class ModelBase(Generic[ObsT, ActT]):
             hooks=hooks,
             close_env=close_env,
             progress=progress,
+            execution_horizon=execution_horizon,
         )
 
-    def session(self, env: Any, *, close_env: bool = False) -> Session:
+    def session(self, env: Any, *, close_env: bool = False, execution_horizon: int = 1) -> Session:
         """A :class:`Session` to drive this model against one env by hand.
 
+        ``execution_horizon`` works as in :meth:`run`: :meth:`Session.predict`
+        then plays a predicted chunk one action per call.
+
         Raises:
-            ValueError: ``env`` serves a vector env (use :meth:`run`).
+            ValueError: ``env`` serves a vector env (use :meth:`run`), or a bad
+                ``execution_horizon`` (before connecting).
         """
-        return Session._create(self, env, close_env=close_env, allow_vector=False)
+        return _open(
+            self,
+            env,
+            close_env=close_env,
+            allow_vector=False,
+            execution_horizon=execution_horizon,
+            stacklevel=3,
+        )
 
 
 class Model(ModelBase[Any, Any]):
-    """A model whose ``predict`` receives :class:`rlmesh.Tensor` leaves.
+    """A model whose corners receive :class:`rlmesh.Tensor` leaves.
 
     See :class:`ModelBase`.
 
     Example:
         >>> rlmesh.Model(lambda observation: 0).run("unix:///tmp/env.sock", seeds=[0])  # doctest: +SKIP
     """
-
-
-# -- targets -------------------------------------------------------------------------------
-
-
-def _looks_like_address(text: str) -> bool:
-    if "://" in text or text.startswith("/"):
-        return True
-    host, sep, port = text.rpartition(":")
-    return bool(sep and host and port.isdigit())
-
-
-class _Target:
-    """An env opened for a run or session: a client, and what to tear down after."""
-
-    def __init__(self, model: ModelBase[Any, Any], env: Any, close_env: bool) -> None:
-        from . import client as _client
-        from .server import EnvServer
-
-        self.close_env = close_env
-        self.server: Any = None
-        self.tmpdir: Any = None
-        self.owns_client = True
-        self.kind = "local"
-        single, vector = model._client_classes or (_client.RemoteEnv, _client.RemoteVectorEnv)
-        if isinstance(env, _client.RemoteEnvBase):
-            self.client: Any = env
-            self.owns_client = False
-            self.kind = "handle"
-            return
-        if isinstance(env, str) and _looks_like_address(env):
-            self.kind = "address"
-            self.client = _client.dial(env, single=single, vector=vector)
-            return
-        # A local env, factory or Gymnasium id: serve it in this process for the run.
-        self.tmpdir = tempfile.TemporaryDirectory(prefix="rlmesh-run-")
-        try:
-            self.server = EnvServer(
-                env, f"unix://{self.tmpdir.name}/env.sock", close_env_on_shutdown=close_env
-            ).start()
-            self.client = _client.dial(self.server.address, single=single, vector=vector)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        """Tear down what was opened for the run."""
-        try:
-            if self.close_env and self.kind in ("address", "handle"):
-                try:
-                    self.client.shutdown("owner shutdown")
-                except RLMeshError:
-                    pass  # the server may be gone already
-            if self.owns_client and getattr(self, "client", None) is not None:
-                self.client.close()
-        finally:
-            if self.server is not None:
-                self.server.shutdown()
-                self.server = None
-            if self.tmpdir is not None:
-                self.tmpdir.cleanup()
-                self.tmpdir = None
-
-
-# -- lanes ------------------------------------------------------------------------------------
-
-
-def _lane(value: Any, i: int) -> Any:
-    """Lane ``i`` of a batched value (leading axis)."""
-    from .tensor import Tensor
-
-    kind = type(value)
-    if kind is dict:
-        return {k: _lane(v, i) for k, v in value.items()}
-    if kind is tuple:
-        return tuple(_lane(v, i) for v in value)
-    if kind is list:
-        return value[i]
-    if isinstance(value, Tensor):
-        row = value.nbytes // value.shape[0] if value.shape[0] else 0
-        return Tensor(value._view[i * row : (i + 1) * row], value.shape[1:], value.dtype)
-    return value[i]
-
-
-def _stack_lanes(lanes: list[Any], bridge: Bridge) -> Any:
-    """Stack per-lane values into a batch for ``predict_batch``."""
-    from .tensor import Tensor
-
-    first = lanes[0]
-    if isinstance(first, dict):
-        return {k: _stack_lanes([lane[k] for lane in lanes], bridge) for k in first}
-    if isinstance(first, tuple):
-        return tuple(_stack_lanes([lane[i] for lane in lanes], bridge) for i in range(len(first)))
-    if isinstance(first, Tensor):
-        data = b"".join(t.tobytes() for t in lanes)
-        return Tensor(data, (len(lanes), *first.shape), first.dtype)
-    if bridge.name == "jax":
-        import jax.numpy as jnp
-
-        return jnp.stack(lanes)
-    if bridge.name == "numpy" or type(first).__module__ == "numpy":
-        import numpy as np
-
-        return np.stack(lanes)
-    return list(lanes)
-
-
-def _lane_count(value: Any) -> int:
-    if isinstance(value, dict):
-        return _lane_count(next(iter(value.values())))
-    if isinstance(value, tuple):
-        return _lane_count(value[0])
-    shape = getattr(value, "shape", None)
-    return int(shape[0]) if shape else len(value)
-
-
-def _scalar(value: Any, i: int | None = None) -> Any:
-    """A Python scalar from a per-lane array or list element."""
-    item = value if i is None else (value[i] if not hasattr(value, "tolist") else value.tolist()[i])
-    return item.item() if hasattr(item, "item") else item
-
-
-def _success(info: Any, lane: int | None = None) -> bool | None:
-    if not isinstance(info, dict):
-        return None
-    for key in ("is_success", "success"):
-        if key in info:
-            value = info[key]
-            if lane is not None:
-                mask = info.get(f"_{key}")
-                if mask is not None and not _scalar(mask, lane):
-                    continue
-                if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
-                    value = _scalar(value, lane)
-            if value is None:
-                continue
-            return bool(value)
-    return None
-
-
-# -- progress ---------------------------------------------------------------------------------
-
-
-class _Progress:
-    """A one-line progress display on a terminal, after a couple of seconds."""
-
-    def __init__(self, stream: IO[str] | None, enabled: bool | None, total: int | None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        if enabled is None:
-            enabled = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.enabled = enabled
-        self.total = total
-        self.start = time.monotonic()
-        self.last = 0.0
-        self.shown = False
-
-    def update(self, episodes: int, steps: int, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if not force and (now - self.start < 2.0 or now - self.last < 0.2):
-            return
-        self.last = now
-        elapsed = max(now - self.start, 1e-9)
-        total = f"/{self.total}" if self.total is not None else ""
-        self.stream.write(
-            f"\rrlmesh: {episodes}{total} episodes, {steps:,} steps, {steps / elapsed:,.0f} steps/s "
-        )
-        self.stream.flush()
-        self.shown = True
-
-    def finish(self, episodes: int, steps: int) -> None:
-        if self.shown:
-            self.update(episodes, steps, force=True)
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 # -- sessions ----------------------------------------------------------------------------------
@@ -609,36 +389,6 @@ def _check_caps(max_episode_steps: int | None, max_episode_seconds: float | None
         raise ValueError(f"max_episode_seconds must be a finite number > 0, got {max_episode_seconds!r}")
 
 
-class _Episode:
-    """Running totals of the episode in progress on one lane."""
-
-    __slots__ = ("index", "seed", "steps", "reward", "start", "predict_s", "step_s", "episode_id")
-
-    def __init__(self, index: int, seed: int | None, episode_id: str | None = None) -> None:
-        self.index = index
-        self.seed = seed
-        self.steps = 0
-        self.reward = 0.0
-        self.start = time.monotonic()
-        self.predict_s = 0.0
-        self.step_s = 0.0
-        self.episode_id = episode_id
-
-    def result(self, terminated: bool, truncated: bool, success: bool | None) -> EpisodeResult:
-        return EpisodeResult(
-            index=self.index,
-            seed=self.seed,
-            steps=self.steps,
-            reward=self.reward,
-            terminated=terminated,
-            truncated=truncated,
-            success=success,
-            duration_s=time.monotonic() - self.start,
-            predict_ms=self.predict_s * 1e3,
-            step_ms=self.step_s * 1e3,
-        )
-
-
 class Session:
     """A model connected to one env, driven by hand or by :meth:`run`.
 
@@ -653,23 +403,28 @@ class Session:
 
     _closed: bool
     _model: ModelBase[Any, Any]
-    _target: _Target
+    _target: Target
     _client: Any
     _vector: bool
-    _episode: _Episode | None
+    _episode: EpisodeTotals | None
+    _context: dict[str, Any]
     _last_done: bool
     _episodes_begun: int
     _random: bool
+    _horizon: int
+    _replay: ChunkReplay | None
 
     def __init__(self) -> None:
         raise TypeError("create sessions with rlmesh.session(model, env) or Model.session(env)")
 
     @classmethod
-    def _create(cls, model: Any, env: Any, *, close_env: bool, allow_vector: bool) -> Session:
+    def _create(
+        cls, model: ModelBase[Any, Any], env: Any, *, close_env: bool, allow_vector: bool, horizon: int
+    ) -> Session:
         self = cls.__new__(cls)
         self._closed = False
-        self._model = _as_model(model)
-        self._target = _Target(self._model, env, close_env)
+        self._model = model
+        self._target = Target(model, env, close_env)
         self._client = self._target.client
         num_envs = self._client.num_envs
         if num_envs > 1 and not allow_vector:
@@ -680,9 +435,12 @@ class Session:
             )
         self._vector = num_envs > 1
         self._episode = None
+        self._context = {"episode_id": None, "episode_seed": None}
         self._last_done = True
         self._episodes_begun = 0
-        self._random = self._model._source is _RANDOM_PREDICT
+        self._random = model._source is _RANDOM_PREDICT
+        self._horizon = horizon
+        self._replay = ChunkReplay(horizon) if horizon > 1 else None
         return self
 
     # -- properties ----------------------------------------------------------------------------
@@ -697,6 +455,11 @@ class Session:
     def model(self) -> ModelBase[Any, Any]:
         """The model."""
         return self._model
+
+    @property
+    def execution_horizon(self) -> int:
+        """How many actions of a predicted chunk are played (1: every step predicts)."""
+        return self._horizon
 
     @property
     def done(self) -> bool:
@@ -718,35 +481,31 @@ class Session:
     def reset(self, *, seed: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Start an episode (ending the one in progress); returns ``(observation, info)``.
 
+        What is left of a chunk being played is dropped.
+
         Raises:
             ClosedError: the session is closed. Errors of the env.
         """
         self._check()
         self._end_episode_early()
-        self._model._ensure_loaded()
         self._model.reset()
         obs, info = self._client.reset(seed=seed)
-        ids = info.get("episode_ids") or [None]
-        self._episode = _Episode(self._episodes_begun, seed, ids[0] if isinstance(ids, list) else None)
+        self._begin(self._episodes_begun, seed, info)
         self._episodes_begun += 1
-        self._last_done = False
         return obs, info
 
     def predict(self, observation: Any) -> Any:
-        """The model's action for ``observation`` (the action space's sample for RANDOM_SAMPLE).
+        """The action for ``observation``, as :meth:`run` would choose it.
+
+        With an ``execution_horizon`` above 1 it plays the model's chunk one
+        action per call, predicting again when the chunk runs out. For
+        RANDOM_SAMPLE, a sample of the action space.
 
         Raises:
-            ClosedError: the session is closed.
+            ClosedError: the session is closed. Errors of the model.
         """
         self._check()
-        if self._random:
-            return self._client.action_space.sample()
-        episode = self._episode
-        context = {
-            "episode_id": episode.episode_id if episode else None,
-            "episode_seed": episode.seed if episode else None,
-        }
-        return self._model.predict(observation, context)
+        return self._act(observation)
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """Advance one step; returns Gymnasium's five values.
@@ -767,6 +526,28 @@ class Session:
                 self._model._episode_ended()
         return obs, reward, terminated, truncated, info
 
+    def _begin(self, index: int, seed: int | None, info: dict[str, Any]) -> EpisodeTotals:
+        """Record the episode that the reset returning ``info`` began."""
+        ids = info.get("episode_ids")
+        episode = EpisodeTotals(index, seed, ids[0] if isinstance(ids, list) and ids else None)
+        self._episode = episode
+        self._context = {"episode_id": episode.episode_id, "episode_seed": seed}
+        self._last_done = False
+        if self._replay is not None:
+            self._replay.clear()  # a chunk never carries over into the next episode
+        return episode
+
+    def _act(self, observation: Any) -> Any:
+        if self._random:
+            return self._client.action_space.sample()
+        corners = self._model._corners
+        replay = self._replay
+        if replay is None:
+            return corners.predict(observation, self._context)
+        chunk = corners.predict_chunk
+        assert chunk is not None  # the horizon is 1 without a chunk corner
+        return replay.next(lambda: chunk(observation, self._horizon, self._context))
+
     def _end_episode_early(self) -> None:
         if self._episode is not None:
             self._episode = None
@@ -786,6 +567,8 @@ class Session:
     ) -> RunResult:
         """Run episodes (see :meth:`ModelBase.run` for the arguments); the session stays open.
 
+        The session's ``execution_horizon`` applies.
+
         Raises:
             ValueError: bad counts or caps. Errors of the env or model, with
             the episodes finished so far as ``partial_result``.
@@ -795,7 +578,7 @@ class Session:
         _check_caps(max_episode_steps, max_episode_seconds)
         hooks = hooks if hooks is not None else RunHooks()
         results: list[EpisodeResult] = []
-        display = _Progress(None, progress, len(plan))
+        display = Progress(None, progress, len(plan))
         failure: BaseException | None = None
         try:
             hooks.on_run_start(self)
@@ -836,11 +619,6 @@ class Session:
                     raise
         return final
 
-    def _act(self, obs: Any, episode: _Episode) -> Any:
-        if self._random:
-            return self._client.action_space.sample()
-        return self._model.predict(obs, {"episode_id": episode.episode_id, "episode_seed": episode.seed})
-
     def _run_episode(
         self,
         index: int,
@@ -848,29 +626,26 @@ class Session:
         hooks: RunHooks,
         max_steps: int | None,
         max_seconds: float | None,
-        display: _Progress,
+        display: Progress,
         results: list[EpisodeResult],
     ) -> EpisodeResult:
         hooks.on_episode_start(episode=index, seed=seed)
         self._end_episode_early()
-        self._model._ensure_loaded()
         self._model.reset()
         obs, info = self._client.reset(seed=seed)
-        ids = info.get("episode_ids")
-        episode = _Episode(index, seed, ids[0] if isinstance(ids, list) and ids else None)
-        self._episode = episode
-        self._last_done = False
+        episode = self._begin(index, seed, info)
         cap = min(max_steps or MAX_EPISODE_STEPS, MAX_EPISODE_STEPS)
         deadline = None if max_seconds is None else episode.start + max_seconds
         client_step = self._client.step
+        act = self._act
         wants_steps = type(hooks).on_step is not RunHooks.on_step
         done_steps = sum(r.steps for r in results)
         terminated = truncated = False
         while True:
             t0 = time.perf_counter()
-            action = self._act(obs, episode)
+            action = act(obs)
             t1 = time.perf_counter()
-            obs, reward, terminated, truncated, info = client_step(action)
+            next_obs, reward, terminated, truncated, info = client_step(action)
             t2 = time.perf_counter()
             episode.predict_s += t1 - t0
             episode.step_s += t2 - t1
@@ -881,11 +656,13 @@ class Session:
             ):
                 truncated = True  # cut by the runtime's caps
             if wants_steps:
+                # The observation the action was predicted from, so that
+                # (observation, action, reward) is the step's transition.
                 hooks.on_step(
                     StepEvent(
                         episode=index,
                         seed=seed,
-                        step=episode.steps,
+                        step=episode.steps - 1,
                         observation=obs,
                         action=action,
                         reward=reward,
@@ -896,18 +673,47 @@ class Session:
                         step_ms=(t2 - t1) * 1e3,
                     )
                 )
+            obs = next_obs
             display.update(len(results), done_steps + episode.steps)
             if terminated or truncated:
                 break
         self._episode = None
         self._last_done = True
-        result = episode.result(terminated, truncated, _success(info))
+        result = episode.result(terminated, truncated, read_success(info))
         self._model._episode_ended()
         hooks.on_episode_end(result)
         return result
 
+    def _vector_policy(
+        self, lanes: list[EpisodeTotals | None], ids: list[Any]
+    ) -> tuple[Callable[[Any], Any] | None, LaneReplay | None]:
+        """How a vector step chooses its actions: one batched call, or per-lane chunk replay.
+
+        ``lanes`` and ``ids`` are the loop's live per-lane state, read when a
+        corner wants its batched context.
+        """
+        client = self._client
+        n = client.num_envs
+        corners = self._model._corners
+
+        def context() -> dict[str, Any]:
+            # A batched context: every value gains the lane axis, as observations do.
+            return {"episode_id": list(ids), "episode_seed": [_seed_of(e) for e in lanes]}
+
+        if self._random:
+            return (lambda obs: [client.action_space.sample() for _ in range(n)]), None
+        if self._horizon > 1:
+            return None, LaneReplay(n, lane_planner(corners, n, self._horizon, context))
+        if corners.predict_batch is not None:
+            return corners.predict_batch, None
+        # No batched corner: predict gets the whole batch as one observation.
+        predict = corners.predict
+        if corners.predict_takes_context:
+            return (lambda obs: predict(obs, context())), None
+        return (lambda obs: predict(obs, None)), None
+
     def _run_vector(
-        self, plan: list[int | None], hooks: RunHooks, results: list[EpisodeResult], display: _Progress
+        self, plan: list[int | None], hooks: RunHooks, results: list[EpisodeResult], display: Progress
     ) -> None:
         client = self._client
         model = self._model
@@ -920,7 +726,6 @@ class Session:
             )
         mode = client.autoreset_mode
         target = len(plan)
-        model._ensure_loaded()
         model.reset()
         reset_seed: Any = None
         if any(s is not None for s in seeds):
@@ -928,31 +733,29 @@ class Session:
                 raise ValueError(f"seed all {n} lanes of a vector env, or none")
             reset_seed = seeds
         obs, info = client.reset(seed=reset_seed)
-        lanes: list[_Episode | None] = []
+        lanes: list[EpisodeTotals | None] = []
         next_index = 0
         for lane in range(n):
             if next_index < target:
                 hooks.on_episode_start(episode=next_index, seed=seeds[lane] if lane < len(seeds) else None)
-                lanes.append(_Episode(next_index, seeds[lane] if lane < len(seeds) else None))
+                lanes.append(EpisodeTotals(next_index, seeds[lane] if lane < len(seeds) else None))
                 next_index += 1
             else:
                 lanes.append(None)
+        ids: list[Any] = list(info.get("episode_ids") or [None] * n)
+        decide, replay = self._vector_policy(lanes, ids)
         pending = [False] * n  # NextStep: this lane's next step is its autoreset step
-        fused = model._has_batch() and not self._random
         while len(results) < target:
             t0 = time.perf_counter()
-            if self._random:
-                actions: Any = [client.action_space.sample() for _ in range(n)]
-            elif fused:
-                actions = model.predict_batch(obs)
+            if replay is not None:
+                actions: Any = replay.actions(obs, pending)
             else:
-                actions = [
-                    model.predict(_lane(obs, i), {"episode_id": None, "episode_seed": _seed_of(lanes[i])})
-                    for i in range(n)
-                ]
+                assert decide is not None
+                actions = decide(obs)
             t1 = time.perf_counter()
             obs, rewards, terms, truncs, info = client.step(actions)
             t2 = time.perf_counter()
+            ids[:] = info.get("episode_ids") or [None] * n
             rewards_l = rewards.tolist() if hasattr(rewards, "tolist") else list(rewards)
             terms_l = terms.tolist() if hasattr(terms, "tolist") else list(terms)
             truncs_l = truncs.tolist() if hasattr(truncs, "tolist") else list(truncs)
@@ -960,6 +763,9 @@ class Session:
             share_step = (t2 - t1) / n
             for i in range(n):
                 episode = lanes[i]
+                if terms_l[i] or truncs_l[i]:
+                    if replay is not None:
+                        replay.clear(i)  # the rest of the chunk belonged to the ended episode
                 if pending[i]:
                     # The autoreset step of NextStep: the action was ignored and a new episode began.
                     pending[i] = False
@@ -975,7 +781,9 @@ class Session:
                 episode.step_s += share_step
                 if terms_l[i] or truncs_l[i]:
                     final_info = info.get("final_info") if mode == "SameStep" else None
-                    success = _success(final_info, i) if isinstance(final_info, dict) else _success(info, i)
+                    success = (
+                        read_success(final_info, i) if isinstance(final_info, dict) else read_success(info, i)
+                    )
                     result = episode.result(bool(terms_l[i]), bool(truncs_l[i]), success)
                     results.append(result)
                     model._episode_ended()
@@ -993,17 +801,20 @@ class Session:
             if mode == "Disabled" and all(lane is None for lane in lanes) and len(results) < target:
                 # Autoreset disabled: every lane has ended; start them all again.
                 obs, info = client.reset()
+                ids[:] = info.get("episode_ids") or [None] * n
+                if replay is not None:
+                    replay.clear_all()
                 for i in range(n):
                     lanes[i] = self._begin_lane(next_index, target, hooks)
                     if lanes[i] is not None:
                         next_index += 1
         self._last_done = True
 
-    def _begin_lane(self, index: int, target: int, hooks: RunHooks) -> _Episode | None:
+    def _begin_lane(self, index: int, target: int, hooks: RunHooks) -> EpisodeTotals | None:
         if index >= target:
             return None
         hooks.on_episode_start(episode=index, seed=None)
-        return _Episode(index, None)
+        return EpisodeTotals(index, None)
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -1029,7 +840,7 @@ class Session:
         return f"<Session {type(self._model).__name__} {state}>"
 
 
-def _seed_of(episode: _Episode | None) -> int | None:
+def _seed_of(episode: EpisodeTotals | None) -> int | None:
     return episode.seed if episode is not None else None
 
 
@@ -1049,6 +860,56 @@ def _as_model(model: Any) -> ModelBase[Any, Any]:
     raise TypeError(f"expected a Model, a predict callable or RANDOM_SAMPLE, got {type(model).__name__}")
 
 
+def _open(
+    model: Any, env: Any, *, close_env: bool, allow_vector: bool, execution_horizon: Any, stacklevel: int
+) -> Session:
+    """Check the horizon, build the model, then connect: the shared entry of run and session.
+
+    ``stacklevel`` points the un-chunked warning at the caller of the public function.
+
+    Raises:
+        ValueError: a bad ``execution_horizon``, before the model is built or anything connects.
+    """
+    horizon = _check_horizon(execution_horizon)
+    built = _as_model(model)
+    if horizon > 1 and built._corners.predict_chunk is None:
+        warnings.warn(
+            f"execution_horizon={horizon} was requested but the model defines no predict_chunk() "
+            "or predict_chunk_batch(); running un-chunked",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+        horizon = 1
+    return Session._create(built, env, close_env=close_env, allow_vector=allow_vector, horizon=horizon)
+
+
+def _run(
+    model: Any,
+    env: Any,
+    *,
+    seeds: Sequence[int] | None,
+    max_episodes: int | None,
+    max_episode_steps: int | None,
+    max_episode_seconds: float | None,
+    hooks: RunHooks | None,
+    close_env: bool,
+    progress: bool | None,
+    execution_horizon: Any,
+) -> RunResult:
+    # Four frames up from _open's warning: _open, _run, run or Model.run, the caller.
+    with _open(
+        model, env, close_env=close_env, allow_vector=True, execution_horizon=execution_horizon, stacklevel=4
+    ) as s:
+        return s.run(
+            seeds=seeds,
+            max_episodes=max_episodes,
+            max_episode_steps=max_episode_steps,
+            max_episode_seconds=max_episode_seconds,
+            hooks=hooks,
+            progress=progress,
+        )
+
+
 def run(
     model: Any,
     env: Any,
@@ -1060,6 +921,7 @@ def run(
     hooks: RunHooks | None = None,
     close_env: bool = False,
     progress: bool | None = None,
+    execution_horizon: int = 1,
 ) -> RunResult:
     """Run ``model`` (a Model, a predict callable, a Model subclass or RANDOM_SAMPLE) against ``env``.
 
@@ -1068,22 +930,30 @@ def run(
     Raises:
         TypeError: ``model`` is none of those. Everything :meth:`ModelBase.run` raises.
     """
-    with Session._create(model, env, close_env=close_env, allow_vector=True) as s:
-        return s.run(
-            seeds=seeds,
-            max_episodes=max_episodes,
-            max_episode_steps=max_episode_steps,
-            max_episode_seconds=max_episode_seconds,
-            hooks=hooks,
-            progress=progress,
-        )
+    return _run(
+        model,
+        env,
+        seeds=seeds,
+        max_episodes=max_episodes,
+        max_episode_steps=max_episode_steps,
+        max_episode_seconds=max_episode_seconds,
+        hooks=hooks,
+        close_env=close_env,
+        progress=progress,
+        execution_horizon=execution_horizon,
+    )
 
 
-def session(model: Any, env: Any, *, close_env: bool = False) -> Session:
+def session(model: Any, env: Any, *, close_env: bool = False, execution_horizon: int = 1) -> Session:
     """Connect ``model`` to one env and return a :class:`Session` to drive by hand.
 
+    ``execution_horizon`` works as in :meth:`ModelBase.run`.
+
     Raises:
-        ValueError: ``env`` serves a vector env.
+        ValueError: ``env`` serves a vector env; a bad ``execution_horizon``
+            (before connecting).
         TypeError: ``model`` is not a model, callable or RANDOM_SAMPLE.
     """
-    return Session._create(model, env, close_env=close_env, allow_vector=False)
+    return _open(
+        model, env, close_env=close_env, allow_vector=False, execution_horizon=execution_horizon, stacklevel=3
+    )

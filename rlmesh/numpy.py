@@ -68,9 +68,11 @@ class RemoteVectorEnv(_RemoteVectorEnv):
 
 
 class Model(_ModelBase[Any, Any]):
-    """A model whose ``predict`` receives NumPy observations (writable copies).
+    """A model whose predict corners receive NumPy observations (writable copies).
 
-    See :class:`rlmesh.models.ModelBase` for the constructor, the hooks and ``run``.
+    Batched corners get arrays whose leading axis is the lanes.
+    See :class:`rlmesh.models.ModelBase` for the corners, the constructor, the
+    hooks and ``run``.
 
     Example:
         >>> from rlmesh.numpy import Model                            # doctest: +SKIP

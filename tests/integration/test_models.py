@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import warnings
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import rlmesh
 import rlmesh.numpy as rnp
 from rlmesh import EpisodeResult, RunHooks, RunResult, models as M
+from rlmesh._results import Progress
 from tests.envs import FailingEnv, TinyEnv, TinyVectorEnv
 
 pytestmark = pytest.mark.timeout(90)
@@ -132,7 +134,7 @@ def test_hooks_fire_in_order_with_indices_and_seeds(serve) -> None:
             calls.append(("episode_start", episode, seed))
 
         def on_step(self, event) -> None:
-            calls.append(("step", event.episode, event.step, event.action, event.reward))
+            calls.append(("step", event.episode, event.step, event.observation, event.action, event.reward))
 
         def on_episode_end(self, result) -> None:
             calls.append(("episode_end", result.index, result.steps))
@@ -141,15 +143,17 @@ def test_hooks_fire_in_order_with_indices_and_seeds(serve) -> None:
             calls.append(("run_end", result.num_episodes))
 
     rlmesh.run(lambda obs: 1, served.server.address, seeds=[3, 4], hooks=Hooks())
+    # Steps count from 0 and carry the observation the action was chosen from:
+    # TinyEnv resets to 0, then observes the last action.
     assert calls == [
         ("run_start", "Session"),
         ("episode_start", 0, 3),
-        ("step", 0, 1, 1, 1.0),
-        ("step", 0, 2, 1, 1.0),
+        ("step", 0, 0, 0, 1, 1.0),
+        ("step", 0, 1, 1, 1, 1.0),
         ("episode_end", 0, 2),
         ("episode_start", 1, 4),
-        ("step", 1, 1, 1, 1.0),
-        ("step", 1, 2, 1, 1.0),
+        ("step", 1, 0, 0, 1, 1.0),
+        ("step", 1, 1, 1, 1, 1.0),
         ("episode_end", 1, 2),
         ("run_end", 2),
     ]
@@ -254,7 +258,7 @@ def test_model_subclasses_hooks_and_context(serve) -> None:
     assert seen == [5]
 
 
-def test_vector_envs_fuse_lanes_into_predict_batch(serve) -> None:
+def test_vector_envs_give_the_whole_batch_to_one_call(serve) -> None:
     served = serve(TinyVectorEnv(num_envs=3, limit=2))
 
     class Batched(rnp.Model):
@@ -270,9 +274,11 @@ def test_vector_envs_fuse_lanes_into_predict_batch(serve) -> None:
     result = model.run(served.server.address, max_episodes=7)
     assert result.num_episodes == 7 and all(e.steps == 2 for e in result.episodes)
     assert set(model.batches) == {(3, 3)} and len(model.batches) >= 5
-    per_lane: list[Any] = []
-    lanes = rnp.Model(lambda obs: per_lane.append(obs.shape) or 2).run(served.server.address, seeds=[1, 2, 3])
-    assert [e.seed for e in lanes.episodes] == [1, 2, 3] and set(per_lane) == {(3,)}
+    batches: list[Any] = []
+    plain = rnp.Model(lambda obs: batches.append(obs.shape) or np.full(len(obs), 2))
+    lanes = plain.run(served.server.address, seeds=[1, 2, 3])
+    assert [e.seed for e in lanes.episodes] == [1, 2, 3] and set(batches) == {(3, 3)}
+    assert len(batches) == 2  # one call per step: every lane ends after 2 steps
     with pytest.raises(ValueError, match="seed"):
         rlmesh.run(lambda obs: 0, served.server.address, seeds=[1, 2, 3, 4])
     with pytest.raises(ValueError, match="single lanes"):
@@ -328,9 +334,9 @@ def test_progress_line_on_a_terminal(monkeypatch) -> None:
             return True
 
     clock = [100.0]
-    monkeypatch.setattr(M.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     stream = Tty()
-    progress = M._Progress(stream, None, 10)
+    progress = Progress(stream, None, 10)
     progress.update(1, 50)
     assert stream.getvalue() == ""  # nothing for short runs
     clock[0] += 3.0
@@ -339,7 +345,7 @@ def test_progress_line_on_a_terminal(monkeypatch) -> None:
     progress.finish(10, 3000)
     assert stream.getvalue().endswith("\n")
     quiet = io.StringIO()
-    silent = M._Progress(quiet, None, 10)
+    silent = Progress(quiet, None, 10)
     clock[0] += 10
     silent.update(1, 1)
     silent.finish(1, 1)
