@@ -261,7 +261,7 @@ def lane(value: Any, i: int) -> Any:
 
 
 def _row(tensor: Tensor, i: int) -> Tensor:
-    """Row ``i`` of a tensor's leading axis, sharing its memory."""
+    """Row ``i`` of a tensor's leading axis, as a new tensor (a copy)."""
     count = tensor.shape[0]
     if not -count <= i < count:
         raise IndexError(f"index {i} is out of range for a leading axis of {count}")
