@@ -29,6 +29,7 @@ from typing import Any
 
 from . import spaces as S
 from ._codec import CODE_BY_NAME, handle_record, inline_ext
+from ._conformance import Conformance, check_policy
 from ._dtypes import DTYPES, DType, integer_bounds, is_float, is_integer
 from .errors import InvalidActionError, SpecError
 from .specs import EnvContract
@@ -173,7 +174,15 @@ def _check_cast(arr: Any, dtype: DType, np: Any, where: str, error: Callable[[st
         raise error(where, f"cannot use {arr.dtype} values for a {dtype.name} space")
 
 
-def _tensor_encoder(spec: S.SpaceSpec, batch: int | None, where: str) -> Callable[[Any, Sink], Any]:
+def _tensor_encoder(
+    spec: S.SpaceSpec, batch: int | None, where: str, check: Callable[[Any], None] | None = None
+) -> Callable[[Any, Sink], Any]:
+    """The encoder of one tensor leaf; ``check`` sees its values in the wire dtype.
+
+    ``check`` gets a numpy array (a Tensor where numpy is missing) and runs
+    before the data is stored, or after the cast when the env's dtype differs
+    from the space's (the client sees the cast values).
+    """
     assert spec.shape is not None and spec.dtype is not None
     dtype = DTYPES[spec.dtype]
     shape = spec.shape if batch is None else (batch, *spec.shape)
@@ -194,6 +203,8 @@ def _tensor_encoder(spec: S.SpaceSpec, batch: int | None, where: str) -> Callabl
                     else np.frombuffer(value.buffer, np_dtype).reshape(value.shape)
                 )
             else:
+                if check is not None:
+                    check(np.frombuffer(value._view, np_dtype) if np is not None else value)
                 return sink.put(value._view, shape, dtype)
         if np is None:
             raise _obs_error(
@@ -203,12 +214,16 @@ def _tensor_encoder(spec: S.SpaceSpec, batch: int | None, where: str) -> Callabl
         if arr.shape != shape:
             raise _obs_error(where, f"shape {arr.shape}, the space has {shape}")
         if arr.dtype == np_dtype and arr.flags.c_contiguous:
+            if check is not None:
+                check(arr)
             # Already what the wire carries: the sink takes the bytes as they are.
             return sink.put(arr.reshape(-1).view(np.uint8), shape, dtype)
         _check_cast(arr, dtype, np, where, _obs_error)
         record, view = sink.target(shape, dtype)
         if nbytes:
             np.copyto(np.frombuffer(view, np_dtype).reshape(shape), arr, casting="unsafe")
+            if check is not None:
+                check(np.frombuffer(view, np_dtype))
         return record
 
     return encode
@@ -232,24 +247,57 @@ def _int_value(value: Any, where: str, error: Callable[[str, str], Exception]) -
 
 
 def compile_encoder(
-    spec: S.SpaceSpec, batch: int | None = None, where: str = ""
+    spec: S.SpaceSpec, batch: int | None = None, where: str = "", conformance: Conformance | None = None
 ) -> Callable[[Any, Sink], Any]:
-    """Compile the observation encoder of a space (``batch``: a vector env's N)."""
+    """Compile the observation encoder of a space (``batch``: a vector env's N).
+
+    With ``conformance``, the encoder also checks the values against the
+    space (see :mod:`rlmesh._conformance`); without, it checks only what the
+    wire needs (structure, shape, lossless dtype casts).
+    """
     kind = spec.kind
     if kind in ("box", "multi_binary", "multi_discrete"):
-        return _tensor_encoder(spec, batch, where)
+        check = conformance.tensor_check(spec, batch, where) if conformance is not None else None
+        return _tensor_encoder(spec, batch, where, check)
     if kind == "discrete":
         if batch is None:
-            return lambda value, sink: _int_value(value, where, _obs_error)
+            if conformance is None:
+                return lambda value, sink: _int_value(value, where, _obs_error)
+            check_int = conformance.discrete_check(spec, where)
+
+            def encode_discrete(value: Any, sink: Sink) -> int:
+                number = _int_value(value, where, _obs_error)
+                check_int(number)
+                return number
+
+            return encode_discrete
         as_box = S.Box(-(1 << 62), 1 << 62, (), "int64").spec
-        return _tensor_encoder(as_box, batch, where)
+        check = conformance.tensor_check(spec, batch, where) if conformance is not None else None
+        return _tensor_encoder(as_box, batch, where, check)
     if kind == "text":
+        check_text = conformance.text_check(spec, batch, where) if conformance is not None else None
         if batch is None:
-            return lambda value, sink: str(value)
-        return lambda value, sink: [str(v) for v in value]
+            if check_text is None:
+                return lambda value, sink: str(value)
+
+            def encode_text(value: Any, sink: Sink) -> str:
+                text = str(value)
+                check_text(text)
+                return text
+
+            return encode_text
+        if check_text is None:
+            return lambda value, sink: [str(v) for v in value]
+
+        def encode_texts(value: Any, sink: Sink) -> list[str]:
+            texts = [str(v) for v in value]
+            check_text(texts)
+            return texts
+
+        return encode_texts
     if kind == "dict":
         children = [
-            (key, compile_encoder(child, batch, f"{where}.{key}" if where else key))
+            (key, compile_encoder(child, batch, f"{where}.{key}" if where else key, conformance))
             for key, child in spec.details["spaces"]
         ]
 
@@ -264,7 +312,8 @@ def compile_encoder(
         return encode_dict
     if kind == "tuple":
         parts = [
-            compile_encoder(child, batch, f"{where}[{i}]") for i, child in enumerate(spec.details["spaces"])
+            compile_encoder(child, batch, f"{where}[{i}]", conformance)
+            for i, child in enumerate(spec.details["spaces"])
         ]
 
         def encode_tuple(value: Any, sink: Sink) -> Any:
@@ -439,6 +488,30 @@ def _scalar_reward(reward: Any) -> float:
         raise ValueError(message) from None
 
 
+def _lane_flags(info: Any, key: str, n: int) -> list[bool]:
+    """One bool per lane for ``info[key]`` of a vector env's info dict.
+
+    The value may be one flag for every lane or a sequence of N flags; a
+    gymnasium-style mask ``info["_" + key]`` limits it to the lanes it marks.
+
+    Raises:
+        ValueError: a sequence whose length is not N.
+    """
+    if not isinstance(info, dict) or key not in info:
+        return [False] * n
+    value = info[key]
+    if getattr(value, "ndim", None) == 0 or not hasattr(value, "__len__") or isinstance(value, str):
+        flags = [bool(value)] * n
+    else:
+        if len(value) != n:
+            raise ValueError(f"info[{key!r}] has {len(value)} entries for {n} lanes")
+        flags = [bool(v) for v in value]
+    mask = info.get("_" + key)
+    if mask is not None and hasattr(mask, "__len__") and len(mask) == n:
+        flags = [f and bool(m) for f, m in zip(flags, mask, strict=True)]
+    return flags
+
+
 def _autoreset_mode(metadata: dict[str, Any], vector: bool) -> str:
     if not vector:
         return "Disabled"
@@ -459,15 +532,26 @@ class EnvAdapter:
 
     Args:
         env: the env object.
+        validation: the observation value checks: "warn", "strict" or "off"
+            (see :mod:`rlmesh._conformance`).
+        to_framework: converts each decoded action before ``env.step`` (the
+            server's ``framework=``; see :mod:`rlmesh._framework`).
 
     Raises:
         TypeError: ``env`` lacks ``reset``, ``step`` or ``close``, or a space
             is not supported.
-        ValueError: a vector-shaped env with ``num_envs < 2``, or an unknown
-            autoreset mode.
+        ValueError: a vector-shaped env with ``num_envs < 2``, an unknown
+            autoreset mode, or an unknown validation policy.
     """
 
-    def __init__(self, env: Any) -> None:
+    def __init__(
+        self,
+        env: Any,
+        *,
+        validation: str = "warn",
+        to_framework: Callable[[Any], Any] | None = None,
+    ) -> None:
+        check_policy(validation)
         for name in ("reset", "step", "close"):
             if not callable(getattr(env, name, None)):
                 raise TypeError(
@@ -503,7 +587,12 @@ class EnvAdapter:
             action_space=to_spec(act_space),
         )
         batch = num_envs if self.vector else None
-        self.encode_obs = compile_encoder(self.contract.observation_space, batch)
+        #: The value checks' per-session state; None when the policy is "off".
+        self.conformance = Conformance(validation) if validation != "off" else None
+        self.encode_obs = compile_encoder(
+            self.contract.observation_space, batch, conformance=self.conformance
+        )
+        self._to_framework = to_framework
         self.decode_action = compile_decoder(self.contract.action_space, batch)
         self._reset_takes_seed = _accepts(env.reset, "seed")
         self._reset_takes_options = _accepts(env.reset, "options")
@@ -511,6 +600,29 @@ class EnvAdapter:
         self._tuple2_obs = obs_spec.kind == "tuple" and len(obs_spec.details["spaces"]) == 2
 
     # -- calls ---------------------------------------------------------------------
+
+    def begin_session(self) -> None:
+        """A new client takes this env: conformance warnings may be given once more."""
+        if self.conformance is not None:
+            self.conformance.begin_session()
+
+    def encode_obs_info(self, obs: Any, info: dict[str, Any], sink: Sink) -> tuple[Any, dict[str, Any]]:
+        """Encode an observation into ``sink``; return it with ``info`` plus any conformance warnings.
+
+        Raises:
+            SpecError: the observation does not fit the space, holds NaN, or
+                deviates from it under the strict policy.
+        """
+        conformance = self.conformance
+        try:
+            wire = self.encode_obs(obs, sink)
+        except BaseException:
+            if conformance is not None:
+                conformance.discard_pending()
+            raise
+        if conformance is not None and conformance.pending:
+            info = conformance.attach(info)
+        return wire, info
 
     def reset(self, seed: Any, options: Any) -> tuple[Any, dict[str, Any]]:
         """Reset, returning ``(obs, info)`` whatever the env's API."""
@@ -542,6 +654,8 @@ class EnvAdapter:
         Raises:
             ValueError: the env returned neither 4 nor 5 values.
         """
+        if self._to_framework is not None:
+            action = self._to_framework(action)
         result = self.env.step(action)
         if not isinstance(result, (tuple, list)) or len(result) not in (4, 5):
             count = len(result) if isinstance(result, (tuple, list)) else type(result).__name__
@@ -561,8 +675,14 @@ class EnvAdapter:
             return bool(done) and not truncated, truncated
         np = _numpy()
         dones = [bool(d) for d in done]
-        infos = info if isinstance(info, (list, tuple)) else [info] * len(dones)
-        trunc = [bool(isinstance(i, dict) and i.get("TimeLimit.truncated", False)) for i in infos]
+        if isinstance(info, (list, tuple)):
+            # Old gym vector envs: one info dict per lane.
+            trunc = [bool(isinstance(i, dict) and i.get("TimeLimit.truncated", False)) for i in info]
+        else:
+            # One dict of per-lane values (gymnasium's vector info layout).
+            trunc = _lane_flags(info, "TimeLimit.truncated", len(dones))
+        if len(trunc) != len(dones):
+            raise ValueError(f"env.step() returned {len(dones)} done flags but {len(trunc)} infos")
         term = [d and not t for d, t in zip(dones, trunc, strict=True)]
         if np is not None:
             return np.array(term, dtype=bool), np.array(trunc, dtype=bool)

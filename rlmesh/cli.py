@@ -46,10 +46,18 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"rlmesh serve: --kwargs-json is not valid JSON: {exc}") from exc
     if not isinstance(kwargs, dict):
         raise SystemExit("rlmesh serve: --kwargs-json must be a JSON object")
+    if args.framework is not None or args.device is not None:
+        from ._framework import action_converter
+
+        try:  # before any env is made: a plain message, not a traceback
+            action_converter(args.framework, args.device)
+        except (ValueError, ImportError) as exc:
+            raise SystemExit(f"rlmesh serve: {exc}") from exc
     env, make_kwargs = _load_target(args.target, kwargs, args.num_envs)
     options = ServeOptions(
         allow_remote_shutdown=args.allow_remote_shutdown,
         idle_timeout_seconds=args.idle_timeout,
+        validation=args.validation,
     )
     server = EnvServer(
         env,
@@ -57,6 +65,8 @@ def _serve(args: argparse.Namespace) -> int:
         options=options,
         num_envs=args.num_envs if isinstance(env, str) else None,
         make_kwargs=make_kwargs,
+        framework=args.framework,
+        device=args.device,
     )
     address = server.address
     print(f"✓ Server address: {address}", flush=True)
@@ -162,6 +172,21 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-remote-shutdown", action="store_true", help="let clients stop the server")
     serve.add_argument(
         "--idle-timeout", type=float, default=None, help="stop after this many seconds without requests"
+    )
+    serve.add_argument(
+        "--framework",
+        choices=["numpy", "jax", "torch"],
+        default=None,
+        help="the array type the env's step() wants its actions as (default numpy)",
+    )
+    serve.add_argument(
+        "--device", default=None, help="where a jax env wants its actions: cpu, gpu:0... (needs --framework)"
+    )
+    serve.add_argument(
+        "--validation",
+        choices=["warn", "strict", "off"],
+        default=None,
+        help="observation value checks (default: $RLMESH_VALIDATION_POLICY, else warn)",
     )
     serve.set_defaults(func=_serve)
 

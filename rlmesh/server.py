@@ -34,7 +34,9 @@ from . import _protocol as P
 from ._adapter import EnvAdapter, InlineSink, ShmSink, Sink, encode_render
 from ._channel import RingChannel, SocketChannel, channel_layout, write_token
 from ._codec import TailBuilder, decode, pack
+from ._conformance import check_policy, resolve_policy
 from ._dtypes import DTYPES
+from ._framework import action_converter
 from .errors import (
     BrokenError,
     BusyError,
@@ -74,7 +76,7 @@ def _check_seconds(name: str, value: float | None, *, allow_zero: bool = True) -
     return float(value)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ServeOptions:
     """How an :class:`EnvServer` behaves. Keyword-only, immutable.
 
@@ -90,6 +92,16 @@ class ServeOptions:
             complete the handshake.
         max_message_bytes: the largest message accepted or sent.
         shared_memory: offer shared memory to clients that can map it.
+        validation: how observations are checked against the observation
+            space: "warn" (deliver, and report deviations once per value path
+            and session in ``info["rlmesh.conformance.warning"]``), "strict"
+            (reject them) or "off" (no checks, NaN included). NaN is rejected
+            under warn and strict. None: ``RLMESH_VALIDATION_POLICY``, else warn.
+
+    Raises:
+        TypeError: a positional argument, or a non-numeric timeout.
+        ValueError: a negative, NaN or infinite timeout, a too small
+            ``max_message_bytes``, or an unknown ``validation``.
     """
 
     allow_remote_shutdown: bool = False
@@ -99,6 +111,7 @@ class ServeOptions:
     handshake_timeout_seconds: float = 10.0
     max_message_bytes: int = DEFAULT_MAX_FRAME
     shared_memory: bool = True
+    validation: str | None = None
 
     def __post_init__(self) -> None:
         _check_seconds("idle_timeout_seconds", self.idle_timeout_seconds, allow_zero=False)
@@ -107,6 +120,8 @@ class ServeOptions:
         _check_seconds("handshake_timeout_seconds", self.handshake_timeout_seconds, allow_zero=False)
         if not isinstance(self.max_message_bytes, int) or self.max_message_bytes < 4096:
             raise ValueError("max_message_bytes must be an int >= 4096")
+        if self.validation is not None:
+            check_policy(self.validation)
 
 
 # -- where envs come from ------------------------------------------------------------
@@ -133,9 +148,17 @@ class _EnvSource:
     """Hands out env adapters to sessions."""
 
     def __init__(
-        self, env: Any, num_envs: int | None, make_kwargs: dict[str, Any], *, close_shared: bool = True
+        self,
+        env: Any,
+        num_envs: int | None,
+        make_kwargs: dict[str, Any],
+        *,
+        close_shared: bool = True,
+        validation: str = "warn",
+        to_framework: Callable[[Any], Any] | None = None,
     ) -> None:
         self._close_shared = close_shared
+        self._adapter_options: dict[str, Any] = {"validation": validation, "to_framework": to_framework}
         if isinstance(env, str):
             self.factory: Callable[[], Any] | None = _gym_factory(env, num_envs, make_kwargs)
         elif isinstance(env, type) or (callable(env) and not hasattr(env, "step")):
@@ -147,11 +170,11 @@ class _EnvSource:
         self._shared_busy = False
         self._closed = False
         if self.factory is None:
-            self.shared: EnvAdapter | None = EnvAdapter(env)
+            self.shared: EnvAdapter | None = EnvAdapter(env, **self._adapter_options)
             self.contract = self.shared.contract
         else:
             self.shared = None
-            self._spare = EnvAdapter(self.factory())
+            self._spare = EnvAdapter(self.factory(), **self._adapter_options)
             self.contract = self._spare.contract
 
     def acquire(self) -> EnvAdapter:
@@ -171,12 +194,13 @@ class _EnvSource:
                         "give every client its own env)"
                     )
                 self._shared_busy = True
+                self.shared.begin_session()
                 return self.shared
             spare, self._spare = self._spare, None
         if spare is not None:
             return spare
         assert self.factory is not None
-        adapter = EnvAdapter(self.factory())
+        adapter = EnvAdapter(self.factory(), **self._adapter_options)
         if adapter.contract != self.contract:
             adapter.close()
             raise RLMeshError("the env factory built an env with a different contract than the first one")
@@ -598,23 +622,18 @@ class _Session:
             sink, tail = self._sink()
             try:
                 obs, reward, terminated, truncated, info = adapter.step(action)
+                wire_obs, info = adapter.encode_obs_info(obs, info, sink)
                 if adapter.vector:
                     n = adapter.num_envs
                     payload = [
-                        adapter.encode_obs(obs, sink),
+                        wire_obs,
                         _encode_lanes(reward, n, "float64", sink),
                         _encode_lanes(terminated, n, "bool", sink),
                         _encode_lanes(truncated, n, "bool", sink),
                         encode_metadata(info),
                     ]
                 else:
-                    payload = [
-                        adapter.encode_obs(obs, sink),
-                        reward,
-                        terminated,
-                        truncated,
-                        encode_metadata(info),
-                    ]
+                    payload = [wire_obs, reward, terminated, truncated, encode_metadata(info)]
             except Exception as exc:
                 self._env_error(rid, exc)
                 return True
@@ -634,7 +653,8 @@ class _Session:
             sink, tail = self._sink()
             try:
                 obs, info = adapter.reset(seed, options)
-                payload = [adapter.encode_obs(obs, sink), encode_metadata(info)]
+                wire_obs, info = adapter.encode_obs_info(obs, info, sink)
+                payload = [wire_obs, encode_metadata(info)]
             except Exception as exc:
                 self._env_error(rid, exc)
                 return True
@@ -787,6 +807,14 @@ class EnvServer:
         make_kwargs: keyword arguments for ``gymnasium.make`` with an id.
         close_env_on_shutdown: close a single env object at shutdown (False
             leaves it open for its owner; envs the server made are always closed).
+        framework: how the env wants its actions: None or "numpy" (NumPy
+            arrays and Python scalars), "jax" (array leaves as ``jax.Array``
+            on ``device``; JAX is imported only then). "torch" is refused:
+            rlmesh has no torch backend. Observations need no declaration:
+            NumPy and JAX arrays (on any device) are both read.
+        device: where a JAX env wants its actions: a ``jax.Device`` or a name
+            such as "cpu", "gpu:0"; None for JAX's default. Only with
+            ``framework="jax"`` (or "torch").
 
     The listener is bound and the contract built in the constructor, so
     :attr:`address` and :attr:`env_contract` are available at once.
@@ -802,7 +830,11 @@ class EnvServer:
     Raises:
         ConnectError: (a ConnectionError) the address cannot be bound.
         TypeError: the env lacks reset/step/close or uses an unsupported space.
-        ValueError: a vector env with num_envs < 2, or bad options.
+        ValueError: a vector env with num_envs < 2, bad options, an unknown
+            framework, ``device`` without a framework that has devices, or a
+            device JAX does not have.
+        BackendUnavailable: (an ImportError) ``framework="jax"`` without jax
+            (>= 0.4.24), or ``framework="torch"``.
     """
 
     def __init__(
@@ -818,6 +850,8 @@ class EnvServer:
         num_envs: int | None = None,
         make_kwargs: dict[str, Any] | None = None,
         close_env_on_shutdown: bool = True,
+        framework: str | None = None,
+        device: Any = None,
     ) -> None:
         self._listener: Listener | None = None
         self._stopping = threading.Event()
@@ -843,7 +877,18 @@ class EnvServer:
         self._drain_timeout = (
             self.options.drain_timeout_seconds if self.options.drain_timeout_seconds is not None else 5.0
         )
-        self._source = _EnvSource(env, num_envs, dict(make_kwargs or {}), close_shared=close_env_on_shutdown)
+        # Both are settled before any env is built: a bad framework or device
+        # must not cost a factory call (or leave an env behind).
+        to_framework = action_converter(framework, device)
+        validation = resolve_policy(self.options.validation)
+        self._source = _EnvSource(
+            env,
+            num_envs,
+            dict(make_kwargs or {}),
+            close_shared=close_env_on_shutdown,
+            validation=validation,
+            to_framework=to_framework,
+        )
         try:
             # Stale segments of dead servers go first (cheap, and a server
             # that was SIGKILLed could not clean up after itself).

@@ -238,3 +238,198 @@ def make_slow_env(delay: float = 30.0) -> SlowEnv:
 
 def make_vector_env() -> TinyVectorEnv:
     return TinyVectorEnv(3)
+
+
+class JaxEnv:
+    """A JAX-native env: step does jnp arithmetic and refuses anything but jax.Array actions.
+
+    Dict actions: "move" (Box(-1, 1, (3,), float32)) must arrive as a jax.Array,
+    "mode" (Discrete(2)) as a Python int. Observations, reward and flags are JAX
+    values; `devices` records where each "move" action lived.
+    """
+
+    metadata: dict[str, Any] = {}
+    render_mode = None
+
+    def __init__(self, limit: int = 1000) -> None:
+        import jax.numpy as jnp
+
+        self.observation_space = spaces.Box(-100.0, 100.0, (3,), "float32")
+        self.action_space = spaces.Dict(
+            {"move": spaces.Box(-1.0, 1.0, (3,), "float32"), "mode": spaces.Discrete(2)}
+        )
+        self.limit = limit
+        self.t = 0
+        self.state = jnp.zeros(3, jnp.float32)
+        self.devices: list[Any] = []
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        import jax.numpy as jnp
+
+        self.t = 0
+        self.state = jnp.full(3, 0.0 if seed is None else float(seed), jnp.float32)
+        return self.state, {"seed": seed}
+
+    def step(self, action: dict[str, Any]) -> tuple[Any, Any, Any, bool, dict[str, Any]]:
+        import jax
+        import jax.numpy as jnp
+
+        move, mode = action["move"], action["mode"]
+        if not isinstance(move, jax.Array):
+            raise TypeError(f"JaxEnv wants jax.Array actions, got {type(move).__name__}")
+        if type(mode) is not int:
+            raise TypeError(f"JaxEnv wants an int mode, got {type(mode).__name__}")
+        self.devices.append(move.devices())
+        self.t += 1
+        self.state = self.state + jnp.where(mode == 1, 2.0, 1.0) * move
+        return (
+            self.state,
+            jnp.sum(move),
+            jnp.asarray(self.t >= self.limit),
+            False,
+            {"norm": jnp.sum(self.state)},
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class JaxVectorEnv:
+    """A vector env of 2 lanes written in JAX: actions must be one jax.Array of shape (2, 2)."""
+
+    metadata: dict[str, Any] = {"autoreset_mode": "NextStep"}
+    render_mode = None
+
+    def __init__(self) -> None:
+        import jax.numpy as jnp
+
+        self.num_envs = 2
+        self.single_observation_space = spaces.Box(-100.0, 100.0, (2,), "float32")
+        self.single_action_space = spaces.Box(-1.0, 1.0, (2,), "float32")
+        self.observation_space = self.single_observation_space
+        self.action_space = self.single_action_space
+        self.state = jnp.zeros((2, 2), jnp.float32)
+
+    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        import jax.numpy as jnp
+
+        self.state = jnp.zeros((2, 2), jnp.float32)
+        return self.state, {}
+
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        import jax
+        import jax.numpy as jnp
+
+        if not isinstance(actions, jax.Array) or actions.shape != (2, 2):
+            raise TypeError(f"JaxVectorEnv wants a (2, 2) jax.Array, got {type(actions).__name__}")
+        self.state = self.state + actions
+        return self.state, actions.sum(axis=1), jnp.zeros(2, bool), jnp.zeros(2, bool), {}
+
+    def close(self) -> None:
+        pass
+
+
+def make_jax_env() -> JaxEnv:
+    return JaxEnv()
+
+
+class ScriptedObsEnv:
+    """Returns the observations it is given, in order, from reset then each step.
+
+    `obs` is a list of observations (the last one repeats). The space is whatever
+    the test passes; actions are Discrete(2) and ignored.
+    """
+
+    metadata: dict[str, Any] = {}
+    render_mode = None
+
+    def __init__(self, observation_space: Any, obs: list[Any]) -> None:
+        self.observation_space = observation_space
+        self.action_space = spaces.Discrete(2)
+        self.obs = list(obs)
+        self.i = 0
+
+    def _next(self) -> Any:
+        value = self.obs[min(self.i, len(self.obs) - 1)]
+        self.i += 1
+        return value
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        if options and "rewind" in options:
+            self.i = int(options["rewind"])
+        return self._next(), {"from": "reset"}
+
+    def step(self, action: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        return self._next(), 0.0, False, False, {"from": "step"}
+
+    def close(self) -> None:
+        pass
+
+
+class ScriptedVectorEnv:
+    """A 2-lane vector env replaying batched observations (NextStep autoreset)."""
+
+    metadata: dict[str, Any] = {"autoreset_mode": "NextStep"}
+    render_mode = None
+
+    def __init__(self, single_observation_space: Any, obs: list[Any]) -> None:
+        self.num_envs = 2
+        self.single_observation_space = single_observation_space
+        self.single_action_space = spaces.Discrete(2)
+        self.observation_space = single_observation_space
+        self.action_space = self.single_action_space
+        self.obs = list(obs)
+        self.i = 0
+
+    def _next(self) -> Any:
+        value = self.obs[min(self.i, len(self.obs) - 1)]
+        self.i += 1
+        return value
+
+    def reset(self, *, seed: Any = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        return self._next(), {}
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        return self._next(), np.zeros(2), np.zeros(2, bool), np.zeros(2, bool), {"lanes": [0, 1]}
+
+    def close(self) -> None:
+        pass
+
+
+class LegacyVectorEnv:
+    """An old gym vector env: 4-tuple steps, `done` per lane, one info dict of per-lane lists.
+
+    Every step returns the `done` and `truncated` flags given for it (the last repeats).
+    `masked` adds gymnasium's "_TimeLimit.truncated" mask of the lanes the key applies to.
+    """
+
+    metadata: dict[str, Any] = {}
+    render_mode = None
+
+    def __init__(self, steps: list[tuple[list[bool], Any]], mask: list[bool] | None = None) -> None:
+        self.num_envs = 2
+        self.single_observation_space = spaces.Discrete(3)
+        self.single_action_space = spaces.Discrete(2)
+        self.observation_space = self.single_observation_space
+        self.action_space = self.single_action_space
+        self.steps = steps
+        self.mask = mask
+        self.i = 0
+
+    def reset(self, seed: Any = None, options: dict[str, Any] | None = None) -> np.ndarray:
+        return np.zeros(2, np.int64)
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        done, truncated = self.steps[min(self.i, len(self.steps) - 1)]
+        self.i += 1
+        info: dict[str, Any] = {"TimeLimit.truncated": truncated}
+        if self.mask is not None:
+            info["_TimeLimit.truncated"] = np.array(self.mask)
+        return np.ones(2, np.int64), np.ones(2), np.array(done), info
+
+    def close(self) -> None:
+        pass
