@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -12,6 +13,7 @@ import rlmesh
 import rlmesh.numpy as rnp
 from rlmesh import Tensor, spaces
 from rlmesh.errors import RemoteError
+from tests.conftest import run_python
 from tests.envs import ScriptedObsEnv, ScriptedVectorEnv
 
 pytestmark = pytest.mark.timeout(120)
@@ -268,3 +270,56 @@ def test_a_failed_response_does_not_swallow_its_warnings(serve) -> None:
         client.reset()  # "a" deviated, but this response never reached the client
     _, info = client.reset()
     assert [w["path"] for w in info[KEY]] == ["$.a"]
+
+
+NO_NUMPY_SERVER = """
+import sys, json, struct, math
+for name in ("numpy", "jax", "ml_dtypes"):
+    sys.modules[name] = None  # importing them now raises ImportError
+import rlmesh
+from rlmesh import Tensor, spaces
+from rlmesh.errors import RemoteError
+
+class Env:
+    metadata = {}
+    render_mode = None
+    def __init__(self):
+        self.observation_space = spaces.Box(0.0, 1.0, (2,), "float32")
+        self.action_space = spaces.Discrete(2)
+        self.script = [(0.5, 2.0), (0.5, math.nan), (0.5, 0.5)]
+        self.i = 0
+    def _obs(self):
+        value = self.script[min(self.i, 2)]
+        self.i += 1
+        return Tensor(struct.pack("<2f", *value), (2,), "float32")
+    def reset(self, *, seed=None, options=None):
+        return self._obs(), {}
+    def step(self, action):
+        return self._obs(), 0.0, False, False, {}
+    def close(self):
+        pass
+
+out = {}
+with rlmesh.EnvServer(Env()) as server:
+    server.start()
+    with rlmesh.RemoteEnv(server.address, request_timeout_seconds=30) as env:
+        obs, info = env.reset()
+        out["obs"] = obs.tolist()
+        out["warning"] = info.get("rlmesh.conformance.warning")
+        try:
+            env.step(0)
+        except RemoteError as exc:
+            out["nan"] = str(exc)
+        out["after"] = env.step(0)[0].tolist()
+print(json.dumps(out))
+"""
+
+
+def test_the_checks_work_on_a_server_without_numpy() -> None:
+    result = json.loads(run_python(NO_NUMPY_SERVER, env={"RLMESH_VALIDATION_POLICY": "warn"}))
+    assert result["obs"] == [0.5, 2.0]
+    assert result["warning"] == [
+        {"kind": "observation", "path": "$", "detail": "2.0 at index (1,) is above 1.0"}
+    ]
+    assert "NaN at index (1,)" in result["nan"]
+    assert result["after"] == [0.5, 0.5]
