@@ -183,16 +183,17 @@ def _tensor_encoder(
     before the data is stored, or after the cast when the env's dtype differs
     from the space's (the client sees the cast values).
     """
-    assert spec.shape is not None and spec.dtype is not None
+    assert spec.dtype is not None
     dtype = DTYPES[spec.dtype]
-    shape = spec.shape if batch is None else (batch, *spec.shape)
+    # Exact tuples: per-step comparisons with numpy's shapes stay in C.
+    shape = tuple(spec.shape) if batch is None else (batch, *spec.shape)
     np = _numpy()
     np_dtype = _np_dtype(dtype.name) if np is not None else None
     nbytes = math.prod(shape) * dtype.itemsize
 
     def encode(value: Any, sink: Sink) -> Any:
         if isinstance(value, Tensor):
-            if value.shape != shape:
+            if value._shape != shape:
                 raise _obs_error(where, f"shape {value.shape}, the space has {shape}")
             if value.dtype != dtype.name:
                 if np is None:
@@ -200,7 +201,7 @@ def _tensor_encoder(
                 value = (
                     np.from_dlpack(value)
                     if value.dtype != "bfloat16"
-                    else np.frombuffer(value.buffer, np_dtype).reshape(value.shape)
+                    else np.frombuffer(value.buffer, np_dtype).reshape(value._shape)
                 )
             else:
                 if check is not None:
@@ -333,16 +334,18 @@ def _action_error(where: str, message: str) -> InvalidActionError:
 
 
 def _tensor_decoder(spec: S.SpaceSpec, batch: int | None, where: str) -> Callable[[Any], Any]:
-    assert spec.shape is not None and spec.dtype is not None
+    assert spec.dtype is not None
     dtype = DTYPES[spec.dtype]
-    shape = spec.shape if batch is None else (batch, *spec.shape)
+    # Exact tuples: per-step comparisons with numpy's shapes stay in C.
+    lane_shape = tuple(spec.shape)
+    shape = lane_shape if batch is None else (batch, *lane_shape)
     np = _numpy()
     kind = spec.kind
     details = spec.details
     if np is None:
 
         def decode_plain(value: Any) -> Any:
-            if not isinstance(value, Tensor) or value.shape != shape or value.dtype != dtype.name:
+            if not isinstance(value, Tensor) or value._shape != shape or value.dtype != dtype.name:
                 raise _action_error(where, f"expected a {dtype.name} tensor of shape {shape}")
             return value
 
@@ -355,7 +358,7 @@ def _tensor_decoder(spec: S.SpaceSpec, batch: int | None, where: str) -> Callabl
     def decode(value: Any) -> Any:
         if isinstance(value, Tensor):
             if value.dtype == "bfloat16":
-                arr = np.frombuffer(value._view, _np_dtype("bfloat16")).reshape(value.shape)
+                arr = np.frombuffer(value._view, _np_dtype("bfloat16")).reshape(value._shape)
             else:
                 arr = np.from_dlpack(value)
         else:
@@ -364,7 +367,7 @@ def _tensor_decoder(spec: S.SpaceSpec, batch: int | None, where: str) -> Callabl
             except Exception as exc:
                 raise _action_error(where, f"cannot read {type(value).__name__} as an array: {exc}") from None
         if arr.shape != shape:
-            if batch is not None and arr.ndim >= 1 and arr.shape[1:] == spec.shape:
+            if batch is not None and arr.ndim >= 1 and arr.shape[1:] == lane_shape:
                 raise _action_error(where, f"expected {batch} batched values, got {arr.shape[0]}")
             raise _action_error(where, f"shape {arr.shape}, the action space has {shape}")
         if arr.dtype.kind == "f" and arr.size and bool(np.any(np.isnan(arr))):

@@ -265,7 +265,7 @@ class Conformance:
             highs: list[Any] = [details["start"] + details["n"] - 1]
             domain = f"Discrete({details['n']}, start={details['start']})"
         else:
-            assert spec.dtype is not None and spec.shape is not None
+            assert spec.dtype is not None
             dtype = DTYPES[spec.dtype]
             lane_shape = tuple(spec.shape)
             size = math.prod(lane_shape)

@@ -2,9 +2,9 @@
 
 from typing import Any, TypeVar
 
-_T = TypeVar("_T", bound="TensorBase")
-
 from ._dtypes import DType
+
+_T = TypeVar("_T", bound="TensorBase")
 
 class TensorBase:
     """The native base of rlmesh.Tensor: its fields and the buffer protocol."""
