@@ -16,6 +16,7 @@ policy times the plain encoder.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import time
@@ -88,14 +89,14 @@ def _cases() -> dict[str, tuple[Any, Any]]:
 
 
 def main() -> None:
-    """Time every case under every policy and print a markdown table (µs per call, medians)."""
+    """Time every case under every policy; print one JSON line per cell, then a markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("policies", nargs="*", default=["off", "warn"])
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     sink = _Scratch()
-    print("| observation | " + " | ".join(f"{p} (µs)" for p in args.policies) + " |")
-    print("|---|" + "---:|" * len(args.policies))
+    table = ["| observation | " + " | ".join(f"{p} (µs)" for p in args.policies) + " |"]
+    table.append("|---|" + "---:|" * len(args.policies))
     for name, (space, obs) in _cases().items():
         encoders = {policy: _encoder(space, policy) for policy in args.policies}
         calls = 4000 if obs.nbytes < 1 << 20 else 40
@@ -109,8 +110,19 @@ def main() -> None:
                 for _ in range(calls):
                     encode(obs, sink)
                 samples[policy].append((time.perf_counter_ns() - start) / calls / 1e3)
+        for policy in args.policies:
+            row = {
+                "bench": "obs_checks",
+                "observation": name,
+                "obs_bytes": int(obs.nbytes),
+                "policy": policy,
+                "us_per_encode_median": round(statistics.median(samples[policy]), 3),
+                "repeats": args.repeats,
+            }
+            print(json.dumps(row), flush=True)
         cells = " | ".join(f"{statistics.median(samples[p]):.2f}" for p in args.policies)
-        print(f"| {name} | {cells} |", flush=True)
+        table.append(f"| {name} | {cells} |")
+    print("\n".join(table))
 
 
 if __name__ == "__main__":

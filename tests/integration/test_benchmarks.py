@@ -49,3 +49,13 @@ def test_bench_shm_as_a_module() -> None:
     assert sizes == {16, 28 * 1024, 4 * 1024 * 1024}
     assert all(row["median_ns"] > 0 for row in rows)
     assert "| transfer" in out
+
+
+def test_bench_obs_checks_as_a_file() -> None:
+    rows, out = run_bench(
+        [str(ROOT / "benchmarks" / "bench_obs_checks.py"), "off", "warn", "--repeats", "1"], str(ROOT)
+    )
+    cells = {(row["observation"], row["policy"]) for row in rows}
+    assert ("CartPole f32[4]", "warn") in cells and ("4 MiB f32 Box(-1,1)", "off") in cells
+    assert all(row["us_per_encode_median"] > 0 for row in rows)
+    assert "| CartPole f32[4] |" in out
