@@ -28,10 +28,7 @@ import uuid
 import weakref
 from typing import Any, Generic, TypeVar
 
-from . import _protocol as P
 from ._bridge import IDENTITY, Bridge
-from ._channel import Message, RingChannel, SocketChannel, read_token
-from ._codec import TailBuilder, decode, pack, restructurer
 from .errors import (
     BrokenError,
     BusyError,
@@ -49,6 +46,9 @@ from .net.stream import SocketStream, connect
 from .shm import PeerMemory, Segment, SpinPolicy
 from .specs import EnvContract
 from .tensor import Tensor
+from .wire import protocol as P
+from .wire.channel import Message, RingChannel, SocketChannel, read_token
+from .wire.codec import TailBuilder, decode, pack, restructurer
 
 __all__ = ["RemoteEnv", "RemoteEnvBase", "RemoteVectorEnv", "RemoteVectorEnvBase", "dial"]
 

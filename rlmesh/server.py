@@ -30,10 +30,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from . import _protocol as P
 from ._adapter import EnvAdapter, InlineSink, ShmSink, Sink, encode_render
-from ._channel import RingChannel, SocketChannel, channel_layout, write_token
-from ._codec import TailBuilder, decode, pack
 from ._conformance import check_policy, resolve_policy
 from ._dtypes import DTYPES
 from ._framework import action_converter
@@ -54,6 +51,9 @@ from .net.stream import Listener, SocketStream
 from .shm import Handle, Segment, SegmentKind, Slab, SlotRing, SpinPolicy, janitor as _janitor
 from .specs import EnvContract
 from .values import encode_metadata
+from .wire import protocol as P
+from .wire.channel import RingChannel, SocketChannel, channel_layout, write_token
+from .wire.codec import TailBuilder, decode, pack
 
 __all__ = ["EnvServer", "ServeOptions"]
 

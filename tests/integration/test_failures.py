@@ -319,13 +319,13 @@ def test_a_server_that_stalls_mid_handshake_is_a_connect_error_by_one_deadline(t
 @pytest.mark.parametrize("transport", ["unix-inline", "unix-shm"])
 def test_a_client_trickling_a_request_loses_its_session_not_a_thread(serve, transport, monkeypatch) -> None:
     """After the handshake, a frame that starts must finish within FRAME_DEADLINE."""
-    monkeypatch.setattr(rlmesh._channel, "FRAME_DEADLINE", 0.5)
+    monkeypatch.setattr(rlmesh.wire.channel, "FRAME_DEADLINE", 0.5)
     served = serve(CountEnv, transport)
     env = served.client(rnp.RemoteEnv)
     env.reset(seed=1)
     if served.shm:
         # Over shared memory a large message spills to the socket: announce one.
-        from rlmesh._channel import RingChannel
+        from rlmesh.wire.channel import RingChannel
 
         env._conn.channel.tx.put(b"", 5, tag=RingChannel.SPILL_TAG)
     env._conn.stream._sock.sendall(struct.pack("<II", 100, 4))  # 96 bytes promised, never sent
@@ -343,7 +343,7 @@ def test_a_server_refusing_our_protocol_names_both_versions(tmp_path, monkeypatc
     """The other direction: a real server turns away a client speaking protocol 2."""
     proc, addr = serve_subprocess("tests.envs:make_count_env", f"unix://{tmp_path}/s.sock")
     try:
-        monkeypatch.setattr(rlmesh._protocol, "PROTOCOL_VERSION", 2)
+        monkeypatch.setattr(rlmesh.wire.protocol, "PROTOCOL_VERSION", 2)
         with pytest.raises(rlmesh.errors.VersionMismatch, match="speaks protocol 2") as caught:
             rlmesh.RemoteEnv(addr)
         assert (caught.value.local, caught.value.remote) == (2, 1)

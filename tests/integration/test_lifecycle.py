@@ -252,7 +252,7 @@ def test_repeated_serve_and_eval_cycles_do_not_leak_fds(tmp_path) -> None:
 
 
 def test_a_malformed_request_ends_only_that_session(serve) -> None:
-    from rlmesh import _protocol as P
+    from rlmesh.wire import protocol as P
 
     served = serve(TinyEnv(), "unix-inline")
     client = served.client()
@@ -261,7 +261,7 @@ def test_a_malformed_request_ends_only_that_session(serve) -> None:
     conn = client._conn
     conn.channel.send(msgpack_pack([99, 1]), None)
     reply = conn.channel.recv(5)
-    head = __import__("rlmesh._codec", fromlist=["decode"]).decode(reply.head)
+    head = __import__("rlmesh.wire.codec", fromlist=["decode"]).decode(reply.head)
     assert head[0] == P.ERROR and head[2] == P.E_PROTOCOL and "unknown operation" in head[4]
     with pytest.raises(ConnectionError):
         client.step(0)

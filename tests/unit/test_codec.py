@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rlmesh import Tensor
-from rlmesh._codec import EXT_HANDLE, EXT_INLINE, TailBuilder, decode, pack, restructurer
 from rlmesh.errors import DecodeError, InvalidHandle
 from rlmesh.net.framing import aligned_buffer
 from rlmesh.spaces import Dict, Discrete, Text, Tuple
+from rlmesh.wire.codec import EXT_HANDLE, EXT_INLINE, TailBuilder, decode, pack, restructurer
 
 
 def encode(value: object) -> tuple[bytes, memoryview, int]:

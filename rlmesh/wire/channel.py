@@ -24,10 +24,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .errors import BrokenError, OperationTimeout
-from .net.stream import SocketStream
-from .shm import MessageRing, Segment, SpinPolicy
-from .shm._layout import CACHE_LINE, align_up
+from ..errors import BrokenError, OperationTimeout
+from ..net.stream import SocketStream
+from ..shm import MessageRing, Segment, SpinPolicy
+from ..shm._layout import CACHE_LINE, align_up
 
 __all__ = ["Channel", "Message", "RingChannel", "SocketChannel", "channel_layout"]
 

@@ -36,14 +36,14 @@ Responses::
     SEGMENTS  [22, [[id, name, size], ...]]  new slab segments to map first
 
 A ring record tagged SPILL says: the next message is too large for the ring and
-follows as a frame on the socket (see ``_channel``).
+follows as a frame on the socket (see :mod:`rlmesh.wire.channel`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from . import errors
+from .. import errors
 
 __all__ = ["MAGIC", "PROTOCOL_VERSION", "error_from_wire", "error_to_wire"]
 
