@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from .errors import SpecError
 from .spaces import Space, SpaceSpec, from_gymnasium_space
+from .spaces._walk import tensor_leaf_sizes, wire_size_bound
 
 __all__ = ["EnvContract", "SpaceSpec"]
 
@@ -318,3 +319,34 @@ class EnvContract:
             f"action_space={self._action_space!r}, render_mode={self._render_mode!r}, "
             f"autoreset_mode={self._autoreset_mode!r})"
         )
+
+
+# -- sizes the endpoints derive from a contract ------------------------------------------
+# Not exported: the server sizes a session's slab rings and its request ring
+# from these, and the vector batch slab will size its lanes the same way.
+
+# A vector env's step carries its rewards as float64 and each flag as one byte a lane.
+_REWARD_BYTES = 8
+_FLAG_BYTES = 1
+# The request message's own fields (its tag, the call, the action's key) around the action.
+_REQUEST_OVERHEAD = 256
+
+
+def step_tensor_sizes(contract: EnvContract) -> list[int]:
+    """The bytes of every tensor a step response carries.
+
+    The observation's tensor leaves in leaf order (see
+    :func:`rlmesh.spaces._walk.tensor_leaf_sizes`), then, for a vector env,
+    its rewards, terminations and truncations.
+    """
+    n = contract.num_envs
+    batch = n if n > 1 else None
+    sizes = tensor_leaf_sizes(contract.observation_space, batch)
+    if batch is not None:
+        sizes.extend([_REWARD_BYTES * n, _FLAG_BYTES * n, _FLAG_BYTES * n])
+    return sizes
+
+
+def action_bytes_bound(contract: EnvContract) -> int:
+    """An upper bound on the encoded size of a step request: every lane's action and the message."""
+    return wire_size_bound(contract.action_space) * contract.num_envs + _REQUEST_OVERHEAD
