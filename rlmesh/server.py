@@ -48,12 +48,13 @@ from .errors import (
 from .net.address import resolve_address
 from .net.framing import DEFAULT_MAX_FRAME
 from .net.stream import Listener, SocketStream
-from .shm import Handle, Segment, SegmentKind, Slab, SlotRing, SpinPolicy, janitor as _janitor
+from .shm import Segment, SegmentKind, SpinPolicy, janitor as _janitor
 from .specs import EnvContract
 from .values import encode_metadata
 from .wire import protocol as P
 from .wire.channel import RingChannel, SocketChannel, channel_layout, write_token
 from .wire.codec import TailBuilder, decode, pack
+from .wire.server_session import DataPlane, contract_action_bytes, pow2
 
 __all__ = ["EnvServer", "ServeOptions"]
 
@@ -246,111 +247,6 @@ def _close_env(adapter: EnvAdapter, timeout: float) -> None:
         log.warning("env.close() did not finish within %.1fs; leaving it behind", timeout)
 
 
-# -- the shared-memory data plane of one session ------------------------------------------
-
-
-class _DataPlane:
-    """The blocks holding tensors a client has not released yet."""
-
-    DEPTH = 4
-    MAX_RINGS = 64
-
-    def __init__(self, contract: EnvContract) -> None:
-        sizes = _leaf_sizes(contract)
-        needed = sum(-(-n // 64) * 64 for n in sizes)
-        segment_size = max(1 << 20, needed * self.DEPTH + (256 << 10))
-        self.slab = Slab(segment_size=segment_size)
-        self._rings: dict[int, SlotRing] = {}
-        self._owner: dict[tuple[int, int], SlotRing | None] = {}
-        # Blocks handed out for the response being built: if building it
-        # fails (the env raised half-way, its info cannot be encoded), no
-        # client will ever release them, so they are taken back at once.
-        self.unsent: list[Any] = []
-        try:
-            # The per-step slots exist before the first step: steady state allocates nothing.
-            for nbytes in sorted(set(sizes)):
-                self._rings[nbytes] = SlotRing(self.slab, nbytes, self.DEPTH, policy="grow")
-        except BaseException:
-            self.slab.close()
-            raise
-
-    def acquire(self, nbytes: int) -> Any:
-        ring = self._rings.get(nbytes)
-        if ring is None:
-            if len(self._rings) >= self.MAX_RINGS:
-                block = self.slab.alloc(nbytes)
-                self._owner[(block.segment, block.offset)] = None
-                self.unsent.append(block)
-                return block
-            ring = self._rings[nbytes] = SlotRing(self.slab, nbytes, 2, policy="grow")
-        block = ring.acquire()
-        self._owner[(block.segment, block.offset)] = ring
-        self.unsent.append(block)
-        return block
-
-    def take_back_unsent(self) -> None:
-        """Free the blocks of a response that will not be sent."""
-        blocks, self.unsent = self.unsent, []
-        for block in blocks:
-            ring = self._owner.pop((block.segment, block.offset), None)
-            if ring is None:
-                self.slab.free(block)
-            else:
-                ring.release(block.handle)
-
-    def release(self, flat: list[int]) -> None:
-        """Take back leases (a flat list of handle fields).
-
-        Raises:
-            InvalidHandle: a forged or stale handle.
-        """
-        if len(flat) % 4:
-            raise InvalidHandle("a release list must hold whole handles")
-        owner = self._owner
-        for i in range(0, len(flat), 4):
-            handle = Handle.decode(flat[i : i + 4])
-            key = (handle.segment, handle.offset)
-            if key not in owner:
-                raise InvalidHandle(f"{handle} is not leased to this client")
-            ring = owner.pop(key)
-            if ring is None:
-                self.slab.free(self.slab.resolve(handle))
-            else:
-                ring.release(handle)
-
-    def close(self) -> None:
-        for ring in self._rings.values():
-            ring.close()
-        self.slab.close()
-
-
-def _leaf_sizes(contract: EnvContract) -> list[int]:
-    """Bytes of each tensor a step response carries.
-
-    Observation leaves, and a vector env's rewards and flags.
-    """
-    batch = contract.num_envs
-    sizes: list[int] = []
-
-    def visit(spec: Any) -> None:
-        if spec.kind == "dict":
-            for _, child in spec.details["spaces"]:
-                visit(child)
-        elif spec.kind == "tuple":
-            for child in spec.details["spaces"]:
-                visit(child)
-        elif spec.kind == "discrete":
-            if batch > 1:
-                sizes.append(8 * batch)
-        elif spec.kind != "text":
-            sizes.append(math.prod(spec.shape) * DTYPES[spec.dtype].itemsize * batch)
-
-    visit(contract.observation_space)
-    if batch > 1:
-        sizes.extend([8 * batch, batch, batch])
-    return sizes
-
-
 # -- sessions --------------------------------------------------------------------------
 
 
@@ -363,7 +259,7 @@ class _Session:
         self.id = str(uuid.uuid4())
         self.adapter: EnvAdapter | None = None
         self.channel: Any = None
-        self.data: _DataPlane | None = None
+        self.data: DataPlane | None = None
         self.channel_segment: Segment | None = None
         self._spin_base = SERVER_SPIN if (os.cpu_count() or 1) >= 2 else 0.0
         self.spin = SpinPolicy(self._spin_base)
@@ -498,9 +394,9 @@ class _Session:
 
     def _make_offer(self, contract: EnvContract) -> tuple[dict[str, Any] | None, str | None]:
         try:
-            self.data = _DataPlane(contract)
-            req_cap = _pow2(max(64 << 10, 4 * _contract_action_bytes(contract)))
-            resp_cap = _pow2(max(256 << 10, 4 * 1024 * contract.num_envs))
+            self.data = DataPlane(contract)
+            req_cap = pow2(max(64 << 10, 4 * contract_action_bytes(contract)))
+            resp_cap = pow2(max(256 << 10, 4 * 1024 * contract.num_envs))
             size, req_off, resp_off = channel_layout(req_cap, resp_cap)
             self.channel_segment = Segment.create(size, SegmentKind.CHANNEL)
             token = write_token(self.channel_segment)
@@ -767,23 +663,6 @@ def _valid_seed(seed: Any) -> bool:
     return (
         isinstance(seed, list) and 0 < len(seed) <= 1 << 20 and all(type(s) is int and s >= 0 for s in seed)
     )
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(n - 1, 63).bit_length()
-
-
-def _contract_action_bytes(contract: EnvContract) -> int:
-    def leaf(spec: Any) -> int:
-        if spec.kind == "dict":
-            return int(sum(leaf(c) for _, c in spec.details["spaces"])) + 64
-        if spec.kind == "tuple":
-            return int(sum(leaf(c) for c in spec.details["spaces"])) + 64
-        if spec.kind == "text":
-            return 4 * int(spec.details["max_length"]) + 16
-        return int(math.prod(spec.shape)) * DTYPES[spec.dtype].itemsize + 128
-
-    return leaf(contract.action_space) * contract.num_envs + 256
 
 
 # -- the server -------------------------------------------------------------------------

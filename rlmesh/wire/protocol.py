@@ -45,9 +45,13 @@ from typing import Any
 
 from .. import errors
 
-__all__ = ["MAGIC", "PROTOCOL_VERSION", "error_from_wire", "error_to_wire"]
+__all__ = ["MAGIC", "PROTOCOL_VERSION", "RELEASE", "error_from_wire", "error_to_wire"]
 
 MAGIC = "rlmesh"
+
+#: The rlmesh release this side runs: told to the peer at the handshake, for
+#: error messages only (compatibility is :data:`PROTOCOL_VERSION`).
+RELEASE = "0.1.0"
 
 #: Bumped on any incompatible change to the messages above. Both sides must
 #: agree exactly; the handshake says so clearly when they do not.

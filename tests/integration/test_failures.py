@@ -282,7 +282,7 @@ def test_version_mismatch_is_clear_on_the_client_side(tmp_path) -> None:
 
 def test_a_server_that_stalls_mid_handshake_is_a_connect_error_by_one_deadline(tmp_path, monkeypatch) -> None:
     """A fake server answers HELLO slowly and never confirms the session."""
-    monkeypatch.setattr(rlmesh.client, "CONNECT_ATTEMPT_TIMEOUT", 0.6)
+    monkeypatch.setattr(rlmesh.wire.client_session, "CONNECT_ATTEMPT_TIMEOUT", 0.6)
     contract = rlmesh.EnvServer(TinyEnv(), f"unix://{tmp_path}/real.sock")
     contract_dict = contract.env_contract.to_dict()
     contract.shutdown()
