@@ -7,13 +7,24 @@
   platform, CPU count, library versions) so runs can be compared later;
 * a markdown table printer;
 * a warning when a measurement ran for less than ``min_seconds`` (2 s by
-  default): short runs are noisy.
+  default): short runs are noisy;
+* :func:`step_rates`, the one loop that times an env stepped as fast as it
+  goes (rounds x seconds, steps/s per round), whatever the env is behind;
+* :func:`busy_processes`, extra processes that keep cores busy for a block
+  (the "busy machine" condition), always killed when the block ends.
+
+This module imports the standard library only: ``_peer_client.py`` imports it
+in the published package's interpreter, so that every cell, ours and the
+peers', is timed by the same :func:`step_rates`.
 
 Usage::
 
     runner = Runner("shm", args)          # args from add_common_args()
     samples = measure(op, repeats=5, target_s=0.4)
     runner.record({"group": "roundtrip", "transport": "x"}, samples, nbytes=8)
+    with busy_processes(1):
+        rates = step_rates(env, seconds=2.0, rounds=5)
+    runner.emit({"transport": "x", "condition": "busy"}, {"steps_per_s_median": median(rates)})
     runner.finish()
 """
 
@@ -25,23 +36,29 @@ import json
 import math
 import os
 import platform
+import select
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 __all__ = [
     "Runner",
     "Samples",
+    "SteppableEnv",
     "add_common_args",
+    "busy_processes",
     "deadline",
     "environment",
     "markdown_table",
     "measure",
     "percentile",
+    "step_rates",
     "summarize",
 ]
 
@@ -159,6 +176,115 @@ def deadline(seconds: float, what: str = "benchmark step") -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+class SteppableEnv(Protocol):
+    """What :func:`step_rates` drives: Gymnasium's single-env ``reset`` and ``step``."""
+
+    def reset(self, *, seed: int | None = None) -> Any:
+        """Start an episode."""
+
+    def step(self, action: Any) -> tuple[Any, Any, Any, Any, Any]:
+        """Advance one step: (observation, reward, terminated, truncated, info)."""
+
+
+def step_rates(
+    env: SteppableEnv,
+    seconds: float,
+    rounds: int,
+    *,
+    warmup_steps: int = 50,
+    warmup_s: float = 0.5,
+) -> list[float]:
+    """Step ``env`` as fast as it goes for ``rounds`` rounds of ``seconds`` each; steps/s per round.
+
+    The one timing loop of the step-rate benchmarks: every cell (rlmesh over each
+    transport, gymnasium's AsyncVectorEnv, and the published package in its own
+    interpreter, through ``_peer_client.py``) is timed by it. Actions alternate
+    0 and 1; an episode that ends is reset, inside the timed loop. A warm-up of
+    ``warmup_steps`` steps comes first (segments mapped, spin budgets settled),
+    cut short after ``warmup_s`` for an env that takes a second a step. The
+    clock is read after every step (about 50 ns, under 0.5 % of the fastest
+    cell), so a round overshoots ``seconds`` by one step at most.
+    """
+    clock = time.perf_counter
+    step = env.step
+    env.reset(seed=0)
+    stop = clock() + warmup_s
+    for i in range(warmup_steps):
+        _, _, terminated, truncated, _ = step(i & 1)
+        if terminated or truncated:
+            env.reset()
+        if clock() >= stop:
+            break
+    rates = []
+    for _ in range(rounds):
+        steps = 0
+        start = now = clock()
+        end = start + seconds
+        while now < end:
+            _, _, terminated, truncated, _ = step(steps & 1)
+            steps += 1
+            if terminated or truncated:
+                env.reset()
+            now = clock()
+        rates.append(steps / (now - start))
+    return rates
+
+
+#: The program each busy process runs (a spin loop that exits when its parent goes).
+BUSY_SCRIPT = Path(__file__).resolve().with_name("_busy.py")
+
+
+@contextlib.contextmanager
+def busy_processes(count: int, *, start_timeout: float = 30.0) -> Iterator[list[int]]:
+    """``count`` extra processes, each spinning on a core, for the length of the block; yields their pids.
+
+    Each runs ``_busy.py`` in this interpreter and is spinning before the block
+    starts. They are killed and reaped when the block ends, whether it ends
+    normally, on an error or on Ctrl-C; and each also exits by itself once this
+    process is gone, so not even a SIGKILL of the benchmark leaves one behind.
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(count):
+            proc = subprocess.Popen(
+                [sys.executable, str(BUSY_SCRIPT), str(os.getpid())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+            )
+            procs.append(proc)
+            assert proc.stdout is not None
+            poller = select.poll()
+            poller.register(proc.stdout, select.POLLIN)
+            if not poller.poll(start_timeout * 1000) or not proc.stdout.readline():
+                raise RuntimeError(f"a busy process did not start within {start_timeout:g}s")
+        yield [proc.pid for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into ``SystemExit`` for the block, so that ``finally`` clauses still run.
+
+    A benchmark killed with SIGTERM then stops its busy processes and servers as
+    on Ctrl-C. Main thread only.
+    """
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # -- environment and output -------------------------------------------------------------------
 
 
@@ -246,14 +372,16 @@ class Runner:
         *,
         extra_packages: Sequence[str] = (),
         min_seconds: float = MIN_SECONDS,
+        short_hint: str = "Run without --quick, or with more --repeats.",
     ) -> None:
         self.bench = bench
         self.quick = bool(args.quick)
         self.json_only = bool(args.json_only)
-        self.repeats = args.repeats or (3 if self.quick else 5)
+        self.repeats = getattr(args, "repeats", None) or (3 if self.quick else 5)
         self.target_s = 0.08 if self.quick else 0.5
         self.warmup_s = 0.05 if self.quick else 0.2
         self.min_seconds = min_seconds
+        self.short_hint = short_hint
         self.env = environment(extra_packages)
         self.records: list[dict[str, Any]] = []
         self.short: list[str] = []
@@ -261,7 +389,11 @@ class Runner:
 
     def measure(self, op: Callable[[], object], **overrides: Any) -> Samples:
         """:func:`measure` with this run's repeats, target and warm-up."""
-        kwargs = {"repeats": self.repeats, "target_s": self.target_s, "warmup_s": self.warmup_s}
+        kwargs: dict[str, Any] = {
+            "repeats": self.repeats,
+            "target_s": self.target_s,
+            "warmup_s": self.warmup_s,
+        }
         kwargs.update(overrides)
         return measure(op, **kwargs)
 
@@ -269,14 +401,23 @@ class Runner:
         self, labels: dict[str, Any], samples: Samples, *, nbytes: int | None = None
     ) -> dict[str, Any]:
         """Summarize, print one JSON line, remember it for the table."""
-        rec: dict[str, Any] = {"bench": self.bench, **labels, **summarize(samples)}
+        values: dict[str, Any] = summarize(samples)
         if nbytes is not None:
-            rec["bytes"] = nbytes
+            values["bytes"] = nbytes
             seconds = samples.timed_ns / 1e9
-            rec["throughput_MBps"] = nbytes * samples.count / seconds / 1e6 if seconds else math.nan
+            values["throughput_MBps"] = nbytes * samples.count / seconds / 1e6 if seconds else math.nan
+        return self.emit(labels, values)
+
+    def emit(self, labels: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+        """Print one JSON line of ``labels`` and ``values`` with the environment; remember it.
+
+        A measurement whose ``timed_s`` is under ``min_seconds`` counts as short
+        (see :meth:`finish`).
+        """
+        rec: dict[str, Any] = {"bench": self.bench, **labels, **values}
         rec["env"] = self.env
         rec["time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        if rec["timed_s"] < self.min_seconds:
+        if rec.get("timed_s", math.inf) < self.min_seconds:
             self.short.append(_label(labels))
         self.records.append(rec)
         print(json.dumps(rec, sort_keys=True), flush=True)
@@ -293,8 +434,7 @@ class Runner:
             self.note(
                 f"warning: {len(self.short)} of {len(self.records)} measurements were timed for "
                 f"less than {self.min_seconds:g}s each ({', '.join(self.short[:4])}"
-                f"{', ...' if len(self.short) > 4 else ''}); their numbers are noisy. "
-                "Run without --quick, or with more --repeats."
+                f"{', ...' if len(self.short) > 4 else ''}); their numbers are noisy. " + self.short_hint
             )
         self.note(f"{self.bench}: {len(self.records)} measurements in {elapsed:.1f}s")
 
