@@ -1,8 +1,8 @@
-"""Single-env step rate of a served env, by transport, against the peers, in one run.
+"""Single-env step rate of a served env, by transport, against the peers, idle and busy, in one run.
 
 Workloads: CartPole-v1 and image envs with 28 KiB, 150 KiB and 4 MiB uint8
 observations. Every cell serves the workload in a fresh process and drives it
-from this one with the NumPy client (writable observations, as Gymnasium's):
+from another with a NumPy client (writable observations, as Gymnasium's):
 
 * rlmesh over ``shm`` (Unix socket, observations through shared memory),
   ``unix`` (Unix socket, tensors copied inline) and ``tcp`` (loopback, inline);
@@ -10,11 +10,18 @@ from this one with the NumPy client (writable observations, as Gymnasium's):
   off: the stock way to step an env in another process;
 * with ``--peer-python PATH``, the published ``rlmesh`` package (gRPC) in that
   interpreter, over its Unix and TCP transports (``--setup-peer DIR`` makes
-  such a virtual environment from PyPI).
+  such a virtual environment from PyPI). Its server and client are the files
+  ``_peer_server.py`` and ``_peer_client.py``, run by that interpreter.
 
-Each cell runs ``--rounds`` rounds of ``--seconds`` each and reports the median
-steps/s. Output: one JSON line per cell (with the machine's description), then
-a markdown table with ratios against the peers.
+Every cell is timed by the same loop, ``_harness.step_rates`` (the published
+package's client imports it in its own interpreter): ``--rounds`` rounds of
+``--seconds`` each, median steps/s. Each cell is measured in every condition
+of ``--conditions``: ``idle``, and ``busy`` with one extra process spinning on
+a core for the whole measurement (a learner computing while its envs step).
+
+Output: one JSON line per cell and condition, then a markdown table with the
+idle and busy rates side by side and each rlmesh row's ratio to every peer in
+the same condition.
 
 Run: ``python -m benchmarks.bench_transports [--quick] [--peer-python PATH]``.
 """
@@ -22,136 +29,85 @@ Run: ``python -m benchmarks.bench_transports [--quick] [--peer-python PATH]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import itertools
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 if __package__ in (None, ""):  # run as a file: make the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._harness import environment, markdown_table  # noqa: E402
+from benchmarks._harness import (  # noqa: E402
+    Runner,
+    busy_processes,
+    deadline,
+    markdown_table,
+    sigterm_as_exit,
+    step_rates,
+)
+from benchmarks._peer import CARTPOLE, IMAGE, make_env, obs_bytes  # noqa: E402
 from rlmesh import _demo  # noqa: E402
 
-WORKLOADS = ["CartPole-v1", "28 KiB obs", "150 KiB obs", "4 MiB obs"]
+HERE = Path(__file__).resolve().parent
+WORKLOADS = list(_demo.WORKLOADS)
+#: Extra spinning processes in each condition.
+CONDITIONS = {"idle": 0, "busy": 1}
+#: The bound on starting a cell's server and client, on top of its timed rounds.
+SETUP_TIMEOUT = 120.0
 
-# The published package cannot import our demo env, so the peer gets its own
-# copy of the same env (same sizes, same per-step work) as a file.
-PEER_ENVS = """
-import numpy as np
-from gymnasium import spaces
-
-class ImageEnv:
-    metadata = {"render_modes": []}
-    render_mode = None
-    def __init__(self, nbytes=28 * 1024, episode_length=1000):
-        width = 64
-        height = max(1, nbytes // (width * 4))
-        self.observation_space = spaces.Box(0, 255, (height, width, 4), np.uint8)
-        self.action_space = spaces.Discrete(2)
-        self._frames = [np.zeros((height, width, 4), np.uint8) for _ in range(2)]
-        self._t = 0
-        self._episode_length = episode_length
-    def _frame(self):
-        frame = self._frames[self._t & 1]
-        frame[0, :8, 0] = self._t & 0xFF
-        return frame
-    def reset(self, *, seed=None, options=None):
-        self._t = 0
-        return self._frame(), {}
-    def step(self, action):
-        self._t += 1
-        return self._frame(), 1.0, False, self._t >= self._episode_length, {}
-    def close(self):
-        pass
-"""
-
-PEER_SERVER = """
-import json, sys
-sys.path.insert(0, sys.argv[3])
-import gymnasium as gym
-import rlmesh
-target, kwargs = sys.argv[1], json.loads(sys.argv[2])
-if target == "CartPole-v1":
-    env = gym.make("CartPole-v1")
-else:
-    from peer_envs import ImageEnv
-    env = ImageEnv(**kwargs)
-server = rlmesh.EnvServer(env, sys.argv[4])
-print(server.address, flush=True)
-server.serve()
-"""
-
-PEER_CLIENT = """
-import json, sys, time, statistics
-from rlmesh.numpy import RemoteEnv
-address, seconds, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-env = RemoteEnv(address, connect_timeout_seconds=60)
-env.reset(seed=0)
-for _ in range(20):
-    if any(env.step(0)[2:4]):
-        env.reset()
-results = []
-for _ in range(rounds):
-    steps = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        for _ in range(8):
-            _, _, term, trunc, _ = env.step(steps & 1)
-            steps += 1
-            if term or trunc:
-                env.reset()
-        now = time.perf_counter()
-        if now >= deadline:
-            break
-    results.append(steps / (now - start))
-env.close()
-print(json.dumps(results))
-"""
+#: Runs one condition's rounds of a cell and returns steps/s per round.
+Timer = Callable[[], list[float]]
 
 
-def gymnasium_async_cells(workloads: list[str], seconds: float, rounds: int) -> list[dict[str, Any]]:
-    """AsyncVectorEnv with one worker, shared memory on and off."""
-    import gymnasium as gym
-    import numpy as np
-
-    cells = []
-    for workload in workloads:
-        target, kwargs = _demo.WORKLOADS[workload]
-        if target == "CartPole-v1":
-            fns = [lambda: gym.make("CartPole-v1")]
-        else:
-            fns = [lambda kw=kwargs: _gym_image_env(**kw)]
-        for shared in (True, False):
-            envs = gym.vector.AsyncVectorEnv(fns, shared_memory=shared, context="spawn")
-            try:
-                per_round = _demo.measure(_OneLane(envs, np), seconds, rounds)
-            finally:
-                envs.close()
-            name = f"gymnasium-async-{'shm' if shared else 'pipe'}"
-            cells.append(_cell(workload, name, per_round))
-            print(
-                f"  {workload:>12} {name:<24} {statistics.median(per_round):>10,.0f} steps/s", file=sys.stderr
-            )
-    return cells
+def peer_env(workload: str) -> tuple[str, dict[str, Any]]:
+    """The ``_peer.make_env`` kind and keyword arguments of a workload."""
+    target, kwargs = _demo.WORKLOADS[workload]
+    return (CARTPOLE if target == "CartPole-v1" else IMAGE), kwargs
 
 
-class _OneLane:
-    """A one-worker AsyncVectorEnv behind the single-env calls _demo.measure makes.
+# -- the cells: each yields a Timer for the conditions to call ------------------------------------
+
+
+@contextlib.contextmanager
+def rlmesh_cell(workload: str, transport: str, address: str, seconds: float, rounds: int) -> Iterator[Timer]:
+    """``rlmesh serve`` in a subprocess, stepped from here with the NumPy client."""
+    from rlmesh.numpy import RemoteEnv
+
+    target, kwargs = _demo.WORKLOADS[workload]
+    # The idle timeout stops a server that outlives this process (a SIGKILL): nothing else would.
+    server, bound = _demo.start_server(
+        target, kwargs, address, quiet=True, extra=["--idle-timeout", str(SETUP_TIMEOUT)]
+    )
+    try:
+        env = RemoteEnv(bound, shared_memory=transport == "shm", connect_timeout_seconds=30)
+        try:
+            yield lambda: step_rates(env, seconds, rounds)
+        finally:
+            env.close()
+    finally:
+        _demo.stop_server(server)
+
+
+class OneLane:
+    """A one-worker AsyncVectorEnv behind the single-env calls ``step_rates`` makes.
 
     Its lane resets itself (NextStep autoreset), so episode ends are not reported.
     """
 
-    def __init__(self, envs: Any, np: Any) -> None:
+    def __init__(self, envs: Any) -> None:
+        import numpy as np
+
         self._envs = envs
         self._actions = np.zeros(1, np.int64)
 
-    def reset(self, seed: int | None = None) -> Any:
+    def reset(self, *, seed: int | None = None) -> Any:
         return self._envs.reset(seed=seed)
 
     def step(self, action: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
@@ -160,85 +116,150 @@ class _OneLane:
         return obs, float(rewards[0]), False, False, info
 
 
-def _gym_image_env(**kwargs: Any) -> Any:
-    """The demo's image env with Gymnasium spaces, as AsyncVectorEnv needs."""
-    from rlmesh.spaces import to_gymnasium_space
+@contextlib.contextmanager
+def gymnasium_cell(workload: str, shared_memory: bool, seconds: float, rounds: int) -> Iterator[Timer]:
+    """``gymnasium.vector.AsyncVectorEnv`` with one spawned worker, stepped from here."""
+    import gymnasium as gym
 
-    env = _demo.ImageEnv(**kwargs)
-    env.observation_space = to_gymnasium_space(env.observation_space)  # type: ignore[assignment]
-    env.action_space = to_gymnasium_space(env.action_space)  # type: ignore[assignment]
-    return env
+    kind, kwargs = peer_env(workload)
+    envs = gym.vector.AsyncVectorEnv(
+        [functools.partial(make_env, kind, kwargs)], shared_memory=shared_memory, context="spawn"
+    )
+    try:
+        lane = OneLane(envs)
+        yield lambda: step_rates(lane, seconds, rounds)
+    finally:
+        envs.close()
 
 
-def peer_cells(python: str, workloads: list[str], seconds: float, rounds: int) -> list[dict[str, Any]]:
-    """The published rlmesh package, run entirely in ``python``."""
-    cells = []
-    with tempfile.TemporaryDirectory(prefix="rlmesh-peer-") as tmp:
-        (Path(tmp) / "peer_envs.py").write_text(PEER_ENVS)
-        server_py = Path(tmp) / "server.py"
-        server_py.write_text(PEER_SERVER)
-        client_py = Path(tmp) / "client.py"
-        client_py.write_text(PEER_CLIENT)
-        for workload in workloads:
-            target, kwargs = _demo.WORKLOADS[workload]
-            for transport in ("unix", "tcp"):
-                bind = f"unix://{tmp}/peer.sock" if transport == "unix" else "127.0.0.1:0"
-                server = subprocess.Popen(
-                    [python, str(server_py), target, json.dumps(kwargs), tmp, bind],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
+@contextlib.contextmanager
+def published_cell(
+    python: str, workload: str, address: str, seconds: float, rounds: int, labels: dict[str, Any]
+) -> Iterator[Timer]:
+    """The published package: ``_peer_server.py`` and, per condition, ``_peer_client.py``, in ``python``.
+
+    Adds the peer's ``rlmesh`` and Python versions to ``labels``.
+    """
+    kind, kwargs = peer_env(workload)
+    with tempfile.TemporaryFile("w+") as server_log:
+        server = subprocess.Popen(
+            [python, "-I", str(HERE / "_peer_server.py"), "--env", kind, "--kwargs", json.dumps(kwargs)]
+            + ["--address", address],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=server_log,
+            text=True,
+        )
+        try:
+            assert server.stdout is not None
+            line = server.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the published package's server did not start: {_tail(server_log)}")
+            started = json.loads(line)
+            bound = started["address"]
+            labels["peer_rlmesh"] = started["rlmesh"]
+
+            def timer() -> list[float]:
+                client = subprocess.run(
+                    [python, "-I", str(HERE / "_peer_client.py"), bound]
+                    + ["--seconds", str(seconds), "--rounds", str(rounds)],
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
                     text=True,
+                    timeout=SETUP_TIMEOUT + 2 * seconds * rounds,
                 )
-                try:
-                    assert server.stdout is not None
-                    address = server.stdout.readline().strip()
-                    if not address:
-                        raise RuntimeError(f"the peer server did not start for {workload}")
-                    client = subprocess.run(
-                        [python, str(client_py), address, str(seconds), str(rounds)],
-                        capture_output=True,
-                        text=True,
-                        timeout=120 + seconds * rounds * 2,
-                    )
-                    if client.returncode != 0:
-                        raise RuntimeError(f"the peer client failed: {client.stderr[-2000:]}")
-                    per_round = json.loads(client.stdout.strip().splitlines()[-1])
-                finally:
-                    server.terminate()
-                    try:
-                        server.wait(10)
-                    except subprocess.TimeoutExpired:
-                        server.kill()
-                        server.wait()
-                    if transport == "unix" and os.path.exists(f"{tmp}/peer.sock"):
-                        os.unlink(f"{tmp}/peer.sock")
-                name = f"published-rlmesh-{transport}"
-                cells.append(_cell(workload, name, per_round))
-                print(
-                    f"  {workload:>12} {name:<24} {statistics.median(per_round):>10,.0f} steps/s",
-                    file=sys.stderr,
-                )
-    return cells
+                if client.returncode != 0:
+                    raise RuntimeError(f"the published package's client failed: {client.stderr[-2000:]}")
+                result = json.loads(client.stdout.strip().splitlines()[-1])
+                labels["peer_python"] = result["python"]
+                return [float(rate) for rate in result["rounds"]]
+
+            yield timer
+        finally:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            if server.stdout is not None:
+                server.stdout.close()
 
 
-def _cell(workload: str, transport: str, per_round: list[float]) -> dict[str, Any]:
-    target, kwargs = _demo.WORKLOADS[workload]
-    obs_bytes = 16 if target == "CartPole-v1" else _image_bytes(kwargs["nbytes"])
-    median = statistics.median(per_round)
-    return {
-        "bench": "transports",
-        "workload": workload,
-        "transport": transport,
-        "steps_per_s_median": round(median, 1),
-        "mb_per_s": round(median * obs_bytes / 1e6, 2),
-        "obs_bytes": obs_bytes,
-        "rounds": [round(r, 1) for r in per_round],
-    }
+def _tail(log: IO[str]) -> str:
+    log.seek(0)
+    return log.read()[-2000:]
 
 
-def _image_bytes(nbytes: int) -> int:
-    height = max(1, nbytes // 256)
-    return height * 64 * 4
+# -- running and reporting ------------------------------------------------------------------------
+
+
+def measure_cell(
+    runner: Runner,
+    workload: str,
+    transport: str,
+    cell: contextlib.AbstractContextManager[Timer],
+    conditions: Sequence[str],
+    seconds: float,
+    rounds: int,
+    labels: dict[str, Any] | None = None,
+) -> None:
+    """Set up one cell, time it in every condition, print a JSON line per condition."""
+    labels = labels if labels is not None else {}
+    bound = SETUP_TIMEOUT + len(conditions) * (SETUP_TIMEOUT + 2 * seconds * rounds)
+    with deadline(bound, f"{workload} over {transport}"), cell as timer:
+        for condition in conditions:
+            with busy_processes(CONDITIONS[condition]):
+                rates = timer()
+            median = statistics.median(rates)
+            size = obs_bytes(*peer_env(workload))
+            runner.emit(
+                {"workload": workload, "transport": transport, "condition": condition},
+                {
+                    "busy_processes": CONDITIONS[condition],
+                    "steps_per_s_median": round(median, 1),
+                    "mb_per_s": round(median * size / 1e6, 2),
+                    "obs_bytes": size,
+                    "rounds": [round(rate, 1) for rate in rates],
+                    "seconds": seconds,
+                    "timed_s": seconds * len(rates),
+                    **labels,
+                },
+            )
+            runner.note(f"  {workload:>12} {transport:<24} {condition:<4} {median:>10,.0f} steps/s")
+
+
+def report(records: Sequence[dict[str, Any]], conditions: Sequence[str]) -> str:
+    """The markdown table: steps/s per condition side by side, each rlmesh row's ratios to the peers."""
+    rate = {(r["workload"], r["transport"], r["condition"]): r["steps_per_s_median"] for r in records}
+    cells = list(dict.fromkeys((r["workload"], r["transport"]) for r in records))
+    peers = list(dict.fromkeys(t for _, t in cells if not t.startswith("rlmesh-")))
+    both = "idle" in conditions and "busy" in conditions
+    headers = ["workload", "transport", *(f"steps/s {c}" for c in conditions)]
+    if both:
+        headers.append("busy/idle")
+    headers += [f"x {peer}" for peer in peers]
+
+    def row(workload: str, transport: str, with_ratios: bool) -> list[str]:
+        values = [rate.get((workload, transport, c)) for c in conditions]
+        out = [workload, transport, *(f"{v:,.0f}" if v else "-" for v in values)]
+        if both:
+            idle, busy = rate.get((workload, transport, "idle")), rate.get((workload, transport, "busy"))
+            out.append(f"{busy / idle:.2f}" if idle and busy else "-")
+        for peer in peers:
+            if not with_ratios:
+                out.append("")
+                continue
+            ratios = []
+            for condition, mine in zip(conditions, values, strict=True):
+                theirs = rate.get((workload, peer, condition))
+                ratios.append(f"{mine / theirs:.1f}" if mine and theirs else "-")
+            out.append(" / ".join(ratios))
+        return out
+
+    rows = [row(w, t, True) for w, t in cells if t.startswith("rlmesh-")]
+    rows += [row(w, t, False) for w, t in cells if not t.startswith("rlmesh-")]
+    return markdown_table(headers, rows)
 
 
 def setup_peer(directory: str) -> str:
@@ -249,6 +270,17 @@ def setup_peer(directory: str) -> str:
     return python
 
 
+def parse_conditions(text: str) -> list[str]:
+    """``idle,busy`` -> ["idle", "busy"], in the order given, each known."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CONDITIONS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(CONDITIONS)}; got {text!r}"
+        )
+    return list(dict.fromkeys(names))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -257,77 +289,71 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="rounds per cell (the median is reported)")
     parser.add_argument("--quick", action="store_true", help="short rounds, for a smoke test")
     parser.add_argument("--workload", action="append", choices=WORKLOADS, help="repeatable; default all")
+    parser.add_argument(
+        "--conditions",
+        type=parse_conditions,
+        default=list(CONDITIONS),
+        help="idle, busy (one extra process spinning on a core), or both: idle,busy (the default)",
+    )
     parser.add_argument("--peer-python", default=None, help="a python with the published rlmesh installed")
     parser.add_argument("--setup-peer", default=None, metavar="DIR", help="create that peer venv first")
     parser.add_argument("--no-gymnasium", action="store_true", help="skip the AsyncVectorEnv peer")
-    parser.add_argument("--json-only", action="store_true")
+    parser.add_argument("--json-only", action="store_true", help="print only the JSON lines (no table)")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds = 0.3, 1
-    workloads = args.workload or WORKLOADS
+    workloads: list[str] = args.workload or WORKLOADS
+    conditions: list[str] = args.conditions
+    seconds, rounds = args.seconds, args.rounds
     peer_python = args.peer_python
     if args.setup_peer:
         peer_python = setup_peer(args.setup_peer)
 
-    env_info = environment(["numpy", "gymnasium", "msgpack", "posix_ipc"])
-    cells: list[dict[str, Any]] = []
-    print("rlmesh:", file=sys.stderr)
-    for cell in _demo.run_cells(
-        workloads,
-        _demo.TRANSPORTS,
-        seconds=args.seconds,
-        rounds=args.rounds,
-        progress=lambda line: print("  " + line, file=sys.stderr),
-    ):
-        cells.append(_cell(cell.workload, f"rlmesh-{cell.transport}", cell.rounds))
-    if not args.no_gymnasium:
-        print("gymnasium AsyncVectorEnv (1 worker):", file=sys.stderr)
-        cells += gymnasium_async_cells(workloads, args.seconds, args.rounds)
-    if peer_python:
-        print(f"published rlmesh ({peer_python}):", file=sys.stderr)
-        cells += peer_cells(peer_python, workloads, args.seconds, args.rounds)
-
-    for cell in cells:
-        print(json.dumps({**cell, "env": env_info}))
-    if args.json_only:
-        return
-    by = {(c["workload"], c["transport"]): c["steps_per_s_median"] for c in cells}
-    peers = [t for t in dict.fromkeys(c["transport"] for c in cells) if not t.startswith("rlmesh-")]
-    headers = ["workload", "transport", "steps/s", "MB/s"] + [f"x {p}" for p in peers]
-    rows = []
-    for cell in cells:
-        if not cell["transport"].startswith("rlmesh-"):
-            continue
-        ratios = []
-        for peer in peers:
-            base = by.get((cell["workload"], peer))
-            ratios.append(f"{cell['steps_per_s_median'] / base:.1f}" if base else "-")
-        rows.append(
-            [
-                cell["workload"],
-                cell["transport"],
-                f"{cell['steps_per_s_median']:,.0f}",
-                f"{cell['mb_per_s']:,.1f}",
-                *ratios,
-            ]
-        )
-    for cell in cells:
-        if not cell["transport"].startswith("rlmesh-"):
-            rows.append(
-                [
-                    cell["workload"],
-                    cell["transport"],
-                    f"{cell['steps_per_s_median']:,.0f}",
-                    f"{cell['mb_per_s']:,.1f}",
-                ]
-                + [""] * len(peers)
-            )
-    print()
-    print(
-        f"machine: {env_info.get('cpu_count')} cores, Python {env_info.get('python')}, "
-        f"{env_info.get('platform')}"
+    runner = Runner(
+        "transports",
+        args,
+        extra_packages=["numpy", "gymnasium", "msgpack", "posix_ipc"],
+        short_hint="Run without --quick, or with more --seconds or --rounds.",
     )
-    print(markdown_table(headers, rows))
+    sockets = itertools.count()
+    with sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="rlmesh-bench-") as tmp:
+        runner.note("rlmesh:")
+        for workload in workloads:
+            for transport in _demo.TRANSPORTS:
+                address = "tcp://127.0.0.1:0" if transport == "tcp" else f"unix://{tmp}/{next(sockets)}.sock"
+                cell = rlmesh_cell(workload, transport, address, seconds, rounds)
+                measure_cell(runner, workload, f"rlmesh-{transport}", cell, conditions, seconds, rounds)
+        if not args.no_gymnasium:
+            runner.note("gymnasium AsyncVectorEnv (1 worker):")
+            for workload in workloads:
+                for shared in (True, False):
+                    cell = gymnasium_cell(workload, shared, seconds, rounds)
+                    name = f"gymnasium-async-{'shm' if shared else 'pipe'}"
+                    measure_cell(runner, workload, name, cell, conditions, seconds, rounds)
+        if peer_python:
+            runner.note(f"published rlmesh ({peer_python}):")
+            for workload in workloads:
+                for transport in ("unix", "tcp"):
+                    address = f"unix://{tmp}/{next(sockets)}.sock" if transport == "unix" else "127.0.0.1:0"
+                    labels: dict[str, Any] = {}
+                    cell = published_cell(peer_python, workload, address, seconds, rounds, labels)
+                    name = f"published-rlmesh-{transport}"
+                    measure_cell(runner, workload, name, cell, conditions, seconds, rounds, labels)
+
+    if not args.json_only:
+        env = runner.env
+        print()
+        print(
+            f"machine: {env.get('cpu_count')} cores, Python {env.get('python')}, {env.get('platform')}; "
+            f"{seconds:g} s x {rounds} rounds per cell, median steps/s; busy: one extra process spinning"
+        )
+        print(
+            f"x PEER: this row's steps/s over the peer's in the same condition, {' / '.join(conditions)}; "
+            "above 1 favours rlmesh."
+        )
+        print()
+        print(report(runner.records, conditions))
+    runner.finish()
 
 
 if __name__ == "__main__":

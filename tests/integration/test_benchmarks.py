@@ -8,8 +8,10 @@ measured by hand, on a quiet machine; see benchmarks/README.md).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -31,31 +33,172 @@ def test_bench_transports_as_a_file_from_another_directory(tmp_path) -> None:
     rows, out = run_bench(
         [script, "--workload", "CartPole-v1", "--seconds", "0.1", "--rounds", "1"], str(tmp_path)
     )
-    cells = {row["transport"]: row for row in rows}
-    assert {"rlmesh-shm", "rlmesh-unix", "rlmesh-tcp", "gymnasium-async-shm"} <= set(cells)
+    cells = {(row["transport"], row["condition"]): row for row in rows}
+    transports = {"rlmesh-shm", "rlmesh-unix", "rlmesh-tcp", "gymnasium-async-shm", "gymnasium-async-pipe"}
+    # Every cell, measured idle and with one busy process (the default: both).
+    assert {(t, c) for t in transports for c in ("idle", "busy")} <= set(cells)
     for row in rows:
+        assert row["bench"] == "transports"
         assert row["workload"] == "CartPole-v1"
-        assert row["steps_per_s_median"] > 0
+        assert row["busy_processes"] == (1 if row["condition"] == "busy" else 0)
+        assert row["steps_per_s_median"] > 0 and len(row["rounds"]) == 1
         assert row["obs_bytes"] == 16  # four float32s
         assert row["env"]["cpu_count"] >= 1
-    assert "| CartPole-v1 | rlmesh-shm" in out
+    header = next(line for line in out.splitlines() if line.startswith("| workload"))
+    assert "steps/s idle" in header and "steps/s busy" in header and "busy/idle" in header
+    assert "x gymnasium-async-shm" in header
+    shm_row = next(line for line in out.splitlines() if line.startswith("| CartPole-v1 | rlmesh-shm"))
+    assert shm_row.count(" / ") == 2  # a ratio per condition against each gymnasium peer
 
 
-def test_bench_shm_as_a_module() -> None:
-    rows, out = run_bench(["-m", "benchmarks.bench_shm", "--quick"], str(ROOT))
-    kinds = {(row["group"], row["transport"]) for row in rows}
-    assert ("roundtrip", "rlmesh") in kinds and ("transfer", "socketpair") in kinds
-    sizes = {row["size"] for row in rows if row["group"] == "transfer"}
-    assert sizes == {16, 28 * 1024, 4 * 1024 * 1024}
-    assert all(row["median_ns"] > 0 for row in rows)
-    assert "| transfer" in out
-
-
-def test_bench_obs_checks_as_a_file() -> None:
+def test_bench_transports_as_a_module_in_one_condition() -> None:
     rows, out = run_bench(
-        [str(ROOT / "benchmarks" / "bench_obs_checks.py"), "off", "warn", "--repeats", "1"], str(ROOT)
+        [
+            "-m",
+            "benchmarks.bench_transports",
+            "--quick",
+            "--workload",
+            "28 KiB obs",
+            "--conditions",
+            "busy",
+            "--no-gymnasium",
+            "--json-only",
+        ],
+        str(ROOT),
     )
-    cells = {(row["observation"], row["policy"]) for row in rows}
-    assert ("CartPole f32[4]", "warn") in cells and ("4 MiB f32 Box(-1,1)", "off") in cells
-    assert all(row["us_per_encode_median"] > 0 for row in rows)
-    assert "| CartPole f32[4] |" in out
+    assert {(row["transport"], row["condition"]) for row in rows} == {
+        ("rlmesh-shm", "busy"),
+        ("rlmesh-unix", "busy"),
+        ("rlmesh-tcp", "busy"),
+    }
+    assert all(row["obs_bytes"] == 28 * 1024 and row["seconds"] == 0.3 for row in rows)
+    assert "| workload" not in out  # --json-only: no table
+
+
+def test_bench_transports_rejects_an_unknown_condition() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_transports", "--conditions", "idle,loaded"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(ROOT),
+    )
+    assert result.returncode == 2 and "idle, busy" in result.stderr
+
+
+PEER_PYTHON = os.environ.get("RLMESH_BENCH_PEER_PYTHON", "/tmp/peer-rlmesh/bin/python")
+
+
+@pytest.mark.skipif(
+    not os.path.exists(PEER_PYTHON),
+    reason=f"no interpreter with the published package at {PEER_PYTHON} (RLMESH_BENCH_PEER_PYTHON)",
+)
+def test_bench_transports_against_the_published_package() -> None:
+    rows, out = run_bench(
+        [
+            str(ROOT / "benchmarks" / "bench_transports.py"),
+            "--workload",
+            "CartPole-v1",
+            "--seconds",
+            "0.1",
+            "--rounds",
+            "1",
+            "--no-gymnasium",
+            "--peer-python",
+            PEER_PYTHON,
+        ],
+        str(ROOT),
+    )
+    published = [row for row in rows if row["transport"].startswith("published-rlmesh-")]
+    assert {(row["transport"], row["condition"]) for row in published} == {
+        (t, c) for t in ("published-rlmesh-unix", "published-rlmesh-tcp") for c in ("idle", "busy")
+    }
+    for row in published:  # the peer's versions, as its scripts reported them
+        assert row["peer_rlmesh"] and row["peer_python"] and row["steps_per_s_median"] > 0
+    assert "x published-rlmesh-unix" in out
+
+
+def test_the_peer_scripts_refuse_this_repositorys_rlmesh() -> None:
+    # This interpreter has this tree's rlmesh: the peer client must not time it as the published one.
+    result = subprocess.run(
+        [sys.executable, "-I", str(ROOT / "benchmarks" / "_peer_client.py"), "unix:///nowhere.sock"]
+        + ["--seconds", "0.1", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and "not the published package" in result.stderr
+
+
+class CountingEnv:
+    """Episodes of three steps; records the actions."""
+
+    def __init__(self) -> None:
+        self.actions: list[int] = []
+        self.resets = 0
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None) -> tuple[int, dict[str, Any]]:
+        self.resets += 1
+        self.t = 0
+        return 0, {}
+
+    def step(self, action: int) -> tuple[int, float, bool, bool, dict[str, Any]]:
+        self.actions.append(action)
+        self.t += 1
+        return self.t, 1.0, self.t >= 3, False, {}
+
+
+def test_step_rates_times_rounds_and_resets_ended_episodes() -> None:
+    from benchmarks._harness import step_rates
+
+    env = CountingEnv()
+    rates = step_rates(env, 0.02, 3, warmup_steps=5)
+    assert len(rates) == 3 and all(rate > 0 for rate in rates)
+    assert env.actions[5:9] == [0, 1, 0, 1]  # actions alternate within a round
+    assert env.resets >= len(env.actions) // 3  # every ended episode was reset
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (an orphan's exit is reaped by init whenever init gets to it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_busy_processes_are_killed_when_the_block_fails(error: type[BaseException]) -> None:
+    from benchmarks._harness import busy_processes
+
+    pids: list[int] = []
+    with pytest.raises(error):
+        with busy_processes(1) as started:
+            pids = started
+            assert len(pids) == 1 and _alive(pids[0])
+            raise error()
+    assert pids and not _alive(pids[0])  # killed and reaped
+
+
+def test_a_busy_process_exits_when_its_parent_goes() -> None:
+    # Its parent is a shell that waits for a line on stdin; once the shell is gone the spinner
+    # notices and exits, without being killed (as when a benchmark dies of SIGKILL).
+    busy = ROOT / "benchmarks" / "_busy.py"
+    shell = subprocess.Popen(
+        ["sh", "-c", f'"{sys.executable}" "{busy}" $$ >/dev/null 2>&1 & echo $!; read line'],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert shell.stdin is not None and shell.stdout is not None
+    pid = int(shell.stdout.readline())
+    time.sleep(0.3)
+    assert _alive(pid)  # spinning while its parent lives
+    shell.stdin.close()
+    shell.wait(10)
+    shell.stdout.close()
+    deadline = time.monotonic() + 20
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
