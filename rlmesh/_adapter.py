@@ -32,6 +32,7 @@ from ._codec import CODE_BY_NAME, handle_record, inline_ext
 from ._conformance import Conformance, check_policy
 from ._dtypes import DTYPES, DType, integer_bounds, is_float, is_integer
 from .errors import InvalidActionError, SpecError
+from .spaces._walk import TENSOR_KINDS, Path, fold, leaf_nbytes, location
 from .specs import EnvContract
 from .tensor import Tensor
 from .values import sanitize_metadata
@@ -189,7 +190,8 @@ def _tensor_encoder(
     shape = tuple(spec.shape) if batch is None else (batch, *spec.shape)
     np = _numpy()
     np_dtype = _np_dtype(dtype.name) if np is not None else None
-    nbytes = math.prod(shape) * dtype.itemsize
+    # The size the session's slab rings were made for (see rlmesh.specs.step_tensor_sizes).
+    nbytes = leaf_nbytes(spec, batch)
 
     def encode(value: Any, sink: Sink) -> Any:
         if isinstance(value, Tensor):
@@ -248,23 +250,37 @@ def _int_value(value: Any, where: str, error: Callable[[str, str], Exception]) -
 
 
 def compile_encoder(
-    spec: S.SpaceSpec, batch: int | None = None, where: str = "", conformance: Conformance | None = None
+    spec: S.SpaceSpec, batch: int | None = None, path: Path = (), conformance: Conformance | None = None
 ) -> Callable[[Any, Sink], Any]:
     """Compile the observation encoder of a space (``batch``: a vector env's N).
 
     With ``conformance``, the encoder also checks the values against the
     space (see :mod:`rlmesh._conformance`); without, it checks only what the
-    wire needs (structure, shape, lossless dtype casts).
+    wire needs (structure, shape, lossless dtype casts). ``path`` is where
+    ``spec`` sits in the observation, for error messages and warnings.
     """
+    return fold(
+        spec,
+        lambda leaf, leaf_path: _leaf_encoder(leaf, batch, leaf_path, conformance),
+        _dict_encoder,
+        _tuple_encoder,
+        path,
+    )
+
+
+def _leaf_encoder(
+    spec: S.SpaceSpec, batch: int | None, path: Path, conformance: Conformance | None
+) -> Callable[[Any, Sink], Any]:
     kind = spec.kind
-    if kind in ("box", "multi_binary", "multi_discrete"):
-        check = conformance.tensor_check(spec, batch, where) if conformance is not None else None
+    where = location(path)
+    if kind in TENSOR_KINDS:
+        check = conformance.tensor_check(spec, batch, path) if conformance is not None else None
         return _tensor_encoder(spec, batch, where, check)
     if kind == "discrete":
         if batch is None:
             if conformance is None:
                 return lambda value, sink: _int_value(value, where, _obs_error)
-            check_int = conformance.discrete_check(spec, where)
+            check_int = conformance.discrete_check(spec, path)
 
             def encode_discrete(value: Any, sink: Sink) -> int:
                 number = _int_value(value, where, _obs_error)
@@ -273,10 +289,10 @@ def compile_encoder(
 
             return encode_discrete
         as_box = S.Box(-(1 << 62), 1 << 62, (), "int64").spec
-        check = conformance.tensor_check(spec, batch, where) if conformance is not None else None
+        check = conformance.tensor_check(spec, batch, path) if conformance is not None else None
         return _tensor_encoder(as_box, batch, where, check)
     if kind == "text":
-        check_text = conformance.text_check(spec, batch, where) if conformance is not None else None
+        check_text = conformance.text_check(spec, batch, path) if conformance is not None else None
         if batch is None:
             if check_text is None:
                 return lambda value, sink: str(value)
@@ -296,34 +312,34 @@ def compile_encoder(
             return texts
 
         return encode_texts
-    if kind == "dict":
-        children = [
-            (key, compile_encoder(child, batch, f"{where}.{key}" if where else key, conformance))
-            for key, child in spec.details["spaces"]
-        ]
-
-        def encode_dict(value: Any, sink: Sink) -> Any:
-            try:
-                return {key: enc(value[key], sink) for key, enc in children}
-            except (KeyError, TypeError) as exc:
-                raise _obs_error(
-                    where, f"expected a dict with keys {[k for k, _ in children]}: {exc}"
-                ) from None
-
-        return encode_dict
-    if kind == "tuple":
-        parts = [
-            compile_encoder(child, batch, f"{where}[{i}]", conformance)
-            for i, child in enumerate(spec.details["spaces"])
-        ]
-
-        def encode_tuple(value: Any, sink: Sink) -> Any:
-            if len(value) != len(parts):
-                raise _obs_error(where, f"expected {len(parts)} entries, got {len(value)}")
-            return [enc(v, sink) for enc, v in zip(parts, value, strict=True)]
-
-        return encode_tuple
     raise SpecError(f"unsupported space kind {kind!r}")  # pragma: no cover
+
+
+def _dict_encoder(
+    spec: S.SpaceSpec, path: Path, children: list[tuple[str, Callable[[Any, Sink], Any]]]
+) -> Callable[[Any, Sink], Any]:
+    where = location(path)
+
+    def encode_dict(value: Any, sink: Sink) -> Any:
+        try:
+            return {key: enc(value[key], sink) for key, enc in children}
+        except (KeyError, TypeError) as exc:
+            raise _obs_error(where, f"expected a dict with keys {[k for k, _ in children]}: {exc}") from None
+
+    return encode_dict
+
+
+def _tuple_encoder(
+    spec: S.SpaceSpec, path: Path, parts: list[Callable[[Any, Sink], Any]]
+) -> Callable[[Any, Sink], Any]:
+    where = location(path)
+
+    def encode_tuple(value: Any, sink: Sink) -> Any:
+        if len(value) != len(parts):
+            raise _obs_error(where, f"expected {len(parts)} entries, got {len(value)}")
+        return [enc(v, sink) for enc, v in zip(parts, value, strict=True)]
+
+    return encode_tuple
 
 
 # -- action decoders ----------------------------------------------------------------
@@ -386,10 +402,23 @@ def _tensor_decoder(spec: S.SpaceSpec, batch: int | None, where: str) -> Callabl
     return decode
 
 
-def compile_decoder(spec: S.SpaceSpec, batch: int | None = None, where: str = "") -> Callable[[Any], Any]:
-    """Compile the action decoder of a space (``batch``: a vector env's N)."""
+def compile_decoder(spec: S.SpaceSpec, batch: int | None = None, path: Path = ()) -> Callable[[Any], Any]:
+    """Compile the action decoder of a space (``batch``: a vector env's N).
+
+    ``path`` is where ``spec`` sits in the action, for error messages.
+    """
+    return fold(
+        spec,
+        lambda leaf, leaf_path: _leaf_decoder(leaf, batch, location(leaf_path)),
+        _dict_decoder,
+        _tuple_decoder,
+        path,
+    )
+
+
+def _leaf_decoder(spec: S.SpaceSpec, batch: int | None, where: str) -> Callable[[Any], Any]:
     kind = spec.kind
-    if kind in ("box", "multi_binary", "multi_discrete"):
+    if kind in TENSOR_KINDS:
         return _tensor_decoder(spec, batch, where)
     if kind == "discrete":
         n, start = spec.details["n"], spec.details["start"]
@@ -434,32 +463,33 @@ def compile_decoder(spec: S.SpaceSpec, batch: int | None = None, where: str = ""
             return [check_text(v) for v in value]
 
         return decode_text_batch
-    if kind == "dict":
-        children = [
-            (key, compile_decoder(child, batch, f"{where}.{key}" if where else key))
-            for key, child in spec.details["spaces"]
-        ]
-        keys = [k for k, _ in children]
-
-        def decode_dict(value: Any) -> Any:
-            if not isinstance(value, dict) or sorted(value) != sorted(keys):
-                got = sorted(value) if isinstance(value, dict) else type(value).__name__
-                raise _action_error(where, f"expected a dict with keys {keys}, got {got}")
-            return {key: dec(value[key]) for key, dec in children}
-
-        return decode_dict
-    if kind == "tuple":
-        parts = [
-            compile_decoder(child, batch, f"{where}[{i}]") for i, child in enumerate(spec.details["spaces"])
-        ]
-
-        def decode_tuple(value: Any) -> Any:
-            if not isinstance(value, (list, tuple)) or len(value) != len(parts):
-                raise _action_error(where, f"expected a tuple of {len(parts)} entries")
-            return tuple(dec(v) for dec, v in zip(parts, value, strict=True))
-
-        return decode_tuple
     raise SpecError(f"unsupported space kind {kind!r}")  # pragma: no cover
+
+
+def _dict_decoder(
+    spec: S.SpaceSpec, path: Path, children: list[tuple[str, Callable[[Any], Any]]]
+) -> Callable[[Any], Any]:
+    where = location(path)
+    keys = [k for k, _ in children]
+
+    def decode_dict(value: Any) -> Any:
+        if not isinstance(value, dict) or sorted(value) != sorted(keys):
+            got = sorted(value) if isinstance(value, dict) else type(value).__name__
+            raise _action_error(where, f"expected a dict with keys {keys}, got {got}")
+        return {key: dec(value[key]) for key, dec in children}
+
+    return decode_dict
+
+
+def _tuple_decoder(spec: S.SpaceSpec, path: Path, parts: list[Callable[[Any], Any]]) -> Callable[[Any], Any]:
+    where = location(path)
+
+    def decode_tuple(value: Any) -> Any:
+        if not isinstance(value, (list, tuple)) or len(value) != len(parts):
+            raise _action_error(where, f"expected a tuple of {len(parts)} entries")
+        return tuple(dec(v) for dec, v in zip(parts, value, strict=True))
+
+    return decode_tuple
 
 
 # -- the adapter ----------------------------------------------------------------------

@@ -43,6 +43,7 @@ from typing import Any
 from ._dtypes import DTYPES, DType, integer_bounds, is_float
 from .errors import SpecError
 from .spaces import SpaceSpec
+from .spaces._walk import Path, value_path
 
 __all__ = [
     "ENV_VAR",
@@ -118,13 +119,6 @@ def resolve_policy(option: str | None) -> str:
         return raw
     log.warning("%s=%r is not one of %s; using warn", ENV_VAR, raw, ", ".join(POLICIES))
     return "warn"
-
-
-def value_path(where: str) -> str:
-    """The published path of a value from the encoder's location ("pos", "[1]", "")."""
-    if not where:
-        return "$"
-    return "$" + where if where.startswith("[") else "$." + where
 
 
 def _flat(values: Any) -> list[Any]:
@@ -245,8 +239,8 @@ class Conformance:
 
     # -- compiling checks ------------------------------------------------------------
 
-    def tensor_check(self, spec: SpaceSpec, batch: int | None, where: str) -> Callable[[Any], None] | None:
-        """The check of one tensor leaf (Box, MultiBinary, MultiDiscrete, batched Discrete).
+    def tensor_check(self, spec: SpaceSpec, batch: int | None, path: Path) -> Callable[[Any], None] | None:
+        """The check of one tensor leaf (Box, MultiBinary, MultiDiscrete, batched Discrete) at ``path``.
 
         The check takes the leaf's values in the wire dtype: a numpy array of
         any shape, or a :class:`~rlmesh.tensor.Tensor` where numpy is missing.
@@ -284,7 +278,7 @@ class Conformance:
                 domain = "the MultiDiscrete ranges"
             else:  # pragma: no cover - compile_encoder sends only tensor kinds here
                 raise SpecError(f"no tensor check for space kind {kind!r}")
-        leaf = _Leaf(value_path(where), dtype, lane_shape, batch, lows, highs, domain)
+        leaf = _Leaf(value_path(path), dtype, lane_shape, batch, lows, highs, domain)
         if not leaf.lane_size:
             return None
         np = _numpy()
@@ -442,33 +436,34 @@ class Conformance:
         many = f" ({count} values are outside {leaf.domain})" if count > 1 else ""
         self.deviation(leaf.path, f"{value!s} {leaf.where(first)} is {side}{many}")
 
-    def discrete_check(self, spec: SpaceSpec, where: str) -> Callable[[int], None]:
-        """The check of one env's Discrete value (already a Python int)."""
+    def discrete_check(self, spec: SpaceSpec, path: Path) -> Callable[[int], None]:
+        """The check of one env's Discrete value (already a Python int) at ``path``."""
         start, n = spec.details["start"], spec.details["n"]
         stop = start + n
-        path = value_path(where)
+        shown = value_path(path)
         deviation = self.deviation
 
         def check(value: int) -> None:
             if not start <= value < stop:
-                deviation(path, f"{value} is outside Discrete({n}, start={start})")
+                deviation(shown, f"{value} is outside Discrete({n}, start={start})")
 
         return check
 
-    def text_check(self, spec: SpaceSpec, batch: int | None, where: str) -> Callable[[Any], None]:
-        """The check of a Text leaf: a str, or a vector env's list of str."""
+    def text_check(self, spec: SpaceSpec, batch: int | None, path: Path) -> Callable[[Any], None]:
+        """The check of a Text leaf at ``path``: a str, or a vector env's list of str."""
         lo, hi = spec.details["min_length"], spec.details["max_length"]
         charset = spec.details.get("charset")
         allowed = frozenset(charset) if charset else None
-        path = value_path(where)
+        shown = value_path(path)
         deviation = self.deviation
 
         def check_one(text: str, lane: str) -> None:
             if not lo <= len(text) <= hi:
-                deviation(path, f"{lane}text of length {len(text)} is outside [{lo}, {hi}]")
+                deviation(shown, f"{lane}text of length {len(text)} is outside [{lo}, {hi}]")
             elif allowed is not None and not allowed.issuperset(text):
                 outside = "".join(sorted(set(text) - allowed))
-                deviation(path, f"{lane}text {_short(text)} uses characters outside the charset: {outside!r}")
+                detail = f"{lane}text {_short(text)} uses characters outside the charset: {outside!r}"
+                deviation(shown, detail)
 
         if batch is None:
             return lambda text: check_one(text, "")

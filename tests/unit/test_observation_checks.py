@@ -46,7 +46,7 @@ def test_tensor_checks_agree_with_a_reference(dtype: str, kind: str, batch: int 
     lows = np.broadcast_to(np.asarray(low, np.float64), (size,))
     highs = np.broadcast_to(np.asarray(high, np.float64), (size,))
     conformance = Conformance("warn")
-    check = conformance.tensor_check(space.spec, batch, "x")
+    check = conformance.tensor_check(space.spec, batch, ("x",))
     assert check is not None
     lanes = batch or 1
     values = np.zeros((lanes, size), np.float64)
@@ -78,10 +78,10 @@ def test_bounds_that_cover_an_integer_dtype_cost_nothing(size: int) -> None:
     for dtype in ("uint8", "int16", "uint64", "bool"):
         info = np.iinfo(dtype) if dtype != "bool" else None
         low, high = (info.min, info.max) if info is not None else (0, 1)
-        assert conformance.tensor_check(spaces.Box(low, high, (size,), dtype).spec, None, "") is None
-    assert conformance.tensor_check(spaces.Box(0, 255, (size,), "int32").spec, None, "") is not None
+        assert conformance.tensor_check(spaces.Box(low, high, (size,), dtype).spec, None, ()) is None
+    assert conformance.tensor_check(spaces.Box(0, 255, (size,), "int32").spec, None, ()) is not None
     # Unbounded floats are still checked: NaN.
-    assert conformance.tensor_check(spaces.Box(-math.inf, math.inf, (size,), "float32").spec, None, "")
+    assert conformance.tensor_check(spaces.Box(-math.inf, math.inf, (size,), "float32").spec, None, ())
 
 
 def test_the_list_path_checks_tensors_without_numpy() -> None:
@@ -108,14 +108,14 @@ def test_the_list_path_checks_tensors_without_numpy() -> None:
 def test_strict_raises_every_time_and_warn_is_per_session() -> None:
     space = spaces.Box(0, 10, (2, 2), "int64").spec
     strict = Conformance("strict")
-    check = strict.tensor_check(space, None, "grid")
+    check = strict.tensor_check(space, None, ("grid",))
     for _ in range(2):
         with pytest.raises(
             SpecError, match=r"outside its space at \$.grid: 11 at index \(1, 0\) is above 10"
         ):
             check(np.array([[0, 0], [11, 0]]))
     warn = Conformance("warn")
-    check = warn.tensor_check(space, None, "grid")
+    check = warn.tensor_check(space, None, ("grid",))
     check(np.array([[0, 0], [11, 0]]))
     info = warn.attach({"a": 1})
     assert info == {
@@ -133,7 +133,8 @@ def test_strict_raises_every_time_and_warn_is_per_session() -> None:
 
 
 def test_paths_and_policies(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert [value_path(w) for w in ("", "pos", "[1]", "pair[0].x")] == ["$", "$.pos", "$[1]", "$.pair[0].x"]
+    paths: list[tuple[str | int, ...]] = [(), ("pos",), (1,), ("pair", 0, "x")]
+    assert [value_path(p) for p in paths] == ["$", "$.pos", "$[1]", "$.pair[0].x"]
     monkeypatch.delenv("RLMESH_VALIDATION_POLICY", raising=False)
     assert resolve_policy(None) == "warn"
     monkeypatch.setenv("RLMESH_VALIDATION_POLICY", " Strict ")
