@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 # specs and Space import the conversion and space_from_spec only when called):
 #   _checks.py       limits, and the check that picks SpecError or TypeError/ValueError
 #   _arrays.py       reading array-likes, float rounding, building Tensors
+#   _walk.py         the one traversal over specs (leaves, fold) and the sizes built on it
 #   _spec.py         SpaceSpec, its wire dict, validation of untrusted specs
 #   _base.py         the Space base class, space_from_spec, Dict/Tuple helpers
 #   box.py, discrete.py, multi_binary.py, multi_discrete.py, text.py, dict.py,

@@ -20,6 +20,7 @@ from .._bridge import IDENTITY, Bridge
 from .._shape import Shape
 from ._checks import _MAX_DEPTH
 from ._spec import SpaceSpec
+from ._walk import fold
 
 _T = TypeVar("_T")
 
@@ -75,6 +76,17 @@ class Space(ABC, Generic[_T]):
         space = cls.__new__(cls)
         space._setup(spec, bridge)
         return space
+
+    @classmethod
+    def _from_children(cls, spec: SpaceSpec, bridge: Bridge, children: list[Any]) -> Space[Any]:
+        """Build a Dict or Tuple space from its spec and its subspaces, already built.
+
+        ``children`` holds ``(key, space)`` pairs for a Dict, spaces for a Tuple.
+
+        Raises:
+            TypeError: the class holds no subspaces.
+        """
+        raise TypeError(f"{cls.__name__} spaces have no subspaces")
 
     @property
     def spec(self) -> SpaceSpec:
@@ -221,4 +233,10 @@ def space_from_spec(
         spec = SpaceSpec.from_dict(spec)
     elif not isinstance(spec, SpaceSpec):
         raise TypeError(f"expected a SpaceSpec, a spec dict or a space, got {type(spec).__name__}")
-    return _CLASSES[spec.kind]._from_spec(spec, _check_bridge(bridge))
+    checked = _check_bridge(bridge)
+    return fold(
+        spec,
+        lambda leaf, _path: _CLASSES[leaf.kind]._from_spec(leaf, checked),
+        lambda node, _path, pairs: _CLASSES["dict"]._from_children(node, checked, pairs),
+        lambda node, _path, items: _CLASSES["tuple"]._from_children(node, checked, items),
+    )

@@ -17,6 +17,7 @@ from ..errors import BackendUnavailable
 from ._base import Space
 from ._checks import _MAX_DEPTH, _check_shape
 from ._spec import SpaceSpec, _box_details, _int_range_details
+from ._walk import fold
 from .box import Box
 from .dict import Dict
 from .discrete import Discrete
@@ -202,10 +203,16 @@ def to_gymnasium_space(space: Space[Any] | SpaceSpec | Mapping[str, Any]) -> Any
     else:
         raise TypeError(f"expected an rlmesh space, SpaceSpec or spec dict, got {type(space).__name__}")
     gym_spaces, np = _gym()
-    return _to_gym(spec, gym_spaces, np)
+    return fold(
+        spec,
+        lambda leaf, _path: _leaf_to_gym(leaf, gym_spaces, np),
+        # A list of pairs: gymnasium would sort the keys of a plain dict.
+        lambda _spec, _path, pairs: gym_spaces.Dict(pairs),
+        lambda _spec, _path, items: gym_spaces.Tuple(tuple(items)),
+    )
 
 
-def _to_gym(spec: SpaceSpec, gym_spaces: Any, np: Any) -> Any:
+def _leaf_to_gym(spec: SpaceSpec, gym_spaces: Any, np: Any) -> Any:
     kind = spec.kind
     if kind == "box":
         shape = tuple(spec.shape)
@@ -236,13 +243,9 @@ def _to_gym(spec: SpaceSpec, gym_spaces: Any, np: Any) -> Any:
         nvec = np.array(list(spec._get("nvec")), dtype=np_dtype).reshape(shape)
         start = np.array(list(spec._get("start")), dtype=np_dtype).reshape(shape)
         return gym_spaces.MultiDiscrete(nvec, dtype=np_dtype, start=start)
-    if kind == "text":
-        return gym_spaces.Text(
-            spec._get("max_length"),
-            min_length=spec._get("min_length"),
-            charset=spec._get("charset") or _UNRESTRICTED_TO_GYM,
-        )
-    if kind == "dict":
-        # A list of pairs: gymnasium would sort the keys of a plain dict.
-        return gym_spaces.Dict([(key, _to_gym(child, gym_spaces, np)) for key, child in spec._get("spaces")])
-    return gym_spaces.Tuple(tuple(_to_gym(child, gym_spaces, np) for child in spec._get("spaces")))
+    # Text, the one leaf kind left.
+    return gym_spaces.Text(
+        spec._get("max_length"),
+        min_length=spec._get("min_length"),
+        charset=spec._get("charset") or _UNRESTRICTED_TO_GYM,
+    )

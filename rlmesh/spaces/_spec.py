@@ -32,6 +32,7 @@ from ._checks import (
     _join,
     _short,
 )
+from ._walk import COMPOSITE_KINDS, Path, fold
 
 if TYPE_CHECKING:
     from ._base import Space
@@ -214,7 +215,7 @@ def _parse_spec(data: Any, where: str, depth: int) -> SpaceSpec:
     shape_where = _join(where, "shape")
     dtype_where = _join(where, "dtype")
 
-    if kind in ("dict", "tuple"):
+    if kind in COMPOSITE_KINDS:
         if raw_shape is not None or raw_dtype is not None:
             raise SpecError(f"{where or 'spec'}: a {kind} spec has shape and dtype None")
         entries = _check_seq(data["spaces"], _join(where, "spaces"), True, _MAX_SUBSPACES, "subspaces")
@@ -294,19 +295,20 @@ def _parse_spec(data: Any, where: str, depth: int) -> SpaceSpec:
     return SpaceSpec._new("multi_discrete", shape, dt.name, (("nvec", tuple(ns)), ("start", tuple(ss))))
 
 
-def _details_to_wire(kind: str, details: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in details:
-        if key == "spaces":
-            if kind == "dict":
-                out[key] = [[name, child.to_dict()] for name, child in value]
-            else:
-                out[key] = [child.to_dict() for child in value]
-        elif isinstance(value, tuple):
-            out[key] = list(value)
-        else:
-            out[key] = value
+def _leaf_to_wire(spec: SpaceSpec, path: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": spec._kind, "shape": list(spec._shape), "dtype": spec._dtype}
+    for key, value in spec._details:
+        out[key] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def _dict_to_wire(spec: SpaceSpec, path: Path, pairs: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    # The wire keeps shape and dtype None for composites, as every peer expects.
+    return {"kind": "dict", "shape": None, "dtype": None, "spaces": [[key, child] for key, child in pairs]}
+
+
+def _tuple_to_wire(spec: SpaceSpec, path: Path, items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"kind": "tuple", "shape": None, "dtype": None, "spaces": items}
 
 
 # -- SpaceSpec --------------------------------------------------------------------
@@ -409,14 +411,7 @@ class SpaceSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The msgpack-able dict form, which :meth:`from_dict` reads back exactly."""
-        out: dict[str, Any] = {
-            "kind": self._kind,
-            # The wire keeps None for composites, as every peer expects.
-            "shape": None if self._kind in ("dict", "tuple") else list(self._shape),
-            "dtype": self._dtype,
-        }
-        out.update(_details_to_wire(self._kind, self._details))
-        return out
+        return fold(self, _leaf_to_wire, _dict_to_wire, _tuple_to_wire)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SpaceSpec:
@@ -467,6 +462,6 @@ class SpaceSpec:
         return (SpaceSpec.from_dict, (self.to_dict(),))
 
     def __repr__(self) -> str:
-        if self._kind in ("dict", "tuple"):
+        if self._kind in COMPOSITE_KINDS:
             return f"SpaceSpec(kind={self._kind!r}, spaces={len(self._get('spaces'))})"
         return f"SpaceSpec(kind={self._kind!r}, shape={self._shape!r}, dtype={self._dtype!r})"

@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import TypeAlias, TypeVar
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 from .._dtypes import DTYPES
-from ._spec import SpaceSpec
+
+if TYPE_CHECKING:
+    # Only annotations: _spec.py itself walks specs with fold(), so it imports this module.
+    from ._spec import SpaceSpec
 
 __all__ = [
     "COMPOSITE_KINDS",

@@ -63,9 +63,14 @@ class Dict(Space[dict[str, Any]], kind="dict"):
 
     @classmethod
     def _from_spec(cls, spec: SpaceSpec, bridge: Bridge) -> Space[Any]:
+        # The subspaces are built by the one spec walk, which calls _from_children.
+        return space_from_spec(spec, bridge=bridge)
+
+    @classmethod
+    def _from_children(cls, spec: SpaceSpec, bridge: Bridge, children: list[Any]) -> Space[Any]:
         space = cls.__new__(cls)
         space._setup(spec, bridge)
-        space._spaces = {key: space_from_spec(child, bridge=bridge) for key, child in spec._get("spaces")}
+        space._spaces = dict(children)
         return space
 
     @property

@@ -9,7 +9,20 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rlmesh._dtypes import DTYPES
-from rlmesh.spaces import Box, Dict, Discrete, MultiBinary, MultiDiscrete, Space, SpaceSpec, Text, Tuple
+from rlmesh.spaces import (
+    Box,
+    Dict,
+    Discrete,
+    MultiBinary,
+    MultiDiscrete,
+    Space,
+    SpaceSpec,
+    Text,
+    Tuple,
+    from_gymnasium_space,
+    space_from_spec,
+    to_gymnasium_space,
+)
 from rlmesh.spaces._walk import (
     Path,
     fold,
@@ -258,9 +271,9 @@ class RecordingSink:
 def test_tensor_leaf_sizes_are_what_the_encoder_stores(space: Space[Any], num_envs: int) -> None:
     np = pytest.importorskip("numpy")
     from rlmesh._adapter import compile_encoder
-    from rlmesh.numpy import space_from_spec
+    from rlmesh.numpy import space_from_spec as numpy_space_from_spec
 
-    numpy_space = space_from_spec(space.spec)
+    numpy_space = numpy_space_from_spec(space.spec)
     numpy_space.seed(0)
     batch = None if num_envs == 1 else num_envs
     lanes = [numpy_space.sample() for _ in range(num_envs)]
@@ -286,3 +299,26 @@ def test_tensor_leaf_sizes_are_what_the_encoder_stores(space: Space[Any], num_en
     sink = RecordingSink()
     compile_encoder(space.spec, batch)(value, sink)  # type: ignore[arg-type]
     assert sink.sizes == tensor_leaf_sizes(space.spec, batch)
+
+
+# -- the walkers built on fold agree with the specs they walk ----------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(space=any_spaces)
+def test_walkers_built_on_fold_round_trip(space: Space[Any]) -> None:
+    import msgpack
+
+    spec = space.spec
+    wire = spec.to_dict()
+    assert SpaceSpec.from_dict(msgpack.unpackb(msgpack.packb(wire))) == spec
+    rebuilt = space_from_spec(spec)
+    assert rebuilt == space and type(rebuilt) is type(space)
+    for (path, leaf), (_, twin) in zip(leaves(spec), leaves(rebuilt.spec), strict=True):
+        node: Any = rebuilt
+        for step in path:
+            node = node[step]
+        assert node.spec == leaf == twin
+    # Gymnasium refuses spaces with no elements (MultiBinary(0), a Box of shape (0,)).
+    if all(math.prod(leaf.shape) for _, leaf in leaves(spec)):
+        assert from_gymnasium_space(to_gymnasium_space(spec)).spec == spec
