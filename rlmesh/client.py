@@ -26,14 +26,10 @@ import uuid
 from typing import Any, Generic, TypeVar
 
 from ._bridge import IDENTITY, Bridge
-from .errors import (
-    ProtocolError,
-)
 from .net.address import resolve_address
 from .net.framing import DEFAULT_MAX_FRAME
 from .specs import EnvContract
 from .tensor import Tensor
-from .wire import protocol as P
 from .wire.client_session import ClientSession
 from .wire.codec import TailBuilder, restructurer
 
@@ -206,7 +202,7 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
     @property
     def closed(self) -> bool:
         """True once closed."""
-        return self._conn._closed
+        return self._conn.closed
 
     @property
     def observation_space_spec(self) -> Any:
@@ -269,12 +265,7 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
         if seed is not None and not _seed_ok(seed):
             raise ValueError(f"seed must be a non-negative int or a list of them, got {seed!r}")
         wire_options = encode_metadata(options) if options is not None else None
-        response = self._conn.call(
-            [P.RESET, 0, seed, wire_options, []], None, self._timeout(timeout), "reset"
-        )
-        if len(response) != 4:
-            raise ProtocolError("malformed reset response")
-        obs, info = response[2], response[3]
+        _, obs, info = self._conn.reset(seed, wire_options, self._timeout(timeout))
         self._episode_ids = [uuid7() for _ in range(self._contract.num_envs)]
         self._pending_new_ids: list[int] = []
         info = dict(info) if isinstance(info, dict) else {}
@@ -302,8 +293,8 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
                 f"env_index {env_index} is out of range: the endpoint serves {self._contract.num_envs} "
                 f"environment{'s' if self._contract.num_envs > 1 else ''}"
             )
-        response = self._conn.call([P.RENDER, 0, env_index, []], None, self._timeout(timeout), "render")
-        return self._bridge.decode(response[2]) if len(response) > 2 else None
+        frame = self._conn.render(env_index, self._timeout(timeout)).frame
+        return None if frame is None else self._bridge.decode(frame)
 
     def shutdown(self, reason: str = "owner shutdown", *, timeout: float | None = None) -> bool:
         """Ask the server to stop; True if it agreed (``allow_remote_shutdown``).
@@ -311,8 +302,7 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
         Raises:
             OperationTimeout, BrokenError, ClosedError.
         """
-        response = self._conn.call([P.SHUTDOWN, 0, str(reason)], None, self._timeout(timeout), "shutdown")
-        return bool(response[2]) if len(response) > 2 else False
+        return self._conn.shutdown(str(reason), self._timeout(timeout)).accepted
 
     def close(self) -> None:
         """Detach from the server, which keeps serving. Idempotent."""
@@ -369,10 +359,9 @@ class RemoteEnv(RemoteEnvBase[Any, Any]):
             OperationTimeout, BrokenError, ClosedError.
         """
         wire = self._bridge.encode(action)
-        response = self._conn.call([P.STEP, 0, wire, []], TailBuilder(), self._timeout(timeout), "step")
-        if len(response) != 7:
-            raise ProtocolError("malformed step response")
-        _, _, obs, reward, terminated, truncated, info = response
+        _, _, obs, reward, terminated, truncated, info = self._conn.step(
+            wire, TailBuilder(), self._timeout(timeout)
+        )
         info = dict(info) if type(info) is dict else {}
         info.setdefault("episode_ids", list(self._episode_ids))
         if terminated or truncated:
@@ -460,11 +449,9 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
             RemoteError, OperationTimeout, BrokenError, ClosedError.
         """
         wire = self._encode_actions(actions)
-        tail = TailBuilder()
-        response = self._conn.call([P.STEP, 0, wire, []], tail, self._timeout(timeout), "step")
-        if len(response) != 7:
-            raise ProtocolError("malformed step response")
-        _, _, obs, rewards, terminations, truncations, info = response
+        _, _, obs, rewards, terminations, truncations, info = self._conn.step(
+            wire, TailBuilder(), self._timeout(timeout)
+        )
         info = dict(info) if type(info) is dict else {}
         mode = self._contract.autoreset_mode
         # Lanes that ended on the previous step were reset by this one (NextStep).

@@ -25,8 +25,6 @@ import signal
 import socket
 import threading
 import time
-import traceback
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -35,26 +33,20 @@ from ._conformance import check_policy, resolve_policy
 from ._dtypes import DTYPES
 from ._framework import action_converter
 from .errors import (
-    BrokenError,
     BusyError,
     ClosedError,
     InvalidActionError,
-    InvalidHandle,
-    OperationTimeout,
-    ProtocolError,
     RLMeshError,
-    ShmError,
 )
 from .net.address import resolve_address
 from .net.framing import DEFAULT_MAX_FRAME
 from .net.stream import Listener, SocketStream
-from .shm import Segment, SegmentKind, SpinPolicy, janitor as _janitor
+from .shm import janitor as _janitor
 from .specs import EnvContract
 from .values import encode_metadata
 from .wire import protocol as P
-from .wire.channel import RingChannel, SocketChannel, channel_layout, write_token
-from .wire.codec import TailBuilder, decode, pack
-from .wire.server_session import DataPlane, contract_action_bytes, pow2
+from .wire.codec import TailBuilder, pack
+from .wire.server_session import ServerSession, SessionConfig
 
 __all__ = ["EnvServer", "ServeOptions"]
 
@@ -250,365 +242,135 @@ def _close_env(adapter: EnvAdapter, timeout: float) -> None:
 # -- sessions --------------------------------------------------------------------------
 
 
-class _Session:
-    """One client connection, served on its own thread."""
+class _EnvHandler:
+    """Serves one session's requests with its env adapter (the wire session's :class:`RequestHandler`)."""
 
-    def __init__(self, server: EnvServer, stream: SocketStream) -> None:
-        self.server = server
-        self.stream = stream
-        self.id = str(uuid.uuid4())
-        self.adapter: EnvAdapter | None = None
-        self.channel: Any = None
-        self.data: DataPlane | None = None
-        self.channel_segment: Segment | None = None
-        self._spin_base = SERVER_SPIN if (os.cpu_count() or 1) >= 2 else 0.0
-        self.spin = SpinPolicy(self._spin_base)
-        self.thread = threading.Thread(target=self.run, name=f"rlmesh-session-{self.id[:8]}", daemon=True)
-        self.busy = False
-        self._pending_unlink: list[int] = []
-        self._rings: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+    def __init__(self, server: EnvServer, session: ServerSession, adapter: EnvAdapter) -> None:
+        self._server = server
+        self._session = session
+        self.adapter = adapter
+        #: The sink writing response tensors into the session's slab (built at the first response).
+        self.sink: Sink | None = None
 
-    # -- lifecycle ----------------------------------------------------------------
+    @property
+    def contract(self) -> EnvContract:
+        """The served env's contract."""
+        return self.adapter.contract
 
-    def run(self) -> None:
-        try:
-            if self._handshake():
-                self._serve()
-        except (BrokenError, ClosedError):
-            pass  # the client went away, or the server is stopping
-        except OperationTimeout:
-            log.info("session %s: the client did not complete the handshake in time", self.id[:8])
-        except ProtocolError as exc:
-            log.warning("session %s: protocol error: %s", self.id[:8], exc)
-        except Exception:
-            log.exception("session %s failed", self.id[:8])
-        finally:
-            self._cleanup()
-
-    def _cleanup(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
-        if self.data is not None:
-            try:
-                self.data.close()
-            except Exception:
-                log.exception("session %s: could not release its shared memory", self.id[:8])
-        if self.channel_segment is not None:
-            try:
-                self.channel_segment.close()
-            except Exception:
-                log.exception("session %s: could not release its channel", self.id[:8])
-        self.stream.close()
-        self._release_env()
-        self.server._session_ended(self)
-
-    def _release_env(self) -> None:
-        adapter, self.adapter = self.adapter, None
-        if adapter is not None:
-            self.server._source.release(adapter, self.server._close_timeout)
-
-    # -- handshake ----------------------------------------------------------------------
-
-    def _send_error(
-        self,
-        code: str,
-        message: str,
-        exc: BaseException | None = None,
-        *,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
-        try:
-            self.stream.send(pack(P.error_to_wire(0, code, exc, message, detail=detail)), timeout=2.0)
-        except RLMeshError:
-            pass
-
-    def _handshake(self) -> bool:
-        options = self.server.options
-        timeout = options.handshake_timeout_seconds
-        head, _, _ = self.stream.recv_frame(timeout, limit=P.MAX_HANDSHAKE_FRAME)
-        hello = decode(head)
-        if not (
-            isinstance(hello, list) and len(hello) == 2 and hello[0] == P.HELLO and isinstance(hello[1], dict)
-        ):
-            self._send_error(P.E_PROTOCOL, "expected an rlmesh HELLO message")
-            raise ProtocolError("the peer did not start with an rlmesh HELLO")
-        info = hello[1]
-        if info.get("magic") != P.MAGIC:
-            self._send_error(P.E_PROTOCOL, "not an rlmesh client")
-            raise ProtocolError("the peer is not an rlmesh client")
-        if info.get("protocol") != P.PROTOCOL_VERSION:
-            message = (
-                f"protocol version mismatch: the client (rlmesh {info.get('version', '?')}) speaks "
-                f"protocol {info.get('protocol')!r}, this server (rlmesh {__version__}) speaks "
-                f"protocol {P.PROTOCOL_VERSION}; run the same rlmesh release on both sides"
-            )
-            log.error("session %s: %s", self.id[:8], message)
-            self._send_error(P.E_VERSION, message, detail={"protocol": P.PROTOCOL_VERSION})
-            return False
-        uid = self.stream.peer_uid
-        if uid is not None and uid not in (os.geteuid(), 0):
-            self._send_error(P.E_PROTOCOL, "only processes of the same user may connect")
-            raise ProtocolError(f"rejected a client running as uid {uid}")
-        try:
-            self.adapter = self.server._source.acquire()
-        except (BusyError, ClosedError) as exc:
-            self._send_error(P.E_BUSY if isinstance(exc, BusyError) else P.E_STOPPING, str(exc), exc)
-            return False
-        contract = self.adapter.contract
-        offer = None
-        token = None
-        if options.shared_memory and info.get("shm"):
-            offer, token = self._make_offer(contract)
-        if info.get("pid") == os.getpid():
-            # Same process: the client is a thread that needs the GIL we would spin with.
-            self._spin_base = 0.0
-            self.spin.maximum = self.spin.budget = 0.0
-        welcome = {
-            "pid": os.getpid(),
-            "protocol": P.PROTOCOL_VERSION,
-            "version": __version__,
-            "session": self.id,
-            "contract": contract.to_dict(),
-            "offer": offer,
-        }
-        self.stream.send(pack([P.WELCOME, welcome]), timeout=timeout)
-        head, _, _ = self.stream.recv_frame(timeout, limit=P.MAX_HANDSHAKE_FRAME)
-        attached = decode(head)
-        if not (isinstance(attached, list) and len(attached) == 2 and attached[0] == P.ATTACHED):
-            raise ProtocolError("expected an ATTACHED message")
-        answer = attached[1] if isinstance(attached[1], dict) else {}
-        if token is not None and answer.get("token") == token:
-            self._start_rings()
-        else:
-            if offer is not None:
-                log.info(
-                    "session %s: the client could not map our shared memory (%s); copying inline",
-                    self.id[:8],
-                    answer.get("reason") or "no reason given",
-                )
-            self._drop_shm()
-            self.channel = SocketChannel(self.stream)
-            self.stream.spin = self.spin  # the same policy and rules as the rings'
-        self.stream.send(pack([P.READY, {"data_plane": self.channel.data_plane}]), timeout=timeout)
-        return True
-
-    def _make_offer(self, contract: EnvContract) -> tuple[dict[str, Any] | None, str | None]:
-        try:
-            self.data = DataPlane(contract)
-            req_cap = pow2(max(64 << 10, 4 * contract_action_bytes(contract)))
-            resp_cap = pow2(max(256 << 10, 4 * 1024 * contract.num_envs))
-            size, req_off, resp_off = channel_layout(req_cap, resp_cap)
-            self.channel_segment = Segment.create(size, SegmentKind.CHANNEL)
-            token = write_token(self.channel_segment)
-        except RLMeshError as exc:
-            log.warning(
-                "session %s: no shared memory for this session (%s); copying inline", self.id[:8], exc
-            )
-            self._drop_shm()
-            return None, None
-        self._rings = ((req_off, req_cap), (resp_off, resp_cap))
-        offer = {
-            "channel": [self.channel_segment.name, size, req_off, req_cap, resp_off, resp_cap],
-            "segments": [list(s) for s in self.data.slab.take_new_segments()],
-        }
-        return offer, token
-
-    def _start_rings(self) -> None:
-        assert self.channel_segment is not None and self.data is not None
-        req, resp = self._rings
-        self.channel = RingChannel(self.stream, self.channel_segment, tx=resp, rx=req, spin=self.spin)
-        # Both sides have mapped everything: the names can go. The memory lives
-        # on until both unmap, and nothing is left in /dev/shm even after a SIGKILL.
-        self.channel_segment.unlink()
-        for segment in self.data.slab.segments.values():
-            segment.unlink()
-
-    def _drop_shm(self) -> None:
-        if self.data is not None:
-            self.data.close()
-            self.data = None
-        if self.channel_segment is not None:
-            self.channel_segment.close()
-            self.channel_segment = None
-
-    # -- serving ----------------------------------------------------------------------------
-
-    def _check_stop(self) -> None:
-        if self.server._stopping.is_set():
-            raise ClosedError("the server is stopping")
-
-    def _serve(self) -> None:
-        assert self.adapter is not None
-        channel = self.channel
-        ring_mode = channel.data_plane == "shm"
-        server = self.server
-        stopping = server._stopping
-        if ring_mode:
-            assert self.data is not None
-            self.sink: Sink = ShmSink(self.data.acquire)
-        recv, check = channel.recv, self._check_stop
-        while True:
-            self.busy = False
-            if stopping.is_set():
-                return
-            # Never more spinners than cores: spin only while this is the only session.
-            self.spin.maximum = self._spin_base if server._active_sessions() == 1 else 0.0
-            if self.spin.budget > self.spin.maximum:
-                self.spin.budget = self.spin.maximum
-            message = recv(None, check)
-            self.busy = True
-            server._last_activity = time.monotonic()
-            try:
-                request = decode(
-                    message.head, tail=message.tail, tail_address=message.tail_address, copy_inline=ring_mode
-                )
-            finally:
-                message.done()
-            if type(request) is not list or len(request) < 2 or type(request[1]) is not int:
-                self._reply(P.error_to_wire(0, P.E_PROTOCOL, None, "malformed request"))
-                return
-            try:
-                if not self._dispatch(request):
-                    return
-            except (ProtocolError, InvalidHandle) as exc:
-                self._reply(P.error_to_wire(request[1], P.E_PROTOCOL, exc, str(exc)))
-                return
-
-    def _reply(self, head: list[Any], tail: TailBuilder | None = None) -> None:
-        self.channel.send(pack(head), tail)
+    def release(self) -> None:
+        """Give the adapter back to the server's env source."""
+        self._server._source.release(self.adapter, self._server._close_timeout)
 
     def _sink(self) -> tuple[Sink, TailBuilder | None]:
-        if self.channel.data_plane == "shm":
-            assert self.data is not None
-            self.data.unsent.clear()  # the last response's blocks went out with it
-            return self.sink, None
-        tail = TailBuilder()
-        return InlineSink(tail), tail
+        tail = self._session.begin_response()
+        if tail is not None:
+            return InlineSink(tail), tail
+        sink = self.sink
+        if sink is None:
+            data = self._session.data
+            assert data is not None
+            sink = self.sink = ShmSink(data.acquire)
+        return sink, None
 
-    def _send_ok(self, rid: int, payload: list[Any], tail: TailBuilder | None) -> None:
-        data = self.data
-        if data is not None and data.slab.has_new_segments:
-            new = data.slab.take_new_segments()
-            self.channel.send(pack([P.SEGMENTS, [list(s) for s in new]]))
-            self._pending_unlink.extend(seg_id for seg_id, _, _ in new)
-        self.channel.send(pack([P.OK, rid, *payload], tail), tail)
+    def on_step(self, rid: int, action: Any) -> bool:
+        """Step the env; reply with the observation, reward, flags and info."""
+        adapter, session = self.adapter, self._session
+        try:
+            decoded = adapter.decode_action(action)
+        except InvalidActionError as exc:
+            session.reply_error(rid, P.E_INVALID_ACTION, exc, str(exc))
+            return True
+        sink, tail = self._sink()
+        try:
+            obs, reward, terminated, truncated, info = adapter.step(decoded)
+            wire_obs, info = adapter.encode_obs_info(obs, info, sink)
+            if adapter.vector:
+                n = adapter.num_envs
+                payload = [
+                    wire_obs,
+                    _encode_lanes(reward, n, "float64", sink),
+                    _encode_lanes(terminated, n, "bool", sink),
+                    _encode_lanes(truncated, n, "bool", sink),
+                    encode_metadata(info),
+                ]
+            else:
+                payload = [wire_obs, reward, terminated, truncated, encode_metadata(info)]
+        except Exception as exc:
+            session.fail(rid, exc)
+            return True
+        session.reply_ok(rid, payload, tail)
+        return True
 
-    def _env_error(self, rid: int, exc: BaseException) -> None:
-        """Answer a request whose response could not be built, and free what it had taken."""
-        if self.data is not None:
-            self.data.take_back_unsent()
-        # Shared memory running out is the server's trouble, not the env's.
-        code = P.E_INTERNAL if isinstance(exc, ShmError) else P.E_ENV
-        self._reply(P.error_to_wire(rid, code, exc, f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+    def on_reset(self, rid: int, seed: Any, options: Any) -> bool:
+        """Reset the env; reply with the first observation and info."""
+        session = self._session
+        if not _valid_seed(seed):
+            session.reply_error(rid, P.E_INVALID_ARGUMENT, None, f"invalid seed {seed!r}")
+            return True
+        if options is not None and type(options) is not dict:
+            session.reply_error(rid, P.E_INVALID_ARGUMENT, None, "options must be a dict")
+            return True
+        sink, tail = self._sink()
+        try:
+            obs, info = self.adapter.reset(seed, options)
+            wire_obs, info = self.adapter.encode_obs_info(obs, info, sink)
+            payload = [wire_obs, encode_metadata(info)]
+        except Exception as exc:
+            session.fail(rid, exc)
+            return True
+        session.reply_ok(rid, payload, tail)
+        return True
 
-    def _dispatch(self, request: list[Any]) -> bool:
-        """Serve one request; False ends the session."""
-        op, rid = request[0], request[1]
-        adapter = self.adapter
-        assert adapter is not None
-        if op == P.STEP:
-            if len(request) != 4:
-                raise ProtocolError("malformed STEP")
-            self._apply_releases(request[3])
-            try:
-                action = adapter.decode_action(request[2])
-            except InvalidActionError as exc:
-                self._reply(P.error_to_wire(rid, P.E_INVALID_ACTION, exc, str(exc)))
-                return True
-            sink, tail = self._sink()
-            try:
-                obs, reward, terminated, truncated, info = adapter.step(action)
-                wire_obs, info = adapter.encode_obs_info(obs, info, sink)
-                if adapter.vector:
-                    n = adapter.num_envs
-                    payload = [
-                        wire_obs,
-                        _encode_lanes(reward, n, "float64", sink),
-                        _encode_lanes(terminated, n, "bool", sink),
-                        _encode_lanes(truncated, n, "bool", sink),
-                        encode_metadata(info),
-                    ]
-                else:
-                    payload = [wire_obs, reward, terminated, truncated, encode_metadata(info)]
-            except Exception as exc:
-                self._env_error(rid, exc)
-                return True
-            self._send_ok(rid, payload, tail)
+    def on_render(self, rid: int, env_index: int) -> bool:
+        """Render lane ``env_index``; reply with the frame."""
+        adapter, session = self.adapter, self._session
+        if not 0 <= env_index < adapter.num_envs:
+            message = f"env_index {env_index} is out of range: the endpoint serves {adapter.num_envs} env(s)"
+            session.reply_error(rid, P.E_INVALID_ARGUMENT, None, message)
             return True
-        if op == P.RESET:
-            if len(request) != 5:
-                raise ProtocolError("malformed RESET")
-            self._apply_releases(request[4])
-            seed, options = request[2], request[3]
-            if not _valid_seed(seed):
-                self._reply(P.error_to_wire(rid, P.E_INVALID_ARGUMENT, None, f"invalid seed {seed!r}"))
-                return True
-            if options is not None and type(options) is not dict:
-                self._reply(P.error_to_wire(rid, P.E_INVALID_ARGUMENT, None, "options must be a dict"))
-                return True
-            sink, tail = self._sink()
-            try:
-                obs, info = adapter.reset(seed, options)
-                wire_obs, info = adapter.encode_obs_info(obs, info, sink)
-                payload = [wire_obs, encode_metadata(info)]
-            except Exception as exc:
-                self._env_error(rid, exc)
-                return True
-            self._send_ok(rid, payload, tail)
+        sink, tail = self._sink()
+        try:
+            payload = [encode_render(adapter.render(env_index), sink)]
+        except Exception as exc:
+            session.fail(rid, exc)
             return True
-        if op == P.RENDER:
-            if len(request) != 4 or type(request[2]) is not int:
-                raise ProtocolError("malformed RENDER")
-            self._apply_releases(request[3])
-            env_index = request[2]
-            if not 0 <= env_index < adapter.num_envs:
-                message = (
-                    f"env_index {env_index} is out of range: the endpoint serves {adapter.num_envs} env(s)"
-                )
-                self._reply(P.error_to_wire(rid, P.E_INVALID_ARGUMENT, None, message))
-                return True
-            sink, tail = self._sink()
-            try:
-                payload = [encode_render(adapter.render(env_index), sink)]
-            except Exception as exc:
-                self._env_error(rid, exc)
-                return True
-            self._send_ok(rid, payload, tail)
-            return True
-        if op == P.CLOSE:
-            # Free the env before answering: a client that connects right after
-            # this one closed must find a shared env object free.
-            self._release_env()
-            self._reply([P.OK, rid])
-            return False
-        if op == P.SHUTDOWN:
-            accepted = self.server._remote_shutdown_allowed()
-            self._reply([P.OK, rid, accepted])
-            if accepted:
-                reason = request[2] if len(request) > 2 else ""
-                log.info("shutdown requested by a client: %s", reason)
-                self.server._request_stop()
-                return False
-            return True
-        if op == P.PING:
-            self._reply([P.OK, rid])
-            return True
-        raise ProtocolError(f"unknown operation {op!r}")
+        session.reply_ok(rid, payload, tail)
+        return True
 
-    def _apply_releases(self, releases: Any) -> None:
-        pending = self._pending_unlink
-        if pending:
-            # The client read SEGMENTS before sending this request: it has mapped them.
-            assert self.data is not None
-            segments = self.data.slab.segments
-            for seg_id in pending:
-                if seg_id in segments:
-                    segments[seg_id].unlink()
-            pending.clear()
-        if releases:
-            if type(releases) is not list or self.data is None:
-                raise ProtocolError("malformed release list")
-            self.data.release(releases)
+
+class _Host:
+    """The server as its sessions see it (the wire session's :class:`SessionHost`)."""
+
+    def __init__(self, server: EnvServer) -> None:
+        self._server = server
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set once the server stops."""
+        return self._server._stopping
+
+    def open_session(self, session: ServerSession) -> _EnvHandler:
+        """An env for a new client (its own, or the shared one if free)."""
+        return _EnvHandler(self._server, session, self._server._source.acquire())
+
+    def active_sessions(self) -> int:
+        """Live sessions."""
+        return len(self._server._sessions)
+
+    def shutdown_allowed(self) -> bool:
+        """``allow_remote_shutdown``, or ``RLMESH_ALLOW_REMOTE_SHUTDOWN=1``."""
+        return bool(
+            self._server.options.allow_remote_shutdown
+            or os.environ.get("RLMESH_ALLOW_REMOTE_SHUTDOWN") == "1"
+        )
+
+    def request_stop(self) -> None:
+        """Stop the server."""
+        self._server._request_stop()
+
+    def session_ended(self, session: ServerSession) -> None:
+        """Forget a session (keeping when it was last used, for the idle timeout)."""
+        self._server._session_ended(session)
 
 
 def _encode_lanes(values: Any, n: int, dtype_name: str, sink: Sink) -> Any:
@@ -645,7 +407,9 @@ def _turn_away(sock: socket.socket) -> None:
         "try again later, or raise its limit (ulimit -n)"
     )
     try:
-        SocketStream(sock).send(pack(P.error_to_wire(0, P.E_BUSY, None, message)), timeout=1.0)
+        SocketStream(sock).send(
+            pack(P.Error.from_exception(0, P.E_BUSY, None, message).to_wire()), timeout=1.0
+        )
         sock.shutdown(socket.SHUT_WR)
         sock.settimeout(1.0)
         deadline = time.monotonic() + 1.0
@@ -776,7 +540,14 @@ class EnvServer:
         except BaseException:
             self._source.close(self._close_timeout)
             raise
-        self._sessions: set[_Session] = set()
+        self._sessions: set[ServerSession] = set()
+        self._host = _Host(self)
+        self._session_config = SessionConfig(
+            handshake_timeout=self.options.handshake_timeout_seconds,
+            shared_memory=self.options.shared_memory,
+            spin=SERVER_SPIN if (os.cpu_count() or 1) >= 2 else 0.0,
+            log=log,
+        )
         self._sessions_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._last_activity = time.monotonic()
@@ -814,8 +585,8 @@ class EnvServer:
             out.append(
                 {
                     "id": s.id,
-                    "data_plane": getattr(s.channel, "data_plane", None),
-                    "leases": sum(r.leased for r in data._rings.values()) if data is not None else 0,
+                    "data_plane": s.data_plane,
+                    "leases": data.leased if data is not None else 0,
                     "slab_segments": len(data.slab.segments) if data is not None else 0,
                 }
             )
@@ -880,14 +651,14 @@ class EnvServer:
                 sock = listener.accept(0.1)
             except ClosedError:
                 return
-            if idle is not None and time.monotonic() - self._last_activity > idle and not self._any_busy():
+            if idle is not None and self._idle_for() > idle and not self._any_busy():
                 log.info("no request for %.1fs: stopping (idle_timeout_seconds)", idle)
                 self._request_stop()
                 return
             if sock is None:
                 continue
             stream = SocketStream(sock, max_frame=self.options.max_message_bytes)
-            session = _Session(self, stream)
+            session = ServerSession(self._host, stream, self._session_config)
             with self._sessions_lock:
                 if self._stopping.is_set():
                     stream.close()
@@ -899,17 +670,17 @@ class EnvServer:
         with self._sessions_lock:
             return any(s.busy for s in self._sessions)
 
-    def _active_sessions(self) -> int:
-        return len(self._sessions)
-
-    def _session_ended(self, session: _Session) -> None:
+    def _session_ended(self, session: ServerSession) -> None:
         with self._sessions_lock:
             self._sessions.discard(session)
+            if session.last_request is not None:
+                self._last_activity = max(self._last_activity, session.last_request)
 
-    def _remote_shutdown_allowed(self) -> bool:
-        return bool(
-            self.options.allow_remote_shutdown or os.environ.get("RLMESH_ALLOW_REMOTE_SHUTDOWN") == "1"
-        )
+    def _idle_for(self) -> float:
+        """Seconds since the last request any session received (or since the start)."""
+        with self._sessions_lock:
+            last = max([self._last_activity, *(s.last_request or 0.0 for s in self._sessions)])
+        return time.monotonic() - last
 
     def _request_stop(self) -> None:
         self._stopping.set()

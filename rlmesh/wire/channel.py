@@ -19,15 +19,17 @@ The channel segment's layout::
 
 from __future__ import annotations
 
+import abc
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import ClassVar
 
 from ..errors import BrokenError, OperationTimeout
 from ..net.stream import SocketStream
 from ..shm import MessageRing, Segment, SpinPolicy
 from ..shm._layout import CACHE_LINE, align_up
+from .codec import TailBuilder
 
 __all__ = ["Channel", "Message", "RingChannel", "SocketChannel", "channel_layout"]
 
@@ -76,50 +78,80 @@ class Message:
             done()
 
 
-class Channel:
-    """Sends and receives messages of one session.
+class Channel(abc.ABC):
+    """Sends and receives the messages of one session: one interface over every transport.
 
-    Lifetime: owns nothing but its rings' views; the session owns the stream
-    and the segments.
+    A message is a msgpack head and an optional tail of tensor bytes (a
+    :class:`~rlmesh.wire.codec.TailBuilder`). Messages arrive whole and in
+    the order they were sent. Every channel keeps the session's socket as its
+    lifeline: a peer that dies closes it, and a waiting call notices.
+
+    One thread may send while another receives; two senders (or two
+    receivers) at once are not supported.
+
+    Lifetime: owns nothing but views of its rings; the session owns the
+    stream and the segments, and closes them after :meth:`close`.
     """
 
+    #: The session's socket.
     stream: SocketStream
-    data_plane = "inline"
+    #: How tensors travel: "shm" (slab handles) or "inline" (in the tail).
+    data_plane: ClassVar[str] = "inline"
 
-    def send(self, head: bytes, tail: Any = None, *, timeout: float | None = None) -> None:
-        """Send one message (``tail`` is a TailBuilder or None).
+    @abc.abstractmethod
+    def send(self, head: bytes, tail: TailBuilder | None = None, *, timeout: float | None = None) -> None:
+        """Send one message.
+
+        Args:
+            head: the msgpack head.
+            tail: tensor bytes to send after it (None or empty: none).
+            timeout: seconds to wait for room; None waits forever.
 
         Raises:
             OperationTimeout: the peer did not make room in time.
             BrokenError: the peer is gone.
+            FramingError: the message exceeds the stream's frame limit.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def recv(self, timeout: float | None = None, check: Callable[[], None] | None = None) -> Message:
-        """Receive one message.
+        """Receive one message; call its ``done()`` once decoded.
+
+        Args:
+            timeout: seconds to wait for a message to start; None waits forever.
+                Once one has started, the rest must come within the
+                remaining time (:data:`FRAME_DEADLINE` without a deadline).
+            check: called now and then while waiting; what it raises ends the wait.
 
         Raises:
             OperationTimeout: nothing arrived before the deadline.
             BrokenError: the peer is gone.
+            FramingError: the peer sent a malformed frame; the stream is broken.
         """
-        raise NotImplementedError
 
     def peer_check(self) -> None:
         """Raise BrokenError if the peer has gone away (closed its socket)."""
         if self.stream.peer_gone():
             raise BrokenError("the peer closed the connection")
 
+    @abc.abstractmethod
     def close(self) -> None:
-        """Stop using the channel. Idempotent."""
+        """Stop using the channel and tell the peer, where the transport can. Idempotent.
+
+        The stream stays open: its owner closes it.
+        """
 
 
 class SocketChannel(Channel):
-    """Messages as frames on the socket."""
+    """Messages as frames on the socket; tensors travel inline in the frame tail."""
 
     def __init__(self, stream: SocketStream) -> None:
         self.stream = stream
 
-    def send(self, head: bytes, tail: Any = None, *, timeout: float | None = None) -> None:  # noqa: D102
+    def close(self) -> None:
+        """Nothing to tell the peer: the socket's owner closes it. Idempotent."""
+
+    def send(self, head: bytes, tail: TailBuilder | None = None, *, timeout: float | None = None) -> None:  # noqa: D102
         self.stream.send(head, tail.parts if tail is not None and tail.size else (), timeout=timeout)
 
     def recv(self, timeout: float | None = None, check: Callable[[], None] | None = None) -> Message:  # noqa: D102
@@ -172,7 +204,7 @@ class RingChannel(Channel):
         spin: the receive side's spin policy.
     """
 
-    data_plane = "shm"
+    data_plane: ClassVar[str] = "shm"
 
     def __init__(
         self,
@@ -194,7 +226,7 @@ class RingChannel(Channel):
     # the next 64-byte offset; SPILL_TAG, the message follows on the socket.
     SPILL_TAG = 0xFFFFFFFF
 
-    def send(self, head: bytes, tail: Any = None, *, timeout: float | None = None) -> None:  # noqa: D102
+    def send(self, head: bytes, tail: TailBuilder | None = None, *, timeout: float | None = None) -> None:  # noqa: D102
         tx = self.tx
         tail_size = tail.size if tail is not None else 0
         head_len = len(head)
@@ -205,11 +237,12 @@ class RingChannel(Channel):
         else:
             start = (head_len + 63) & ~63
             if start + tail_size <= tx.max_message:
+                assert tail is not None
                 parts = [head, bytes(start - head_len), *tail.parts]
                 tx.put(b"".join(parts), timeout, check=self.peer_check, tag=head_len + 1)
                 return
         tx.put(b"", timeout, check=self.peer_check, tag=self.SPILL_TAG)
-        self.stream.send(head, tail.parts if tail_size else (), timeout=timeout)
+        self.stream.send(head, tail.parts if tail is not None and tail_size else (), timeout=timeout)
 
     def recv(self, timeout: float | None = None, check: Callable[[], None] | None = None) -> Message:  # noqa: D102
         rx = self.rx

@@ -3,8 +3,9 @@
 :class:`ClientSession` connects to a server, runs the handshake, maps the
 session's shared memory when the server offers it (else falls back to inline
 frames), and then carries one request at a time to the server and its
-response back. Endpoints (the env clients, later the model and vector
-clients) build on it and never touch its channel or stream.
+response back, as the typed messages of :mod:`rlmesh.wire.protocol`.
+Endpoints (the env clients, later the model and vector clients) build on its
+methods and never touch its channel or stream.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ..net.stream import SocketStream, connect
 from ..shm import PeerMemory, Segment, SpinPolicy
 from ..specs import EnvContract
 from . import protocol as P
-from .channel import Message, RingChannel, SocketChannel, read_token
+from .channel import Channel, Message, RingChannel, SocketChannel, read_token
 from .codec import TailBuilder, decode, pack
 
 __all__ = ["CLIENT_SPIN", "CONNECT_ATTEMPT_TIMEOUT", "ClientSession"]
@@ -52,7 +53,33 @@ def _close_connection(stream: SocketStream, peer: PeerMemory | None, segment: Se
 
 
 class ClientSession:
-    """One session with a server: the handshake, the channel, and requests."""
+    """One session with a server: the handshake, the channel, and requests.
+
+    Args:
+        address: the server's address.
+        connect_timeout: keep retrying the connection until this deadline
+            (None: one attempt).
+        request_timeout: the deadline endpoints use when a call names none
+            (kept here for them; the request methods take theirs explicitly).
+        shared_memory: ask for the shared-memory data plane.
+        max_message_bytes: the largest frame sent or accepted.
+
+    Raises:
+        ConnectError: the server cannot be reached, or the handshake failed.
+        VersionMismatch: the server speaks another protocol version.
+        BusyError, BrokenError: the server turned the session away (an ERROR
+            answering HELLO).
+
+    Lifetime: connects and handshakes in the constructor (and releases
+    everything if that fails). :meth:`close` detaches and releases the
+    socket and shared memory; it is idempotent. A session that is never
+    closed is released by a finalizer when garbage-collected. Observations
+    the caller holds stay valid after close: their segments are unmapped once
+    the last view dies.
+
+    One request at a time: a second thread calling while one waits gets
+    BusyError.
+    """
 
     def __init__(
         self,
@@ -67,7 +94,8 @@ class ClientSession:
         self.request_timeout = request_timeout
         self.peer: PeerMemory | None = None
         self.segment: Segment | None = None
-        self.channel: Any = None
+        self.channel: Channel
+        self._offer: P.Offer | None = None
         self._rid = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -105,54 +133,56 @@ class ClientSession:
         # One deadline for the whole exchange, not one per message: a server
         # that accepts and then stalls costs at most this, not four times it.
         deadline = time.monotonic() + CONNECT_ATTEMPT_TIMEOUT
-        hello = {
-            "magic": P.MAGIC,
-            "protocol": P.PROTOCOL_VERSION,
-            "version": P.RELEASE,
-            "pid": os.getpid(),
-            "shm": bool(shared_memory),
-            "max_frame": stream.max_frame,
-        }
-        welcome = self._exchange([P.HELLO, hello], deadline)
-        if isinstance(welcome, list) and welcome and welcome[0] == P.ERROR:
-            raise P.error_from_wire(welcome, "the handshake")
-        if not (
-            isinstance(welcome, list)
-            and len(welcome) == 2
-            and welcome[0] == P.WELCOME
-            and isinstance(welcome[1], dict)
-        ):
-            raise ConnectError(f"connected to '{self.address}', but it did not answer like an rlmesh server")
-        info = welcome[1]
-        if info.get("protocol") != P.PROTOCOL_VERSION:
+        hello = P.Hello(
+            magic=P.MAGIC,
+            protocol=P.PROTOCOL_VERSION,
+            version=P.RELEASE,
+            pid=os.getpid(),
+            shm=bool(shared_memory),
+            max_frame=stream.max_frame,
+        )
+        answer = self._exchange(hello.to_wire(), deadline)
+        if type(answer) is list and answer and answer[0] == P.ERROR:
+            raise P.Error.from_wire(answer).to_exception("the handshake")
+        try:
+            welcome = P.Welcome.from_wire(answer)
+        except ProtocolError:
+            raise ConnectError(
+                f"connected to '{self.address}', but it did not answer like an rlmesh server"
+            ) from None
+        if welcome.protocol != P.PROTOCOL_VERSION:
             raise VersionMismatch(
                 f"protocol version mismatch: this client (rlmesh {P.RELEASE}) speaks protocol "
-                f"{P.PROTOCOL_VERSION}, the server (rlmesh {info.get('version', '?')}) speaks "
-                f"{info.get('protocol')!r}; run the same rlmesh release on both sides",
+                f"{P.PROTOCOL_VERSION}, the server (rlmesh {welcome.version}) speaks "
+                f"{welcome.protocol!r}; run the same rlmesh release on both sides",
                 local=P.PROTOCOL_VERSION,
-                remote=info.get("protocol"),
+                remote=welcome.protocol,
             )
-        contract = info.get("contract")
-        if not isinstance(contract, dict):
+        if not isinstance(welcome.contract, dict):
             raise ConnectError(f"the server at '{self.address}' sent no env contract")
-        self.contract = EnvContract.from_dict(contract)
-        self.session = str(info.get("session", ""))
+        self.contract = EnvContract.from_dict(welcome.contract)
+        self.session = welcome.session
         token, reason = None, None
-        offer = info.get("offer")
-        if offer is not None:
-            token, reason = self._attach(offer)
+        if welcome.offer is not None:
+            token, reason = self._attach(welcome.offer)
         elif shared_memory:
             reason = "the server offered no shared memory"
-        ready = self._exchange([P.ATTACHED, {"token": token, "reason": reason}], deadline)
-        if not (isinstance(ready, list) and len(ready) == 2 and ready[0] == P.READY):
-            raise ConnectError("the server did not confirm the session")
+        answer = self._exchange(P.Attached(token, reason).to_wire(), deadline)
+        try:
+            ready = P.Ready.from_wire(answer)
+        except ProtocolError:
+            raise ConnectError("the server did not confirm the session") from None
         # A server thread in this very process needs the GIL a spin would hold.
-        spin = CLIENT_SPIN if info.get("pid") != os.getpid() else 0.0
-        if ready[1].get("data_plane") == "shm" and token is not None:
-            name, size, req_off, req_cap, resp_off, resp_cap = self._channel_args
-            assert self.segment is not None
+        spin = CLIENT_SPIN if welcome.pid != os.getpid() else 0.0
+        if ready.data_plane == "shm" and token is not None:
+            assert self.segment is not None and self._offer is not None
+            rings = self._offer.channel
             self.channel = RingChannel(
-                stream, self.segment, tx=(req_off, req_cap), rx=(resp_off, resp_cap), spin=SpinPolicy(spin)
+                stream,
+                self.segment,
+                tx=(rings.request_offset, rings.request_capacity),
+                rx=(rings.response_offset, rings.response_capacity),
+                spin=SpinPolicy(spin),
             )
         else:
             self._drop_shm()
@@ -174,21 +204,17 @@ class ClientSession:
                 f"connected to an env at '{self.address}', but the handshake failed ({exc})"
             ) from exc
 
-    def _attach(self, offer: Any) -> tuple[str | None, str | None]:
+    def _attach(self, wire_offer: Any) -> tuple[str | None, str | None]:
+        """Map the offered memory; ``(token, None)``, or ``(None, why not)`` to go inline."""
         try:
-            channel = offer["channel"]
-            if not (
-                isinstance(channel, list) and len(channel) == 6 and all(type(v) is int for v in channel[1:])
-            ):
-                raise ShmError("malformed channel offer")
-            name, size = channel[0], channel[1]
-            self.segment = Segment.attach(name, size)
+            offer = P.Offer.from_wire(wire_offer)
+            self.segment = Segment.attach(offer.channel.name, offer.channel.size)
             self.peer = PeerMemory()
-            for seg_id, seg_name, seg_size in offer["segments"]:
+            for seg_id, seg_name, seg_size in offer.segments:
                 self.peer.add_segment(seg_id, seg_name, seg_size)
-            self._channel_args = channel
+            self._offer = offer
             return read_token(self.segment), None
-        except (ShmError, KeyError, TypeError, ValueError) as exc:
+        except (ShmError, ProtocolError, ValueError) as exc:
             self._drop_shm()
             return None, str(exc)
 
@@ -203,19 +229,76 @@ class ClientSession:
     @property
     def data_plane(self) -> str:
         """How tensors travel: "shm" (through the rings and slabs) or "inline" (in frames)."""
-        return str(self.channel.data_plane)
+        return self.channel.data_plane
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._closed
 
     # -- requests ---------------------------------------------------------------------
 
-    def call(
-        self, request: list[Any], tail: TailBuilder | None, timeout: float | None, what: str
-    ) -> list[Any]:
-        """Send a request (its rid is filled in) and return the OK response.
+    def reset(self, seed: Any, options: Any, timeout: float | None) -> P.ResetOk:
+        """Send RESET and return its answer.
 
         Raises:
-            ClosedError, BusyError, OperationTimeout, BrokenError, and the
-            errors an ERROR response maps to (RemoteError, InvalidActionError...).
+            ClosedError, BusyError, OperationTimeout, BrokenError, ProtocolError,
+            and the errors an ERROR response maps to (RemoteError, ValueError...).
         """
+        rid = self._enter()
+        try:
+            request = P.Reset(rid, seed, options, self._releases()).to_wire()
+            response = self._roundtrip(request, None, timeout, rid, "reset")
+        finally:
+            self._lock.release()
+        return P.ResetOk.from_wire(response)
+
+    def step(self, action: Any, tail: TailBuilder, timeout: float | None) -> list[Any]:
+        """Send STEP and return its OK, checked: ``[OK, rid, obs, reward, terminated, truncated, info]``.
+
+        The per-step path: no message objects are built (see :class:`~rlmesh.wire.protocol.Step`).
+
+        Raises:
+            As :meth:`reset`; InvalidActionError when the server rejects the action.
+        """
+        rid = self._enter()
+        try:
+            response = self._roundtrip(
+                P.Step.encode(rid, action, self._releases()), tail, timeout, rid, "step"
+            )
+        finally:
+            self._lock.release()
+        return P.StepOk.check(response)
+
+    def render(self, env_index: int, timeout: float | None) -> P.RenderOk:
+        """Send RENDER and return its answer.
+
+        Raises:
+            As :meth:`reset`.
+        """
+        rid = self._enter()
+        try:
+            request = P.Render(rid, env_index, self._releases()).to_wire()
+            response = self._roundtrip(request, None, timeout, rid, "render")
+        finally:
+            self._lock.release()
+        return P.RenderOk.from_wire(response)
+
+    def shutdown(self, reason: str, timeout: float | None) -> P.ShutdownOk:
+        """Send SHUTDOWN and return whether the server agreed.
+
+        Raises:
+            As :meth:`reset`.
+        """
+        rid = self._enter()
+        try:
+            response = self._roundtrip(P.Shutdown(rid, reason).to_wire(), None, timeout, rid, "shutdown")
+        finally:
+            self._lock.release()
+        return P.ShutdownOk.from_wire(response)
+
+    def _enter(self) -> int:
+        """Take the session for one request and return its id; the caller releases ``_lock``."""
         if not self._lock.acquire(blocking=False):
             raise BusyError("this client is already in use by another thread; use one client per thread")
         try:
@@ -225,46 +308,61 @@ class ClientSession:
                 raise BrokenError(
                     f"the connection to {self.address} is broken: {self._broken}"
                 ) from self._broken
-            self._rid += 1
-            rid = request[1] = self._rid
-            deadline = None if timeout is None else time.monotonic() + timeout
-            peer = self.peer
-            if peer is not None and len(request) >= 3 and request[0] in (P.RESET, P.STEP, P.RENDER):
-                releases = peer.take_releases()
-                if releases:
-                    request[-1] = [field for handle in releases for field in handle]
-            try:
-                self.channel.send(pack(request, tail), tail, timeout=timeout)
-                while True:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise OperationTimeout(
-                            f"remote environment call timed out after {timeout:.3g}s", timeout=timeout
-                        )
-                    message = self.channel.recv(remaining)
-                    response = self._decode(message)
-                    kind = response[0]
-                    if kind == P.SEGMENTS:
-                        self._add_segments(response)
-                        continue
-                    if len(response) < 2 or response[1] != rid:
-                        continue  # the late answer to a request that timed out
-                    if kind == P.ERROR:
-                        raise P.error_from_wire(response, what)
-                    if kind != P.OK:
-                        raise ProtocolError(f"unexpected response kind {kind!r}")
-                    return response
-            except OperationTimeout as exc:
-                if "timed out after" not in str(exc):
+        except BaseException:
+            self._lock.release()
+            raise
+        self._rid += 1
+        return self._rid
+
+    def _releases(self) -> list[int]:
+        """The leases that ended since the last request, as a flat list of handle fields."""
+        peer = self.peer
+        if peer is not None:
+            releases = peer.take_releases()
+            if releases:
+                return [field for handle in releases for field in handle]
+        return P.NO_RELEASES
+
+    def _roundtrip(
+        self, request: list[Any], tail: TailBuilder | None, timeout: float | None, rid: int, what: str
+    ) -> list[Any]:
+        """Send a request and return the OK answering it (the caller holds ``_lock``).
+
+        Raises:
+            OperationTimeout, BrokenError (the session is then broken), and the
+            errors an ERROR response maps to.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        channel = self.channel
+        try:
+            channel.send(pack(request, tail), tail, timeout=timeout)
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
                     raise OperationTimeout(
                         f"remote environment call timed out after {timeout:.3g}s", timeout=timeout
-                    ) from exc
-                raise
-            except (BrokenError, ProtocolError) as exc:
-                self._broken = exc
-                raise BrokenError(f"lost the connection to the env at {self.address}: {exc}") from exc
-        finally:
-            self._lock.release()
+                    )
+                response = self._decode(channel.recv(remaining))
+                kind = response[0]
+                if kind == P.SEGMENTS:
+                    self._add_segments(response)
+                    continue
+                if len(response) < 2 or response[1] != rid:
+                    continue  # the late answer to a request that timed out
+                if kind == P.ERROR:
+                    raise P.Error.from_wire(response).to_exception(what)
+                if kind != P.OK:
+                    raise ProtocolError(f"unexpected response kind {kind!r}")
+                return response
+        except OperationTimeout as exc:
+            if "timed out after" not in str(exc):
+                raise OperationTimeout(
+                    f"remote environment call timed out after {timeout:.3g}s", timeout=timeout
+                ) from exc
+            raise
+        except (BrokenError, ProtocolError) as exc:
+            self._broken = exc
+            raise BrokenError(f"lost the connection to the env at {self.address}: {exc}") from exc
 
     def _decode(self, message: Message) -> list[Any]:
         try:
@@ -277,20 +375,22 @@ class ClientSession:
             )
         finally:
             message.done()
-        if not isinstance(response, list) or not response:
+        if type(response) is not list or not response:
             raise ProtocolError("malformed response")
         return response
 
     def _add_segments(self, response: list[Any]) -> None:
-        if self.peer is None or len(response) != 2 or not isinstance(response[1], list):
+        if self.peer is None:
             raise ProtocolError("unexpected segment announcement")
-        for entry in response[1]:
-            if not (isinstance(entry, list) and len(entry) == 3):
-                raise ProtocolError("malformed segment announcement")
+        for entry in P.Segments.from_wire(response).segments:
             self.peer.add_segment(*entry)
 
     def close(self, *, timeout: float = 1.0) -> None:
-        """Detach from the server (it keeps serving) and release everything. Idempotent."""
+        """Detach from the server (it keeps serving) and release everything. Idempotent.
+
+        The goodbye waits up to ``timeout`` seconds for the server's answer;
+        if it fails, the session is closed all the same.
+        """
         with self._lock:
             if self._closed:
                 return
@@ -298,7 +398,7 @@ class ClientSession:
             if self._broken is None:
                 try:
                     self._rid += 1
-                    self.channel.send(pack([P.CLOSE, self._rid]), timeout=timeout)
+                    self.channel.send(pack(P.Close(self._rid).to_wire()), timeout=timeout)
                     deadline = time.monotonic() + timeout
                     while True:
                         message = self.channel.recv(max(deadline - time.monotonic(), 0.0))
@@ -307,6 +407,5 @@ class ClientSession:
                             break
                 except RLMeshError:
                     pass  # not graceful, but closed all the same
-            if self.channel is not None:
-                self.channel.close()
+            self.channel.close()
             self._finalizer()

@@ -1,6 +1,9 @@
 """The rlmesh control protocol: message kinds, operations and error codes.
 
-Every message is a msgpack array whose first element is its kind. After the
+Every message is a msgpack array whose first element is its kind; each has a
+class here whose ``to_wire()`` builds that array and whose ``from_wire()``
+checks a received one once (length, kinds of fields) and raises
+:class:`~rlmesh.errors.ProtocolError` when it does not fit. After the
 handshake, requests and responses travel over the session's shared-memory
 rings when both sides share /dev/shm, else as frames on the socket.
 
@@ -41,11 +44,37 @@ follows as a frame on the socket (see :mod:`rlmesh.wire.channel`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple, Union
 
 from .. import errors
+from ..errors import ProtocolError
 
-__all__ = ["MAGIC", "PROTOCOL_VERSION", "RELEASE", "error_from_wire", "error_to_wire"]
+__all__ = [
+    "MAGIC",
+    "PROTOCOL_VERSION",
+    "RELEASE",
+    "Attached",
+    "ChannelOffer",
+    "Close",
+    "Error",
+    "Hello",
+    "Offer",
+    "Ok",
+    "Ping",
+    "Ready",
+    "Render",
+    "RenderOk",
+    "Request",
+    "Reset",
+    "ResetOk",
+    "Segments",
+    "Shutdown",
+    "ShutdownOk",
+    "Step",
+    "StepOk",
+    "Welcome",
+    "parse_request",
+]
 
 MAGIC = "rlmesh"
 
@@ -92,60 +121,621 @@ MAX_TRACEBACK = 64 * 1024
 MAX_HANDSHAKE_FRAME = 64 << 10
 
 
-def error_to_wire(
-    rid: int,
-    code: str,
-    exc: BaseException | None,
-    message: str,
-    tb: str = "",
-    *,
-    detail: dict[str, Any] | None = None,
-) -> list[Any]:
-    """An ERROR response.
+# -- helpers -------------------------------------------------------------------------------
 
-    ``detail`` (msgpack-able) rides along as a seventh field, for errors
-    whose exception has attributes of its own (a peer's protocol version);
-    readers that know only six fields ignore it.
+#: The release list of a request that gives nothing back (shared; never mutated).
+NO_RELEASES: list[int] = []
+
+
+def _map(msg: Any, kind: int, name: str) -> dict[str, Any]:
+    """The map of a handshake message ``[kind, {...}]``."""
+    if not (type(msg) is list and len(msg) == 2 and msg[0] == kind and isinstance(msg[1], dict)):
+        raise ProtocolError(f"expected an rlmesh {name} message")
+    return msg[1]
+
+
+def _rid(msg: list[Any], length: int, name: str, *, exact: bool = True) -> int:
+    """Check a request's length and return its id."""
+    if (len(msg) != length if exact else len(msg) < length) or type(msg[1]) is not int:
+        raise ProtocolError(f"malformed {name}")
+    return int(msg[1])
+
+
+def _releases(value: Any) -> list[int]:
+    if not value:
+        return NO_RELEASES
+    if type(value) is not list:
+        raise ProtocolError("malformed release list")
+    return value
+
+
+def _optional_int(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
+# -- the handshake -------------------------------------------------------------------------
+
+
+class Hello(NamedTuple):
+    """HELLO: the client's opening.
+
+    ``magic`` and ``protocol`` are kept as received: the server answers a
+    stranger or another protocol version with an ERROR naming them.
     """
-    remote_type = ""
-    if exc is not None:
-        cls = type(exc)
-        remote_type = (
-            cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+    magic: Any
+    protocol: Any
+    version: str
+    pid: int | None
+    shm: bool
+    max_frame: int | None
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack array."""
+        fields = {
+            "magic": self.magic,
+            "protocol": self.protocol,
+            "version": self.version,
+            "pid": self.pid,
+            "shm": self.shm,
+            "max_frame": self.max_frame,
+        }
+        return [HELLO, fields]
+
+    @classmethod
+    def from_wire(cls, msg: Any) -> Hello:
+        """Read a HELLO.
+
+        Raises:
+            ProtocolError: ``msg`` is not a HELLO.
+        """
+        info = _map(msg, HELLO, "HELLO")
+        return cls(
+            magic=info.get("magic"),
+            protocol=info.get("protocol"),
+            version=str(info.get("version", "?")),
+            pid=_optional_int(info.get("pid")),
+            shm=bool(info.get("shm")),
+            max_frame=_optional_int(info.get("max_frame")),
         )
-    frame = [ERROR, rid, code, remote_type, message[:MAX_TRACEBACK], tb[-MAX_TRACEBACK:]]
-    if detail:
-        frame.append(detail)
-    return frame
 
 
-def error_from_wire(msg: list[Any], what: str) -> Exception:
-    """The exception to raise for an ERROR response to operation ``what``."""
-    _, _, code, remote_type, message, tb = (list(msg) + [""] * 6)[:6]
-    code, remote_type, message, tb = str(code), str(remote_type), str(message), str(tb)
-    detail = msg[6] if len(msg) > 6 and isinstance(msg[6], dict) else {}
-    if code == E_ENV:
+class ChannelOffer(NamedTuple):
+    """The channel segment a server offers: its name and size, and where its two rings lie."""
+
+    name: str
+    size: int
+    request_offset: int
+    request_capacity: int
+    response_offset: int
+    response_capacity: int
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack array."""
+        return list(self)
+
+    @classmethod
+    def from_wire(cls, value: Any) -> ChannelOffer:
+        """Read a channel offer.
+
+        Raises:
+            ProtocolError: malformed.
+        """
+        if not (
+            type(value) is list
+            and len(value) == 6
+            and type(value[0]) is str
+            and all(type(v) is int for v in value[1:])
+        ):
+            raise ProtocolError("malformed channel offer")
+        return cls(*value)
+
+
+class Offer(NamedTuple):
+    """The shared memory a server offers: the channel segment and the first slab segments."""
+
+    channel: ChannelOffer
+    segments: list[tuple[int, str, int]]
+
+    def to_wire(self) -> dict[str, Any]:
+        """The msgpack map."""
+        return {"channel": self.channel.to_wire(), "segments": [list(s) for s in self.segments]}
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Offer:
+        """Read an offer.
+
+        Raises:
+            ProtocolError: malformed.
+        """
+        if not isinstance(value, dict):
+            raise ProtocolError("malformed shared-memory offer")
+        return cls(ChannelOffer.from_wire(value.get("channel")), _segment_list(value.get("segments")))
+
+
+def _segment_list(value: Any) -> list[tuple[int, str, int]]:
+    if type(value) is not list:
+        raise ProtocolError("malformed segment announcement")
+    out = []
+    for entry in value:
+        if not (
+            type(entry) is list
+            and len(entry) == 3
+            and type(entry[0]) is int
+            and type(entry[1]) is str
+            and type(entry[2]) is int
+        ):
+            raise ProtocolError("malformed segment announcement")
+        out.append((entry[0], entry[1], entry[2]))
+    return out
+
+
+class Welcome(NamedTuple):
+    """WELCOME: the server's answer to HELLO.
+
+    ``protocol`` is kept as received (the client names it when it differs);
+    ``contract`` and ``offer`` are read by the client once the versions match.
+    """
+
+    protocol: Any
+    version: str
+    pid: int | None
+    session: str
+    contract: Any
+    offer: Any
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack array."""
+        fields = {
+            "pid": self.pid,
+            "protocol": self.protocol,
+            "version": self.version,
+            "session": self.session,
+            "contract": self.contract,
+            "offer": self.offer,
+        }
+        return [WELCOME, fields]
+
+    @classmethod
+    def from_wire(cls, msg: Any) -> Welcome:
+        """Read a WELCOME.
+
+        Raises:
+            ProtocolError: ``msg`` is not a WELCOME.
+        """
+        info = _map(msg, WELCOME, "WELCOME")
+        return cls(
+            protocol=info.get("protocol"),
+            version=str(info.get("version", "?")),
+            pid=_optional_int(info.get("pid")),
+            session=str(info.get("session", "")),
+            contract=info.get("contract"),
+            offer=info.get("offer"),
+        )
+
+
+class Attached(NamedTuple):
+    """ATTACHED: the client mapped the offer (it echoes the token) or says why not."""
+
+    token: str | None
+    reason: str | None
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack array."""
+        return [ATTACHED, {"token": self.token, "reason": self.reason}]
+
+    @classmethod
+    def from_wire(cls, msg: Any) -> Attached:
+        """Read an ATTACHED; a second field that is not a map counts as "no token".
+
+        Raises:
+            ProtocolError: ``msg`` is not an ATTACHED.
+        """
+        if not (type(msg) is list and len(msg) == 2 and msg[0] == ATTACHED):
+            raise ProtocolError("expected an ATTACHED message")
+        info = msg[1] if isinstance(msg[1], dict) else {}
+        token, reason = info.get("token"), info.get("reason")
+        return cls(token if type(token) is str else None, None if reason is None else str(reason))
+
+
+class Ready(NamedTuple):
+    """READY: the session is on; ``data_plane`` says how tensors travel ("shm" or "inline")."""
+
+    data_plane: str
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack array."""
+        return [READY, {"data_plane": self.data_plane}]
+
+    @classmethod
+    def from_wire(cls, msg: Any) -> Ready:
+        """Read a READY.
+
+        Raises:
+            ProtocolError: ``msg`` is not a READY.
+        """
+        info = _map(msg, READY, "READY")
+        return cls(str(info.get("data_plane", "inline")))
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+class Reset(NamedTuple):
+    """RESET: start a new episode. ``seed`` and ``options`` are checked by the endpoint."""
+
+    rid: int
+    seed: Any
+    options: Any
+    releases: list[int]
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack array."""
+        return [RESET, self.rid, self.seed, self.options, self.releases]
+
+    @classmethod
+    def from_wire(cls, msg: list[Any]) -> Reset:
+        """Read a RESET.
+
+        Raises:
+            ProtocolError: malformed.
+        """
+        rid = _rid(msg, 5, "RESET")
+        return cls(rid, msg[2], msg[3], _releases(msg[4]))
+
+
+class Step(NamedTuple):
+    """STEP: advance one step with ``action`` (a wire value).
+
+    The per-step path does not build this class: :meth:`encode` builds the
+    array from its fields, and :meth:`check` checks a received one in place,
+    so a step costs no allocation beyond the message array itself.
+    """
+
+    rid: int
+    action: Any
+    releases: list[int]
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack array."""
+        return [STEP, self.rid, self.action, self.releases]
+
+    @staticmethod
+    def encode(rid: int, action: Any, releases: list[int]) -> list[Any]:
+        """The msgpack array of a STEP, without building the message object."""
+        return [STEP, rid, action, releases]
+
+    @staticmethod
+    def check(msg: list[Any]) -> None:
+        """Check a received STEP in place: then ``msg[1]`` is its rid, ``msg[2]`` its action.
+
+        Raises:
+            ProtocolError: malformed, or a release list that is not a list.
+        """
+        if len(msg) != 4 or type(msg[1]) is not int:
+            raise ProtocolError("malformed STEP")
+        releases = msg[3]
+        if releases and type(releases) is not list:
+            raise ProtocolError("malformed release list")
+
+    @classmethod
+    def from_wire(cls, msg: list[Any]) -> Step:
+        """Read a STEP.
+
+        Raises:
+            ProtocolError: malformed.
+        """
+        cls.check(msg)
+        return cls(msg[1], msg[2], _releases(msg[3]))
+
+
+class Render(NamedTuple):
+    """RENDER: a frame of lane ``env_index``."""
+
+    rid: int
+    env_index: int
+    releases: list[int]
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack array."""
+        return [RENDER, self.rid, self.env_index, self.releases]
+
+    @classmethod
+    def from_wire(cls, msg: list[Any]) -> Render:
+        """Read a RENDER.
+
+        Raises:
+            ProtocolError: malformed.
+        """
+        rid = _rid(msg, 4, "RENDER")
+        if type(msg[2]) is not int:
+            raise ProtocolError("malformed RENDER")
+        return cls(rid, msg[2], _releases(msg[3]))
+
+
+class Close(NamedTuple):
+    """CLOSE: the client detaches; the server keeps serving."""
+
+    rid: int
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack array."""
+        return [CLOSE, self.rid]
+
+    @classmethod
+    def from_wire(cls, msg: list[Any]) -> Close:
+        """Read a CLOSE (fields after the rid are ignored).
+
+        Raises:
+            ProtocolError: malformed.
+        """
+        return cls(_rid(msg, 2, "CLOSE", exact=False))
+
+
+class Shutdown(NamedTuple):
+    """SHUTDOWN: ask the server to stop (it may refuse)."""
+
+    rid: int
+    reason: str
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack array."""
+        return [SHUTDOWN, self.rid, self.reason]
+
+    @classmethod
+    def from_wire(cls, msg: list[Any]) -> Shutdown:
+        """Read a SHUTDOWN (the reason may be missing).
+
+        Raises:
+            ProtocolError: malformed.
+        """
+        rid = _rid(msg, 2, "SHUTDOWN", exact=False)
+        return cls(rid, str(msg[2]) if len(msg) > 2 else "")
+
+
+class Ping(NamedTuple):
+    """PING: answered with an empty OK."""
+
+    rid: int
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack array."""
+        return [PING, self.rid]
+
+    @classmethod
+    def from_wire(cls, msg: list[Any]) -> Ping:
+        """Read a PING (fields after the rid are ignored).
+
+        Raises:
+            ProtocolError: malformed.
+        """
+        return cls(_rid(msg, 2, "PING", exact=False))
+
+
+Request = Union[Reset, Step, Render, Close, Shutdown, Ping]  # noqa: UP007 - a runtime alias on 3.10
+
+_REQUESTS: dict[Any, Any] = {
+    RESET: Reset,
+    STEP: Step,
+    RENDER: Render,
+    CLOSE: Close,
+    SHUTDOWN: Shutdown,
+    PING: Ping,
+}
+
+
+def parse_request(msg: list[Any]) -> Request:
+    """Read a request whose kind and rid were checked (a list, ``msg[1]`` an int).
+
+    Raises:
+        ProtocolError: an unknown operation, or a malformed request.
+    """
+    cls = _REQUESTS.get(msg[0])
+    if cls is None:
+        raise ProtocolError(f"unknown operation {msg[0]!r}")
+    request: Request = cls.from_wire(msg)
+    return request
+
+
+# -- responses -----------------------------------------------------------------------------
+
+
+class Ok(NamedTuple):
+    """OK: the request ``rid`` succeeded; ``values`` depend on the request (see below)."""
+
+    rid: int
+    values: list[Any]
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack array."""
+        return [OK, self.rid, *self.values]
+
+    @staticmethod
+    def encode(rid: int, values: list[Any]) -> list[Any]:
+        """The msgpack array of an OK, without building the message object (the per-step path)."""
+        return [OK, rid, *values]
+
+
+class ResetOk(NamedTuple):
+    """The OK answering RESET: the first observation and the info."""
+
+    rid: int
+    obs: Any
+    info: Any
+
+    @classmethod
+    def from_wire(cls, msg: list[Any]) -> ResetOk:
+        """Read it from an OK response.
+
+        Raises:
+            ProtocolError: malformed.
+        """
+        if len(msg) != 4:
+            raise ProtocolError("malformed reset response")
+        return cls(msg[1], msg[2], msg[3])
+
+
+class StepOk(NamedTuple):
+    """The OK answering STEP: observation, reward, terminated, truncated, info.
+
+    For a vector endpoint the reward and flags are per-lane tensors. The
+    per-step path does not build this class: :meth:`check` checks the array
+    in place and the client unpacks it.
+    """
+
+    rid: int
+    obs: Any
+    reward: Any
+    terminated: Any
+    truncated: Any
+    info: Any
+
+    @staticmethod
+    def check(msg: list[Any]) -> list[Any]:
+        """Check an OK answering STEP in place and return it.
+
+        Its layout is ``[OK, rid, obs, reward, terminated, truncated, info]``.
+
+        Raises:
+            ProtocolError: malformed.
+        """
+        if len(msg) != 7:
+            raise ProtocolError("malformed step response")
+        return msg
+
+    @classmethod
+    def from_wire(cls, msg: list[Any]) -> StepOk:
+        """Read it from an OK response.
+
+        Raises:
+            ProtocolError: malformed.
+        """
+        cls.check(msg)
+        return cls(*msg[1:])
+
+
+class RenderOk(NamedTuple):
+    """The OK answering RENDER: the frame (None when the server sent none)."""
+
+    rid: int
+    frame: Any
+
+    @classmethod
+    def from_wire(cls, msg: list[Any]) -> RenderOk:
+        """Read it from an OK response."""
+        return cls(msg[1], msg[2] if len(msg) > 2 else None)
+
+
+class ShutdownOk(NamedTuple):
+    """The OK answering SHUTDOWN: whether the server agreed to stop."""
+
+    rid: int
+    accepted: bool
+
+    @classmethod
+    def from_wire(cls, msg: list[Any]) -> ShutdownOk:
+        """Read it from an OK response."""
+        return cls(msg[1], bool(msg[2]) if len(msg) > 2 else False)
+
+
+class Segments(NamedTuple):
+    """SEGMENTS: new slab segments (id, name, size) the client must map before what follows."""
+
+    segments: list[tuple[int, str, int]]
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack array."""
+        return [SEGMENTS, [list(s) for s in self.segments]]
+
+    @classmethod
+    def from_wire(cls, msg: list[Any]) -> Segments:
+        """Read a SEGMENTS.
+
+        Raises:
+            ProtocolError: malformed.
+        """
+        if len(msg) != 2:
+            raise ProtocolError("unexpected segment announcement")
+        return cls(_segment_list(msg[1]))
+
+
+class Error(NamedTuple):
+    """ERROR: request ``rid`` failed (rid 0: the handshake or the session as a whole).
+
+    ``detail`` (msgpack-able) rides along as a seventh field, for errors whose
+    exception has attributes of its own (a peer's protocol version); readers
+    that know only six fields ignore it.
+    """
+
+    rid: int
+    code: str
+    remote_type: str
+    message: str
+    traceback: str
+    detail: dict[str, Any] | None = None
+
+    @classmethod
+    def from_exception(
+        cls,
+        rid: int,
+        code: str,
+        exc: BaseException | None,
+        message: str,
+        tb: str = "",
+        *,
+        detail: dict[str, Any] | None = None,
+    ) -> Error:
+        """The ERROR for ``exc`` (None: no exception to name), cut to :data:`MAX_TRACEBACK`."""
+        remote_type = ""
+        if exc is not None:
+            kind = type(exc)
+            remote_type = (
+                kind.__qualname__
+                if kind.__module__ == "builtins"
+                else f"{kind.__module__}.{kind.__qualname__}"
+            )
+        return cls(rid, code, remote_type, message[:MAX_TRACEBACK], tb[-MAX_TRACEBACK:], detail or None)
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack array."""
+        frame = [ERROR, self.rid, self.code, self.remote_type, self.message, self.traceback]
+        if self.detail:
+            frame.append(self.detail)
+        return frame
+
+    @classmethod
+    def from_wire(cls, msg: list[Any]) -> Error:
+        """Read an ERROR, leniently: missing fields are empty, and every field is made a string."""
+        _, rid, code, remote_type, message, tb = (list(msg) + [""] * 6)[:6]
+        detail = msg[6] if len(msg) > 6 and isinstance(msg[6], dict) else None
+        return cls(rid if type(rid) is int else 0, str(code), str(remote_type), str(message), str(tb), detail)
+
+    def to_exception(self, what: str) -> Exception:
+        """The exception to raise for this ERROR answering operation ``what``."""
+        code, remote_type, message, tb = self.code, self.remote_type, self.message, self.traceback
+        if code == E_ENV:
+            return errors.RemoteError(
+                f"the served env raised {remote_type or 'an exception'} in {what}: {message}",
+                remote_type=remote_type,
+                remote_message=message,
+                remote_traceback=tb,
+            )
+        if code == E_INVALID_ACTION:
+            return errors.InvalidActionError(message)
+        if code == E_INVALID_ARGUMENT:
+            return ValueError(message)
+        if code == E_BUSY:
+            return errors.BusyError(message)
+        if code == E_VERSION:
+            remote = (self.detail or {}).get("protocol")
+            return errors.VersionMismatch(message, local=PROTOCOL_VERSION, remote=remote)
+        if code == E_STOPPING:
+            return errors.BrokenError(message)
+        if code == E_PROTOCOL:
+            return errors.ProtocolError(message)
         return errors.RemoteError(
-            f"the served env raised {remote_type or 'an exception'} in {what}: {message}",
+            f"the server failed in {what}: {message}",
             remote_type=remote_type,
             remote_message=message,
             remote_traceback=tb,
         )
-    if code == E_INVALID_ACTION:
-        return errors.InvalidActionError(message)
-    if code == E_INVALID_ARGUMENT:
-        return ValueError(message)
-    if code == E_BUSY:
-        return errors.BusyError(message)
-    if code == E_VERSION:
-        return errors.VersionMismatch(message, local=PROTOCOL_VERSION, remote=detail.get("protocol"))
-    if code == E_STOPPING:
-        return errors.BrokenError(message)
-    if code == E_PROTOCOL:
-        return errors.ProtocolError(message)
-    return errors.RemoteError(
-        f"the server failed in {what}: {message}",
-        remote_type=remote_type,
-        remote_message=message,
-        remote_traceback=tb,
-    )

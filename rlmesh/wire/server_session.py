@@ -1,22 +1,147 @@
-"""The server's side of a session: its shared-memory data plane and sizes.
+"""The server's side of a session: handshake, channel, data plane, request loop.
 
-:class:`DataPlane` holds the slab blocks carrying the tensors of responses a
-client has not released yet; :func:`leaf_sizes` and
-:func:`contract_action_bytes` size its slot rings and the session's message
-rings from the env contract, so that steady-state steps allocate nothing.
+A :class:`ServerSession` serves one client connection on its own thread. It
+runs the handshake, offers shared memory (a channel segment with two message
+rings, and a :class:`DataPlane` of slab blocks for response tensors) and
+falls back to inline frames when the client cannot map it, then reads
+requests, checks them once against :mod:`rlmesh.wire.protocol`, and hands
+each to its :class:`RequestHandler` with typed arguments.
+
+The seam is two small protocols: the server that owns sessions is a
+:class:`SessionHost` (what the session needs from it: a handler for a new
+client, the stop flag, shutdown permission), and the endpoint's request
+logic is a :class:`RequestHandler` (an env today; a model or a vector pool
+later). Neither side touches the other's fields.
+
+:func:`leaf_sizes` and :func:`contract_action_bytes` size the data plane's
+slot rings and the session's message rings from the env contract, so that
+steady-state steps allocate nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
-from typing import Any
+import os
+import threading
+import time
+import traceback
+import uuid
+from typing import Any, Protocol
 
 from .._dtypes import DTYPES
-from ..errors import InvalidHandle
-from ..shm import Handle, Slab, SlotRing
+from ..errors import (
+    BrokenError,
+    BusyError,
+    ClosedError,
+    InvalidHandle,
+    OperationTimeout,
+    ProtocolError,
+    RLMeshError,
+    ShmError,
+)
+from ..net.stream import SocketStream
+from ..shm import Handle, Segment, SegmentKind, Slab, SlotRing, SpinPolicy
 from ..specs import EnvContract
+from . import protocol as P
+from .channel import Channel, RingChannel, SocketChannel, channel_layout, write_token
+from .codec import TailBuilder, decode, pack
 
-__all__ = ["DataPlane", "contract_action_bytes", "leaf_sizes", "pow2"]
+__all__ = [
+    "DataPlane",
+    "RequestHandler",
+    "ServerSession",
+    "SessionConfig",
+    "SessionHost",
+    "contract_action_bytes",
+    "leaf_sizes",
+    "pow2",
+]
+
+
+class RequestHandler(Protocol):
+    """An endpoint's answer to one session's requests (the env today).
+
+    Each ``on_*`` method serves one checked request and answers it through
+    the session (:meth:`ServerSession.reply_ok`, :meth:`ServerSession.reply_error`,
+    :meth:`ServerSession.fail`); it returns False to end the session. What it
+    raises ends the session too: :class:`ProtocolError` and :class:`InvalidHandle`
+    after an ERROR answer, anything else after a log line.
+    """
+
+    @property
+    def contract(self) -> EnvContract:
+        """What the client is told it talks to (sizes the session's memory)."""
+        ...
+
+    def on_reset(self, rid: int, seed: Any, options: Any) -> bool:
+        """Serve RESET (``seed`` and ``options`` as received: the handler checks them)."""
+        ...
+
+    def on_step(self, rid: int, action: Any) -> bool:
+        """Serve STEP (``action`` is a wire value, tensors decoded)."""
+        ...
+
+    def on_render(self, rid: int, env_index: int) -> bool:
+        """Serve RENDER."""
+        ...
+
+    def release(self) -> None:
+        """The session is over (or the client detached): give back what it held. Called once."""
+        ...
+
+
+class SessionHost(Protocol):
+    """What a session needs from the server that accepted it."""
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set when the server stops: sessions end once their request is answered."""
+        ...
+
+    def open_session(self, session: ServerSession) -> RequestHandler:
+        """A handler for a new client that passed the version and user checks.
+
+        Raises:
+            BusyError: the server has no room for this client (told to it as such).
+            ClosedError: the server is stopping.
+        """
+        ...
+
+    def active_sessions(self) -> int:
+        """How many sessions are live (a session spins only while it is the only one)."""
+        ...
+
+    def shutdown_allowed(self) -> bool:
+        """Whether a client may stop the server."""
+        ...
+
+    def request_stop(self) -> None:
+        """Stop the server (asked by a client that was allowed to)."""
+        ...
+
+    def session_ended(self, session: ServerSession) -> None:
+        """``session`` has released everything; forget it."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionConfig:
+    """How a server session behaves.
+
+    Attributes:
+        handshake_timeout: seconds the client has for each handshake message.
+        shared_memory: offer shared memory to clients that can map it.
+        spin: seconds to spin for a request before sleeping (0: never); no
+            spin at all when the client runs in this process.
+        log: where the session reports (the endpoint's logger).
+    """
+
+    handshake_timeout: float
+    shared_memory: bool
+    spin: float
+    log: logging.Logger
 
 
 class DataPlane:
@@ -97,6 +222,11 @@ class DataPlane:
             else:
                 ring.release(handle)
 
+    @property
+    def leased(self) -> int:
+        """Blocks of the per-step slot rings the client holds now."""
+        return sum(ring.leased for ring in self._rings.values())
+
     def close(self) -> None:
         """Release the slot rings and the slab (its segments go with it)."""
         for ring in self._rings.values():
@@ -149,3 +279,346 @@ def contract_action_bytes(contract: EnvContract) -> int:
         return int(math.prod(spec.shape)) * DTYPES[spec.dtype].itemsize + 128
 
     return leaf(contract.action_space) * contract.num_envs + 256
+
+
+class ServerSession:
+    """One client connection, served on its own thread (:attr:`thread`).
+
+    Args:
+        host: the server that accepted the connection.
+        stream: the connection; the session owns it from now on.
+        config: see :class:`SessionConfig`.
+
+    Lifetime: ``thread.start()`` runs the session; it ends when the client
+    detaches or dies, the handler or a malformed request ends it, or the
+    host stops. Then it closes the channel, the shared memory and the
+    stream, releases the handler, and calls ``host.session_ended``. Closing
+    :attr:`stream` from another thread wakes a session waiting for a request.
+    """
+
+    def __init__(self, host: SessionHost, stream: SocketStream, config: SessionConfig) -> None:
+        self.host = host
+        self.stream = stream
+        self.config = config
+        self.log = config.log
+        self.id = str(uuid.uuid4())
+        self.handler: RequestHandler | None = None
+        self.channel: Channel | None = None
+        self.data: DataPlane | None = None
+        self.channel_segment: Segment | None = None
+        self._spin_base = config.spin
+        self.spin = SpinPolicy(self._spin_base)
+        self.thread = threading.Thread(target=self.run, name=f"rlmesh-session-{self.id[:8]}", daemon=True)
+        #: True while a request is being served (the server drains these at shutdown).
+        self.busy = False
+        #: When the last request arrived (time.monotonic()); None before the first.
+        self.last_request: float | None = None
+        self._pending_unlink: list[int] = []
+        self._rings: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+
+    @property
+    def data_plane(self) -> str | None:
+        """How tensors travel ("shm" or "inline"); None before the handshake completed."""
+        return None if self.channel is None else self.channel.data_plane
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def run(self) -> None:
+        """Handshake, then serve requests until the session ends; always cleans up."""
+        try:
+            if self._handshake():
+                self._serve()
+        except (BrokenError, ClosedError):
+            pass  # the client went away, or the server is stopping
+        except OperationTimeout:
+            self.log.info("session %s: the client did not complete the handshake in time", self.id[:8])
+        except ProtocolError as exc:
+            self.log.warning("session %s: protocol error: %s", self.id[:8], exc)
+        except Exception:
+            self.log.exception("session %s failed", self.id[:8])
+        finally:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        if self.data is not None:
+            try:
+                self.data.close()
+            except Exception:
+                self.log.exception("session %s: could not release its shared memory", self.id[:8])
+        if self.channel_segment is not None:
+            try:
+                self.channel_segment.close()
+            except Exception:
+                self.log.exception("session %s: could not release its channel", self.id[:8])
+        self.stream.close()
+        self._release_handler()
+        self.host.session_ended(self)
+
+    def _release_handler(self) -> None:
+        handler, self.handler = self.handler, None
+        if handler is not None:
+            handler.release()
+
+    # -- handshake ----------------------------------------------------------------------
+
+    def _send_error(
+        self,
+        code: str,
+        message: str,
+        exc: BaseException | None = None,
+        *,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        error = P.Error.from_exception(0, code, exc, message, detail=detail)
+        try:
+            self.stream.send(pack(error.to_wire()), timeout=2.0)
+        except RLMeshError:
+            pass
+
+    def _handshake(self) -> bool:
+        timeout = self.config.handshake_timeout
+        head, _, _ = self.stream.recv_frame(timeout, limit=P.MAX_HANDSHAKE_FRAME)
+        opening = decode(head)  # undecodable bytes: hang up without an answer
+        try:
+            hello = P.Hello.from_wire(opening)
+        except ProtocolError:
+            self._send_error(P.E_PROTOCOL, "expected an rlmesh HELLO message")
+            raise ProtocolError("the peer did not start with an rlmesh HELLO") from None
+        if hello.magic != P.MAGIC:
+            self._send_error(P.E_PROTOCOL, "not an rlmesh client")
+            raise ProtocolError("the peer is not an rlmesh client")
+        if hello.protocol != P.PROTOCOL_VERSION:
+            message = (
+                f"protocol version mismatch: the client (rlmesh {hello.version}) speaks "
+                f"protocol {hello.protocol!r}, this server (rlmesh {P.RELEASE}) speaks "
+                f"protocol {P.PROTOCOL_VERSION}; run the same rlmesh release on both sides"
+            )
+            self.log.error("session %s: %s", self.id[:8], message)
+            self._send_error(P.E_VERSION, message, detail={"protocol": P.PROTOCOL_VERSION})
+            return False
+        uid = self.stream.peer_uid
+        if uid is not None and uid not in (os.geteuid(), 0):
+            self._send_error(P.E_PROTOCOL, "only processes of the same user may connect")
+            raise ProtocolError(f"rejected a client running as uid {uid}")
+        try:
+            self.handler = self.host.open_session(self)
+        except (BusyError, ClosedError) as exc:
+            self._send_error(P.E_BUSY if isinstance(exc, BusyError) else P.E_STOPPING, str(exc), exc)
+            return False
+        contract = self.handler.contract
+        offer = None
+        token = None
+        if self.config.shared_memory and hello.shm:
+            offer, token = self._make_offer(contract)
+        if hello.pid == os.getpid():
+            # Same process: the client is a thread that needs the GIL we would spin with.
+            self._spin_base = 0.0
+            self.spin.maximum = self.spin.budget = 0.0
+        welcome = P.Welcome(
+            protocol=P.PROTOCOL_VERSION,
+            version=P.RELEASE,
+            pid=os.getpid(),
+            session=self.id,
+            contract=contract.to_dict(),
+            offer=None if offer is None else offer.to_wire(),
+        )
+        self.stream.send(pack(welcome.to_wire()), timeout=timeout)
+        head, _, _ = self.stream.recv_frame(timeout, limit=P.MAX_HANDSHAKE_FRAME)
+        attached = P.Attached.from_wire(decode(head))
+        if token is not None and attached.token == token:
+            self._start_rings()
+        else:
+            if offer is not None:
+                self.log.info(
+                    "session %s: the client could not map our shared memory (%s); copying inline",
+                    self.id[:8],
+                    attached.reason or "no reason given",
+                )
+            self._drop_shm()
+            self.channel = SocketChannel(self.stream)
+            self.stream.spin = self.spin  # the same policy and rules as the rings'
+        assert self.channel is not None
+        self.stream.send(pack(P.Ready(self.channel.data_plane).to_wire()), timeout=timeout)
+        return True
+
+    def _make_offer(self, contract: EnvContract) -> tuple[P.Offer | None, str | None]:
+        try:
+            self.data = DataPlane(contract)
+            req_cap = pow2(max(64 << 10, 4 * contract_action_bytes(contract)))
+            resp_cap = pow2(max(256 << 10, 4 * 1024 * contract.num_envs))
+            size, req_off, resp_off = channel_layout(req_cap, resp_cap)
+            self.channel_segment = Segment.create(size, SegmentKind.CHANNEL)
+            token = write_token(self.channel_segment)
+        except RLMeshError as exc:
+            self.log.warning(
+                "session %s: no shared memory for this session (%s); copying inline", self.id[:8], exc
+            )
+            self._drop_shm()
+            return None, None
+        self._rings = ((req_off, req_cap), (resp_off, resp_cap))
+        rings = P.ChannelOffer(self.channel_segment.name, size, req_off, req_cap, resp_off, resp_cap)
+        return P.Offer(rings, list(self.data.slab.take_new_segments())), token
+
+    def _start_rings(self) -> None:
+        assert self.channel_segment is not None and self.data is not None
+        req, resp = self._rings
+        self.channel = RingChannel(self.stream, self.channel_segment, tx=resp, rx=req, spin=self.spin)
+        # Both sides have mapped everything: the names can go. The memory lives
+        # on until both unmap, and nothing is left in /dev/shm even after a SIGKILL.
+        self.channel_segment.unlink()
+        for segment in self.data.slab.segments.values():
+            segment.unlink()
+
+    def _drop_shm(self) -> None:
+        if self.data is not None:
+            self.data.close()
+            self.data = None
+        if self.channel_segment is not None:
+            self.channel_segment.close()
+            self.channel_segment = None
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def _check_stop(self) -> None:
+        if self.host.stopping.is_set():
+            raise ClosedError("the server is stopping")
+
+    def _serve(self) -> None:
+        handler, channel, host = self.handler, self.channel, self.host
+        assert handler is not None and channel is not None
+        ring_mode = channel.data_plane == "shm"
+        stopping = host.stopping
+        recv, check, on_step = channel.recv, self._check_stop, handler.on_step
+        while True:
+            self.busy = False
+            if stopping.is_set():
+                return
+            # Never more spinners than cores: spin only while this is the only session.
+            self.spin.maximum = self._spin_base if host.active_sessions() == 1 else 0.0
+            if self.spin.budget > self.spin.maximum:
+                self.spin.budget = self.spin.maximum
+            message = recv(None, check)
+            self.busy = True
+            self.last_request = time.monotonic()
+            try:
+                request = decode(
+                    message.head, tail=message.tail, tail_address=message.tail_address, copy_inline=ring_mode
+                )
+            finally:
+                message.done()
+            if type(request) is not list or len(request) < 2 or type(request[1]) is not int:
+                self.reply(P.Error.from_exception(0, P.E_PROTOCOL, None, "malformed request").to_wire())
+                return
+            try:
+                if request[0] == P.STEP:
+                    # The per-step path reads the checked array in place (see P.Step).
+                    P.Step.check(request)
+                    self._apply_releases(request[3])
+                    if not on_step(request[1], request[2]):
+                        return
+                elif not self._dispatch(P.parse_request(request)):
+                    return
+            except (ProtocolError, InvalidHandle) as exc:
+                self.reply(P.Error.from_exception(request[1], P.E_PROTOCOL, exc, str(exc)).to_wire())
+                return
+
+    def _dispatch(self, request: P.Request) -> bool:
+        """Serve one request other than STEP; False ends the session."""
+        handler = self.handler
+        assert handler is not None
+        if isinstance(request, P.Reset):
+            self._apply_releases(request.releases)
+            return handler.on_reset(request.rid, request.seed, request.options)
+        if isinstance(request, P.Render):
+            self._apply_releases(request.releases)
+            return handler.on_render(request.rid, request.env_index)
+        if isinstance(request, P.Close):
+            # Release before answering: a client that connects right after this
+            # one closed must find a single shared env object free.
+            self._release_handler()
+            self.reply(P.Ok(request.rid, []).to_wire())
+            return False
+        if isinstance(request, P.Shutdown):
+            accepted = self.host.shutdown_allowed()
+            self.reply(P.Ok(request.rid, [accepted]).to_wire())
+            if accepted:
+                self.log.info("shutdown requested by a client: %s", request.reason)
+                self.host.request_stop()
+                return False
+            return True
+        if isinstance(request, P.Ping):
+            self.reply(P.Ok(request.rid, []).to_wire())
+            return True
+        raise ProtocolError(f"unexpected request {request!r}")  # Step comes by the per-step path
+
+    def _apply_releases(self, releases: list[int]) -> None:
+        pending = self._pending_unlink
+        if pending:
+            # The client read SEGMENTS before sending this request: it has mapped them.
+            assert self.data is not None
+            segments = self.data.slab.segments
+            for seg_id in pending:
+                if seg_id in segments:
+                    segments[seg_id].unlink()
+            pending.clear()
+        if releases:
+            if self.data is None:
+                raise ProtocolError("malformed release list")
+            self.data.release(releases)
+
+    # -- answering (for handlers) -------------------------------------------------------------
+
+    def reply(self, message: list[Any], tail: TailBuilder | None = None) -> None:
+        """Send one message to the client.
+
+        Raises:
+            BrokenError: the client is gone. FramingError: too large a message.
+        """
+        assert self.channel is not None
+        self.channel.send(pack(message), tail)
+
+    def begin_response(self) -> TailBuilder | None:
+        """Start building a response: a tail for its tensors inline, or None over shared memory.
+
+        Over shared memory, tensors go into blocks of :attr:`data` (its
+        ``acquire``); the blocks of the last response went out with it.
+        """
+        data = self.data
+        if data is not None and self.data_plane == "shm":
+            data.unsent.clear()
+            return None
+        return TailBuilder()
+
+    def reply_ok(self, rid: int, values: list[Any], tail: TailBuilder | None) -> None:
+        """Answer ``rid`` with OK and ``values`` (announcing new slab segments first).
+
+        Raises:
+            TypeError: a value msgpack cannot encode (nothing was sent).
+            BrokenError: the client is gone.
+        """
+        assert self.channel is not None
+        data = self.data
+        if data is not None and data.slab.has_new_segments:
+            new = data.slab.take_new_segments()
+            self.channel.send(pack(P.Segments(list(new)).to_wire()))
+            self._pending_unlink.extend(seg_id for seg_id, _, _ in new)
+        self.channel.send(pack(P.Ok.encode(rid, values), tail), tail)
+
+    def reply_error(self, rid: int, code: str, exc: BaseException | None, message: str) -> None:
+        """Answer ``rid`` with an ERROR of ``code`` (one of ``protocol.E_*``)."""
+        self.reply(P.Error.from_exception(rid, code, exc, message).to_wire())
+
+    def fail(self, rid: int, exc: BaseException) -> None:
+        """Answer ``rid`` whose response could not be built, and free the blocks it had taken.
+
+        Call it from the ``except`` block that caught ``exc``: the ERROR carries
+        the traceback being handled.
+        """
+        if self.data is not None:
+            self.data.take_back_unsent()
+        # Shared memory running out is the server's trouble, not the env's.
+        code = P.E_INTERNAL if isinstance(exc, ShmError) else P.E_ENV
+        error = P.Error.from_exception(rid, code, exc, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        self.reply(error.to_wire())

@@ -228,16 +228,16 @@ def test_running_out_of_shared_memory_mid_session_blames_the_server_not_the_env(
     env = served.client()
     env.reset(seed=1)
     (session,) = served.server._sessions
-    acquire = session.sink._acquire
+    acquire = session.handler.sink._acquire
 
     def full(nbytes: int) -> Any:
         raise rlmesh.errors.ShmCapacityError("/dev/shm is full (test)")
 
-    session.sink._acquire = full
+    session.handler.sink._acquire = full
     with pytest.raises(rlmesh.RemoteError, match="the server failed in step: ShmCapacityError") as caught:
         env.step(1)
     assert "served env raised" not in str(caught.value)
-    session.sink._acquire = acquire
+    session.handler.sink._acquire = acquire
     assert np.asarray(env.step(1)[0]).tolist()[:2] == [2, 1]
 
 
