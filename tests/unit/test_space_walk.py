@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from rlmesh.spaces import (
     space_from_spec,
     to_gymnasium_space,
 )
+from rlmesh.spaces._batch import lane_stacker
 from rlmesh.spaces._walk import (
     Path,
     fold,
@@ -34,6 +36,7 @@ from rlmesh.spaces._walk import (
     wire_size_bound,
 )
 from rlmesh.specs import EnvContract, action_bytes_bound, step_tensor_sizes
+from rlmesh.tensor import Tensor
 
 # -- the sizes as rlmesh/server.py computed them before the walk existed (verbatim) ---------
 
@@ -322,3 +325,107 @@ def test_walkers_built_on_fold_round_trip(space: Space[Any]) -> None:
     # Gymnasium refuses spaces with no elements (MultiBinary(0), a Box of shape (0,)).
     if all(math.prod(leaf.shape) for _, leaf in leaves(spec)):
         assert from_gymnasium_space(to_gymnasium_space(spec)).spec == spec
+
+
+# -- lane stacking: the client's per-step _stack, compiled once by the walk ---------------------
+
+
+def reference_stack(lanes: list[Any], spec: Any) -> Any:
+    """rlmesh/client.py's _stack before the walk existed (verbatim but for its name)."""
+    kind = spec.kind
+    if kind == "dict":
+        return {
+            key: reference_stack([lane[key] for lane in lanes], child)
+            for key, child in spec.details["spaces"]
+        }
+    if kind == "tuple":
+        return [
+            reference_stack([lane[i] for lane in lanes], child)
+            for i, child in enumerate(spec.details["spaces"])
+        ]
+    if kind in ("discrete", "text"):
+        return [lane.item() if isinstance(lane, Tensor) else lane for lane in lanes]
+    tensors = [lane if isinstance(lane, Tensor) else None for lane in lanes]
+    if all(t is not None for t in tensors):
+        first = tensors[0]
+        assert first is not None
+        data = b"".join(t.tobytes() for t in tensors if t is not None)
+        return Tensor(data, (len(lanes), *first.shape), first.dtype)
+    return lanes
+
+
+def comparable(value: Any) -> Any:
+    """A value with every Tensor replaced by what identifies it: class, shape, dtype, bytes."""
+    if isinstance(value, Tensor):
+        return ("Tensor", tuple(value.shape), value.dtype, value.tobytes())
+    if isinstance(value, dict):
+        return {key: comparable(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, [comparable(v) for v in value])
+    return (type(value).__name__, value)
+
+
+def as_lists(value: Any) -> Any:
+    """A lane whose tensors arrive as plain lists, as a bridge may leave them."""
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {key: as_lists(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_lists(v) for v in value)
+    return value
+
+
+def zero_d(value: Any, spec: SpaceSpec) -> Any:
+    """A lane whose Discrete values arrive as 0-d Tensors (Tensor.item() must unwrap them)."""
+    return fold(
+        spec,
+        lambda node, path: _at(value, path) if node.kind != "discrete" else int_tensor(_at(value, path)),
+        lambda node, path, pairs: dict(pairs),
+        lambda node, path, items: tuple(items),
+    )
+
+
+def int_tensor(values: list[int] | int, dtype: str = "int64") -> Tensor:
+    """A little-endian integer Tensor: 0-d for an int, 1-d for a list."""
+    flat = [values] if isinstance(values, int) else values
+    code = {"int32": "i", "int64": "q"}[dtype]
+    shape: tuple[int, ...] = () if isinstance(values, int) else (len(flat),)
+    return Tensor(struct.pack(f"<{len(flat)}{code}", *flat), shape, dtype)
+
+
+def _at(value: Any, path: Path) -> Any:
+    for step in path:
+        value = value[step]
+    return value
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    space=any_spaces, num_envs=st.sampled_from([1, 2, 5]), form=st.sampled_from(["tensors", "lists", "0-d"])
+)
+def test_lane_stacker_equals_the_clients_former_stack(space: Space[Any], num_envs: int, form: str) -> None:
+    space.seed(7)
+    lanes = [space.sample() for _ in range(num_envs)]
+    if form == "lists":
+        lanes = [as_lists(lane) for lane in lanes]
+    elif form == "0-d":
+        lanes = [zero_d(lane, space.spec) for lane in lanes]
+    expected = comparable(reference_stack(lanes, space.spec))
+    assert comparable(lane_stacker(space.spec)(lanes)) == expected
+
+
+def test_lane_stacker_by_hand_and_its_errors() -> None:
+    spec = Dict({"pos": Box(0, 9, (2,), "int32"), "pair": Tuple((Discrete(3), Text(4)))}).spec
+    lanes = [
+        {"pos": int_tensor([1, 2], "int32"), "pair": (int_tensor(2), "ab")},
+        {"pos": int_tensor([3, 4], "int32"), "pair": (0, "cd")},
+    ]
+    out = lane_stacker(spec)(lanes)
+    assert list(out) == ["pos", "pair"]
+    assert out["pos"].shape == (2, 2) and out["pos"].tolist() == [[1, 2], [3, 4]]
+    assert out["pair"] == [[2, 0], ["ab", "cd"]]
+    with pytest.raises(KeyError):
+        lane_stacker(spec)([{"pos": int_tensor([1, 2], "int32")}])
+    with pytest.raises(IndexError):
+        lane_stacker(Tuple((Discrete(2), Discrete(2))).spec)([(1,)])
