@@ -11,6 +11,9 @@
  *    bfloat16 drops the capsule with its error set), so they save and restore
  *    it; a Python callback cannot.
  *  - buffer_address(), the first byte of any buffer-protocol object.
+ *  - memory_barrier(), a full fence for the shared-memory doorbells: Python
+ *    has no atomics, and a fence must not depend on what the interpreter
+ *    happens to do around a call.
  *
  * Layer 1: no I/O, no state shared with other libraries (nothing is set on
  * ctypes.pythonapi). The only global is the count of live exports.
@@ -18,6 +21,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -704,6 +708,25 @@ buffer_address(PyObject *module, PyObject *obj)
     return result;
 }
 
+/* ---- memory_barrier ----------------------------------------------------------- */
+
+PyDoc_STRVAR(memory_barrier_doc,
+"memory_barrier()\n\n"
+"A full memory fence: this thread's stores before the call are visible to\n"
+"other threads and processes before any of its loads after the call. The\n"
+"doorbells need it between publishing a flag and reading the peer's.");
+
+static PyObject *
+memory_barrier(PyObject *module, PyObject *unused)
+{
+    /* Sequentially consistent, not acquire/release: only a full fence orders
+     * an earlier store before a later load (the Dekker pattern of a waiter
+     * and a ringer). mfence on x86-64, dmb ish on arm64. It is also a compiler
+     * barrier, and the GIL stays held: nothing else needs to happen here. */
+    atomic_thread_fence(memory_order_seq_cst);
+    Py_RETURN_NONE;
+}
+
 /* ---- module ------------------------------------------------------------------- */
 
 static PyMethodDef module_methods[] = {
@@ -712,13 +735,15 @@ static PyMethodDef module_methods[] = {
     {"capsule_name", capsule_name, METH_O, capsule_name_doc},
     {"live_exports", live, METH_NOARGS, "The number of exports whose deleter has not run yet."},
     {"buffer_address", buffer_address, METH_O, buffer_address_doc},
+    {"memory_barrier", memory_barrier, METH_NOARGS, memory_barrier_doc},
     {NULL},
 };
 
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "rlmesh._native",
-    .m_doc = "rlmesh's native base type for Tensor, DLPack capsule lifetimes and buffer addresses.",
+    .m_doc = "rlmesh's native base type for Tensor, DLPack capsule lifetimes, buffer addresses "
+             "and a memory barrier.",
     .m_size = -1,
     .m_methods = module_methods,
 };

@@ -17,10 +17,10 @@ atomically with going to sleep, so a ring between the check and the sleep is
 never lost.
 
 Both sides need a full (store-load) barrier between their store and their
-load (a Dekker pattern). Python has no atomics; :func:`fence` is a ctypes call
-into libc, because every such call releases and re-takes the GIL, which takes
-a pthread mutex: a locked instruction on x86-64, an acquire/release pair on
-arm64. Either orders the store before the load.
+load (a Dekker pattern). Python has no atomics, so :func:`fence` is the C
+extension's ``memory_barrier()``: a C11 sequentially consistent fence
+(``mfence`` on x86-64, ``dmb ish`` on arm64), which orders the store before
+the load whatever the interpreter does around the call.
 
 Never an unbounded spin: after the spin budget the waiter sleeps, and the
 budget shrinks when spinning does not pay (a peer without a core of its own,
@@ -41,6 +41,7 @@ import struct
 import time
 from collections.abc import Callable
 
+from .._native import memory_barrier
 from .._spin import SpinPolicy
 from ..errors import OperationTimeout
 
@@ -79,16 +80,9 @@ _syscall.argtypes = [
 
 _NR_FUTEX = _SYS_FUTEX.get(platform.machine().lower())
 
-# Any libc function will do; `abs` is cheap and has no side effects. The call
-# itself is the barrier: ctypes drops and re-takes the GIL around it.
-_barrier = _libc.abs
-_barrier.restype = ctypes.c_int
-_barrier.argtypes = [ctypes.c_int]
-
-
-def fence() -> None:
-    """A full memory barrier between this process's earlier stores and later loads."""
-    _barrier(0)
+#: A full memory barrier between this thread's earlier stores and its later
+#: loads (see the module docstring): the C extension's seq_cst fence.
+fence = memory_barrier
 
 
 def futex_wait(address: int, expected: int, timeout: float | None) -> bool:

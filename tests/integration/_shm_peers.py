@@ -10,6 +10,7 @@ to consumer) and ``responses`` (consumer to producer).
 from __future__ import annotations
 
 import random
+import struct
 import time
 import zlib
 from multiprocessing.connection import Connection
@@ -18,7 +19,17 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from rlmesh.shm import Handle, MessageRing, PeerMemory, Segment, SegmentKind, Slab, SlotRing, SpinPolicy
+from rlmesh.shm import (
+    Doorbell,
+    Handle,
+    MessageRing,
+    PeerMemory,
+    Segment,
+    SegmentKind,
+    Slab,
+    SlotRing,
+    SpinPolicy,
+)
 from rlmesh.shm._layout import align_up
 
 #: Every blocking call in a child gives up after this long.
@@ -199,6 +210,40 @@ def echo_child(channel: str, capacity: int, spin_max: float | None) -> None:
                 break
             responses.put(msg, timeout=STEP_TIMEOUT)
         del requests, responses
+    finally:
+        seg.close()
+
+
+# Two doorbells and their counters in a plain 4096-byte segment.
+BELL_SEGMENT = 4096
+PING_BELL, PONG_BELL, PING_COUNT, PONG_COUNT = 128, 192, 256, 320
+_U32 = struct.Struct("<I")
+
+
+def bell_pair(seg: Segment) -> tuple[Doorbell, Doorbell]:
+    """(ping, pong) doorbells over a bell segment."""
+    return Doorbell(seg.buf, PING_BELL, seg.address), Doorbell(seg.buf, PONG_BELL, seg.address)
+
+
+def bell_count(seg: Segment, offset: int) -> int:
+    return int(_U32.unpack_from(seg.buf, offset)[0])
+
+
+def bell_pong_child(name: str, rounds: int, spin_max: float | None) -> None:
+    """Answer each ping: wait until the ping count reaches i, publish i as the pong count, ring.
+
+    Sleeps never end by themselves (``max_sleep`` of a minute), so a lost
+    wake-up fails the wait with its timeout instead of costing 50 ms.
+    """
+    seg = Segment.attach(name, BELL_SEGMENT)
+    try:
+        ping, pong = bell_pair(seg)
+        spin = spin_policy(spin_max)
+        for i in range(1, rounds + 1):
+            ping.wait(lambda i=i: bell_count(seg, PING_COUNT) == i, STEP_TIMEOUT, spin=spin, max_sleep=60)
+            _U32.pack_into(seg.buf, PONG_COUNT, i)
+            pong.ring()
+        del ping, pong
     finally:
         seg.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import struct
 import time
 from collections.abc import Iterator
 from multiprocessing.context import BaseContext
@@ -19,7 +20,7 @@ import _shm_peers as peers
 import pytest
 
 from rlmesh.errors import BrokenError, OperationTimeout, WouldBlock
-from rlmesh.shm import SpinPolicy, janitor
+from rlmesh.shm import Segment, SpinPolicy, janitor
 
 START_METHODS = ["spawn", "forkserver"]
 JOIN_TIMEOUT = 30.0
@@ -130,6 +131,26 @@ def test_round_trips_are_delivered_with_any_spin_policy(
         requests.put(b"stop", timeout=10)
         join_ok(proc)
         del requests, responses
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("spin_max", [None, 50e-6], ids=["no-spin", "spin-50us"])
+def test_doorbells_never_lose_a_wake_up(spin_max: float | None, children: list[BaseProcess]) -> None:
+    # Both sides sleep without a time slice to rescue them (max_sleep of a
+    # minute): a wake-up lost between "flag myself as a sleeper" and "read the
+    # sequence" (the store-load order the fence provides) is a wait that runs
+    # into its timeout. Without spinning every wait takes the futex path.
+    rounds = 3000
+    with Segment.create(peers.BELL_SEGMENT) as seg:
+        ping, pong = peers.bell_pair(seg)
+        proc = start(children, "spawn", peers.bell_pong_child, seg.name, rounds, spin_max)
+        spin = peers.spin_policy(spin_max)
+        for i in range(1, rounds + 1):
+            struct.pack_into("<I", seg.buf, peers.PING_COUNT, i)
+            ping.ring()
+            pong.wait(lambda i=i: peers.bell_count(seg, peers.PONG_COUNT) == i, 20, spin=spin, max_sleep=60)
+        join_ok(proc)
+        del ping, pong
 
 
 @pytest.mark.timeout(60)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from rlmesh import _native
 from rlmesh.errors import OperationTimeout
 from rlmesh.shm import Doorbell, Segment, SpinPolicy
 from rlmesh.shm.doorbell import CHECK_INTERVAL, fence, futex_wait, futex_wake
@@ -80,6 +81,53 @@ def test_zero_timeout_fails_fast(bell: Doorbell) -> None:
     with pytest.raises(OperationTimeout):
         bell.wait(lambda: False, 0, spin=SpinPolicy())
     assert time.monotonic() - start < 0.05
+
+
+def test_fence_is_the_native_seq_cst_barrier() -> None:
+    # Not a ctypes call whose ordering comes from the GIL's mutex as a side effect.
+    assert fence is _native.memory_barrier
+    assert fence() is None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("spin_kind", ["none", "default"])
+def test_ping_pong_never_loses_a_wake_up(spin_kind: str) -> None:
+    # Two doorbells, one per direction, and sleeps that never end by themselves
+    # (max_sleep of a minute): a lost wake-up is a wait that runs into its
+    # 10-second timeout, not a 50 ms hiccup. Threads stand in for processes
+    # (futex_wait releases the GIL); the cross-process version is in
+    # tests/integration/test_shm_processes.py.
+    rounds = 2000
+    seg = Segment.create(4096)
+    try:
+        ping = Doorbell(seg.buf, 128, seg.address)
+        pong = Doorbell(seg.buf, 192, seg.address)
+        counters = seg.buf
+        errors: list[BaseException] = []
+
+        def peer() -> None:
+            try:
+                for i in range(1, rounds + 1):
+                    ping.wait(lambda i=i: U32.unpack_from(counters, 256)[0] == i, 10, max_sleep=60)
+                    U32.pack_into(counters, 320, i)
+                    pong.ring()
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+
+        spin = make_spin(spin_kind)
+        thread = threading.Thread(target=peer)
+        thread.start()
+        try:
+            for i in range(1, rounds + 1):
+                U32.pack_into(counters, 256, i)
+                ping.ring()
+                pong.wait(lambda i=i: U32.unpack_from(counters, 320)[0] == i, 10, spin=spin, max_sleep=60)
+        finally:
+            thread.join(timeout=30)
+        assert not thread.is_alive()
+        assert errors == []
+    finally:
+        seg.close()
 
 
 @pytest.mark.parametrize("spin_kind", SPINS)
