@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 #   box.py, discrete.py, multi_binary.py, multi_discrete.py, text.py, dict.py,
 #   tuple.py         one space family each
 #   _conversion.py   to and from Gymnasium spaces (numpy and gymnasium imported lazily)
-#   _batch.py        per-lane values stacked into a vector env's batch, compiled by the walk
+#   _values.py       per-step transforms of wire values (lane stacking, tuples), compiled by the walk
 from ._base import Space as Space, space_from_spec as space_from_spec
 from ._conversion import (
     _bfloat16_box_class,
