@@ -4,6 +4,10 @@
 process to one consumer process through shared memory, with doorbells for
 wake-ups. :class:`SlotRing` recycles fixed-size slab blocks for tensor
 payloads without ever handing out a block a peer still leases.
+
+Counters are stored in the host's byte order through ctypes words, which is
+little-endian: ``import rlmesh`` refuses a big-endian host, so the layout
+below is little-endian on every machine that can map it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import collections
 import ctypes
 import platform
 import struct
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,21 +35,10 @@ _RECORD = struct.Struct("<II")  # payload length, reserved
 
 _WRAP = 0xFFFFFFFF
 
-_LITTLE = sys.byteorder == "little"
-
-
-def _le64(value: int) -> int:
-    """``value`` as the native u64 whose bytes are its little-endian encoding."""
-    return value if _LITTLE else int.from_bytes(value.to_bytes(8, "little"), sys.byteorder)
-
-
-def _le32(value: int) -> int:
-    # The stored word must read as little-endian on every host.
-    return int.from_bytes(value.to_bytes(4, "little"), sys.byteorder)
-
-
-# Only weakly ordered CPUs need an explicit fence between reading the head and
-# reading the payload it covers.
+# Only weakly ordered CPUs (arm64) need explicit fences around the payload:
+# between writing it and publishing the head, between reading the head and
+# reading it, and between reading it and publishing the tail. x86 keeps loads
+# and stores in those orders by itself.
 _FENCE = platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686")
 
 # The ring's control block, one cache line per field group so the producer's
@@ -263,15 +255,17 @@ class MessageRing:
         head += record
         self._head = head
         # The payload is in place before the head moves (x86 keeps stores in
-        # order; elsewhere the fence below orders them too). Head and tail are
+        # order; elsewhere the fence orders them). Head and tail are
         # published with one 8-byte store: struct.pack_into zeroes its target
         # before writing it, and a peer that read that transient 0 as the head
         # would take a stale record for a new one.
+        if _FENCE:
+            fence()
         head_word, _, seq_word = self._words
-        head_word.value = head if _LITTLE else _le64(head)
+        head_word.value = head
         # The data doorbell, inlined: only this producer writes its sequence.
         seq = self._data_seq = (self._data_seq + 1) & 0xFFFFFFFF
-        seq_word.value = seq if _LITTLE else _le32(seq)
+        seq_word.value = seq
         fence()
         if _U32.unpack_from(buf, self._base + _DATA_BELL + 4)[0]:
             futex_wake(self._address + _DATA_BELL)
@@ -337,7 +331,9 @@ class MessageRing:
         n = _U32.unpack_from(buf, self._data + pos)[0]
         tail = self._tail + _RECORD.size + _pad8(n)
         self._tail = tail
-        self._words[1].value = tail if _LITTLE else _le64(tail)  # one store: see _put
+        if _FENCE:
+            fence()  # the payload was read before the producer may reuse it
+        self._words[1].value = tail  # one store: see _put
         # The space bell, relaxed (no barrier): a producer waiting for room
         # sleeps in 1 ms slices, and only one that flagged itself needs a wake.
         if _U32.unpack_from(buf, self._base + _SPACE_BELL + 4)[0]:
