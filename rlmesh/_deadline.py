@@ -27,11 +27,16 @@ import math
 import time
 from typing import Final
 
-__all__ = ["POLL_FOREVER", "Deadline", "check_timeout"]
+__all__ = ["LONGEST_SLEEP", "POLL_FOREVER", "Deadline", "check_timeout"]
 
 #: What :meth:`Deadline.poll_ms` returns for "no deadline": poll(2) waits
 #: forever on a negative timeout.
 POLL_FOREVER: Final = -1
+
+#: The longest single sleep to hand an OS call (a day): threading and socket
+#: timeouts raise OverflowError past roughly 9.2e9 s, so a longer wait sleeps
+#: in slices of this and checks its deadline in between.
+LONGEST_SLEEP: Final = 86400.0
 
 # poll(2) takes a C int of milliseconds; a longer wait is cut to this (about
 # 24.8 days) and the caller's loop polls again until the deadline.

@@ -27,6 +27,9 @@ budget shrinks when spinning does not pay (a peer without a core of its own,
 more busy processes than cores), so an oversubscribed machine degrades to
 blocking wake-ups instead of collapsing.
 
+Timeouts have rlmesh's one meaning (:mod:`rlmesh._deadline`): None waits
+forever, 0 checks once and never sleeps, a positive number is a deadline.
+
 Linux only: futexes on shared mappings work across processes and across
 containers that share the mapping.
 """
@@ -41,6 +44,7 @@ import struct
 import time
 from collections.abc import Callable
 
+from .._deadline import Deadline
 from .._native import memory_barrier
 from .._spin import SpinPolicy
 from ..errors import OperationTimeout
@@ -88,19 +92,27 @@ fence = memory_barrier
 def futex_wait(address: int, expected: int, timeout: float | None) -> bool:
     """Sleep while the u32 at ``address`` equals ``expected``, at most ``timeout`` s.
 
+    Args:
+        address: the futex word's address in this process.
+        expected: the value it must still hold for the call to sleep.
+        timeout: None sleeps until woken; 0 never sleeps (the kernel only
+            compares the word); a positive number is the longest sleep.
+
     Returns:
         False if the timeout passed; True if woken, interrupted, or the value
         already differed (callers re-check their condition either way).
 
     Raises:
+        ValueError: ``timeout`` is negative or NaN.
         OSError: the futex call failed for another reason.
     """
+    if timeout is not None and not timeout >= 0:  # `not >=` catches NaN too
+        raise ValueError(f"a futex timeout must be None or >= 0 seconds, got {timeout}")
     if _NR_FUTEX is None:  # pragma: no cover - exotic architecture
-        time.sleep(min(timeout or 0.001, 0.001))
+        time.sleep(0.001 if timeout is None else min(timeout, 0.001))
         return True
     spec = None
     if timeout is not None:
-        timeout = max(timeout, 0.0)
         sec = int(timeout)
         spec = _Timespec(sec, int((timeout - sec) * 1e9))
     result = _syscall(_NR_FUTEX, address, _FUTEX_WAIT, expected & 0xFFFFFFFF, spec, None, 0)
@@ -173,7 +185,7 @@ class Doorbell:
     def wait(
         self,
         ready: Callable[[], bool],
-        timeout: float | None,
+        timeout: float | Deadline | None,
         *,
         spin: SpinPolicy | None = None,
         check: Callable[[], None] | None = None,
@@ -183,8 +195,10 @@ class Doorbell:
 
         Args:
             ready: the condition; must be cheap and side-effect free.
-            timeout: seconds to wait at most; None waits forever (``check``
-                still runs).
+            timeout: None waits forever (``check`` still runs); 0 checks
+                ``ready()`` once and never spins or sleeps; a positive number
+                is the longest wait in seconds. A :class:`Deadline` already
+                running (one call's parts sharing it) is taken as it is.
             spin: the spin budget to use and adapt; None does not spin.
             check: called about every 50 ms while asleep, for liveness; it
                 raises to abort the wait (a dead peer, say).
@@ -192,16 +206,20 @@ class Doorbell:
                 in :meth:`ring`).
 
         Raises:
-            OperationTimeout: ``timeout`` passed first.
+            OperationTimeout: ``timeout`` passed first (at once for 0, when
+                ``ready()`` is false).
+            ValueError: ``timeout`` is negative or NaN.
         """
+        deadline = timeout if isinstance(timeout, Deadline) else Deadline.after(timeout)
         if ready():
             return
+        if deadline.expired():
+            raise self._timed_out(deadline)
         start = time.monotonic()
-        deadline = None if timeout is None else start + timeout
         if spin is not None and spin.budget > 0:
             spin_until = start + spin.budget
-            if deadline is not None:
-                spin_until = min(spin_until, deadline)
+            if deadline.at is not None:
+                spin_until = min(spin_until, deadline.at)
             polls = 0
             # No sched_yield() here: with a third process runnable it hands the
             # core away for a whole timeslice; the bounded, adaptive budget is
@@ -224,18 +242,20 @@ class Doorbell:
                     if spin is not None:
                         spin.record(time.monotonic() - start)
                     return
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    raise OperationTimeout(
-                        f"timed out after {timeout:.3g}s waiting for the peer", timeout=timeout
-                    )
-                slice_ = max_sleep if deadline is None else min(max_sleep, deadline - now)
-                futex_wait(address, seq, slice_)
+                if deadline.expired():
+                    raise self._timed_out(deadline)
+                futex_wait(address, seq, deadline.bounded(max_sleep))
                 if check is not None and time.monotonic() - last_check >= CHECK_INTERVAL:
                     last_check = time.monotonic()
                     check()
         finally:
             _U32.pack_into(buf, offset + 4, 0)
+
+    @staticmethod
+    def _timed_out(deadline: Deadline) -> OperationTimeout:
+        return OperationTimeout(
+            f"timed out after {deadline.timeout:.3g}s waiting for the peer", timeout=deadline.timeout
+        )
 
     def __repr__(self) -> str:
         return f"<Doorbell at +{self._offset} seq={self.seq}>"

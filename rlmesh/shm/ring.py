@@ -5,6 +5,12 @@ process to one consumer process through shared memory, with doorbells for
 wake-ups. :class:`SlotRing` recycles fixed-size slab blocks for tensor
 payloads without ever handing out a block a peer still leases.
 
+Timeouts have rlmesh's one meaning (:mod:`rlmesh._deadline`): None waits
+forever, 0 checks once and never waits, a positive number is a deadline.
+A blocking call (``put``, ``get``, ``peek``, ``acquire``) that cannot proceed
+in time raises :class:`~rlmesh.errors.OperationTimeout`, for 0 too; only the
+``*_nowait`` calls raise :class:`~rlmesh.errors.WouldBlock`.
+
 Counters are stored in the host's byte order through ctypes words, which is
 little-endian: ``import rlmesh`` refuses a big-endian host, so the layout
 below is little-endian on every machine that can map it.
@@ -17,10 +23,10 @@ import ctypes
 import platform
 import struct
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
+from .._deadline import LONGEST_SLEEP, Deadline
 from ..errors import BrokenError, ClosedError, InvalidHandle, OperationTimeout, WouldBlock
 from ._layout import CACHE_LINE
 from .doorbell import Doorbell, SpinPolicy, fence, futex_wake
@@ -68,6 +74,14 @@ CONTROL_SIZE = 5 * CACHE_LINE
 
 def _pad8(n: int) -> int:
     return (n + 7) & ~7
+
+
+def _check_timeout(timeout: float | None) -> None:
+    # The per-message check, kept to one comparison: a negative or NaN
+    # timeout is refused even when the call would not have to wait.
+    # (Deadline.after checks it fully once a wait begins.)
+    if timeout is not None and not timeout >= 0:
+        raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout}")
 
 
 class MessageRing:
@@ -195,16 +209,19 @@ class MessageRing:
 
         Args:
             data: a bytes-like object of at most :attr:`max_message` bytes.
-            timeout: seconds to wait for room; None waits indefinitely.
+            timeout: seconds to wait for room; None waits indefinitely; 0
+                checks for room once and never waits.
             check: liveness check run while waiting (see :meth:`Doorbell.wait`).
             tag: a 32-bit number kept with the message; the consumer reads it
                 from :attr:`tag` after :meth:`peek`.
 
         Raises:
-            ValueError: the message is larger than :attr:`max_message`.
-            OperationTimeout: no room before the deadline.
+            ValueError: the message is larger than :attr:`max_message`, or
+                ``timeout`` is negative or NaN.
+            OperationTimeout: no room before the deadline (at once for 0).
             BrokenError: the consumer closed its end.
         """
+        _check_timeout(timeout)
         self._put(data, timeout, check, blocking=True, tag=tag)
 
     def put_nowait(self, data: Any) -> None:
@@ -215,7 +232,7 @@ class MessageRing:
             ValueError: the message is larger than :attr:`max_message`.
             BrokenError: the consumer closed its end.
         """
-        self._put(data, 0.0, None, blocking=False)
+        self._put(data, None, None, blocking=False)
 
     def _put(
         self,
@@ -275,6 +292,8 @@ class MessageRing:
             self._tail = self._load_tail()
             return self._capacity - (self._head - self._tail) >= need or self.consumer_closed
 
+        # Doorbell.wait fails at once for a timeout of 0: the caller just
+        # found the ring full, so one more look is all 0 allows.
         # The consumer rings the space bell without a barrier (one per message
         # would cost more than the rare full ring saves), so sleep in short slices.
         self.space_bell.wait(ready, timeout, spin=self.spin, check=check, max_sleep=0.001)
@@ -294,18 +313,42 @@ class MessageRing:
         The view stays valid until :meth:`pop`; call it once done. Release
         the view (or let it go) before the ring's memory is closed.
 
+        Args:
+            timeout: seconds to wait; None waits forever; 0 looks once and
+                never waits.
+            check: liveness check run while waiting (see :meth:`Doorbell.wait`).
+
         Raises:
-            OperationTimeout: no message before the deadline.
+            OperationTimeout: no message before the deadline (at once for 0).
+            BrokenError: the producer closed its end and the ring is empty.
+            ValueError: ``timeout`` is negative or NaN.
+        """
+        _check_timeout(timeout)
+        if self._load_head() == self._tail:
+            self._await_message(timeout, check)
+        return self._view_next()
+
+    def peek_nowait(self) -> memoryview:
+        """Return a view of the next message if one is waiting (see :meth:`peek`).
+
+        Raises:
+            WouldBlock: the ring is empty.
             BrokenError: the producer closed its end and the ring is empty.
         """
         if self._load_head() == self._tail:
             if self.producer_closed:
                 raise BrokenError("the ring's producer has closed")
-            if timeout == 0:
-                raise WouldBlock("the ring is empty")
-            self.data_bell.wait(self._ready_or_closed, timeout, spin=self.spin, check=check)
-            if self._load_head() == self._tail:
-                raise BrokenError("the ring's producer has closed")
+            raise WouldBlock("the ring is empty")
+        return self._view_next()
+
+    def _await_message(self, timeout: float | None, check: Callable[[], None] | None) -> None:
+        if self.producer_closed:
+            raise BrokenError("the ring's producer has closed")
+        self.data_bell.wait(self._ready_or_closed, timeout, spin=self.spin, check=check)
+        if self._load_head() == self._tail:
+            raise BrokenError("the ring's producer has closed")
+
+    def _view_next(self) -> memoryview:
         if _FENCE:
             fence()
         buf = self._buf
@@ -342,15 +385,17 @@ class MessageRing:
     def get(self, timeout: float | None = None, *, check: Callable[[], None] | None = None) -> bytes:
         """Wait for the next message and return a copy of it.
 
+        Args:
+            timeout: seconds to wait; None waits forever; 0 looks once and
+                never waits.
+            check: liveness check run while waiting (see :meth:`Doorbell.wait`).
+
         Raises:
-            OperationTimeout: no message before the deadline.
+            OperationTimeout: no message before the deadline (at once for 0).
             BrokenError: the producer closed its end and the ring is empty.
+            ValueError: ``timeout`` is negative or NaN.
         """
-        view = self.peek(timeout, check=check)
-        data = bytes(view)
-        view.release()
-        self.pop()
-        return data
+        return self._copy_out(self.peek(timeout, check=check))
 
     def get_nowait(self) -> bytes:
         """Return the next message if one is waiting.
@@ -359,7 +404,13 @@ class MessageRing:
             WouldBlock: the ring is empty.
             BrokenError: the producer closed its end and the ring is empty.
         """
-        return self.get(0)
+        return self._copy_out(self.peek_nowait())
+
+    def _copy_out(self, view: memoryview) -> bytes:
+        data = bytes(view)
+        view.release()
+        self.pop()
+        return data
 
     def close_consumer(self) -> None:
         """Tell the producer nobody reads any more (it gets BrokenError)."""
@@ -431,16 +482,35 @@ class SlotRing:
     def acquire(self, timeout: float | None = None) -> Block:
         """Lease the next free slot.
 
+        Args:
+            timeout: seconds to wait for a release when every slot is leased
+                (and the policy cannot grow); None waits forever; 0 never
+                waits.
+
         Raises:
-            OperationTimeout: no slot became free before the deadline.
-            WouldBlock: ``timeout == 0`` and no slot is free.
+            OperationTimeout: no slot became free before the deadline (at
+                once for 0).
+            ClosedError: the ring is closed.
+            ValueError: ``timeout`` is negative or NaN.
+        """
+        _check_timeout(timeout)
+        return self._acquire(timeout, blocking=True)
+
+    def acquire_nowait(self) -> Block:
+        """Lease the next free slot if one is free now (or the policy can grow).
+
+        Raises:
+            WouldBlock: every slot is leased.
             ClosedError: the ring is closed.
         """
+        return self._acquire(None, blocking=False)
+
+    def _acquire(self, timeout: float | None, *, blocking: bool) -> Block:
         with self._cond:
             if self._closed:
                 raise ClosedError("the slot ring is closed")
             if not self._free:
-                self._make_room(timeout)
+                self._make_room(timeout, blocking=blocking)
             block = self._free.popleft()
             # Renew under the lock that release() checks generations under, so
             # a stale handle of the previous lease can never release this one.
@@ -449,24 +519,23 @@ class SlotRing:
             self._leased[(block.segment, block.offset)] = block
         return block
 
-    def _make_room(self, timeout: float | None) -> None:
+    def _make_room(self, timeout: float | None, *, blocking: bool) -> None:
         if self.policy == "grow" and (self.max_slots is None or self._total < self.max_slots):
             self._free.append(self._slab.alloc(self.slot_size))
             self._total += 1
             return
-        if timeout == 0:
+        if not blocking:
             raise WouldBlock("every slot is leased")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline.after(timeout)
         while not self._free:
             if self._closed:
                 raise ClosedError("the slot ring is closed")
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            if deadline.expired():
                 raise OperationTimeout(
-                    f"every slot is leased and none was released within {timeout:.3g}s",
-                    timeout=timeout,
+                    f"every slot is leased and none was released within {deadline.timeout:.3g}s",
+                    timeout=deadline.timeout,
                 )
-            self._cond.wait(remaining)
+            self._cond.wait(deadline.bounded(LONGEST_SLEEP))
 
     def release(self, handle: Handle) -> None:
         """Take back the lease a handle names.

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import pytest
 
 from rlmesh import _native
+from rlmesh._deadline import Deadline
 from rlmesh.errors import OperationTimeout
-from rlmesh.shm import Doorbell, Segment, SpinPolicy
+from rlmesh.shm import Doorbell, Segment, SpinPolicy, doorbell as doorbell_module
 from rlmesh.shm.doorbell import CHECK_INTERVAL, fence, futex_wait, futex_wake
 
 U32 = struct.Struct("<I")
@@ -76,11 +77,40 @@ def test_wait_times_out(bell: Doorbell, timeout: float, spin_kind: str) -> None:
     assert U32.unpack_from(bell._buf, 132)[0] == 0  # the waiting flag is cleared
 
 
-def test_zero_timeout_fails_fast(bell: Doorbell) -> None:
+def test_zero_timeout_looks_once_and_never_sleeps(bell: Doorbell, monkeypatch: pytest.MonkeyPatch) -> None:
+    looks: list[int] = []
+
+    def never_sleep(*args: object) -> bool:
+        raise AssertionError("a timeout of 0 went to sleep")
+
+    monkeypatch.setattr(doorbell_module, "futex_wait", never_sleep)
+    spin = SpinPolicy()
+    budget = spin.budget
+    with pytest.raises(OperationTimeout) as info:
+        bell.wait(lambda: bool(looks.append(1)), 0, spin=spin)
+    assert looks == [1]  # one look: no spin either
+    assert spin.budget == budget  # and nothing for the spin policy to learn
+    assert info.value.timeout == 0
+    assert U32.unpack_from(bell._buf, 132)[0] == 0  # never flagged itself as a sleeper
+
+
+def test_an_expired_shared_deadline_fails_at_once(bell: Doorbell) -> None:
+    deadline = Deadline.after(0.01)
+    time.sleep(0.02)
     start = time.monotonic()
-    with pytest.raises(OperationTimeout):
-        bell.wait(lambda: False, 0, spin=SpinPolicy())
+    with pytest.raises(OperationTimeout) as info:
+        bell.wait(lambda: False, deadline, spin=SpinPolicy())
     assert time.monotonic() - start < 0.05
+    assert info.value.timeout == 0.01  # the error names the call's timeout
+    bell.wait(lambda: True, deadline)  # a ready condition never times out
+
+
+@pytest.mark.parametrize("bad", [-1, -1e-9, float("nan")])
+def test_negative_or_nan_timeouts_are_refused(bell: Doorbell, bad: float) -> None:
+    with pytest.raises(ValueError):
+        bell.wait(lambda: True, bad)
+    with pytest.raises(ValueError):
+        futex_wait(bell._address, 0, bad)
 
 
 def test_fence_is_the_native_seq_cst_barrier() -> None:

@@ -130,17 +130,22 @@ class MessageRingMachine(RuleBasedStateMachine):
         with pytest.raises(ValueError):
             self.producer.put_nowait(b"\0" * (self.producer.max_message + 1))
 
-    @rule(copy=st.booleans())
-    def get(self, copy: bool) -> None:
+    @rule(copy=st.booleans(), blocking=st.booleans())
+    def get(self, copy: bool, blocking: bool) -> None:
         if not self.model:
-            with pytest.raises(WouldBlock):
-                self.consumer.get_nowait()
+            if blocking:
+                # A timeout of 0 looks once and fails as a timeout.
+                with pytest.raises(OperationTimeout):
+                    self.consumer.get(timeout=0) if copy else self.consumer.peek(timeout=0)
+            else:
+                with pytest.raises(WouldBlock):
+                    self.consumer.get_nowait() if copy else self.consumer.peek_nowait()
             return
         expected, consumed = self.model.popleft()
         if copy:
-            assert self.consumer.get_nowait() == expected
+            assert (self.consumer.get(timeout=0) if blocking else self.consumer.get_nowait()) == expected
         else:
-            view = self.consumer.peek(timeout=0)
+            view = self.consumer.peek(timeout=0) if blocking else self.consumer.peek_nowait()
             try:
                 assert view.readonly is False and bytes(view) == expected
             finally:
@@ -215,6 +220,38 @@ def test_ring_full_then_empty(ring_pair: tuple[MessageRing, MessageRing]) -> Non
         consumer.get(timeout=0.01)
     producer.put_nowait(b"again")
     assert consumer.get(timeout=1) == b"again"
+
+
+@pytest.mark.parametrize("bad", [-1, -1e-9, float("nan")])
+def test_negative_or_nan_timeouts_are_refused(ring_pair: tuple[MessageRing, MessageRing], bad: float) -> None:
+    producer, consumer = ring_pair
+    # Refused whether or not the call would have had to wait.
+    with pytest.raises(ValueError):
+        consumer.get(timeout=bad)
+    with pytest.raises(ValueError):
+        producer.put(b"x", timeout=bad)
+    producer.put(b"x", timeout=None)
+    with pytest.raises(ValueError):
+        consumer.peek(timeout=bad)
+    assert consumer.get(timeout=0) == b"x"
+
+
+def test_zero_timeout_never_waits_and_none_waits_for_the_peer(
+    ring_pair: tuple[MessageRing, MessageRing],
+) -> None:
+    producer, consumer = ring_pair
+    start = time.monotonic()
+    for _ in range(100):
+        with pytest.raises(OperationTimeout) as info:
+            consumer.get(timeout=0)
+    assert time.monotonic() - start < 0.5  # no spin, no sleep: 100 looks
+    assert info.value.timeout == 0
+    thread = threading.Timer(0.05, producer.put, args=(b"late",))
+    thread.start()
+    try:
+        assert consumer.get(timeout=None) == b"late"
+    finally:
+        thread.join(timeout=10)
 
 
 def test_largest_message_fits_wherever_the_head_is(ring_pair: tuple[MessageRing, MessageRing]) -> None:
@@ -303,14 +340,15 @@ class SlotRingMachine(RuleBasedStateMachine):
             return True
         return self.policy == "grow" and (self.max_slots is None or self.ring.total < self.max_slots)
 
-    @rule()
-    def acquire(self) -> None:
+    @rule(blocking=st.booleans())
+    def acquire(self, blocking: bool) -> None:
         assert self.slab is not None
         if not self._can_acquire():
-            with pytest.raises(WouldBlock):
-                self.ring.acquire(timeout=0)
+            # A timeout of 0 never waits: it fails at once, as a timeout.
+            with pytest.raises(OperationTimeout if blocking else WouldBlock):
+                self.ring.acquire(timeout=0) if blocking else self.ring.acquire_nowait()
             return
-        block = self.ring.acquire(timeout=0)
+        block = self.ring.acquire(timeout=0) if blocking else self.ring.acquire_nowait()
         key = (block.segment, block.offset)
         assert key not in self.held, "a leased slot was handed out again"
         assert block.nbytes == self.slot_size
@@ -436,6 +474,8 @@ def test_grow_with_max_slots_then_waits(slab: Slab) -> None:
     ring = SlotRing(slab, 64, 1, policy="grow", max_slots=3)
     blocks = [ring.acquire(timeout=0) for _ in range(3)]
     with pytest.raises(WouldBlock):
+        ring.acquire_nowait()
+    with pytest.raises(OperationTimeout):
         ring.acquire(timeout=0)
     with pytest.raises(OperationTimeout):
         ring.acquire(timeout=0.05)
@@ -448,7 +488,7 @@ def test_wait_times_out(slab: Slab, timeout: float) -> None:
     ring = SlotRing(slab, 64, 1, policy="wait")
     ring.acquire(timeout=0)
     with pytest.raises(WouldBlock):
-        ring.acquire(timeout=0)
+        ring.acquire_nowait()
     start = time.monotonic()
     with pytest.raises(OperationTimeout) as info:
         ring.acquire(timeout=timeout)
@@ -555,8 +595,29 @@ def test_stale_release_racing_an_acquire_cannot_free_the_new_lease(
     assert len(outcome) == 1 and isinstance(outcome[0], InvalidHandle)
     assert ring.leased == 1
     with pytest.raises(WouldBlock):
-        ring.acquire(timeout=0)
+        ring.acquire_nowait()
     ring.release(second.handle)
+
+
+def test_a_timeout_longer_than_the_os_takes_still_waits(slab: Slab) -> None:
+    # threading refuses waits past about 9.2e9 s (OverflowError); a longer
+    # timeout sleeps in slices and is woken by a release like any other.
+    ring = SlotRing(slab, 64, 1, policy="wait")
+    block = ring.acquire(timeout=0)
+    timer = threading.Timer(0.05, ring.release, args=(block.handle,))
+    timer.start()
+    try:
+        assert ring.acquire(timeout=1e12) is block
+    finally:
+        timer.join(timeout=10)
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan")])
+def test_slot_ring_refuses_negative_or_nan_timeouts(slab: Slab, bad: float) -> None:
+    ring = SlotRing(slab, 64, 1, policy="wait")
+    with pytest.raises(ValueError):
+        ring.acquire(timeout=bad)  # a slot is free, and still refused
+    assert ring.leased == 0
 
 
 def test_slot_ring_validates_arguments(slab: Slab) -> None:
