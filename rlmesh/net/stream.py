@@ -16,7 +16,6 @@ import select
 import socket
 import stat
 import struct
-import sys
 import threading
 import time
 import weakref
@@ -60,6 +59,22 @@ def _wait(poller: select.poll, deadline: float | None) -> bool:
             return True
         if deadline is not None and time.monotonic() >= deadline:
             return False
+
+
+def _unexported(raw: bytearray) -> bool:
+    """True if no buffer export of ``raw`` (a memoryview, an array over one) is alive.
+
+    A bytearray refuses to change its size while any export of its buffer is
+    alive (BufferError, before anything changes): that rule, the buffer
+    protocol's promise to every consumer, is the probe. Taking the last byte
+    off and putting it back leaves the contents as they were.
+    """
+    try:
+        last = raw.pop()
+    except BufferError:
+        return False
+    raw.append(last)
+    return True
 
 
 class SocketStream:
@@ -319,16 +334,22 @@ class SocketStream:
 
         Fresh multi-megabyte buffers cost a page fault per 4 KiB; the frame's
         tensors (wrapping the buffer without a copy) usually die before the
-        next frame, and then the buffer is reused. Each frame takes a fresh
-        memoryview of the bytearray, so while any view or tensor of a frame
-        lives, the bytearray has one more reference.
+        next frame, and then the buffer is reused. Every view of a frame (the
+        head and tail memoryviews, anything built on them) holds a buffer
+        export of the bytearray until it is released or dies, so the buffer
+        is free exactly when it has no export (see :func:`_unexported`), on
+        any interpreter version. Only views are handed out, never the
+        bytearray itself.
         """
         spare = self._spare
         if spare is not None:
             raw, offset, address = spare
-            # References: the _spare tuple, `raw`, and getrefcount's argument.
-            if len(raw) - offset >= length and sys.getrefcount(raw) <= 3:
-                return memoryview(raw)[offset : offset + length], address
+            if len(raw) - offset >= length and _unexported(raw):
+                if buffer_address(raw) + offset == address:
+                    return memoryview(raw)[offset : offset + length], address
+                # The probe moved the bytes (an interpreter that reallocates
+                # on a one-byte resize): the alignment is gone, so drop it.
+                self._spare = None
         view, address = aligned_buffer(length)
         if length >= _REUSE_MIN:
             owner = view.obj
