@@ -13,6 +13,10 @@ the server stops. Per session:
 
 An exception inside the env goes back to the client as a RemoteError with the
 remote traceback; the session and the server keep going.
+
+The session itself (handshake, channel, data plane, request loop) is
+:class:`rlmesh.wire.server_session.ServerSession`; this module gives it the
+env, as a ``RequestHandler``, and the server, as a ``SessionHost``.
 """
 
 from __future__ import annotations

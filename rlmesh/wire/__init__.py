@@ -8,7 +8,14 @@ one session.
 * :mod:`~rlmesh.wire.codec` — value trees to msgpack and back, tensors inline
   in the frame tail or as handles into shared memory;
 * :mod:`~rlmesh.wire.channel` — one :class:`~rlmesh.wire.channel.Channel`
-  interface over the socket and over a pair of shared-memory message rings.
+  interface over the socket and over a pair of shared-memory message rings;
+* :mod:`~rlmesh.wire.client_session` — a client's session: dial, handshake,
+  typed requests;
+* :mod:`~rlmesh.wire.server_session` — a server's session: handshake, data
+  plane, request loop, behind two small protocols (``SessionHost``,
+  ``RequestHandler``) that endpoints implement.
+
+Every channel passes :func:`rlmesh.testing.check_channel`.
 
 Nothing here knows an env, a model or a space beyond its sizes: the endpoints
 (layer 4) bring those.

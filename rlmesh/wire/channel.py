@@ -199,8 +199,8 @@ class RingChannel(Channel):
     Args:
         stream: the session's socket.
         segment: the channel segment.
-        tx_offset, tx_capacity: the ring this side writes.
-        rx_offset, rx_capacity: the ring this side reads.
+        tx: ``(offset, capacity)`` of the ring this side writes.
+        rx: ``(offset, capacity)`` of the ring this side reads.
         spin: the receive side's spin policy.
     """
 
