@@ -42,6 +42,8 @@ LONGEST_SLEEP: Final = 86400.0
 # 24.8 days) and the caller's loop polls again until the deadline.
 _POLL_MAX_MS: Final = 2**31 - 1
 
+_INF: Final = math.inf
+
 
 def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:
     """Validate a timeout in seconds and return it as a float, or None for "never".
@@ -100,6 +102,12 @@ class Deadline:
             TypeError: ``timeout`` is not a number or None.
             ValueError: ``timeout`` is negative or NaN.
         """
+        if timeout is None:
+            return NEVER
+        # The common case in one comparison (NaN and inf fail it), since a
+        # deadline is made for every frame and every wait that sleeps.
+        if type(timeout) is float and 0.0 <= timeout < _INF:
+            return cls(time.monotonic() + timeout, timeout)
         seconds = check_timeout(timeout)
         if seconds is None:
             return NEVER

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import math
 import os
 import platform
 import struct
@@ -134,6 +135,12 @@ def futex_wake(address: int, count: int = 1) -> None:
 
 
 _U32 = struct.Struct("<I")
+_INF = math.inf
+
+
+def _timed_out(timeout: float | None) -> OperationTimeout:
+    return OperationTimeout(f"timed out after {timeout:.3g}s waiting for the peer", timeout=timeout)
+
 
 #: While blocked, the waiter wakes up this often to run its liveness check.
 CHECK_INTERVAL = 0.05
@@ -210,16 +217,28 @@ class Doorbell:
                 ``ready()`` is false).
             ValueError: ``timeout`` is negative or NaN.
         """
-        deadline = timeout if isinstance(timeout, Deadline) else Deadline.after(timeout)
+        # The spin below runs on every message a peer does not have ready, and
+        # building a Deadline would cost a good part of a spin-caught wait: so
+        # the spin works on the bare deadline `at`, and the Deadline is built
+        # only for the sleep. The meaning is the same (rlmesh._deadline).
+        if isinstance(timeout, Deadline):
+            deadline: Deadline | None = timeout
+            at, timeout = timeout.at, timeout.timeout
+        else:
+            if timeout is not None and not timeout >= 0:  # `not >=` catches NaN too
+                raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout}")
+            deadline = at = None
         if ready():
             return
-        if deadline.expired():
-            raise self._timed_out(deadline)
         start = time.monotonic()
+        if deadline is None and timeout is not None and timeout != _INF:
+            at = start + timeout
+        if at is not None and start >= at:  # a timeout of 0: one look, no spin, no sleep
+            raise _timed_out(timeout)
         if spin is not None and spin.budget > 0:
             spin_until = start + spin.budget
-            if deadline.at is not None:
-                spin_until = min(spin_until, deadline.at)
+            if at is not None:
+                spin_until = min(spin_until, at)
             polls = 0
             # No sched_yield() here: with a third process runnable it hands the
             # core away for a whole timeslice; the bounded, adaptive budget is
@@ -231,6 +250,8 @@ class Doorbell:
                 polls += 1
                 if polls & 15 == 0 and time.monotonic() >= spin_until:
                     break
+        if deadline is None:
+            deadline = Deadline.after(None) if at is None else Deadline(at, timeout)
         buf, offset, address = self._buf, self._offset, self._address
         last_check = time.monotonic()
         _U32.pack_into(buf, offset + 4, 1)
@@ -243,19 +264,13 @@ class Doorbell:
                         spin.record(time.monotonic() - start)
                     return
                 if deadline.expired():
-                    raise self._timed_out(deadline)
+                    raise _timed_out(timeout)
                 futex_wait(address, seq, deadline.bounded(max_sleep))
                 if check is not None and time.monotonic() - last_check >= CHECK_INTERVAL:
                     last_check = time.monotonic()
                     check()
         finally:
             _U32.pack_into(buf, offset + 4, 0)
-
-    @staticmethod
-    def _timed_out(deadline: Deadline) -> OperationTimeout:
-        return OperationTimeout(
-            f"timed out after {deadline.timeout:.3g}s waiting for the peer", timeout=deadline.timeout
-        )
 
     def __repr__(self) -> str:
         return f"<Doorbell at +{self._offset} seq={self.seq}>"

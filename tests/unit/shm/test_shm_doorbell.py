@@ -105,6 +105,27 @@ def test_an_expired_shared_deadline_fails_at_once(bell: Doorbell) -> None:
     bell.wait(lambda: True, deadline)  # a ready condition never times out
 
 
+@pytest.mark.parametrize("spin_kind", SPINS)
+def test_a_running_deadline_is_kept(bell: Doorbell, spin_kind: str) -> None:
+    deadline = Deadline.after(0.2)
+    time.sleep(0.1)  # half of it spent elsewhere (a send before this receive, say)
+    start = time.monotonic()
+    with pytest.raises(OperationTimeout) as info:
+        bell.wait(lambda: False, deadline, spin=make_spin(spin_kind))
+    assert time.monotonic() - start < 0.2  # what was left, not the whole timeout again
+    assert info.value.timeout == 0.2
+
+
+def test_an_infinite_timeout_waits_like_none(bell: Doorbell) -> None:
+    flag = threading.Event()
+    timer = threading.Timer(0.05, lambda: (flag.set(), bell.ring()))
+    timer.start()
+    try:
+        bell.wait(flag.is_set, float("inf"), spin=SpinPolicy())
+    finally:
+        timer.join(timeout=10)
+
+
 @pytest.mark.parametrize("bad", [-1, -1e-9, float("nan")])
 def test_negative_or_nan_timeouts_are_refused(bell: Doorbell, bad: float) -> None:
     with pytest.raises(ValueError):
