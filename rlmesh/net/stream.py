@@ -5,12 +5,16 @@ edge: a refused or unreachable connect is :class:`ConnectError`, a peer that
 goes away mid-conversation is :class:`BrokenError`, a deadline is
 :class:`OperationTimeout`. TCP sockets get ``TCP_NODELAY`` (small request and
 response frames must not wait for Nagle) and keep-alive.
+
+Timeouts have rlmesh's one meaning (:mod:`rlmesh._deadline`): None waits
+forever, 0 never waits (one poll(2) with a zero timeout), a positive number
+is a deadline shared by every part of the call (a frame's prefix and body;
+every chunk of a send).
 """
 
 from __future__ import annotations
 
 import errno
-import math
 import os
 import select
 import socket
@@ -23,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._buffers import buffer_address
+from .._deadline import LONGEST_SLEEP, Deadline, check_timeout
 from .._spin import SpinPolicy
 from ..errors import BrokenError, ClosedError, ConnectError, FramingError, OperationTimeout
 from .address import Address
@@ -40,24 +45,16 @@ _REUSE_MIN = 64 << 10
 _SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
 
 
-def _deadline(timeout: float | None) -> float | None:
-    return None if timeout is None else time.monotonic() + timeout
+def _wait(poller: select.poll, deadline: Deadline) -> bool:
+    """Sleep in poll(2) until the socket is ready (True) or ``deadline`` passes (False).
 
-
-def _remaining(deadline: float | None) -> float | None:
-    if deadline is None:
-        return None
-    return max(deadline - time.monotonic(), 0.0)
-
-
-def _wait(poller: select.poll, deadline: float | None) -> bool:
-    """Sleep in poll(2) until the socket is ready (True) or ``deadline`` passes (False)."""
+    An expired deadline (a timeout of 0) polls once without sleeping.
+    """
     while True:
-        remaining = _remaining(deadline)
         # Whole milliseconds, rounded up, so a wait never ends early.
-        if poller.poll(None if remaining is None else math.ceil(remaining * 1000)):
+        if poller.poll(deadline.poll_ms()):
             return True
-        if deadline is not None and time.monotonic() >= deadline:
+        if deadline.expired():
             return False
 
 
@@ -195,11 +192,21 @@ class SocketStream:
         Spins first, within the spin budget (unless ``spin`` is false: a caller
         waking up every so often to run a check spins on its first wait only),
         then sleeps in poll(2).
+
+        Args:
+            timeout: seconds to wait; None waits forever; 0 polls once and
+                never spins or sleeps.
+            spin: whether to spin before sleeping.
+
+        Raises:
+            ClosedError: the stream is closed.
+            BrokenError: the stream is broken.
+            ValueError: ``timeout`` is negative or NaN.
         """
         self._check()
-        return self._await_frame(_deadline(timeout), spin=spin)
+        return self._await_frame(Deadline.after(timeout), spin=spin)
 
-    def _await_frame(self, deadline: float | None, *, spin: bool = True) -> bool:
+    def _await_frame(self, deadline: Deadline, *, spin: bool = True) -> bool:
         """Wait for the start of a frame until ``deadline``: a bounded spin, then poll(2).
 
         Every wait teaches the spin policy, a timed-out one too: an idle
@@ -211,10 +218,11 @@ class SocketStream:
         poll = self._readable.poll
         start = time.monotonic()
         policy = self.spin
-        if spin and policy.budget > 0 and (deadline is None or deadline > start):
+        # An expired deadline (a timeout of 0) never spins: one poll below.
+        if spin and policy.budget > 0 and (deadline.at is None or deadline.at > start):
             spin_until = start + policy.budget
-            if deadline is not None:
-                spin_until = min(spin_until, deadline)
+            if deadline.at is not None:
+                spin_until = min(spin_until, deadline.at)
             while True:
                 if poll(0):
                     policy.record(time.monotonic() - start)
@@ -233,13 +241,21 @@ class SocketStream:
         The caller lays tail buffers out itself (padding them to 64-byte
         offsets if it wants aligned tensors on the other side).
 
+        Args:
+            head: the head bytes.
+            tail: buffers sent after the head, from the next 64-byte offset.
+            timeout: seconds for the whole frame; None waits forever for
+                room; 0 sends what the socket buffer takes now and never waits.
+
         Raises:
             FramingError: the frame exceeds ``max_frame``.
             OperationTimeout: the deadline passed (the stream is then broken
                 if part of the frame was sent).
             BrokenError: the peer went away.
+            ValueError: ``timeout`` is negative or NaN.
         """
         self._check()
+        deadline = Deadline.after(timeout)
         head_len = len(head)
         tail_len = sum(memoryview(t).nbytes for t in tail)
         body, padding = body_layout(head_len, tail_len)
@@ -253,11 +269,11 @@ class SocketStream:
             if padding:
                 parts.append(_ZEROS[:padding])
             parts.extend(tail)
-        self._sendall(parts, 4 + body, timeout)
+        self._sendall(parts, 4 + body, deadline)
 
-    def _sendall(self, parts: list[Any], total: int, timeout: float | None) -> None:
+    def _sendall(self, parts: list[Any], total: int, deadline: Deadline) -> None:
         sock = self._sock
-        deadline = _deadline(timeout)
+        timeout = deadline.timeout
         # Empty parts would never be "sent" and stall the loop below.
         views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
         sent_total = 0
@@ -297,7 +313,8 @@ class SocketStream:
         boundary in memory, at ``tail_address``.
 
         Args:
-            timeout: seconds to wait; None waits forever.
+            timeout: seconds for the whole frame; None waits forever; 0 takes
+                a frame only if its bytes are already there and never waits.
             limit: a tighter cap on this frame's size than ``max_frame``.
 
         Raises:
@@ -306,11 +323,12 @@ class SocketStream:
             FramingError: the length prefix is invalid or over the limit; the
                 stream is broken.
             BrokenError: the peer closed or reset the connection.
+            ValueError: ``timeout`` is negative or NaN.
         """
         self._check()
-        deadline = _deadline(timeout)
+        deadline = Deadline.after(timeout)
         prefix = bytearray(4)
-        got = self._recv_into(memoryview(prefix), deadline, timeout, started=False)
+        got = self._recv_into(memoryview(prefix), deadline, started=False)
         if got == 0:
             raise self._break("the peer closed the connection")
         (length,) = PREFIX.unpack(prefix)
@@ -320,7 +338,7 @@ class SocketStream:
             self._broken = str(exc)
             raise
         body, address = self._buffer(length)
-        if self._recv_into(body, deadline, timeout, started=True) != length:
+        if self._recv_into(body, deadline, started=True) != length:
             raise self._break("the peer closed the connection in the middle of a frame")
         try:
             head, tail = split_body(body)
@@ -357,9 +375,7 @@ class SocketStream:
             self._spare = (owner, address - buffer_address(owner), address)
         return view, address
 
-    def _recv_into(
-        self, view: memoryview, deadline: float | None, timeout: float | None, *, started: bool
-    ) -> int:
+    def _recv_into(self, view: memoryview, deadline: Deadline, *, started: bool) -> int:
         sock = self._sock
         total = 0
         size = len(view)
@@ -374,6 +390,7 @@ class SocketStream:
                 mid_frame = started or total > 0
                 if _wait(self._readable, deadline) if mid_frame else self._await_frame(deadline):
                     continue
+                timeout = deadline.timeout
                 if mid_frame:
                     raise OperationTimeout(
                         "timed out in the middle of a frame", timeout=timeout
@@ -414,22 +431,38 @@ class SocketStream:
 def connect(address: Address, *, timeout: float | None, max_frame: int = DEFAULT_MAX_FRAME) -> SocketStream:
     """Open a connection to ``address``.
 
+    Args:
+        address: where to connect.
+        timeout: seconds for the connection to be made; None waits as long
+            as the OS does; 0 never waits: a Unix socket connects if the
+            server's queue has room now, a TCP connection (which needs a
+            round trip) always times out.
+        max_frame: the stream's largest frame.
+
     Raises:
         ConnectError: refused, unreachable, no such socket file, or timed out.
+        ValueError: ``timeout`` is negative or NaN.
     """
+    timeout = check_timeout(timeout)
+    # socket.settimeout reads None, 0 and a positive number the way rlmesh
+    # does, but refuses very long ones (OverflowError); no OS keeps trying a
+    # connect for a day anyway.
+    os_timeout = None if timeout is None or timeout > LONGEST_SLEEP else timeout
     family = socket.AF_UNIX if address.transport == "unix" else None
     try:
         if family == socket.AF_UNIX:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
+            sock.settimeout(os_timeout)
             try:
                 sock.connect(address.sockaddr)
             except BaseException:
                 sock.close()
                 raise
         else:
-            sock = socket.create_connection(address.sockaddr, timeout=timeout)
-    except TimeoutError as exc:
+            sock = socket.create_connection(address.sockaddr, timeout=os_timeout)
+    except (TimeoutError, BlockingIOError) as exc:
+        # BlockingIOError: a timeout of 0 made the connect non-blocking, and
+        # it could not finish at once.
         raise ConnectError(f"connecting to {address} timed out after {timeout}s") from exc
     except OSError as exc:
         raise ConnectError(f"could not connect to {address}: {exc.strerror or exc}") from exc
@@ -600,16 +633,22 @@ class Listener:
     def accept(self, timeout: float | None) -> socket.socket | None:
         """Accept one connection, or return None if none came before ``timeout``.
 
+        Args:
+            timeout: seconds to wait; None waits forever; 0 takes a
+                connection only if one is already queued.
+
         Raises:
             ClosedError: the listener is closed.
+            ValueError: ``timeout`` is negative or NaN.
         """
         if self._closed:
             raise ClosedError("the listener is closed")
+        deadline = Deadline.after(timeout)
         try:
             # poll(2), not select(2): a busy server's descriptors can pass FD_SETSIZE.
             poller = select.poll()
             poller.register(self._sock, select.POLLIN)
-            if not poller.poll(None if timeout is None else math.ceil(max(timeout, 0.0) * 1000)):
+            if not _wait(poller, deadline):
                 return None
             sock, _ = self._sock.accept()
         except (BlockingIOError, InterruptedError):
