@@ -262,7 +262,8 @@ class RingChannel(Channel):
         if tag == self.SPILL_TAG:
             view.release()
             rx.pop()
-            rest = FRAME_DEADLINE if timeout is None else timeout
+            # The SPILL record is consumed: a deadline of 0 must not cut the frame it announced.
+            rest = timeout if timeout else FRAME_DEADLINE
             frame_head, frame_tail, address = self.stream.recv_frame(rest)
             return Message(frame_head, frame_tail, address, None)
         head_len = tag - 1

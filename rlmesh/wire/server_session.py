@@ -314,6 +314,8 @@ class ServerSession:
         #: When the last request arrived (time.monotonic()); None before the first.
         self.last_request: float | None = None
         self._pending_unlink: list[int] = []
+        # The data plane once requests are served over the rings (else None).
+        self._ring_data: DataPlane | None = None
         self._rings: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
 
     @property
@@ -489,6 +491,7 @@ class ServerSession:
         handler, channel, host = self.handler, self.channel, self.host
         assert handler is not None and channel is not None
         ring_mode = channel.data_plane == "shm"
+        self._ring_data = self.data if ring_mode else None
         stopping = host.stopping
         recv, check, on_step = channel.recv, self._check_stop, handler.on_step
         while True:
@@ -585,8 +588,8 @@ class ServerSession:
         Over shared memory, tensors go into blocks of :attr:`data` (its
         ``acquire``); the blocks of the last response went out with it.
         """
-        data = self.data
-        if data is not None and self.data_plane == "shm":
+        data = self._ring_data
+        if data is not None:
             data.unsent.clear()
             return None
         return TailBuilder()
