@@ -35,8 +35,17 @@ Responses::
     OK        [20, rid, ...]             reset: obs, info; step: obs, reward,
                                          terminated, truncated, info; render:
                                          frame; shutdown: accepted
-    ERROR     [21, rid, code, remote_type, message, traceback]
+    ERROR     [21, rid, code, remote_type, message, traceback(, detail)]
     SEGMENTS  [22, [[id, name, size], ...]]  new slab segments to map first
+
+The classes: :class:`Hello`, :class:`Welcome` (with :class:`Offer` and
+:class:`ChannelOffer`), :class:`Attached`, :class:`Ready`; the requests
+:class:`Reset`, :class:`Step`, :class:`Render`, :class:`Close`,
+:class:`Shutdown`, :class:`Ping` (:func:`parse_request` picks one); the
+responses :class:`Ok` (read per request as :class:`ResetOk`, :class:`StepOk`,
+:class:`RenderOk`, :class:`ShutdownOk`), :class:`Error`, :class:`Segments`.
+STEP and its OK have ``encode``/``check`` helpers that work on the array in
+place, so the per-step path builds no message object.
 
 A ring record tagged SPILL says: the next message is too large for the ring and
 follows as a frame on the socket (see :mod:`rlmesh.wire.channel`).
@@ -51,6 +60,7 @@ from ..errors import ProtocolError
 
 __all__ = [
     "MAGIC",
+    "NO_RELEASES",
     "PROTOCOL_VERSION",
     "RELEASE",
     "Attached",
