@@ -113,6 +113,19 @@ class Deadline:
             return NEVER
         return cls(time.monotonic() + seconds, seconds)
 
+    @classmethod
+    def of(cls, timeout: float | Deadline | None) -> Deadline:
+        """``timeout`` as a Deadline: a running one as it is, else :meth:`after`.
+
+        For calls that take either, so that the parts of one larger call can
+        share its deadline.
+
+        Raises:
+            TypeError: ``timeout`` is not a number, a Deadline or None.
+            ValueError: ``timeout`` is negative or NaN.
+        """
+        return timeout if isinstance(timeout, Deadline) else cls.after(timeout)
+
     @property
     def forever(self) -> bool:
         """True if this deadline never passes."""

@@ -186,7 +186,7 @@ class SocketStream:
         except OSError:
             return True
 
-    def wait_readable(self, timeout: float | None, *, spin: bool = True) -> bool:
+    def wait_readable(self, timeout: float | Deadline | None, *, spin: bool = True) -> bool:
         """Wait until a frame (or EOF) can be read; False on timeout.
 
         Spins first, within the spin budget (unless ``spin`` is false: a caller
@@ -195,7 +195,7 @@ class SocketStream:
 
         Args:
             timeout: seconds to wait; None waits forever; 0 polls once and
-                never spins or sleeps.
+                never spins or sleeps; a running Deadline is kept.
             spin: whether to spin before sleeping.
 
         Raises:
@@ -204,7 +204,7 @@ class SocketStream:
             ValueError: ``timeout`` is negative or NaN.
         """
         self._check()
-        return self._await_frame(Deadline.after(timeout), spin=spin)
+        return self._await_frame(Deadline.of(timeout), spin=spin)
 
     def _await_frame(self, deadline: Deadline, *, spin: bool = True) -> bool:
         """Wait for the start of a frame until ``deadline``: a bounded spin, then poll(2).
@@ -235,7 +235,7 @@ class SocketStream:
 
     # -- sending ---------------------------------------------------------------
 
-    def send(self, head: Any, tail: Sequence[Any] = (), *, timeout: float | None = None) -> None:
+    def send(self, head: Any, tail: Sequence[Any] = (), *, timeout: float | Deadline | None = None) -> None:
         """Send one frame: ``head`` and the concatenation of ``tail`` buffers.
 
         The caller lays tail buffers out itself (padding them to 64-byte
@@ -245,7 +245,8 @@ class SocketStream:
             head: the head bytes.
             tail: buffers sent after the head, from the next 64-byte offset.
             timeout: seconds for the whole frame; None waits forever for
-                room; 0 sends what the socket buffer takes now and never waits.
+                room; 0 sends what the socket buffer takes now and never waits;
+                a running Deadline (one shared by a larger call) is kept.
 
         Raises:
             FramingError: the frame exceeds ``max_frame``.
@@ -255,7 +256,7 @@ class SocketStream:
             ValueError: ``timeout`` is negative or NaN.
         """
         self._check()
-        deadline = Deadline.after(timeout)
+        deadline = Deadline.of(timeout)
         head_len = len(head)
         tail_len = sum(memoryview(t).nbytes for t in tail)
         body, padding = body_layout(head_len, tail_len)
@@ -305,7 +306,7 @@ class SocketStream:
     # -- receiving -------------------------------------------------------------
 
     def recv_frame(
-        self, timeout: float | None = None, *, limit: int | None = None
+        self, timeout: float | Deadline | None = None, *, limit: int | None = None
     ) -> tuple[memoryview, memoryview, int]:
         """Receive one frame and return ``(head, tail, tail_address)``.
 
@@ -314,7 +315,8 @@ class SocketStream:
 
         Args:
             timeout: seconds for the whole frame; None waits forever; 0 takes
-                a frame only if its bytes are already there and never waits.
+                a frame only if its bytes are already there and never waits; a
+                running Deadline (one shared by a larger call) is kept.
             limit: a tighter cap on this frame's size than ``max_frame``.
 
         Raises:
@@ -326,7 +328,7 @@ class SocketStream:
             ValueError: ``timeout`` is negative or NaN.
         """
         self._check()
-        deadline = Deadline.after(timeout)
+        deadline = Deadline.of(timeout)
         prefix = bytearray(4)
         got = self._recv_into(memoryview(prefix), deadline, started=False)
         if got == 0:

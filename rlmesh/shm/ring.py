@@ -6,10 +6,12 @@ wake-ups. :class:`SlotRing` recycles fixed-size slab blocks for tensor
 payloads without ever handing out a block a peer still leases.
 
 Timeouts have rlmesh's one meaning (:mod:`rlmesh._deadline`): None waits
-forever, 0 checks once and never waits, a positive number is a deadline.
-A blocking call (``put``, ``get``, ``peek``, ``acquire``) that cannot proceed
-in time raises :class:`~rlmesh.errors.OperationTimeout`, for 0 too; only the
-``*_nowait`` calls raise :class:`~rlmesh.errors.WouldBlock`.
+forever, 0 checks once and never waits, a positive number is a deadline; a
+running :class:`~rlmesh._deadline.Deadline` may stand for one, so that the
+parts of a larger call share its deadline. A blocking call (``put``, ``get``,
+``peek``, ``acquire``) that cannot proceed in time raises
+:class:`~rlmesh.errors.OperationTimeout`, for 0 too; only the ``*_nowait``
+calls raise :class:`~rlmesh.errors.WouldBlock`.
 
 Counters are stored in the host's byte order through ctypes words, which is
 little-endian: ``import rlmesh`` refuses a big-endian host, so the layout
@@ -76,11 +78,13 @@ def _pad8(n: int) -> int:
     return (n + 7) & ~7
 
 
-def _check_timeout(timeout: float | None) -> None:
-    # The per-message check, kept to one comparison: a negative or NaN
-    # timeout is refused even when the call would not have to wait.
-    # (Deadline.after checks it fully once a wait begins.)
-    if timeout is not None and not timeout >= 0:
+def _check_timeout(timeout: float | Deadline | None) -> None:
+    # The per-message check, kept to a comparison: a negative or NaN timeout
+    # is refused even when the call would not have to wait. (Deadline.after
+    # checks it fully once a wait begins.)
+    if timeout is None or isinstance(timeout, Deadline):
+        return
+    if not timeout >= 0:
         raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout}")
 
 
@@ -200,7 +204,7 @@ class MessageRing:
     def put(
         self,
         data: Any,
-        timeout: float | None = None,
+        timeout: float | Deadline | None = None,
         *,
         check: Callable[[], None] | None = None,
         tag: int = 0,
@@ -209,8 +213,8 @@ class MessageRing:
 
         Args:
             data: a bytes-like object of at most :attr:`max_message` bytes.
-            timeout: seconds to wait for room; None waits indefinitely; 0
-                checks for room once and never waits.
+            timeout: seconds to wait for room (or a running Deadline); None
+                waits indefinitely; 0 checks for room once and never waits.
             check: liveness check run while waiting (see :meth:`Doorbell.wait`).
             tag: a 32-bit number kept with the message; the consumer reads it
                 from :attr:`tag` after :meth:`peek`.
@@ -237,7 +241,7 @@ class MessageRing:
     def _put(
         self,
         data: Any,
-        timeout: float | None,
+        timeout: float | Deadline | None,
         check: Callable[[], None] | None,
         *,
         blocking: bool,
@@ -287,7 +291,9 @@ class MessageRing:
         if _U32.unpack_from(buf, self._base + _DATA_BELL + 4)[0]:
             futex_wake(self._address + _DATA_BELL)
 
-    def _wait_for_room(self, need: int, timeout: float | None, check: Callable[[], None] | None) -> None:
+    def _wait_for_room(
+        self, need: int, timeout: float | Deadline | None, check: Callable[[], None] | None
+    ) -> None:
         def ready() -> bool:
             self._tail = self._load_tail()
             return self._capacity - (self._head - self._tail) >= need or self.consumer_closed
@@ -307,15 +313,17 @@ class MessageRing:
 
     # -- consumer ------------------------------------------------------------------
 
-    def peek(self, timeout: float | None = None, *, check: Callable[[], None] | None = None) -> memoryview:
+    def peek(
+        self, timeout: float | Deadline | None = None, *, check: Callable[[], None] | None = None
+    ) -> memoryview:
         """Wait for the next message and return a view of it, without consuming it.
 
         The view stays valid until :meth:`pop`; call it once done. Release
         the view (or let it go) before the ring's memory is closed.
 
         Args:
-            timeout: seconds to wait; None waits forever; 0 looks once and
-                never waits.
+            timeout: seconds to wait (or a running Deadline); None waits
+                forever; 0 looks once and never waits.
             check: liveness check run while waiting (see :meth:`Doorbell.wait`).
 
         Raises:
@@ -341,7 +349,7 @@ class MessageRing:
             raise WouldBlock("the ring is empty")
         return self._view_next()
 
-    def _await_message(self, timeout: float | None, check: Callable[[], None] | None) -> None:
+    def _await_message(self, timeout: float | Deadline | None, check: Callable[[], None] | None) -> None:
         if self.producer_closed:
             raise BrokenError("the ring's producer has closed")
         self.data_bell.wait(self._ready_or_closed, timeout, spin=self.spin, check=check)
@@ -382,12 +390,14 @@ class MessageRing:
         if _U32.unpack_from(buf, self._base + _SPACE_BELL + 4)[0]:
             self.space_bell.ring(relaxed=True)
 
-    def get(self, timeout: float | None = None, *, check: Callable[[], None] | None = None) -> bytes:
+    def get(
+        self, timeout: float | Deadline | None = None, *, check: Callable[[], None] | None = None
+    ) -> bytes:
         """Wait for the next message and return a copy of it.
 
         Args:
-            timeout: seconds to wait; None waits forever; 0 looks once and
-                never waits.
+            timeout: seconds to wait (or a running Deadline); None waits
+                forever; 0 looks once and never waits.
             check: liveness check run while waiting (see :meth:`Doorbell.wait`).
 
         Raises:
@@ -479,13 +489,13 @@ class SlotRing:
         """Slots owned by the ring, free or leased."""
         return self._total
 
-    def acquire(self, timeout: float | None = None) -> Block:
+    def acquire(self, timeout: float | Deadline | None = None) -> Block:
         """Lease the next free slot.
 
         Args:
-            timeout: seconds to wait for a release when every slot is leased
-                (and the policy cannot grow); None waits forever; 0 never
-                waits.
+            timeout: seconds (or a running Deadline) to wait for a release
+                when every slot is leased (and the policy cannot grow); None
+                waits forever; 0 never waits.
 
         Raises:
             OperationTimeout: no slot became free before the deadline (at
@@ -505,7 +515,7 @@ class SlotRing:
         """
         return self._acquire(None, blocking=False)
 
-    def _acquire(self, timeout: float | None, *, blocking: bool) -> Block:
+    def _acquire(self, timeout: float | Deadline | None, *, blocking: bool) -> Block:
         with self._cond:
             if self._closed:
                 raise ClosedError("the slot ring is closed")
@@ -519,14 +529,14 @@ class SlotRing:
             self._leased[(block.segment, block.offset)] = block
         return block
 
-    def _make_room(self, timeout: float | None, *, blocking: bool) -> None:
+    def _make_room(self, timeout: float | Deadline | None, *, blocking: bool) -> None:
         if self.policy == "grow" and (self.max_slots is None or self._total < self.max_slots):
             self._free.append(self._slab.alloc(self.slot_size))
             self._total += 1
             return
         if not blocking:
             raise WouldBlock("every slot is leased")
-        deadline = Deadline.after(timeout)
+        deadline = Deadline.of(timeout)
         while not self._free:
             if self._closed:
                 raise ClosedError("the slot ring is closed")

@@ -101,5 +101,15 @@ def test_check_timeout_returns_floats() -> None:
     assert check_timeout(0.25) == 0.25
 
 
+def test_of_keeps_a_running_deadline_and_makes_one_from_seconds(clock: FakeClock) -> None:
+    running = Deadline.after(5)
+    assert Deadline.of(running) is running
+    assert Deadline.of(None) is NEVER
+    made = Deadline.of(2.5)
+    assert made.timeout == 2.5 and made.remaining() == 2.5
+    with pytest.raises(ValueError):
+        Deadline.of(-1)
+
+
 def test_repr_shows_what_is_left(clock: FakeClock) -> None:
     assert repr(Deadline.after(1.5)) == "Deadline(timeout=1.5, remaining=1.500000)"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from rlmesh._deadline import Deadline
 from rlmesh._spin import SpinPolicy
 from rlmesh.errors import BrokenError, ConnectError, OperationTimeout
 from rlmesh.net import Address
@@ -75,6 +76,20 @@ def test_one_deadline_covers_the_prefix_and_the_body(pair: tuple[SocketStream, S
     assert info.value.timeout == 0.3
     with pytest.raises(BrokenError):  # a frame cut off half-way breaks the stream
         right.recv_frame(0)
+
+
+def test_a_shared_deadline_spans_a_send_and_a_receive(pair: tuple[SocketStream, SocketStream]) -> None:
+    left, right = pair
+    deadline = Deadline.after(0.3)
+    left.send(b"ping", timeout=deadline)
+    assert bytes(right.recv_frame(deadline)[0]) == b"ping"
+    time.sleep(0.15)
+    start = time.monotonic()
+    assert not right.wait_readable(deadline)
+    with pytest.raises(OperationTimeout) as info:
+        right.recv_frame(deadline)
+    assert time.monotonic() - start < 0.3  # what was left, not 0.3 s for each wait
+    assert info.value.timeout == 0.3
 
 
 def test_a_send_with_zero_into_a_full_socket_fails_at_once() -> None:

@@ -24,6 +24,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from rlmesh._deadline import Deadline
 from rlmesh.errors import (
     BrokenError,
     ClosedError,
@@ -252,6 +253,19 @@ def test_zero_timeout_never_waits_and_none_waits_for_the_peer(
         assert consumer.get(timeout=None) == b"late"
     finally:
         thread.join(timeout=10)
+
+
+def test_a_shared_deadline_spans_a_put_and_a_get(ring_pair: tuple[MessageRing, MessageRing]) -> None:
+    producer, consumer = ring_pair
+    deadline = Deadline.after(0.3)
+    producer.put(b"x", deadline)
+    assert consumer.get(deadline) == b"x"
+    time.sleep(0.15)  # half the call's time goes elsewhere
+    start = time.monotonic()
+    with pytest.raises(OperationTimeout) as info:
+        consumer.get(deadline)
+    assert time.monotonic() - start < 0.3  # what was left, not the whole timeout again
+    assert info.value.timeout == 0.3
 
 
 def test_largest_message_fits_wherever_the_head_is(ring_pair: tuple[MessageRing, MessageRing]) -> None:
@@ -610,6 +624,17 @@ def test_a_timeout_longer_than_the_os_takes_still_waits(slab: Slab) -> None:
         assert ring.acquire(timeout=1e12) is block
     finally:
         timer.join(timeout=10)
+
+
+def test_acquire_keeps_a_running_deadline(slab: Slab) -> None:
+    ring = SlotRing(slab, 64, 1, policy="wait")
+    deadline = Deadline.after(0.3)
+    ring.acquire(deadline)
+    time.sleep(0.15)
+    start = time.monotonic()
+    with pytest.raises(OperationTimeout):
+        ring.acquire(deadline)
+    assert time.monotonic() - start < 0.3
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan")])
