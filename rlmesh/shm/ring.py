@@ -43,6 +43,11 @@ _RECORD = struct.Struct("<II")  # payload length, reserved
 
 _WRAP = 0xFFFFFFFF
 
+# Head and tail are free-running u64 byte counters, as stored in the segment:
+# every sum and difference is taken modulo 2**64, so the ring keeps working
+# when they wrap (a peer may start them anywhere).
+_M64 = (1 << 64) - 1
+
 # Only weakly ordered CPUs (arm64) need explicit fences around the payload:
 # between writing it and publishing the head, between reading the head and
 # reading it, and between reading it and publishing the tail. x86 keeps loads
@@ -197,7 +202,7 @@ class MessageRing:
 
     def pending(self) -> int:
         """Bytes written and not yet consumed (records and padding)."""
-        return self._load_head() - self._load_tail()
+        return (self._load_head() - self._load_tail()) & _M64
 
     # -- producer ----------------------------------------------------------------
 
@@ -257,9 +262,9 @@ class MessageRing:
         pos = head & self._mask
         room_to_end = self._capacity - pos
         need = record if record <= room_to_end else room_to_end + record
-        if self._capacity - (head - self._tail) < need:
+        if self._capacity - ((head - self._tail) & _M64) < need:
             self._tail = self._load_tail()
-            if self._capacity - (head - self._tail) < need:
+            if self._capacity - ((head - self._tail) & _M64) < need:
                 if self.consumer_closed:
                     raise BrokenError("the ring's consumer has closed")
                 if not blocking:
@@ -268,12 +273,12 @@ class MessageRing:
         buf = self._buf
         if record > room_to_end:
             _RECORD.pack_into(buf, self._data + pos, _WRAP, 0)
-            head += room_to_end
+            head = (head + room_to_end) & _M64
             pos = 0
         start = self._data + pos
         _RECORD.pack_into(buf, start, n, tag)
         buf[start + 8 : start + 8 + n] = data
-        head += record
+        head = (head + record) & _M64
         self._head = head
         # The payload is in place before the head moves (x86 keeps stores in
         # order; elsewhere the fence orders them). Head and tail are
@@ -296,14 +301,14 @@ class MessageRing:
     ) -> None:
         def ready() -> bool:
             self._tail = self._load_tail()
-            return self._capacity - (self._head - self._tail) >= need or self.consumer_closed
+            return self._capacity - ((self._head - self._tail) & _M64) >= need or self.consumer_closed
 
         # Doorbell.wait fails at once for a timeout of 0: the caller just
         # found the ring full, so one more look is all 0 allows.
         # The consumer rings the space bell without a barrier (one per message
         # would cost more than the rare full ring saves), so sleep in short slices.
         self.space_bell.wait(ready, timeout, spin=self.spin, check=check, max_sleep=0.001)
-        if self.consumer_closed and self._capacity - (self._head - self._tail) < need:
+        if self.consumer_closed and self._capacity - ((self._head - self._tail) & _M64) < need:
             raise BrokenError("the ring's consumer has closed")
 
     def close_producer(self) -> None:
@@ -363,7 +368,7 @@ class MessageRing:
         pos = self._tail & self._mask
         n, tag = _RECORD.unpack_from(buf, self._data + pos)
         if n == _WRAP:
-            self._tail += self._capacity - pos
+            self._tail = (self._tail + self._capacity - pos) & _M64
             pos = 0
             n, tag = _RECORD.unpack_from(buf, self._data)
         self.tag = tag
@@ -380,7 +385,7 @@ class MessageRing:
         buf = self._buf
         pos = self._tail & self._mask
         n = _U32.unpack_from(buf, self._data + pos)[0]
-        tail = self._tail + _RECORD.size + _pad8(n)
+        tail = (self._tail + _RECORD.size + _pad8(n)) & _M64
         self._tail = tail
         if _FENCE:
             fence()  # the payload was read before the producer may reuse it

@@ -7,10 +7,9 @@ ends in this process), and across a fork for an echo and a SIGKILL.
 Counter wrap-around: a MessageRing keeps its head and tail as u64 byte counts
 in the segment, and reads them from there when it is built, so a test can
 start them anywhere. Crossing 2**63 must work (a signed 64-bit counter, as a
-native ring could use by mistake, breaks there). Crossing 2**64 does not work
-yet: the ring keeps its counters as unbounded Python ints while the stored
-words wrap (see the xfail below). At 10 GB/s a ring needs 58 years to get there
-from 0, but a peer writes these words too. The doorbell's u32 sequence number
+native ring could use by mistake, breaks there), and so must crossing 2**64:
+the ring computes modulo 2**64, as the stored words wrap. At 10 GB/s a ring
+needs 58 years to get there from 0, but a peer writes these words too. The doorbell's u32 sequence number
 wraps every 2**32 messages, which is hours of steps, and must keep waking.
 """
 
@@ -171,11 +170,6 @@ def test_ring_doorbell_sequence_wraps() -> None:
     check_order(ring_maker(sequence=(1 << 32) - 5))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MessageRing (rlmesh/shm/ring.py) keeps head/tail as unbounded Python ints while the "
-    "stored u64 words wrap: past 2**64 an empty ring reads as non-empty and a drained ring as full",
-)
 def test_ring_counters_crossing_2_64() -> None:
     with ring_maker(counter=(1 << 64) - 1000)() as (left, right):
         for i in range(100):  # 100 small records cross the wrap
