@@ -28,7 +28,6 @@ from collections.abc import Callable
 from typing import Any
 
 from . import spaces as S
-from ._codec import CODE_BY_NAME, handle_record, inline_ext
 from ._conformance import Conformance, check_policy
 from ._dtypes import DTYPES, DType, integer_bounds, is_float, is_integer
 from .errors import InvalidActionError, SpecError
@@ -36,6 +35,7 @@ from .spaces._walk import TENSOR_KINDS, Path, fold, leaf_nbytes, location
 from .specs import EnvContract
 from .tensor import Tensor
 from .values import sanitize_metadata
+from .wire.codec import CODE_BY_NAME, handle_record, inline_ext
 
 __all__ = ["EnvAdapter", "Sink", "is_vector_env", "to_spec"]
 

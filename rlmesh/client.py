@@ -18,7 +18,6 @@ socket (its socket closes), whatever the deadline.
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 import types
@@ -26,12 +25,14 @@ import uuid
 from typing import Any, Generic, TypeVar
 
 from ._bridge import IDENTITY, Bridge
+from ._deadline import check_timeout
 from .net.address import resolve_address
 from .net.framing import DEFAULT_MAX_FRAME
+from .spaces._values import lane_stacker, tuple_restorer
 from .specs import EnvContract
 from .tensor import Tensor
 from .wire.client_session import ClientSession
-from .wire.codec import TailBuilder, restructurer
+from .wire.codec import TailBuilder
 
 __all__ = ["RemoteEnv", "RemoteEnvBase", "RemoteVectorEnv", "RemoteVectorEnvBase", "dial"]
 
@@ -43,16 +44,20 @@ ActT = TypeVar("ActT")
 
 
 def _seconds(name: str, value: float | None, default: float | None) -> float | None:
-    """None -> default; 0 or inf -> no deadline; negative or NaN -> ValueError."""
+    """Convert a public timeout keyword to the library's one meaning, once.
+
+    The published API: None takes the default, 0 or inf mean no deadline.
+    Inside rlmesh: None waits forever, 0 never waits, a positive number is a
+    deadline (see :mod:`rlmesh._deadline`).
+
+    Raises:
+        TypeError: not a number of seconds.
+        ValueError: negative or NaN.
+    """
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds or None")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0 seconds, got {value}")
-    if value == 0 or math.isinf(value):
-        return None
-    return float(value)
+    seconds = check_timeout(value, name)
+    return None if seconds == 0 else seconds
 
 
 def uuid7() -> str:
@@ -137,12 +142,13 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
             conn.close()
             raise
         self._contract = contract
+        self._stack_actions = lane_stacker(contract.action_space)
         self._address = str(conn.address)
         self._env_id = uuid7()
         self._observation_space: Any = None
         self._action_space: Any = None
         obs_spec = contract.observation_space
-        self._fix_obs = restructurer(obs_spec)
+        self._fix_obs = tuple_restorer(obs_spec)
         self._episode_ids = [uuid7() for _ in range(contract.num_envs)]
 
     # -- hooks for subclasses --------------------------------------------------------
@@ -423,7 +429,7 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
             if len(actions) != n:
                 raise ValueError(f"expected {n} batched values, got {len(actions)}")
             lanes = [self._bridge.encode(a) for a in actions]
-            return _stack(lanes, self._contract.action_space)
+            return self._stack_actions(lanes)
         length = getattr(actions, "shape", None)
         if length is not None and len(length) >= 1 and length[0] != n:
             raise ValueError(f"expected {n} batched values, got {length[0]}")
@@ -478,24 +484,6 @@ def _flags(value: Any) -> list[bool]:
     if isinstance(value, Tensor):
         return [bool(v) for v in value.tolist()]
     return [bool(v) for v in value]
-
-
-def _stack(lanes: list[Any], spec: Any) -> Any:
-    """Stack per-lane wire values into one batched wire value."""
-    kind = spec.kind
-    if kind == "dict":
-        return {key: _stack([lane[key] for lane in lanes], child) for key, child in spec.details["spaces"]}
-    if kind == "tuple":
-        return [_stack([lane[i] for lane in lanes], child) for i, child in enumerate(spec.details["spaces"])]
-    if kind in ("discrete", "text"):
-        return [lane.item() if isinstance(lane, Tensor) else lane for lane in lanes]
-    tensors = [lane if isinstance(lane, Tensor) else None for lane in lanes]
-    if all(t is not None for t in tensors):
-        first = tensors[0]
-        assert first is not None
-        data = b"".join(t.tobytes() for t in tensors if t is not None)
-        return Tensor(data, (len(lanes), *first.shape), first.dtype)
-    return lanes
 
 
 class RemoteVectorEnv(RemoteVectorEnvBase[Any, Any]):

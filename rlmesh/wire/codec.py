@@ -24,7 +24,6 @@ Tuples travel as msgpack arrays; receivers restore them from the space
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -45,7 +44,6 @@ __all__ = [
     "handle_record",
     "inline_ext",
     "pack",
-    "restructurer",
 ]
 
 EXT_INLINE = 1
@@ -234,33 +232,3 @@ def decode(
         raise
     except Exception as exc:  # msgpack raises several unrelated classes
         raise DecodeError(f"malformed message: {exc}") from exc
-
-
-def restructurer(spec: Any) -> Callable[[Any], Any] | None:
-    """A function restoring tuples (msgpack has none) in values of a space; None if none are needed.
-
-    Dicts keep their wire order, which is the space's key order.
-    """
-    kind = spec.kind
-    if kind == "tuple":
-        subs = spec.details["spaces"]
-        parts = [restructurer(child) for child in subs]
-
-        def fix_tuple(value: Any) -> Any:
-            if not isinstance(value, (list, tuple)) or len(value) != len(parts):
-                return value
-            return tuple(v if fix is None else fix(v) for fix, v in zip(parts, value, strict=True))
-
-        return fix_tuple
-    if kind == "dict":
-        children = {key: restructurer(child) for key, child in spec.details["spaces"]}
-        if all(fix is None for fix in children.values()):
-            return None
-
-        def fix_dict(value: Any) -> Any:
-            if not isinstance(value, dict):
-                return value
-            return {k: (v if children.get(k) is None else children[k](v)) for k, v in value.items()}  # type: ignore[misc]
-
-        return fix_dict
-    return None

@@ -13,16 +13,15 @@ client, the stop flag, shutdown permission), and the endpoint's request
 logic is a :class:`RequestHandler` (an env today; a model or a vector pool
 later). Neither side touches the other's fields.
 
-:func:`leaf_sizes` and :func:`contract_action_bytes` size the data plane's
-slot rings and the session's message rings from the env contract, so that
-steady-state steps allocate nothing.
+:func:`rlmesh.specs.step_tensor_sizes` and :func:`rlmesh.specs.action_bytes_bound`
+(both walks of the contract's spaces) size the data plane's slot rings and the
+session's message rings, so that steady-state steps allocate nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import threading
 import time
@@ -30,7 +29,6 @@ import traceback
 import uuid
 from typing import Any, Protocol
 
-from .._dtypes import DTYPES
 from ..errors import (
     BrokenError,
     BusyError,
@@ -43,7 +41,7 @@ from ..errors import (
 )
 from ..net.stream import SocketStream
 from ..shm import Handle, Segment, SegmentKind, Slab, SlotRing, SpinPolicy
-from ..specs import EnvContract
+from ..specs import EnvContract, action_bytes_bound, step_tensor_sizes
 from . import protocol as P
 from .channel import Channel, RingChannel, SocketChannel, channel_layout, write_token
 from .codec import TailBuilder, decode, pack
@@ -54,8 +52,6 @@ __all__ = [
     "ServerSession",
     "SessionConfig",
     "SessionHost",
-    "contract_action_bytes",
-    "leaf_sizes",
     "pow2",
 ]
 
@@ -155,7 +151,7 @@ class DataPlane:
     MAX_RINGS = 64
 
     def __init__(self, contract: EnvContract) -> None:
-        sizes = leaf_sizes(contract)
+        sizes = step_tensor_sizes(contract)
         needed = sum(-(-n // 64) * 64 for n in sizes)
         segment_size = max(1 << 20, needed * self.DEPTH + (256 << 10))
         self.slab = Slab(segment_size=segment_size)
@@ -234,51 +230,9 @@ class DataPlane:
         self.slab.close()
 
 
-def leaf_sizes(contract: EnvContract) -> list[int]:
-    """Bytes of each tensor a step response carries.
-
-    Observation leaves, and a vector env's rewards and flags.
-    """
-    batch = contract.num_envs
-    sizes: list[int] = []
-
-    def visit(spec: Any) -> None:
-        if spec.kind == "dict":
-            for _, child in spec.details["spaces"]:
-                visit(child)
-        elif spec.kind == "tuple":
-            for child in spec.details["spaces"]:
-                visit(child)
-        elif spec.kind == "discrete":
-            if batch > 1:
-                sizes.append(8 * batch)
-        elif spec.kind != "text":
-            sizes.append(math.prod(spec.shape) * DTYPES[spec.dtype].itemsize * batch)
-
-    visit(contract.observation_space)
-    if batch > 1:
-        sizes.extend([8 * batch, batch, batch])
-    return sizes
-
-
 def pow2(n: int) -> int:
     """The smallest power of two >= ``n``, and at least 64 (a ring capacity)."""
     return 1 << max(n - 1, 63).bit_length()
-
-
-def contract_action_bytes(contract: EnvContract) -> int:
-    """A generous bound on the bytes of one step request (sizes the request ring)."""
-
-    def leaf(spec: Any) -> int:
-        if spec.kind == "dict":
-            return int(sum(leaf(c) for _, c in spec.details["spaces"])) + 64
-        if spec.kind == "tuple":
-            return int(sum(leaf(c) for c in spec.details["spaces"])) + 64
-        if spec.kind == "text":
-            return 4 * int(spec.details["max_length"]) + 16
-        return int(math.prod(spec.shape)) * DTYPES[spec.dtype].itemsize + 128
-
-    return leaf(contract.action_space) * contract.num_envs + 256
 
 
 class ServerSession:
@@ -448,7 +402,7 @@ class ServerSession:
     def _make_offer(self, contract: EnvContract) -> tuple[P.Offer | None, str | None]:
         try:
             self.data = DataPlane(contract)
-            req_cap = pow2(max(64 << 10, 4 * contract_action_bytes(contract)))
+            req_cap = pow2(max(64 << 10, 4 * action_bytes_bound(contract)))
             resp_cap = pow2(max(256 << 10, 4 * 1024 * contract.num_envs))
             size, req_off, resp_off = channel_layout(req_cap, resp_cap)
             self.channel_segment = Segment.create(size, SegmentKind.CHANNEL)

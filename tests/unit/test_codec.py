@@ -10,7 +10,8 @@ from rlmesh import Tensor
 from rlmesh.errors import DecodeError, InvalidHandle
 from rlmesh.net.framing import aligned_buffer
 from rlmesh.spaces import Dict, Discrete, Text, Tuple
-from rlmesh.wire.codec import EXT_HANDLE, EXT_INLINE, TailBuilder, decode, pack, restructurer
+from rlmesh.spaces._values import tuple_restorer
+from rlmesh.wire.codec import EXT_HANDLE, EXT_INLINE, TailBuilder, decode, pack
 
 
 def encode(value: object) -> tuple[bytes, memoryview, int]:
@@ -85,9 +86,9 @@ def test_random_ext_records_are_rejected_or_decode_in_bounds(record: bytes, code
     assert isinstance(out, Tensor) and out.nbytes <= 256
 
 
-def test_restructurer_restores_tuples() -> None:
+def test_tuple_restorer_restores_tuples() -> None:
     spec = Dict({"a": Tuple([Discrete(2), Text(3)]), "b": Discrete(2)}).spec
-    fix = restructurer(spec)
+    fix = tuple_restorer(spec)
     assert fix is not None and fix({"a": [1, "x"], "b": 0}) == {"a": (1, "x"), "b": 0}
-    assert restructurer(Dict({"b": Discrete(2)}).spec) is None
-    assert restructurer(Tuple([Tuple([Discrete(2)])]).spec)([[1]]) == ((1,),)
+    assert tuple_restorer(Dict({"b": Discrete(2)}).spec) is None
+    assert tuple_restorer(Tuple([Tuple([Discrete(2)])]).spec)([[1]]) == ((1,),)
