@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "rlmesh._shape": 0,
     "rlmesh._spin": 0,
     "rlmesh._deadline": 0,
+    "rlmesh._lifecycle": 0,
     # 1: the data model, no I/O (the C extension included)
     "rlmesh._native": 1,
     "rlmesh._buffers": 1,
