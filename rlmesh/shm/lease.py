@@ -23,12 +23,24 @@ import weakref
 from typing import Any
 
 from .._buffers import keepalive_view
-from ..errors import ClosedError, InvalidHandle, ShmError
+from .._lifecycle import Lifecycle, State
+from ..errors import BusyError, InvalidHandle, ShmError
 from ._layout import ALIGNMENT
 from .handle import Handle
 from .segment import Segment
 
 __all__ = ["Lease", "PeerMemory"]
+
+
+def _detach_all(segments: dict[int, Segment]) -> None:
+    # Close (or, while views are alive, defer closing) every attached segment;
+    # the finalizer of a PeerMemory never closed runs it too, holding only the table.
+    for segment in segments.values():
+        try:
+            segment.close_when_unpinned()
+        except BusyError:
+            pass  # a stray slice is alive: the segment's own finalizer unmaps it later
+    segments.clear()
 
 
 class Lease:
@@ -56,8 +68,11 @@ class PeerMemory:
     Lifetime:
         :meth:`close` detaches from every segment as soon as no view of it is
         alive; views the user still holds stay valid until they die. It is
-        idempotent. Releases still queued at close are dropped: the owner
-        reclaims every lease of a peer that goes away.
+        idempotent; after it, :meth:`add_segment`, :meth:`view` and
+        :meth:`lease` raise ClosedError. Releases still queued at close are
+        dropped: the owner reclaims every lease of a peer that goes away. A
+        table never closed detaches when garbage collected, with a
+        ``ResourceWarning``.
 
     Thread safety: views may die on any thread (a JAX deleter, the garbage
     collector); the release queue is a thread-safe deque.
@@ -68,7 +83,13 @@ class PeerMemory:
         self._segments: dict[int, Segment] = {}
         self._refs: dict[weakref.ref[Lease], tuple[Handle, Segment]] = {}
         self._pending: collections.deque[Handle] = collections.deque()
-        self._closed = False
+        self._life = Lifecycle("the peer memory table")
+        self._life.watch(self, _detach_all, self._segments)
+
+    @property
+    def state(self) -> State:
+        """OPEN or CLOSED (see :mod:`rlmesh._lifecycle`)."""
+        return self._life.state
 
     @property
     def segment_ids(self) -> list[int]:
@@ -88,8 +109,7 @@ class PeerMemory:
                 :meth:`Segment.attach` (name, owner, mode, size).
             ClosedError: this table is closed.
         """
-        if self._closed:
-            raise ClosedError("peer memory is closed")
+        self._life.check_open()
         if type(segment_id) is not int or segment_id < 0:
             raise ShmError(f"invalid segment id {segment_id!r}")
         if segment_id in self._segments:
@@ -104,6 +124,7 @@ class PeerMemory:
         Raises:
             InvalidHandle: unknown segment, misaligned offset, or a range
                 outside the segment. Nothing is mapped for a bad handle.
+            ClosedError: the table is closed.
         """
         segment = self._check(handle)
         lease = Lease(handle, segment, self)
@@ -133,6 +154,7 @@ class PeerMemory:
     def _check(self, handle: Handle) -> Segment:
         segment = self._segments.get(handle.segment)
         if segment is None:
+            self._life.check_open()  # a closed table has no segments: say so
             raise InvalidHandle(f"handle names segment id {handle.segment}, which was never announced")
         offset, nbytes = handle.offset, handle.nbytes
         if type(offset) is not int or type(nbytes) is not int or offset < 0 or nbytes < 0:
@@ -168,18 +190,18 @@ class PeerMemory:
 
     def close(self) -> None:
         """Detach from every segment once its views are gone. Idempotent."""
-        if self._closed:
+        if not self._life.begin_close():
             return
-        self._closed = True
-        for segment in self._segments.values():
-            segment.close_when_unpinned()
-        self._segments.clear()
-        self._pending.clear()
+        try:
+            self._life.release()  # _detach_all(self._segments), without a warning
+            self._pending.clear()
+        finally:
+            self._life.finish_close()
 
     @property
     def closed(self) -> bool:
-        """True once closed."""
-        return self._closed
+        """True once closing began."""
+        return self._life.closed
 
     def __enter__(self) -> PeerMemory:
         return self

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._deadline import LONGEST_SLEEP, Deadline
+from .._lifecycle import Lifecycle, State
 from ..errors import BrokenError, ClosedError, InvalidHandle, OperationTimeout, WouldBlock
 from ._layout import CACHE_LINE
 from .doorbell import Doorbell, SpinPolicy, fence, futex_wake
@@ -36,6 +37,9 @@ from .handle import Handle
 from .slab import Block, Slab
 
 __all__ = ["MessageRing", "SlotRing"]
+
+#: The per-step state check compares against this (one global, no enum attribute lookup).
+_OPEN = State.OPEN
 
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
@@ -229,6 +233,7 @@ class MessageRing:
                 ``timeout`` is negative or NaN.
             OperationTimeout: no room before the deadline (at once for 0).
             BrokenError: the consumer closed its end.
+            ClosedError: this end was closed (:meth:`close_producer`) while waiting.
         """
         _check_timeout(timeout)
         self._put(data, timeout, check, blocking=True, tag=tag)
@@ -299,22 +304,38 @@ class MessageRing:
     def _wait_for_room(
         self, need: int, timeout: float | Deadline | None, check: Callable[[], None] | None
     ) -> None:
+        if self.producer_closed:
+            raise ClosedError("this ring's producer end is closed")
+
         def ready() -> bool:
             self._tail = self._load_tail()
-            return self._capacity - ((self._head - self._tail) & _M64) >= need or self.consumer_closed
+            return (
+                self._capacity - ((self._head - self._tail) & _M64) >= need
+                or self.consumer_closed
+                or self.producer_closed
+            )
 
         # Doorbell.wait fails at once for a timeout of 0: the caller just
         # found the ring full, so one more look is all 0 allows.
         # The consumer rings the space bell without a barrier (one per message
         # would cost more than the rare full ring saves), so sleep in short slices.
         self.space_bell.wait(ready, timeout, spin=self.spin, check=check, max_sleep=0.001)
+        if self.producer_closed:
+            # Our own end was closed (by another thread) while we waited: that close wins.
+            raise ClosedError("this ring's producer end was closed")
         if self.consumer_closed and self._capacity - ((self._head - self._tail) & _M64) < need:
             raise BrokenError("the ring's consumer has closed")
 
     def close_producer(self) -> None:
-        """Tell the consumer no more messages will come (it gets BrokenError once drained)."""
+        """Tell the consumer no more messages will come (it gets BrokenError once drained).
+
+        A :meth:`put` of this end waiting for room in another thread wakes
+        with ClosedError.
+        """
         _U32.pack_into(self._buf, self._base + _PRODUCER_CLOSED, 1)
         self.data_bell.ring()
+        # Our own waiter sleeps on the space bell, in 1 ms slices: one ring is enough.
+        self.space_bell.ring()
 
     # -- consumer ------------------------------------------------------------------
 
@@ -334,6 +355,7 @@ class MessageRing:
         Raises:
             OperationTimeout: no message before the deadline (at once for 0).
             BrokenError: the producer closed its end and the ring is empty.
+            ClosedError: this end is closed (:meth:`close_consumer`) and the ring is empty.
             ValueError: ``timeout`` is negative or NaN.
         """
         _check_timeout(timeout)
@@ -357,7 +379,12 @@ class MessageRing:
     def _await_message(self, timeout: float | Deadline | None, check: Callable[[], None] | None) -> None:
         if self.producer_closed:
             raise BrokenError("the ring's producer has closed")
+        if self.consumer_closed:
+            raise ClosedError("this ring's consumer end is closed")
         self.data_bell.wait(self._ready_or_closed, timeout, spin=self.spin, check=check)
+        if self.consumer_closed:
+            # Our own end was closed (by another thread) while we waited: that close wins.
+            raise ClosedError("this ring's consumer end was closed")
         if self._load_head() == self._tail:
             raise BrokenError("the ring's producer has closed")
 
@@ -378,7 +405,7 @@ class MessageRing:
         return buf[start : start + n]
 
     def _ready_or_closed(self) -> bool:
-        return self._load_head() != self._tail or self.producer_closed
+        return self._load_head() != self._tail or self.producer_closed or self.consumer_closed
 
     def pop(self) -> None:
         """Consume the message returned by the last :meth:`peek`."""
@@ -408,6 +435,7 @@ class MessageRing:
         Raises:
             OperationTimeout: no message before the deadline (at once for 0).
             BrokenError: the producer closed its end and the ring is empty.
+            ClosedError: this end is closed (:meth:`close_consumer`) and the ring is empty.
             ValueError: ``timeout`` is negative or NaN.
         """
         return self._copy_out(self.peek(timeout, check=check))
@@ -428,9 +456,18 @@ class MessageRing:
         return data
 
     def close_consumer(self) -> None:
-        """Tell the producer nobody reads any more (it gets BrokenError)."""
+        """Tell the producer nobody reads any more (it gets BrokenError).
+
+        A :meth:`get` or :meth:`peek` of this end waiting in another thread
+        wakes with ClosedError.
+        """
         _U32.pack_into(self._buf, self._base + _CONSUMER_CLOSED, 1)
         self.space_bell.ring()
+        # Wake our own waiter. Only the producer writes the data bell's
+        # sequence on the per-step path (it keeps a copy), so this wake leaves
+        # the sequence alone: a waiter already asleep wakes now, one just
+        # about to sleep within its 50 ms slice, and both see the flag.
+        futex_wake(self._address + _DATA_BELL)
 
     def __repr__(self) -> str:
         return f"<MessageRing capacity={self._capacity} pending={self.pending()}>"
@@ -453,6 +490,11 @@ class SlotRing:
         policy: "grow" or "wait".
         max_slots: with "grow", the most slots ever leased at once; further
             acquires wait as with "wait".
+
+    Lifetime: :meth:`close` (idempotent) wakes an :meth:`acquire` waiting in
+    another thread with ClosedError; every later call raises ClosedError.
+    The ring holds no memory of its own (the slab owns its blocks and frees
+    them at the slab's close), so it has no finalizer.
 
     Thread safety: acquire and release may run on different threads.
     """
@@ -479,10 +521,15 @@ class SlotRing:
         self._leased: dict[tuple[int, int], Block] = {}
         # A plain Lock: acquire/release run every step, and RLock is slower.
         self._cond = threading.Condition(threading.Lock())
-        self._closed = False
+        self._life = Lifecycle("the slot ring")
         for _ in range(depth):
             self._free.append(slab.alloc(slot_size))
         self._total = depth
+
+    @property
+    def state(self) -> State:
+        """OPEN or CLOSED (see :mod:`rlmesh._lifecycle`)."""
+        return self._life.state
 
     @property
     def leased(self) -> int:
@@ -522,7 +569,7 @@ class SlotRing:
 
     def _acquire(self, timeout: float | Deadline | None, *, blocking: bool) -> Block:
         with self._cond:
-            if self._closed:
+            if self._life.state is not _OPEN:
                 raise ClosedError("the slot ring is closed")
             if not self._free:
                 self._make_room(timeout, blocking=blocking)
@@ -543,7 +590,7 @@ class SlotRing:
             raise WouldBlock("every slot is leased")
         deadline = Deadline.of(timeout)
         while not self._free:
-            if self._closed:
+            if self._life.state is not _OPEN:
                 raise ClosedError("the slot ring is closed")
             if deadline.expired():
                 raise OperationTimeout(
@@ -557,8 +604,11 @@ class SlotRing:
 
         Raises:
             InvalidHandle: the handle is forged, stale, or not leased from this ring.
+            ClosedError: the ring is closed.
         """
         with self._cond:
+            if self._life.state is not _OPEN:
+                raise ClosedError("the slot ring is closed")
             block = self._slab.resolve(handle)
             if self._leased.pop((block.segment, block.offset), None) is None:
                 raise InvalidHandle(f"{handle} is not leased from this slot ring")
@@ -571,8 +621,13 @@ class SlotRing:
             self._cond.notify()
 
     def release_all(self) -> int:
-        """Take back every lease (the peer went away); returns how many there were."""
+        """Take back every lease (the peer went away); returns how many there were.
+
+        Raises:
+            ClosedError: the ring is closed.
+        """
         with self._cond:
+            self._life.check_open()
             blocks = list(self._leased.values())
             self._leased.clear()
             for block in blocks:
@@ -582,8 +637,10 @@ class SlotRing:
 
     def close(self) -> None:
         """Wake any waiter with ClosedError; the slab still owns the memory. Idempotent."""
+        if not self._life.begin_close():
+            return
         with self._cond:
-            self._closed = True
+            self._life.finish_close()
             self._cond.notify_all()
 
     def __repr__(self) -> str:

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import os
 import threading
-import warnings
-import weakref
 from mmap import mmap
 from typing import Any
 
 from .._buffers import buffer_address
+from .._lifecycle import Lifecycle, State
 from ..errors import BusyError, ClosedError, ShmError
 from . import _posix
 from ._layout import SEGMENT_HEADER, SegmentKind
 
 __all__ = ["Segment"]
+
+#: The per-step state check compares against this (one global, no enum attribute lookup).
+_OPEN = State.OPEN
 
 
 def _close_fd(fd_box: list[int]) -> None:
@@ -32,9 +34,9 @@ def _close_fd(fd_box: list[int]) -> None:
             pass
 
 
-def _release(fd_box: list[int], mapping: mmap, name: str | None, pid: int, warn: bool) -> None:
-    # Captures only raw resources, never the Segment (weakref.finalize rule).
-    # Clean up first: under `-W error` the warning raises, and must not leak.
+def _release(fd_box: list[int], mapping: mmap, name: str | None, pid: int) -> None:
+    # Captures only raw resources, never the Segment (weakref.finalize rule);
+    # the Lifecycle's finalizer warns after it, when the GC ran it.
     try:
         mapping.close()
     except BufferError:
@@ -43,12 +45,6 @@ def _release(fd_box: list[int], mapping: mmap, name: str | None, pid: int, warn:
     _close_fd(fd_box)
     if name is not None and os.getpid() == pid:
         _posix.unlink(name)
-    if warn:
-        warnings.warn(
-            f"rlmesh shared-memory segment {name or '(attached)'} was not closed explicitly",
-            ResourceWarning,
-            stacklevel=2,
-        )
 
 
 class Segment:
@@ -61,7 +57,9 @@ class Segment:
         creator's close also unlinks the name, unless it was unlinked
         already). A segment left unclosed is cleaned up when garbage
         collected, with a ``ResourceWarning``; after ``fork()`` the child
-        never unlinks its parent's segments.
+        never unlinks its parent's segments. :attr:`state` follows
+        :mod:`rlmesh._lifecycle`: CLOSING while a close waits for the last
+        pinned view (:meth:`close_when_unpinned`), CLOSED once unmapped.
 
         While views handed out through :meth:`pin` are alive, the mapping must
         stay: :meth:`close` raises :class:`BusyError`, and
@@ -83,9 +81,7 @@ class Segment:
     _pid = 0
     _pins = 0
     _close_pending = False
-    # Set once closed (or closing once unpinned): the cheap check of pin().
-    _dead = False
-    _finalizer: weakref.finalize[..., Segment] | None = None
+    _life: Lifecycle
     _lock: threading.Lock
     _buf: memoryview
 
@@ -118,6 +114,7 @@ class Segment:
     @classmethod
     def _wrap(cls, name: str, fd: int, mapping: mmap, *, creator: bool, readonly: bool) -> Segment:
         self = cls.__new__(cls)
+        self._life = Lifecycle(f"shared-memory segment {name.lstrip('/')}")
         self._lock = threading.Lock()
         # The descriptor is kept only while it does a job: a creator's shared
         # flock tells the janitor the owner is alive, for as long as the name
@@ -137,11 +134,9 @@ class Segment:
             self._address = buffer_address(mapping)
             self._buf = memoryview(mapping)
         except BaseException:
-            _release(self._fd_box, mapping, name if creator else None, self._pid, False)
+            _release(self._fd_box, mapping, name if creator else None, self._pid)
             raise
-        self._finalizer = weakref.finalize(
-            self, _release, self._fd_box, mapping, name if creator else None, self._pid, True
-        )
+        self._life.watch(self, _release, self._fd_box, mapping, name if creator else None, self._pid)
         return self
 
     # -- properties -----------------------------------------------------------
@@ -183,9 +178,14 @@ class Segment:
         return self._readonly
 
     @property
+    def state(self) -> State:
+        """OPEN, CLOSING (waiting for the last pinned view) or CLOSED."""
+        return self._life.state
+
+    @property
     def closed(self) -> bool:
-        """True once closed."""
-        return self._finalizer is None or not self._finalizer.alive
+        """True once closed (not while a deferred close waits for pinned views)."""
+        return self._life.state is State.CLOSED
 
     @property
     def pins(self) -> int:
@@ -193,8 +193,7 @@ class Segment:
         return self._pins
 
     def _check_open(self) -> None:
-        if self.closed:
-            raise ClosedError(f"shared-memory segment {self._name} is closed")
+        self._life.check_open()
 
     def check_range(self, offset: int, nbytes: int) -> None:
         """Check that ``[offset, offset + nbytes)`` lies inside the segment.
@@ -226,7 +225,7 @@ class Segment:
             ClosedError: the segment is closed, or closing once unpinned.
         """
         with self._lock:
-            if self._dead or self._finalizer is None:
+            if self._life.state is not _OPEN:
                 raise ClosedError(f"shared-memory segment {self._name} is closed")
             self._pins += 1
 
@@ -262,19 +261,22 @@ class Segment:
     def close(self) -> None:
         """Unmap the segment and close its descriptor; a creator also unlinks it.
 
-        Idempotent.
+        Idempotent; a close already deferred by :meth:`close_when_unpinned`
+        stays deferred.
 
         Raises:
             BusyError: views of the segment are still alive (pinned views,
                 memoryview slices, numpy arrays over them). Nothing is closed.
         """
-        if self.closed:
-            return
-        if self._pins:
-            raise BusyError(
-                f"{self._pins} view(s) of shared-memory segment {self._name} are still alive; "
-                "drop them (and any numpy or JAX arrays made from them) before close()"
-            )
+        with self._lock:
+            if self._life.state is not _OPEN:
+                return
+            if self._pins:
+                raise BusyError(
+                    f"{self._pins} view(s) of shared-memory segment {self._name} are still alive; "
+                    "drop them (and any numpy or JAX arrays made from them) before close()"
+                )
+            self._life.begin_close()
         self._close_now()
 
     def close_when_unpinned(self) -> None:
@@ -284,18 +286,15 @@ class Segment:
         away while the user may still hold arrays over it.
         """
         with self._lock:
-            if self.closed:
+            if not self._life.begin_close():
                 return
             if self._pins:
                 self._close_pending = True
-                self._dead = True
                 return
         self._close_now()
 
     def _close_now(self) -> None:
-        finalizer = self._finalizer
-        if finalizer is None or not finalizer.alive:
-            return
+        # Runs in CLOSING, once: after begin_close, or at the last unpin of a deferred close.
         try:
             self._buf.release()
             assert self._mapping is not None
@@ -303,12 +302,14 @@ class Segment:
         except BufferError:
             # Re-export the mapping: the segment stays usable after the failed close.
             self._buf = memoryview(self._mapping)  # type: ignore[arg-type]
+            if not self._close_pending:
+                self._life.abort_close()
             raise BusyError(
                 f"views of shared-memory segment {self._name} are still alive (memoryview slices "
                 "or arrays over them); release them before close()"
             ) from None
-        self._dead = True
-        finalizer.detach()
+        self._life.forget()
+        self._life.finish_close()
         _close_fd(self._fd_box)
         if self.is_creator and not self._unlinked:
             self._unlinked = True
@@ -321,6 +322,6 @@ class Segment:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"pins={self._pins}"
+        state = self._life.state.name.lower() if self._life.state is not _OPEN else f"pins={self._pins}"
         role = "creator" if self._creator else ("attached ro" if self._readonly else "attached")
         return f"<Segment {self._name!r} size={self._size} {role} {state}>"

@@ -16,7 +16,8 @@ import itertools
 import threading
 from typing import Any
 
-from ..errors import ClosedError, InvalidHandle, ShmCapacityError
+from .._lifecycle import Lifecycle, State
+from ..errors import BusyError, InvalidHandle, ShmCapacityError
 from ._layout import ALIGNMENT, SEGMENT_HEADER, SegmentKind, align_up
 from .handle import Handle
 from .segment import Segment
@@ -24,6 +25,20 @@ from .segment import Segment
 __all__ = ["Block", "Slab"]
 
 DEFAULT_SEGMENT_SIZE = 16 << 20
+
+
+def _release_slab(segments: dict[int, Segment], live: dict[tuple[int, int], Block]) -> None:
+    # The finalizer of a slab never closed: the slab's own tables, never the slab.
+    for block in live.values():
+        block.view.release()
+    live.clear()
+    for segment in segments.values():
+        try:
+            # Views the user still holds keep their mapping; it goes with the last one.
+            segment.close_when_unpinned()
+        except BusyError:
+            pass  # a stray slice is alive: the segment's own finalizer unmaps it later
+    segments.clear()
 
 
 class Block:
@@ -114,7 +129,9 @@ class Slab:
     Lifetime:
         The slab creates its segments and owns them; :meth:`close` unlinks
         and unmaps them all. It is safe to call twice. Blocks are invalid
-        after close.
+        after close, and :meth:`alloc` raises ClosedError. A slab never
+        closed releases its segments when garbage collected, with a
+        ``ResourceWarning`` (:mod:`rlmesh._lifecycle`).
 
     Thread safety:
         ``alloc``, ``free`` and ``resolve`` may be called from several threads.
@@ -139,7 +156,8 @@ class Slab:
         self._next_id = 1
         self._generations = itertools.count(1)
         self._lock = threading.Lock()
-        self._closed = False
+        self._life = Lifecycle("the slab")
+        self._life.watch(self, _release_slab, self._segments, self._live)
 
     # -- introspection ---------------------------------------------------------
 
@@ -159,9 +177,14 @@ class Slab:
         return len(self._live)
 
     @property
+    def state(self) -> State:
+        """OPEN; CLOSING from a close that found views alive; CLOSED."""
+        return self._life.state
+
+    @property
     def closed(self) -> bool:
-        """True once closed."""
-        return self._closed
+        """True once closing began."""
+        return self._life.closed
 
     @property
     def has_new_segments(self) -> bool:
@@ -189,8 +212,7 @@ class Slab:
             raise ValueError(f"cannot allocate {nbytes} bytes")
         capacity = align_up(max(nbytes, 1))
         with self._lock:
-            if self._closed:
-                raise ClosedError("the slab is closed")
+            self._life.check_open()
             for seg_id, free in self._free.items():
                 offset = free.take(capacity)
                 if offset is not None:
@@ -233,8 +255,8 @@ class Slab:
                 or from another slab).
         """
         with self._lock:
-            if self._closed:
-                return
+            if self._life.state is not State.OPEN:
+                return  # close() took every block back
             live = self._live.get((block.segment, block.offset))
             if live is not block:
                 raise InvalidHandle(f"{block!r} is not a live block of this slab")
@@ -288,10 +310,14 @@ class Slab:
         Raises:
             BusyError: views of a segment are still alive; segments that could
                 be closed are closed, the others stay until :meth:`close` is
-                called again.
+                called again (the slab stays CLOSING until then).
         """
         with self._lock:
-            self._closed = True
+            # Not begin_close()'s one winner: a close that met live views is
+            # retried by the next one (the lock orders them).
+            if self._life.state is State.CLOSED:
+                return
+            self._life.begin_close()
             for block in self._live.values():
                 block.view.release()
             self._live.clear()
@@ -304,6 +330,9 @@ class Slab:
                     continue
                 del self._segments[seg_id]
                 self._free.pop(seg_id, None)
+            if not errors:
+                self._life.forget()
+                self._life.finish_close()
         if errors:
             raise errors[0]
 
@@ -314,5 +343,5 @@ class Slab:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"live={len(self._live)}"
+        state = self._life.state.name.lower() if self._life.closed else f"live={len(self._live)}"
         return f"<Slab segments={len(self._segments)} bytes={self.total_bytes} {state}>"

@@ -339,7 +339,7 @@ def run_python_args(code: str, *args: str) -> str:
 def test_unclosed_segment_warns_and_is_cleaned_up() -> None:
     seg = Segment.create(4096)
     name = seg.name
-    with pytest.warns(ResourceWarning, match="not closed explicitly"):
+    with pytest.warns(ResourceWarning, match="was never closed"):
         del seg
         gc.collect()
     assert not os.path.exists(shm_path(name))

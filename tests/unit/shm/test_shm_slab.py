@@ -117,8 +117,8 @@ def test_max_bytes_gives_capacity_error() -> None:
         assert info.value.available == 0
         assert "131,072" in str(info.value)
         assert len(capped.segments) == 2
-        with pytest.raises(ShmCapacityError) as info:
-            Slab(segment_size=1 << 16, max_bytes=1000).alloc(1)
+        with Slab(segment_size=1 << 16, max_bytes=1000) as tiny, pytest.raises(ShmCapacityError) as info:
+            tiny.alloc(1)
         assert info.value.available == 1000
 
 
