@@ -411,9 +411,16 @@ def _turn_away(sock: socket.socket) -> None:
         "try again later, or raise its limit (ulimit -n)"
     )
     try:
-        SocketStream(sock).send(
-            pack(P.Error.from_exception(0, P.E_BUSY, None, message).to_wire()), timeout=1.0
-        )
+        stream = SocketStream(sock)
+    except OSError:
+        return  # the connection is gone already
+    try:
+        stream.send(pack(P.Error.from_exception(0, P.E_BUSY, None, message).to_wire()), timeout=1.0)
+    except RLMeshError:
+        pass
+    finally:
+        stream.detach()  # the listener owns the socket (it keeps its descriptor as a spare)
+    try:
         sock.shutdown(socket.SHUT_WR)
         sock.settimeout(1.0)
         deadline = time.monotonic() + 1.0

@@ -22,18 +22,21 @@ import stat
 import struct
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._buffers import buffer_address
 from .._deadline import LONGEST_SLEEP, Deadline, check_timeout
+from .._lifecycle import Lifecycle, State
 from .._spin import SpinPolicy
 from ..errors import BrokenError, ClosedError, ConnectError, FramingError, OperationTimeout
 from .address import Address
 from .framing import DEFAULT_MAX_FRAME, PREFIX, aligned_buffer, body_layout, check_body_length, split_body
 
 __all__ = ["Listener", "SocketStream", "connect"]
+
+#: The per-step state check compares against this (one global, no enum attribute lookup).
+_OPEN = State.OPEN
 
 _ZEROS = bytes(64)
 
@@ -58,6 +61,15 @@ def _wait(poller: select.poll, deadline: Deadline) -> bool:
             return False
 
 
+def _close_socket(sock: socket.socket) -> None:
+    # The finalizer of a stream never closed: the socket only, never the stream.
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
 def _unexported(raw: bytearray) -> bool:
     """True if no buffer export of ``raw`` (a memoryview, an array over one) is alive.
 
@@ -78,8 +90,14 @@ class SocketStream:
     """A connected socket that sends and receives frames.
 
     Lifetime: owns the socket; :meth:`close` closes it and is idempotent.
-    After a deadline passes in the middle of a frame, or the peer breaks the
-    connection, the stream is *broken*: every later call raises BrokenError.
+    A close from another thread wins over a send or receive blocked in this
+    one: it shuts the socket down, which wakes the poll(2) at once, and the
+    blocked call raises ClosedError. Every call after close raises
+    ClosedError. A stream never closed closes its socket when garbage
+    collected, with a ``ResourceWarning``. After a deadline passes in the
+    middle of a frame, or the peer breaks the connection, the stream is
+    *broken* (still OPEN, see :attr:`state`): every later call raises
+    BrokenError.
 
     The socket is non-blocking, and waits go through poll(2) with the
     caller's deadline: a frame that is already there costs one ``recv`` per
@@ -109,9 +127,9 @@ class SocketStream:
         self.is_unix = sock.family == socket.AF_UNIX
         self.spin = spin if spin is not None else SpinPolicy(0)
         self._broken: str | None = None
-        self._closed = False
-        self._close_lock = threading.Lock()
+        self._life = Lifecycle("the socket stream")
         self._spare: tuple[bytearray, int, int] | None = None
+        self._life.watch(self, _close_socket, sock)
         sock.setblocking(False)
         # One poll object per direction: a sender thread and a receiver thread
         # may wait at the same time, and a poll object refuses concurrent use.
@@ -133,13 +151,18 @@ class SocketStream:
     # -- state -----------------------------------------------------------------
 
     @property
+    def state(self) -> State:
+        """OPEN, CLOSING or CLOSED (see :mod:`rlmesh._lifecycle`); a broken stream stays OPEN."""
+        return self._life.state
+
+    @property
     def closed(self) -> bool:
-        """True once :meth:`close` ran."""
-        return self._closed
+        """True once :meth:`close` began."""
+        return self._life.closed
 
     def fileno(self) -> int:
         """The socket's descriptor (-1 once closed)."""
-        return -1 if self._closed else self._sock.fileno()
+        return -1 if self._life.closed else self._sock.fileno()
 
     @property
     def peer_uid(self) -> int | None:
@@ -162,12 +185,15 @@ class SocketStream:
         return str(name) if name else "unix peer"
 
     def _check(self) -> None:
-        if self._closed:
+        if self._life.state is not _OPEN:
             raise ClosedError("the connection is closed")
         if self._broken is not None:
             raise BrokenError(f"the connection is broken: {self._broken}")
 
-    def _break(self, reason: str) -> BrokenError:
+    def _break(self, reason: str) -> BrokenError | ClosedError:
+        """The error for a failed send or receive: ClosedError if our own close caused it."""
+        if self._life.state is not _OPEN:
+            return ClosedError("the connection was closed while a call was waiting on it")
         self._broken = reason
         return BrokenError(f"the connection to the peer was lost: {reason}")
 
@@ -177,7 +203,7 @@ class SocketStream:
         A readable socket whose next byte is end-of-file means the peer is
         gone. A peer that sent data is alive; the data stays queued.
         """
-        if self._closed or self._broken is not None:
+        if self._life.state is not _OPEN or self._broken is not None:
             return True
         try:
             return self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
@@ -253,6 +279,8 @@ class SocketStream:
             OperationTimeout: the deadline passed (the stream is then broken
                 if part of the frame was sent).
             BrokenError: the peer went away.
+            ClosedError: the stream is closed, or was closed by another thread
+                while this call waited.
             ValueError: ``timeout`` is negative or NaN.
         """
         self._check()
@@ -325,6 +353,8 @@ class SocketStream:
             FramingError: the length prefix is invalid or over the limit; the
                 stream is broken.
             BrokenError: the peer closed or reset the connection.
+            ClosedError: the stream is closed, or was closed by another thread
+                while this call waited.
             ValueError: ``timeout`` is negative or NaN.
         """
         self._check()
@@ -408,16 +438,44 @@ class SocketStream:
     # -- closing ---------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the socket. Idempotent."""
-        with self._close_lock:
-            if self._closed:
-                return
-            self._closed = True
+        """Shut the socket down and close it. Idempotent.
+
+        The shutdown wakes a call blocked on the socket in another thread,
+        which then raises ClosedError.
+        """
+        if not self._life.begin_close():
+            return
         try:
-            self._sock.shutdown(socket.SHUT_RDWR)
+            self._life.release()  # _close_socket: shutdown, then close
+        finally:
+            self._life.finish_close()
+
+    def shutdown_read(self) -> None:
+        """Wake a receive blocked on this stream in another thread; receiving ends here.
+
+        Shuts the socket's read side down: a waiting poll(2) returns at once
+        and every later receive sees end-of-file. Sending still works (a Unix
+        socket's peer can no longer send to us). For a channel that stops
+        receiving before its owner closes the stream. A no-op once closed.
+        """
+        if self._life.state is not _OPEN:
+            return
+        try:
+            self._sock.shutdown(socket.SHUT_RD)
         except OSError:
-            pass
-        self._sock.close()
+            pass  # not connected any more: nothing waits on it
+
+    def detach(self) -> socket.socket:
+        """Stop owning the socket and return it, open; the stream is then CLOSED.
+
+        Raises:
+            ClosedError: the stream is closed.
+        """
+        if not self._life.begin_close():
+            raise ClosedError("the connection is closed")
+        self._life.forget()
+        self._life.finish_close()
+        return self._sock
 
     def __enter__(self) -> SocketStream:
         return self
@@ -426,7 +484,9 @@ class SocketStream:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("broken" if self._broken else "open")
+        state = self._life.state.name.lower()
+        if self._broken and self._life.state is State.OPEN:
+            state = "broken"
         return f"<SocketStream {'unix' if self.is_unix else 'tcp'} {state}>"
 
 
@@ -533,11 +593,33 @@ class _Reserve:
             return -1
 
 
+def _close_listener(sock: socket.socket, reserve: _Reserve, path: str | None, inode: int) -> None:
+    # Close a listener's resources (its explicit close, or its finalizer): never the listener.
+    try:
+        # Wakes a thread waiting in poll(2) on it (Linux); close() alone would not.
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+    reserve.close()
+    if path is not None:
+        try:
+            # Only remove the file if it is still the one we bound.
+            if os.stat(path).st_ino == inode:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
 class Listener:
     """A listening socket.
 
     Lifetime: binds in the constructor; :meth:`close` stops listening and,
-    for a Unix socket, removes the socket file it created. Idempotent.
+    for a Unix socket, removes the socket file it created. Idempotent. A
+    close from another thread wakes an :meth:`accept` waiting in this one
+    (the listening socket is shut down first), which raises ClosedError. A
+    listener never closed is closed when garbage collected, with a
+    ``ResourceWarning``.
 
     Out of descriptors (``EMFILE``), a listener cannot accept, and a
     connection left in the queue keeps the listener readable: a naive loop
@@ -567,11 +649,11 @@ class Listener:
         backlog: int = 128,
         reject: Callable[[socket.socket], None] | None = None,
     ) -> None:
-        self._closed = False
+        self._life = Lifecycle(f"the listener on {address}")
         self._path: str | None = None
+        self._inode = 0
         self._reject = reject
         self._reserve = _Reserve()
-        self._finalizer = weakref.finalize(self, self._reserve.close)
         if address.transport == "unix":
             assert address.path is not None
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -598,6 +680,12 @@ class Listener:
             self.address = Address("tcp", host=host, port=self._sock.getsockname()[1])
         self._sock.listen(backlog)
         self._sock.setblocking(False)
+        self._life.watch(self, _close_listener, self._sock, self._reserve, self._path, self._inode)
+
+    @property
+    def state(self) -> State:
+        """OPEN, CLOSING or CLOSED (see :mod:`rlmesh._lifecycle`)."""
+        return self._life.state
 
     def _bind_unix(self, path: str) -> None:
         try:
@@ -643,8 +731,7 @@ class Listener:
             ClosedError: the listener is closed.
             ValueError: ``timeout`` is negative or NaN.
         """
-        if self._closed:
-            raise ClosedError("the listener is closed")
+        self._life.check_open()
         deadline = Deadline.after(timeout)
         try:
             # poll(2), not select(2): a busy server's descriptors can pass FD_SETSIZE.
@@ -656,7 +743,7 @@ class Listener:
         except (BlockingIOError, InterruptedError):
             return None
         except (OSError, ValueError) as exc:
-            if self._closed:
+            if self._life.closed:
                 # Closed by another thread while we waited.
                 raise ClosedError("the listener is closed") from None
             if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
@@ -699,24 +786,21 @@ class Listener:
         threading.Thread(target=finish, name="rlmesh-turn-away", daemon=True).start()
 
     def close(self) -> None:
-        """Stop listening; remove our Unix socket file. Idempotent."""
-        if self._closed:
+        """Stop listening; remove our Unix socket file. Idempotent.
+
+        An :meth:`accept` waiting in another thread wakes and raises ClosedError.
+        """
+        if not self._life.begin_close():
             return
-        self._closed = True
-        self._sock.close()
-        self._finalizer()
-        if self._path is not None:
-            try:
-                # Only remove the file if it is still the one we bound.
-                if os.stat(self._path).st_ino == self._inode:
-                    os.unlink(self._path)
-            except OSError:
-                pass
+        try:
+            self._life.release()  # _close_listener
+        finally:
+            self._life.finish_close()
 
     @property
     def closed(self) -> bool:
-        """True once closed."""
-        return self._closed
+        """True once closing began."""
+        return self._life.closed
 
     def __enter__(self) -> Listener:
         return self
@@ -725,4 +809,4 @@ class Listener:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Listener {self.address} {'closed' if self._closed else 'open'}>"
+        return f"<Listener {self.address} {self._life.state.name.lower()}>"
