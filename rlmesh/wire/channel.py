@@ -25,13 +25,17 @@ import time
 from collections.abc import Callable
 from typing import ClassVar
 
-from ..errors import BrokenError, OperationTimeout
+from .._lifecycle import Lifecycle, State
+from ..errors import BrokenError, ClosedError, OperationTimeout
 from ..net.stream import SocketStream
 from ..shm import MessageRing, Segment, SpinPolicy
 from ..shm._layout import CACHE_LINE, align_up
 from .codec import TailBuilder
 
 __all__ = ["Channel", "Message", "RingChannel", "SocketChannel", "channel_layout"]
+
+#: The per-step state check compares against this (one global, no enum attribute lookup).
+_OPEN = State.OPEN
 
 _EMPTY = memoryview(b"")
 _TOKEN_OFFSET = 64
@@ -90,13 +94,26 @@ class Channel(abc.ABC):
     receivers) at once are not supported.
 
     Lifetime: owns nothing but views of its rings; the session owns the
-    stream and the segments, and closes them after :meth:`close`.
+    stream and the segments, and closes them after :meth:`close`. So a
+    channel has no finalizer: what it uses is released by its owner's.
+    :meth:`close` is idempotent and wins over a :meth:`recv` (or a send
+    waiting for ring room) blocked in another thread, which raises
+    ClosedError at once; every call after close raises ClosedError.
     """
 
     #: The session's socket.
     stream: SocketStream
     #: How tensors travel: "shm" (slab handles) or "inline" (in the tail).
     data_plane: ClassVar[str] = "inline"
+    _life: Lifecycle
+
+    @property
+    def state(self) -> State:
+        """OPEN, CLOSING or CLOSED (see :mod:`rlmesh._lifecycle`)."""
+        return self._life.state
+
+    def _closed_error(self) -> ClosedError:
+        return ClosedError("the channel was closed")
 
     @abc.abstractmethod
     def send(self, head: bytes, tail: TailBuilder | None = None, *, timeout: float | None = None) -> None:
@@ -111,6 +128,7 @@ class Channel(abc.ABC):
             OperationTimeout: the peer did not make room in time.
             BrokenError: the peer is gone.
             FramingError: the message exceeds the stream's frame limit.
+            ClosedError: the channel is closed, or was closed while waiting.
         """
 
     @abc.abstractmethod
@@ -127,6 +145,7 @@ class Channel(abc.ABC):
             OperationTimeout: nothing arrived before the deadline.
             BrokenError: the peer is gone.
             FramingError: the peer sent a malformed frame; the stream is broken.
+            ClosedError: the channel is closed, or was closed while waiting.
         """
 
     def peer_check(self) -> None:
@@ -138,7 +157,10 @@ class Channel(abc.ABC):
     def close(self) -> None:
         """Stop using the channel and tell the peer, where the transport can. Idempotent.
 
-        The stream stays open: its owner closes it.
+        A receive blocked in another thread wakes with ClosedError: the
+        stream's read side is shut down (see
+        :meth:`~rlmesh.net.stream.SocketStream.shutdown_read`); otherwise the
+        stream stays open: its owner closes it.
         """
 
 
@@ -147,14 +169,34 @@ class SocketChannel(Channel):
 
     def __init__(self, stream: SocketStream) -> None:
         self.stream = stream
+        self._life = Lifecycle("the socket channel")
 
     def close(self) -> None:
-        """Nothing to tell the peer: the socket's owner closes it. Idempotent."""
+        """Stop receiving (waking a blocked receive); the socket's owner closes it. Idempotent."""
+        if not self._life.begin_close():
+            return
+        try:
+            self.stream.shutdown_read()
+        finally:
+            self._life.finish_close()
 
     def send(self, head: bytes, tail: TailBuilder | None = None, *, timeout: float | None = None) -> None:  # noqa: D102
+        if self._life.state is not _OPEN:
+            raise self._closed_error()
         self.stream.send(head, tail.parts if tail is not None and tail.size else (), timeout=timeout)
 
     def recv(self, timeout: float | None = None, check: Callable[[], None] | None = None) -> Message:  # noqa: D102
+        if self._life.state is not _OPEN:
+            raise self._closed_error()
+        try:
+            return self._recv(timeout, check)
+        except BrokenError:
+            if self._life.state is not _OPEN:
+                # The end-of-file our own close() caused, not the peer's.
+                raise self._closed_error() from None
+            raise
+
+    def _recv(self, timeout: float | None, check: Callable[[], None] | None) -> Message:
         if check is None:
             head, tail, address = self.stream.recv_frame(timeout)
             return Message(head, tail, address, None)
@@ -219,7 +261,7 @@ class RingChannel(Channel):
         buf, address = segment.buf, segment.address
         self.tx = MessageRing(buf, address, tx[0], tx[1], spin=spin)
         self.rx = MessageRing(buf, address, rx[0], rx[1], spin=spin)
-        self._closed = False
+        self._life = Lifecycle("the ring channel")
 
     # A ring record's tag says how to read it: 0, the record is the head (no
     # tail); n > 0, the head is the first n - 1 bytes and the tail follows at
@@ -227,6 +269,16 @@ class RingChannel(Channel):
     SPILL_TAG = 0xFFFFFFFF
 
     def send(self, head: bytes, tail: TailBuilder | None = None, *, timeout: float | None = None) -> None:  # noqa: D102
+        if self._life.state is not _OPEN:
+            raise self._closed_error()
+        try:
+            self._send(head, tail, timeout)
+        except BrokenError:
+            if self._life.state is not _OPEN:
+                raise self._closed_error() from None  # our own close() woke the wait
+            raise
+
+    def _send(self, head: bytes, tail: TailBuilder | None, timeout: float | None) -> None:
         tx = self.tx
         tail_size = tail.size if tail is not None else 0
         head_len = len(head)
@@ -245,6 +297,16 @@ class RingChannel(Channel):
         self.stream.send(head, tail.parts if tail is not None and tail_size else (), timeout=timeout)
 
     def recv(self, timeout: float | None = None, check: Callable[[], None] | None = None) -> Message:  # noqa: D102
+        if self._life.state is not _OPEN:
+            raise self._closed_error()
+        try:
+            return self._recv(timeout, check)
+        except BrokenError:
+            if self._life.state is not _OPEN:
+                raise self._closed_error() from None  # our own close() woke the wait
+            raise
+
+    def _recv(self, timeout: float | None, check: Callable[[], None] | None) -> Message:
         rx = self.rx
         if check is None:
             check = self.peer_check
@@ -279,12 +341,19 @@ class RingChannel(Channel):
         return Message(head, tail, 0, rx.pop)
 
     def close(self) -> None:
-        """Tell the peer this side is done with both rings. Idempotent."""
-        if self._closed:
+        """Tell the peer this side is done with both rings. Idempotent.
+
+        Closing our ends also wakes a receive or send of this side waiting on
+        a ring in another thread (ClosedError), and the stream's read side is
+        shut down for one waiting on a spilled frame.
+        """
+        if not self._life.begin_close():
             return
-        self._closed = True
         try:
             self.tx.close_producer()
             self.rx.close_consumer()
         except (ValueError, TypeError):
             pass  # the segment's memory is already gone
+        finally:
+            self.stream.shutdown_read()
+            self._life.finish_close()

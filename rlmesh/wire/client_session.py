@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-import weakref
 from typing import Any
 
+from .._lifecycle import Lifecycle, State
 from ..errors import (
     BrokenError,
     BusyError,
@@ -37,10 +37,16 @@ from .codec import TailBuilder, decode, pack
 
 __all__ = ["CLIENT_SPIN", "CONNECT_ATTEMPT_TIMEOUT", "ClientSession"]
 
+#: The per-step state check compares against this (one global, no enum attribute lookup).
+_OPEN = State.OPEN
+
 #: Deadline of one connection attempt (connect plus handshake).
 CONNECT_ATTEMPT_TIMEOUT = 10.0
 #: The client spins this long for a response before sleeping.
 CLIENT_SPIN = 500e-6
+#: How long close() waits for a call it woke in another thread to leave,
+#: before releasing the memory that call reads (it leaves at once when woken).
+CLOSE_WAKE_WAIT = 1.0
 
 
 def _close_connection(stream: SocketStream, peer: PeerMemory | None, segment: Segment | None) -> None:
@@ -72,10 +78,14 @@ class ClientSession:
 
     Lifetime: connects and handshakes in the constructor (and releases
     everything if that fails). :meth:`close` detaches and releases the
-    socket and shared memory; it is idempotent. A session that is never
-    closed is released by a finalizer when garbage-collected. Observations
-    the caller holds stay valid after close: their segments are unmapped once
-    the last view dies.
+    socket and shared memory; it is idempotent. A close from another thread
+    wins over a request in flight: it does not wait for the request's
+    deadline but closes the channel and shuts the socket's read side, so the
+    request raises ClosedError at once; then it releases everything. Every
+    request after close raises ClosedError. A session that is never closed
+    is released by a finalizer when garbage-collected, with a
+    ``ResourceWarning``. Observations the caller holds stay valid after
+    close: their segments are unmapped once the last view dies.
 
     One request at a time: a second thread calling while one waits gets
     BusyError.
@@ -98,7 +108,7 @@ class ClientSession:
         self._offer: P.Offer | None = None
         self._rid = 0
         self._lock = threading.Lock()
-        self._closed = False
+        self._life = Lifecycle(f"the session with {address}")
         self._broken: BaseException | None = None
         self.stream = self._dial(connect_timeout, max_message_bytes)
         try:
@@ -106,7 +116,7 @@ class ClientSession:
         except BaseException:
             _close_connection(self.stream, self.peer, self.segment)
             raise
-        self._finalizer = weakref.finalize(self, _close_connection, self.stream, self.peer, self.segment)
+        self._life.watch(self, _close_connection, self.stream, self.peer, self.segment)
 
     # -- connecting -----------------------------------------------------------------
 
@@ -232,9 +242,14 @@ class ClientSession:
         return self.channel.data_plane
 
     @property
+    def state(self) -> State:
+        """OPEN, CLOSING or CLOSED (see :mod:`rlmesh._lifecycle`); a broken session stays OPEN."""
+        return self._life.state
+
+    @property
     def closed(self) -> bool:
-        """True once :meth:`close` ran."""
-        return self._closed
+        """True once :meth:`close` began."""
+        return self._life.closed
 
     # -- requests ---------------------------------------------------------------------
 
@@ -300,9 +315,10 @@ class ClientSession:
     def _enter(self) -> int:
         """Take the session for one request and return its id; the caller releases ``_lock``."""
         if not self._lock.acquire(blocking=False):
+            self._life.check_open()  # closing: say so rather than busy
             raise BusyError("this client is already in use by another thread; use one client per thread")
         try:
-            if self._closed:
+            if self._life.state is not _OPEN:
                 raise ClosedError("the client is closed")
             if self._broken is not None:
                 raise BrokenError(
@@ -330,7 +346,8 @@ class ClientSession:
 
         Raises:
             OperationTimeout, BrokenError (the session is then broken), and the
-            errors an ERROR response maps to.
+            errors an ERROR response maps to. ClosedError: :meth:`close` ran
+            in another thread while this request waited.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         channel = self.channel
@@ -361,6 +378,9 @@ class ClientSession:
                 ) from exc
             raise
         except (BrokenError, ProtocolError) as exc:
+            if self._life.state is not _OPEN:
+                # Our own close() (another thread) ended the wait, not the server.
+                raise ClosedError("the client was closed while a request waited") from None
             self._broken = exc
             raise BrokenError(f"lost the connection to the env at {self.address}: {exc}") from exc
 
@@ -388,24 +408,44 @@ class ClientSession:
     def close(self, *, timeout: float = 1.0) -> None:
         """Detach from the server (it keeps serving) and release everything. Idempotent.
 
-        The goodbye waits up to ``timeout`` seconds for the server's answer;
-        if it fails, the session is closed all the same.
+        When no request is in flight, the goodbye waits up to ``timeout``
+        seconds for the server's answer; if it fails, the session is closed
+        all the same. A request in flight in another thread is woken instead
+        (it raises ClosedError), with no goodbye: the server sees the socket
+        close. Either way close() returns within about ``timeout`` seconds.
         """
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            if self._broken is None:
-                try:
-                    self._rid += 1
-                    self.channel.send(pack(P.Close(self._rid).to_wire()), timeout=timeout)
-                    deadline = time.monotonic() + timeout
-                    while True:
-                        message = self.channel.recv(max(deadline - time.monotonic(), 0.0))
-                        response = self._decode(message)
-                        if response[0] != P.SEGMENTS and len(response) >= 2 and response[1] == self._rid:
-                            break
-                except RLMeshError:
-                    pass  # not graceful, but closed all the same
-            self.channel.close()
-            self._finalizer()
+        if not self._life.begin_close():
+            return
+        try:
+            idle = self._lock.acquire(blocking=False)
+            if idle:
+                if self._broken is None:
+                    self._goodbye(timeout)
+            else:
+                # A request is in flight: wake it (its ring or socket wait ends
+                # with ClosedError), and let it leave before the memory it
+                # reads is unmapped.
+                self.channel.close()
+                idle = self._lock.acquire(timeout=max(timeout, CLOSE_WAKE_WAIT))
+            try:
+                self.channel.close()
+                self._life.release()  # _close_connection: the socket and the shared memory
+            finally:
+                if idle:
+                    self._lock.release()
+        finally:
+            self._life.finish_close()
+
+    def _goodbye(self, timeout: float) -> None:
+        """Send CLOSE and wait up to ``timeout`` for its answer (the caller holds ``_lock``)."""
+        try:
+            self._rid += 1
+            self.channel.send(pack(P.Close(self._rid).to_wire()), timeout=timeout)
+            deadline = time.monotonic() + timeout
+            while True:
+                message = self.channel.recv(max(deadline - time.monotonic(), 0.0))
+                response = self._decode(message)
+                if response[0] != P.SEGMENTS and len(response) >= 2 and response[1] == self._rid:
+                    break
+        except RLMeshError:
+            pass  # not graceful, but closed all the same

@@ -29,6 +29,7 @@ import traceback
 import uuid
 from typing import Any, Protocol
 
+from .._lifecycle import Lifecycle, State
 from ..errors import (
     BrokenError,
     BusyError,
@@ -140,11 +141,21 @@ class SessionConfig:
     log: logging.Logger
 
 
+def _close_data_plane(rings: dict[int, SlotRing], slab: Slab) -> None:
+    # A data plane's release (its close, or its finalizer): the rings and the slab, never the plane.
+    for ring in rings.values():
+        ring.close()
+    slab.close()
+
+
 class DataPlane:
     """The blocks holding tensors a client has not released yet.
 
     Lifetime: creates its slab (and the per-step slot rings, sized from the
-    contract) in the constructor; :meth:`close` releases both.
+    contract) in the constructor; :meth:`close` releases both and is
+    idempotent; :meth:`acquire` and :meth:`release` raise ClosedError after
+    it. A data plane never closed releases them when garbage collected, with
+    a ``ResourceWarning``. Nothing in it blocks (the slot rings grow).
     """
 
     DEPTH = 4
@@ -166,14 +177,22 @@ class DataPlane:
             for nbytes in sorted(set(sizes)):
                 self._rings[nbytes] = SlotRing(self.slab, nbytes, self.DEPTH, policy="grow")
         except BaseException:
-            self.slab.close()
+            _close_data_plane(self._rings, self.slab)
             raise
+        self._life = Lifecycle("the session's data plane")
+        self._life.watch(self, _close_data_plane, self._rings, self.slab)
+
+    @property
+    def state(self) -> State:
+        """OPEN, CLOSING or CLOSED (see :mod:`rlmesh._lifecycle`)."""
+        return self._life.state
 
     def acquire(self, nbytes: int) -> Any:
         """A block of ``nbytes`` for the response being built (from its slot ring when one fits).
 
         Raises:
             ShmCapacityError: the slab cannot grow (a full /dev/shm).
+            ClosedError: the data plane is closed (its rings and slab say so).
         """
         ring = self._rings.get(nbytes)
         if ring is None:
@@ -203,6 +222,7 @@ class DataPlane:
 
         Raises:
             InvalidHandle: a forged or stale handle.
+            ClosedError: the data plane is closed (its slot rings say so).
         """
         if len(flat) % 4:
             raise InvalidHandle("a release list must hold whole handles")
@@ -224,10 +244,18 @@ class DataPlane:
         return sum(ring.leased for ring in self._rings.values())
 
     def close(self) -> None:
-        """Release the slot rings and the slab (its segments go with it)."""
-        for ring in self._rings.values():
-            ring.close()
-        self.slab.close()
+        """Release the slot rings and the slab (its segments go with it). Idempotent.
+
+        Raises:
+            BusyError: views of the slab are still alive (see :meth:`Slab.close`);
+                the data plane is closed all the same.
+        """
+        if not self._life.begin_close():
+            return
+        try:
+            self._life.release()  # _close_data_plane
+        finally:
+            self._life.finish_close()
 
 
 def pow2(n: int) -> int:
@@ -244,10 +272,15 @@ class ServerSession:
         config: see :class:`SessionConfig`.
 
     Lifetime: ``thread.start()`` runs the session; it ends when the client
-    detaches or dies, the handler or a malformed request ends it, or the
-    host stops. Then it closes the channel, the shared memory and the
-    stream, releases the handler, and calls ``host.session_ended``. Closing
-    :attr:`stream` from another thread wakes a session waiting for a request.
+    detaches or dies, the handler or a malformed request ends it, the host
+    stops, or :meth:`close` is called. Then it closes the channel, the shared
+    memory and the stream, releases the handler, and calls
+    ``host.session_ended``; :attr:`state` is CLOSED from then on. A
+    :meth:`close` from another thread wins over a session waiting for a
+    request or a handshake message: it closes the stream, which wakes the
+    wait at once. A session never started and never closed closes its
+    stream when garbage collected, with a ``ResourceWarning`` (a running
+    session is kept alive by its thread, which always cleans up).
     """
 
     def __init__(self, host: SessionHost, stream: SocketStream, config: SessionConfig) -> None:
@@ -262,6 +295,13 @@ class ServerSession:
         self.channel_segment: Segment | None = None
         self._spin_base = config.spin
         self.spin = SpinPolicy(self._spin_base)
+        self._life = Lifecycle(f"the server session {self.id[:8]}")
+        self._life.watch(self, SocketStream.close, stream)
+        # Whether run() began (close() then leaves the cleanup to it), decided under a lock
+        # so that exactly one of run() and close() cleans up; `_done` is set once it has.
+        self._run_lock = threading.Lock()
+        self._ran = False
+        self._done = threading.Event()
         self.thread = threading.Thread(target=self.run, name=f"rlmesh-session-{self.id[:8]}", daemon=True)
         #: True while a request is being served (the server drains these at shutdown).
         self.busy = False
@@ -279,8 +319,41 @@ class ServerSession:
 
     # -- lifecycle ----------------------------------------------------------------
 
+    @property
+    def state(self) -> State:
+        """OPEN while it may serve, CLOSING while it ends, CLOSED once cleaned up."""
+        return self._life.state
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """End the session and wait up to ``timeout`` seconds for its thread to clean up. Idempotent.
+
+        A session waiting for a request (or a handshake message) wakes at
+        once; one serving a request ends when its handler returns (or fails
+        on the closed stream). A session whose thread never started is
+        cleaned up here. ``timeout`` 0 does not wait; None waits as long as
+        it takes.
+        """
+        if self._life.begin_close():
+            with self._run_lock:
+                ran = self._ran
+            if not ran:
+                self._cleanup()
+                return
+            # Wakes recv and poll waits on the socket; a ring wait notices
+            # through its liveness check (the closed stream), within 50 ms.
+            self.stream.close()
+        if self.thread is not threading.current_thread():
+            self._done.wait(timeout)
+
     def run(self) -> None:
-        """Handshake, then serve requests until the session ends; always cleans up."""
+        """Handshake, then serve requests until the session ends; always cleans up.
+
+        Raises:
+            ClosedError: the session was closed before it ran.
+        """
+        with self._run_lock:
+            self._life.check_open()
+            self._ran = True
         try:
             if self._handshake():
                 self._serve()
@@ -296,6 +369,7 @@ class ServerSession:
             self._cleanup()
 
     def _cleanup(self) -> None:
+        self._life.begin_close()  # False after close(): it began the close that ends here
         if self.channel is not None:
             self.channel.close()
         if self.data is not None:
@@ -308,9 +382,13 @@ class ServerSession:
                 self.channel_segment.close()
             except Exception:
                 self.log.exception("session %s: could not release its channel", self.id[:8])
-        self.stream.close()
-        self._release_handler()
-        self.host.session_ended(self)
+        self._life.release()  # the stream
+        try:
+            self._release_handler()
+            self.host.session_ended(self)
+        finally:
+            self._life.finish_close()
+            self._done.set()
 
     def _release_handler(self) -> None:
         handler, self.handler = self.handler, None
@@ -532,9 +610,12 @@ class ServerSession:
 
         Raises:
             BrokenError: the client is gone. FramingError: too large a message.
+            ClosedError: the session is closed (or has no channel yet).
         """
-        assert self.channel is not None
-        self.channel.send(pack(message), tail)
+        channel = self.channel
+        if channel is None:
+            raise ClosedError("the session has no channel (closed before its handshake)")
+        channel.send(pack(message), tail)
 
     def begin_response(self) -> TailBuilder | None:
         """Start building a response: a tail for its tensors inline, or None over shared memory.
@@ -554,14 +635,17 @@ class ServerSession:
         Raises:
             TypeError: a value msgpack cannot encode (nothing was sent).
             BrokenError: the client is gone.
+            ClosedError: the session is closed (or has no channel yet).
         """
-        assert self.channel is not None
+        channel = self.channel
+        if channel is None:
+            raise ClosedError("the session has no channel (closed before its handshake)")
         data = self.data
         if data is not None and data.slab.has_new_segments:
             new = data.slab.take_new_segments()
-            self.channel.send(pack(P.Segments(list(new)).to_wire()))
+            channel.send(pack(P.Segments(list(new)).to_wire()))
             self._pending_unlink.extend(seg_id for seg_id, _, _ in new)
-        self.channel.send(pack(P.Ok.encode(rid, values), tail), tail)
+        channel.send(pack(P.Ok.encode(rid, values), tail), tail)
 
     def reply_error(self, rid: int, code: str, exc: BaseException | None, message: str) -> None:
         """Answer ``rid`` with an ERROR of ``code`` (one of ``protocol.E_*``)."""
