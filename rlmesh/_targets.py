@@ -56,6 +56,15 @@ class Target:
             self.close()
             raise
 
+    def abandon(self) -> None:
+        """Release what was opened for the run without asking a remote server to stop.
+
+        For a session's finalizer: no request may block there, so an address
+        or handle target is only detached from, never shut down.
+        """
+        self.close_env = False
+        self.close()
+
     def close(self) -> None:
         """Tear down what was opened for the run."""
         try:

@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeVar
 
 from ._bridge import IDENTITY, Bridge
 from ._deadline import check_timeout
+from ._lifecycle import Lifecycle, State
 from .net.address import resolve_address
 from .net.framing import DEFAULT_MAX_FRAME
 from .spaces._values import lane_stacker, tuple_restorer
@@ -58,6 +59,12 @@ def _seconds(name: str, value: float | None, default: float | None) -> float | N
         return default
     seconds = check_timeout(value, name)
     return None if seconds == 0 else seconds
+
+
+def _release_session(conn: ClientSession) -> None:
+    # The finalizer of a client never closed: its session only, never the client.
+    # A timeout of 0: a goodbye that can go at once goes, nothing waits.
+    conn.close(timeout=0)
 
 
 def uuid7() -> str:
@@ -98,8 +105,11 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
 
     Lifetime:
         :meth:`close` detaches (the server keeps serving); it is idempotent
-        and the context manager calls it. Observations you still hold stay
-        valid after close.
+        and the context manager calls it. A close from another thread wins
+        over a call in flight, which raises ClosedError at once; every call
+        after close raises ClosedError. A client never closed detaches when
+        garbage collected, with a ``ResourceWarning``. Observations you still
+        hold stay valid after close.
     """
 
     _bridge: Bridge = IDENTITY
@@ -141,6 +151,8 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
         except BaseException:
             conn.close()
             raise
+        self._life = Lifecycle(f"the {type(self).__name__} connected to {conn.address}")
+        self._life.watch(self, _release_session, conn)
         self._contract = contract
         self._stack_actions = lane_stacker(contract.action_space)
         self._address = str(conn.address)
@@ -206,9 +218,14 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
         return self._conn.data_plane
 
     @property
+    def state(self) -> State:
+        """OPEN, CLOSING or CLOSED (see :mod:`rlmesh._lifecycle`)."""
+        return self._life.state
+
+    @property
     def closed(self) -> bool:
-        """True once closed."""
-        return self._conn.closed
+        """True once closing began."""
+        return self._life.closed
 
     @property
     def observation_space_spec(self) -> Any:
@@ -311,8 +328,17 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
         return self._conn.shutdown(str(reason), self._timeout(timeout)).accepted
 
     def close(self) -> None:
-        """Detach from the server, which keeps serving. Idempotent."""
-        self._conn.close()
+        """Detach from the server, which keeps serving. Idempotent.
+
+        A call in flight in another thread raises ClosedError at once.
+        """
+        if not self._life.begin_close():
+            return
+        try:
+            self._life.forget()
+            self._conn.close()  # with the goodbye's full timeout, unlike the finalizer's
+        finally:
+            self._life.finish_close()
 
     def __enter__(self: Any) -> Any:
         return self

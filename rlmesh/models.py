@@ -46,6 +46,7 @@ from typing import Any, Generic, TypeVar
 
 from ._bridge import IDENTITY, Bridge
 from ._corners import CORNERS, ChunkReplay, LaneReplay, derive_corners, lane_planner
+from ._lifecycle import Lifecycle, State
 from ._results import EpisodeResult, EpisodeTotals, Progress, RunHooks, RunResult, StepEvent, read_success
 from ._targets import Target
 from .errors import ClosedError
@@ -63,6 +64,9 @@ __all__ = [
     "run",
     "session",
 ]
+
+#: The per-step state check compares against this (one global, no enum attribute lookup).
+_OPEN = State.OPEN
 
 #: Every episode stops here, marked truncated, whatever the env does.
 MAX_EPISODE_STEPS = 100_000
@@ -398,10 +402,14 @@ class Session:
         model's ``close`` and ``on_close`` once, and releases what the session
         opened (a client it dialed, an env it served). It is idempotent; the
         context manager calls it. After close every method raises
-        :class:`ClosedError` (a RuntimeError).
+        :class:`ClosedError` (a RuntimeError). A close from another thread
+        wins over a step or reset in flight: closing the client makes that
+        call raise ClosedError at once. A session never closed releases what
+        it opened when garbage collected (detaching from a remote server, never
+        asking it to stop), with a ``ResourceWarning``.
     """
 
-    _closed: bool
+    _life: Lifecycle
     _model: ModelBase[Any, Any]
     _target: Target
     _client: Any
@@ -422,12 +430,14 @@ class Session:
         cls, model: ModelBase[Any, Any], env: Any, *, close_env: bool, allow_vector: bool, horizon: int
     ) -> Session:
         self = cls.__new__(cls)
-        self._closed = False
+        self._life = Lifecycle("session")
         self._model = model
         self._target = Target(model, env, close_env)
         self._client = self._target.client
         num_envs = self._client.num_envs
         if num_envs > 1 and not allow_vector:
+            self._life.begin_close()
+            self._life.finish_close()
             self._target.close()
             raise ValueError(
                 f"session() drives one env, but this endpoint serves num_envs={num_envs}; "
@@ -441,6 +451,7 @@ class Session:
         self._random = model._source is _RANDOM_PREDICT
         self._horizon = horizon
         self._replay = ChunkReplay(horizon) if horizon > 1 else None
+        self._life.watch(self, Target.abandon, self._target)
         return self
 
     # -- properties ----------------------------------------------------------------------------
@@ -468,12 +479,17 @@ class Session:
         return self._last_done
 
     @property
+    def state(self) -> State:
+        """OPEN, CLOSING or CLOSED (see :mod:`rlmesh._lifecycle`)."""
+        return self._life.state
+
+    @property
     def closed(self) -> bool:
-        """True once closed."""
-        return self._closed
+        """True once closing began."""
+        return self._life.closed
 
     def _check(self) -> None:
-        if self._closed:
+        if self._life.state is not _OPEN:
             raise ClosedError("session is closed")
 
     # -- hand-driven primitives ----------------------------------------------------------------
@@ -820,14 +836,17 @@ class Session:
 
     def close(self) -> None:
         """End the session; see the class docstring. Idempotent."""
-        if self._closed:
+        if not self._life.begin_close():
             return
-        self._closed = True
         try:
-            self._end_episode_early()
-            self._model._closed()
+            self._life.forget()
+            try:
+                self._end_episode_early()
+                self._model._closed()
+            finally:
+                self._target.close()
         finally:
-            self._target.close()
+            self._life.finish_close()
 
     def __enter__(self) -> Session:
         return self
@@ -836,7 +855,7 @@ class Session:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("idle" if self._last_done else "in an episode")
+        state = "closed" if self._life.closed else ("idle" if self._last_done else "in an episode")
         return f"<Session {type(self._model).__name__} {state}>"
 
 

@@ -36,6 +36,7 @@ from ._adapter import EnvAdapter, InlineSink, ShmSink, Sink, encode_render
 from ._conformance import check_policy, resolve_policy
 from ._dtypes import DTYPES
 from ._framework import action_converter
+from ._lifecycle import Lifecycle, State
 from .errors import (
     BusyError,
     ClosedError,
@@ -443,6 +444,13 @@ def _valid_seed(seed: Any) -> bool:
 # -- the server -------------------------------------------------------------------------
 
 
+def _release_server(listener: Listener, source: _EnvSource, close_timeout: float) -> None:
+    # The finalizer of a server never shut down (and never started: a running
+    # server is kept alive by its thread): its parts, never the server.
+    listener.close()
+    source.close(close_timeout)
+
+
 class EnvServer:
     """Serve an environment on a Unix or TCP socket.
 
@@ -479,7 +487,14 @@ class EnvServer:
         signal handlers alone; :meth:`shutdown` stops serving, closes every
         session, closes the env (a single env object exactly once, also when
         the server never started) and removes the Unix socket file. It is
-        idempotent; the context manager calls it.
+        idempotent; :meth:`close` is the same call, and the context manager
+        calls it. :attr:`state` is NEW until started, OPEN while serving,
+        CLOSING during shutdown, CLOSED after; a shutdown from another thread
+        wins over :meth:`serve` or :meth:`wait` blocked in this one, which
+        return at once. Starting a server that was shut down raises
+        ClosedError (a RuntimeError). A server never started and never shut
+        down releases its listener and env when garbage collected, with a
+        ``ResourceWarning``.
 
     Raises:
         ConnectError: (a ConnectionError) the address cannot be bound.
@@ -508,11 +523,10 @@ class EnvServer:
         device: Any = None,
     ) -> None:
         self._listener: Listener | None = None
+        self._life = Lifecycle("the EnvServer", State.NEW)
+        # Signals, not lifecycle: sessions watch `_stopping`; wait() watches `_stopped`.
         self._stopping = threading.Event()
         self._stopped = threading.Event()
-        self._started = False
-        self._shutdown_lock = threading.Lock()
-        self._shutdown_done = False
         self.options = options if options is not None else ServeOptions()
         if not isinstance(self.options, ServeOptions):
             raise TypeError("options must be a ServeOptions")
@@ -562,6 +576,8 @@ class EnvServer:
         self._sessions_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._last_activity = time.monotonic()
+        self._life.what = f"the EnvServer at {self._listener.address}"
+        self._life.watch(self, _release_server, self._listener, self._source, self._close_timeout)
 
     # -- properties -----------------------------------------------------------------
 
@@ -582,9 +598,16 @@ class EnvServer:
         return self._source.contract
 
     @property
+    def state(self) -> State:
+        """NEW, OPEN (serving), CLOSING (shutting down) or CLOSED."""
+        return self._life.state
+
+    @property
     def running(self) -> bool:
         """True between start/serve and the end of shutdown."""
-        return self._started and not self._stopped.is_set()
+        return self._life.state is State.OPEN or (
+            self._life.state is State.CLOSING and self._thread is not None and not self._stopped.is_set()
+        )
 
     def stats(self) -> dict[str, Any]:
         """Live sessions and, per session, its data plane and leases outstanding."""
@@ -612,7 +635,8 @@ class EnvServer:
         and restored afterwards.
 
         Raises:
-            RuntimeError: the server was already started or shut down.
+            RuntimeError: the server was already started.
+            ClosedError: (a RuntimeError) the server was shut down.
         """
         self._begin()
         previous: dict[signal.Signals, Any] = {}
@@ -630,7 +654,8 @@ class EnvServer:
         """Serve on a background thread; returns self.
 
         Raises:
-            RuntimeError: the server was already started or shut down.
+            RuntimeError: the server was already started.
+            ClosedError: (a RuntimeError) the server was shut down.
         """
         self._begin()
         self._thread = threading.Thread(target=self._run_background, name="rlmesh-server", daemon=True)
@@ -638,11 +663,11 @@ class EnvServer:
         return self
 
     def _begin(self) -> None:
-        if self._started:
+        if self._life.state is State.OPEN:
             raise RuntimeError("the server was already started")
-        if self._shutdown_done:
-            raise RuntimeError("the server was shut down")
-        self._started = True
+        if self._life.state is not State.NEW:
+            raise ClosedError("the server was shut down")
+        self._life.start()
         self._last_activity = time.monotonic()
 
     def _run_background(self) -> None:
@@ -705,7 +730,7 @@ class EnvServer:
         """
         if timeout is not None:
             _check_seconds("timeout", timeout)
-        if not self._started and not self._shutdown_done:
+        if self._life.state is State.NEW:
             raise RuntimeError("wait() called before start()")
         return self._stopped.wait(timeout)
 
@@ -713,12 +738,23 @@ class EnvServer:
         """Stop serving and release everything. Idempotent.
 
         Sessions get ``drain_timeout_seconds`` to finish the request they are
-        serving; the env's ``close()`` gets ``close_timeout_seconds``.
+        serving; the env's ``close()`` gets ``close_timeout_seconds``. A
+        second call, also one racing the first from another thread, returns
+        at once.
         """
-        with self._shutdown_lock:
-            if self._shutdown_done:
-                return
-            self._shutdown_done = True
+        if not self._life.begin_close():
+            return
+        try:
+            self._shutdown()
+        finally:
+            self._life.finish_close()
+
+    def close(self) -> None:
+        """The same as :meth:`shutdown` (every rlmesh owner has a ``close()``). Idempotent."""
+        self.shutdown()
+
+    def _shutdown(self) -> None:
+        self._life.forget()
         self._stopping.set()
         if self._listener is not None:
             self._listener.close()
@@ -746,5 +782,5 @@ class EnvServer:
         self.shutdown()
 
     def __repr__(self) -> str:
-        state = "stopped" if self._stopped.is_set() else ("running" if self._started else "idle")
+        state = {State.NEW: "idle", State.OPEN: "running"}.get(self._life.state, "stopped")
         return f"<EnvServer {self.env_contract.id} at {self.address if self._listener else '?'} {state}>"
