@@ -94,6 +94,21 @@ class SlowEnv(TinyEnv):
         return super().step(action)
 
 
+class GateEnv(TinyEnv):
+    """Blocks in step until `gate` is set (at most `hold` seconds): a call held in flight on purpose."""
+
+    def __init__(self, hold: float = 10.0) -> None:
+        super().__init__(limit=1000)
+        self.hold = hold
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def step(self, action: int) -> tuple[int, float, bool, bool, dict[str, Any]]:
+        self.entered.set()
+        self.gate.wait(self.hold)
+        return super().step(action)
+
+
 class FailingEnv(TinyEnv):
     """Raises in step when the action is 1, in reset when options ask for it."""
 
