@@ -131,7 +131,6 @@ class Channel(abc.ABC):
             ClosedError: the channel is closed, or was closed while waiting.
         """
 
-    @abc.abstractmethod
     def recv(self, timeout: float | None = None, check: Callable[[], None] | None = None) -> Message:
         """Receive one message; call its ``done()`` once decoded.
 
@@ -147,6 +146,19 @@ class Channel(abc.ABC):
             FramingError: the peer sent a malformed frame; the stream is broken.
             ClosedError: the channel is closed, or was closed while waiting.
         """
+        if self._life.state is not _OPEN:
+            raise self._closed_error()
+        try:
+            return self._recv(timeout, check)
+        except BrokenError:
+            if self._life.state is not _OPEN:
+                # The end-of-file or closed ring our own close() caused, not the peer's.
+                raise self._closed_error() from None
+            raise
+
+    @abc.abstractmethod
+    def _recv(self, timeout: float | None, check: Callable[[], None] | None) -> Message:
+        """The transport's receive, under :meth:`recv`'s closed-state handling."""
 
     def peer_check(self) -> None:
         """Raise BrokenError if the peer has gone away (closed its socket)."""
@@ -184,17 +196,6 @@ class SocketChannel(Channel):
         if self._life.state is not _OPEN:
             raise self._closed_error()
         self.stream.send(head, tail.parts if tail is not None and tail.size else (), timeout=timeout)
-
-    def recv(self, timeout: float | None = None, check: Callable[[], None] | None = None) -> Message:  # noqa: D102
-        if self._life.state is not _OPEN:
-            raise self._closed_error()
-        try:
-            return self._recv(timeout, check)
-        except BrokenError:
-            if self._life.state is not _OPEN:
-                # The end-of-file our own close() caused, not the peer's.
-                raise self._closed_error() from None
-            raise
 
     def _recv(self, timeout: float | None, check: Callable[[], None] | None) -> Message:
         if check is None:
@@ -295,16 +296,6 @@ class RingChannel(Channel):
                 return
         tx.put(b"", timeout, check=self.peer_check, tag=self.SPILL_TAG)
         self.stream.send(head, tail.parts if tail is not None and tail_size else (), timeout=timeout)
-
-    def recv(self, timeout: float | None = None, check: Callable[[], None] | None = None) -> Message:  # noqa: D102
-        if self._life.state is not _OPEN:
-            raise self._closed_error()
-        try:
-            return self._recv(timeout, check)
-        except BrokenError:
-            if self._life.state is not _OPEN:
-                raise self._closed_error() from None  # our own close() woke the wait
-            raise
 
     def _recv(self, timeout: float | None, check: Callable[[], None] | None) -> Message:
         rx = self.rx
