@@ -24,10 +24,10 @@ from typing import Any
 
 from .._buffers import keepalive_view
 from .._lifecycle import Lifecycle, State
-from ..errors import BusyError, InvalidHandle, ShmError
+from ..errors import InvalidHandle, ShmError
 from ._layout import ALIGNMENT
 from .handle import Handle
-from .segment import Segment
+from .segment import Segment, close_all_when_unpinned
 
 __all__ = ["Lease", "PeerMemory"]
 
@@ -35,12 +35,7 @@ __all__ = ["Lease", "PeerMemory"]
 def _detach_all(segments: dict[int, Segment]) -> None:
     # Close (or, while views are alive, defer closing) every attached segment;
     # the finalizer of a PeerMemory never closed runs it too, holding only the table.
-    for segment in segments.values():
-        try:
-            segment.close_when_unpinned()
-        except BusyError:
-            pass  # a stray slice is alive: the segment's own finalizer unmaps it later
-    segments.clear()
+    close_all_when_unpinned(segments)
 
 
 class Lease:

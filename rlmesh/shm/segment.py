@@ -13,7 +13,7 @@ from ..errors import BusyError, ClosedError, ShmError
 from . import _posix
 from ._layout import SEGMENT_HEADER, SegmentKind
 
-__all__ = ["Segment"]
+__all__ = ["Segment", "close_all_when_unpinned"]
 
 #: The per-step state check compares against this (one global, no enum attribute lookup).
 _OPEN = State.OPEN
@@ -325,3 +325,18 @@ class Segment:
         state = self._life.state.name.lower() if self._life.state is not _OPEN else f"pins={self._pins}"
         role = "creator" if self._creator else ("attached ro" if self._readonly else "attached")
         return f"<Segment {self._name!r} size={self._size} {role} {state}>"
+
+
+def close_all_when_unpinned(segments: dict[int, Segment]) -> None:
+    """Close every segment of a table (deferred while views are alive), then empty it.
+
+    For owners of segment tables (a slab, a peer's memory), at close and in
+    their finalizers: views the user still holds keep their mapping, which
+    goes with the last one. Never raises for live views.
+    """
+    for segment in segments.values():
+        try:
+            segment.close_when_unpinned()
+        except BusyError:
+            pass  # a stray slice is alive: the segment's own finalizer unmaps it later
+    segments.clear()

@@ -17,10 +17,10 @@ import threading
 from typing import Any
 
 from .._lifecycle import Lifecycle, State
-from ..errors import BusyError, InvalidHandle, ShmCapacityError
+from ..errors import InvalidHandle, ShmCapacityError
 from ._layout import ALIGNMENT, SEGMENT_HEADER, SegmentKind, align_up
 from .handle import Handle
-from .segment import Segment
+from .segment import Segment, close_all_when_unpinned
 
 __all__ = ["Block", "Slab"]
 
@@ -32,13 +32,7 @@ def _release_slab(segments: dict[int, Segment], live: dict[tuple[int, int], Bloc
     for block in live.values():
         block.view.release()
     live.clear()
-    for segment in segments.values():
-        try:
-            # Views the user still holds keep their mapping; it goes with the last one.
-            segment.close_when_unpinned()
-        except BusyError:
-            pass  # a stray slice is alive: the segment's own finalizer unmaps it later
-    segments.clear()
+    close_all_when_unpinned(segments)
 
 
 class Block:
