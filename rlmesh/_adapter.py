@@ -658,7 +658,19 @@ class EnvAdapter:
         return wire, info
 
     def reset(self, seed: Any, options: Any) -> tuple[Any, dict[str, Any]]:
-        """Reset, returning ``(obs, info)`` whatever the env's API."""
+        """Reset, returning ``(obs, info)`` whatever the env's API.
+
+        A vector env's ``options["reset_mask"]`` (a list of N bools once it
+        has crossed the wire) reaches the env as the numpy bool array of shape
+        ``(N,)`` that Gymnasium's vector envs require.
+
+        Raises:
+            ValueError: a ``reset_mask`` that is not N bools, or one for a
+                vector env whose ``reset`` takes no ``options`` (it could not
+                reset single lanes). Whatever the env's ``reset`` raises.
+        """
+        if self.vector and isinstance(options, dict) and "reset_mask" in options:
+            options = {**options, "reset_mask": self._reset_mask(options["reset_mask"])}
         kwargs: dict[str, Any] = {}
         if seed is not None:
             if self.vector and isinstance(seed, list):
@@ -680,6 +692,28 @@ class EnvAdapter:
             if not self._tuple2_obs or isinstance(result[0], (tuple, list)):
                 return result[0], dict(result[1] or {})
         return result, {}
+
+    def _reset_mask(self, mask: Any) -> Any:
+        """``options["reset_mask"]`` as a numpy bool array of shape ``(N,)``.
+
+        Raises:
+            ValueError: not N bools, numpy is missing, or the env's ``reset``
+                takes no ``options`` (the mask would be dropped, and every lane reset).
+        """
+        n = self.num_envs
+        if not self._reset_takes_options:
+            raise ValueError(
+                f"options['reset_mask'] was given, but {type(self.env).__name__}.reset() takes no options, "
+                "so this vector env cannot reset single lanes"
+            )
+        np = _numpy()
+        if np is None:  # pragma: no cover - a vector env that takes a mask brings numpy
+            raise ValueError("options['reset_mask'] needs numpy on the server")
+        values = mask.tolist() if hasattr(mask, "tolist") else mask
+        bools = isinstance(values, (list, tuple)) and all(type(v) is bool for v in values)
+        if not bools or len(values) != n:
+            raise ValueError(f"options['reset_mask'] must be {n} bools (one per lane), got {mask!r}")
+        return np.array(values, dtype=bool)
 
     def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Step, returning Gymnasium's five values whatever the env's API.
