@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,6 +124,23 @@ def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float =
     if proc.returncode != 0:
         raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
+
+
+#: Set by .ci/run: the training extras (torch, Stable-Baselines3) are installed,
+#: so a test that needs them must run; a skip for a missing one fails instead.
+REQUIRE_TRAIN = "RLMESH_REQUIRE_SB3"
+
+
+def import_or_skip(name: str) -> Any:
+    """``pytest.importorskip(name)``, except that it fails when $RLMESH_REQUIRE_SB3 is 1 (as in CI)."""
+    if os.environ.get(REQUIRE_TRAIN) != "1":
+        return pytest.importorskip(name)
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        pytest.fail(f"{REQUIRE_TRAIN}=1 but {name} cannot be imported: {exc}", pytrace=False)
 
 
 def pytest_configure(config: pytest.Config) -> None:
