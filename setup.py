@@ -6,7 +6,7 @@ setup(
     ext_modules=[
         Extension(
             "rlmesh._native",
-            sources=["rlmesh/_native.c"],
+            sources=["rlmesh/_native.c", "rlmesh/_native_ring.c"],
             extra_compile_args=[
                 "-std=c11",
                 "-O2",

@@ -15,6 +15,8 @@
  *    has no atomics, and a fence must not depend on what the interpreter
  *    happens to do around a call.
  *
+ *  - the per-step ring, futex doorbell and spin loop: _native_ring.c.
+ *
  * Layer 1: no I/O, no state shared with other libraries (nothing is set on
  * ctypes.pythonapi). The only global is the count of live exports.
  */
@@ -729,6 +731,9 @@ memory_barrier(PyObject *module, PyObject *unused)
 
 /* ---- module ------------------------------------------------------------------- */
 
+/* _native_ring.c: the Ring type, futex_wait, futex_wake, sched_yield. */
+extern int rlmesh_native_ring_init(PyObject *module);
+
 static PyMethodDef module_methods[] = {
     {"dlpack_export", dlpack_export, METH_VARARGS, dlpack_export_doc},
     {"dlpack_take", dlpack_take, METH_O, dlpack_take_doc},
@@ -742,8 +747,8 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "rlmesh._native",
-    .m_doc = "rlmesh's native base type for Tensor, DLPack capsule lifetimes, buffer addresses "
-             "and a memory barrier.",
+    .m_doc = "rlmesh's native base type for Tensor, DLPack capsule lifetimes, buffer addresses, "
+             "a memory barrier, and the per-step shared-memory ring, futex doorbell and spin.",
     .m_size = -1,
     .m_methods = module_methods,
 };
@@ -767,6 +772,10 @@ PyInit__native(void)
     Py_INCREF(&ImportedType);
     if (PyModule_AddObject(module, "DLPackImport", (PyObject *)&ImportedType) < 0) {
         Py_DECREF(&ImportedType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    if (rlmesh_native_ring_init(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -22,10 +22,15 @@ extension's ``memory_barrier()``: a C11 sequentially consistent fence
 (``mfence`` on x86-64, ``dmb ish`` on arm64), which orders the store before
 the load whatever the interpreter does around the call.
 
-Never an unbounded spin: after the spin budget the waiter sleeps, and the
-budget shrinks when spinning does not pay (a peer without a core of its own,
-more busy processes than cores), so an oversubscribed machine degrades to
-blocking wake-ups instead of collapsing.
+Never an unbounded spin: after the spin budget the waiter sleeps; the
+budget shrinks when spinning does not pay, and the waiter does not spin at
+all while the machine has more runnable tasks than cores (the peer could not
+have a core of its own) or when the user turned spinning off (``RLMESH_SPIN=0``):
+see :mod:`rlmesh._spin`. The spin yields the core (``sched_yield``) every few
+polls, so a peer waiting for it gets it.
+
+The message rings (:mod:`rlmesh.shm.ring`) do the same in C, with the GIL
+released; this class serves waiters whose condition is a Python callable.
 
 Timeouts have rlmesh's one meaning (:mod:`rlmesh._deadline`): None waits
 forever, 0 checks once and never sleeps, a positive number is a deadline.
@@ -36,103 +41,27 @@ containers that share the mapping.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import math
-import os
-import platform
 import struct
 import time
 from collections.abc import Callable
 
 from .._deadline import Deadline
-from .._native import memory_barrier
+from .._native import futex_wait, futex_wake, memory_barrier, sched_yield
 from .._spin import SpinPolicy
 from ..errors import OperationTimeout
 
 __all__ = ["Doorbell", "SpinPolicy", "fence", "futex_wait", "futex_wake"]
 
-_SYS_FUTEX = {
-    "x86_64": 202,
-    "amd64": 202,
-    "aarch64": 98,
-    "arm64": 98,
-    "riscv64": 98,
-    "ppc64le": 221,
-    "s390x": 238,
-}
-_FUTEX_WAIT = 0
-_FUTEX_WAKE = 1
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
-_syscall.argtypes = [
-    ctypes.c_long,
-    ctypes.c_void_p,
-    ctypes.c_int,
-    ctypes.c_uint,
-    ctypes.POINTER(_Timespec),
-    ctypes.c_void_p,
-    ctypes.c_uint,
-]
-
-_NR_FUTEX = _SYS_FUTEX.get(platform.machine().lower())
-
 #: A full memory barrier between this thread's earlier stores and its later
 #: loads (see the module docstring): the C extension's seq_cst fence.
 fence = memory_barrier
 
-
-def futex_wait(address: int, expected: int, timeout: float | None) -> bool:
-    """Sleep while the u32 at ``address`` equals ``expected``, at most ``timeout`` s.
-
-    Args:
-        address: the futex word's address in this process.
-        expected: the value it must still hold for the call to sleep.
-        timeout: None sleeps until woken; 0 never sleeps (the kernel only
-            compares the word); a positive number is the longest sleep.
-
-    Returns:
-        False if the timeout passed; True if woken, interrupted, or the value
-        already differed (callers re-check their condition either way).
-
-    Raises:
-        ValueError: ``timeout`` is negative or NaN.
-        OSError: the futex call failed for another reason.
-    """
-    if timeout is not None and not timeout >= 0:  # `not >=` catches NaN too
-        raise ValueError(f"a futex timeout must be None or >= 0 seconds, got {timeout}")
-    if _NR_FUTEX is None:  # pragma: no cover - exotic architecture
-        time.sleep(0.001 if timeout is None else min(timeout, 0.001))
-        return True
-    spec = None
-    if timeout is not None:
-        sec = int(timeout)
-        spec = _Timespec(sec, int((timeout - sec) * 1e9))
-    result = _syscall(_NR_FUTEX, address, _FUTEX_WAIT, expected & 0xFFFFFFFF, spec, None, 0)
-    if result == 0:
-        return True
-    err = ctypes.get_errno()
-    if err == errno.ETIMEDOUT:
-        return False
-    if err in (errno.EAGAIN, errno.EINTR):
-        return True
-    raise OSError(err, f"futex wait failed: {os.strerror(err)}")
-
-
-def futex_wake(address: int, count: int = 1) -> None:
-    """Wake up to ``count`` waiters sleeping on the u32 at ``address``."""
-    if _NR_FUTEX is None:  # pragma: no cover
-        return
-    _syscall(_NR_FUTEX, address, _FUTEX_WAKE, count, None, None, 0)
-
+# futex_wait(address, expected, timeout) -> bool and futex_wake(address, count=1)
+# are the C extension's (rlmesh/_native_ring.c): the system call without ctypes,
+# the GIL released while asleep. futex_wait returns False if the timeout passed,
+# True if woken, interrupted or the value already differed; it raises
+# ValueError for a negative or NaN timeout and OSError for a failed call.
 
 _U32 = struct.Struct("<I")
 _INF = math.inf
@@ -235,21 +164,26 @@ class Doorbell:
             at = start + timeout
         if at is not None and start >= at:  # a timeout of 0: one look, no spin, no sleep
             raise _timed_out(timeout)
-        if spin is not None and spin.budget > 0:
-            spin_until = start + spin.budget
+        budget = spin.current(start) if spin is not None else 0.0
+        if budget > 0:
+            assert spin is not None
+            spin_until = start + budget
             if at is not None:
                 spin_until = min(spin_until, at)
             polls = 0
-            # No sched_yield() here: with a third process runnable it hands the
-            # core away for a whole timeslice; the bounded, adaptive budget is
-            # what keeps an oversubscribed machine from collapsing.
+            # The spin runs only while the machine has a core for the peer
+            # (SpinPolicy.current); inside it, a sched_yield every few polls
+            # hands the core over to a peer that needs it, and costs one
+            # system call when nobody does.
             while True:
                 if ready():
                     spin.record(time.monotonic() - start)
                     return
                 polls += 1
-                if polls & 15 == 0 and time.monotonic() >= spin_until:
-                    break
+                if polls & 15 == 0:
+                    if time.monotonic() >= spin_until:
+                        break
+                    sched_yield()
         if deadline is None:
             deadline = Deadline.after(None) if at is None else Deadline(at, timeout)
         buf, offset, address = self._buf, self._offset, self._address
@@ -260,7 +194,8 @@ class Doorbell:
                 fence()
                 seq = _U32.unpack_from(buf, offset)[0]
                 if ready():
-                    if spin is not None:
+                    if budget > 0:
+                        assert spin is not None
                         spin.record(time.monotonic() - start)
                     return
                 if deadline.expired():

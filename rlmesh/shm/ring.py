@@ -13,7 +13,7 @@ parts of a larger call share its deadline. A blocking call (``put``, ``get``,
 :class:`~rlmesh.errors.OperationTimeout`, for 0 too; only the ``*_nowait``
 calls raise :class:`~rlmesh.errors.WouldBlock`.
 
-Counters are stored in the host's byte order through ctypes words, which is
+Counters are stored in the host's byte order by the C extension, which is
 little-endian: ``import rlmesh`` refuses a big-endian host, so the layout
 below is little-endian on every machine that can map it.
 """
@@ -21,18 +21,19 @@ below is little-endian on every machine that can map it.
 from __future__ import annotations
 
 import collections
-import ctypes
-import platform
+import math
 import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from .._deadline import LONGEST_SLEEP, Deadline
 from .._lifecycle import Lifecycle, State
+from .._native import Ring
 from ..errors import BrokenError, ClosedError, InvalidHandle, OperationTimeout, WouldBlock
 from ._layout import CACHE_LINE
-from .doorbell import Doorbell, SpinPolicy, fence, futex_wake
+from .doorbell import CHECK_INTERVAL, Doorbell, SpinPolicy, futex_wake
 from .handle import Handle
 from .slab import Block, Slab
 
@@ -41,22 +42,13 @@ __all__ = ["MessageRing", "SlotRing"]
 #: The per-step state check compares against this (one global, no enum attribute lookup).
 _OPEN = State.OPEN
 
-_U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
-_RECORD = struct.Struct("<II")  # payload length, reserved
-
-_WRAP = 0xFFFFFFFF
+_RECORD_SIZE = 8  # u32 payload length, u32 tag
+_INF = math.inf
 
 # Head and tail are free-running u64 byte counters, as stored in the segment:
-# every sum and difference is taken modulo 2**64, so the ring keeps working
-# when they wrap (a peer may start them anywhere).
-_M64 = (1 << 64) - 1
-
-# Only weakly ordered CPUs (arm64) need explicit fences around the payload:
-# between writing it and publishing the head, between reading the head and
-# reading it, and between reading it and publishing the tail. x86 keeps loads
-# and stores in those orders by itself.
-_FENCE = platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686")
+# every sum and difference is taken modulo 2**64 (in C), so the ring keeps
+# working when they wrap (a peer may start them anywhere).
 
 # The ring's control block, one cache line per field group so the producer's
 # and the consumer's counters never share a line:
@@ -70,7 +62,7 @@ _FENCE = platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686")
 #   260     4     consumer closed flag
 #   320     ...   data: `capacity` bytes of records
 #
-# A record is an 8-byte header (u32 payload length, u32 reserved) and the
+# A record is an 8-byte header (u32 payload length, u32 tag) and the
 # payload, padded to 8 bytes. A record never wraps: when it does not fit
 # before the end, the producer writes a length of 0xFFFFFFFF there and starts
 # again at offset 0.
@@ -83,8 +75,8 @@ _CONSUMER_CLOSED = 4 * CACHE_LINE + 4
 CONTROL_SIZE = 5 * CACHE_LINE
 
 
-def _pad8(n: int) -> int:
-    return (n + 7) & ~7
+def _timed_out(timeout: float | None) -> OperationTimeout:
+    return OperationTimeout(f"timed out after {timeout:.3g}s waiting for the peer", timeout=timeout)
 
 
 def _check_timeout(timeout: float | Deadline | None) -> None:
@@ -105,6 +97,13 @@ class MessageRing:
     consumer :meth:`get` / :meth:`get_nowait` (or :meth:`peek` then
     :meth:`pop` to read without a copy).
 
+    The per-message work is the C extension's ``Ring`` (rlmesh/_native_ring.c):
+    the counters, the record layout, the doorbells and the waits (a bounded
+    spin, then a futex sleep, with the GIL released). It bounds every length
+    and offset it reads from the shared memory, so a peer that writes garbage
+    gets this side a BrokenError, never a read outside the ring. This class
+    keeps the deadlines, liveness checks and closed ends.
+
     Args:
         buf: a writable view of the shared memory.
         address: the address of ``buf[0]`` in this process.
@@ -119,18 +118,12 @@ class MessageRing:
     __slots__ = (
         "_buf",
         "_base",
-        "_data",
         "_capacity",
-        "_mask",
-        "_head",
-        "_tail",
+        "_core",
         "data_bell",
         "space_bell",
         "spin",
         "max_message",
-        "tag",
-        "_words",
-        "_data_seq",
         "_address",
     )
 
@@ -152,29 +145,12 @@ class MessageRing:
         self._buf = buf
         self._base = offset
         self._address = address + offset
-        self._data = offset + CONTROL_SIZE
         self._capacity = capacity
-        self._mask = capacity - 1
+        self._core = Ring(buf, offset, capacity, BrokenError)
         self.data_bell = Doorbell(buf, offset + _DATA_BELL, address)
         self.space_bell = Doorbell(buf, offset + _SPACE_BELL, address)
-        self._head: int = _U64.unpack_from(buf, offset + _HEAD)[0]
-        self._tail: int = _U64.unpack_from(buf, offset + _TAIL)[0]
         self.spin = spin
-        self.max_message = capacity // 2 - _RECORD.size
-        #: The tag of the message returned by the last :meth:`peek`.
-        self.tag = 0
-        # ctypes words over the counters: publishing one is a single 8-byte
-        # store (see _put) with no slice and cast per message, and they take
-        # no buffer export, so the segment stays closable. Every put and pop
-        # touches `buf` first, which raises once the segment is closed, so
-        # these addresses are never written after an unmap.
-        base = address + offset
-        self._words = (
-            ctypes.c_uint64.from_address(base + _HEAD),
-            ctypes.c_uint64.from_address(base + _TAIL),
-            ctypes.c_uint32.from_address(base + _DATA_BELL),
-        )
-        self._data_seq: int = _U32.unpack_from(buf, offset + _DATA_BELL)[0]
+        self.max_message = capacity // 2 - _RECORD_SIZE
 
     @staticmethod
     def footprint(capacity: int) -> int:
@@ -186,13 +162,27 @@ class MessageRing:
         """Bytes for records."""
         return self._capacity
 
+    @property
+    def tag(self) -> int:
+        """The tag of the message returned by the last :meth:`peek`."""
+        return self._core.tag
+
+    @property
+    def _head(self) -> int:
+        # The producer's count of bytes written (modulo 2**64).
+        return self._core.head
+
+    @property
+    def _tail(self) -> int:
+        # The consumer's count of bytes consumed (modulo 2**64).
+        return self._core.tail
+
+    @property
+    def waits(self) -> tuple[int, int]:
+        """``(caught by the spin, futex sleeps)`` of this end's waits so far."""
+        return self._core.spun, self._core.slept
+
     # -- shared state ------------------------------------------------------------
-
-    def _load_head(self) -> int:
-        return int(_U64.unpack_from(self._buf, self._base + _HEAD)[0])
-
-    def _load_tail(self) -> int:
-        return int(_U64.unpack_from(self._buf, self._base + _TAIL)[0])
 
     @property
     def producer_closed(self) -> bool:
@@ -206,7 +196,7 @@ class MessageRing:
 
     def pending(self) -> int:
         """Bytes written and not yet consumed (records and padding)."""
-        return (self._load_head() - self._load_tail()) & _M64
+        return self._core.pending()
 
     # -- producer ----------------------------------------------------------------
 
@@ -232,11 +222,13 @@ class MessageRing:
             ValueError: the message is larger than :attr:`max_message`, or
                 ``timeout`` is negative or NaN.
             OperationTimeout: no room before the deadline (at once for 0).
-            BrokenError: the consumer closed its end.
+            BrokenError: the consumer closed its end (or corrupted the ring).
             ClosedError: this end was closed (:meth:`close_producer`) while waiting.
         """
         _check_timeout(timeout)
-        self._put(data, timeout, check, blocking=True, tag=tag)
+        need = self._core.put(data, tag)
+        if need:
+            self._full(data, tag, need, timeout, check, blocking=True)
 
     def put_nowait(self, data: Any) -> None:
         """Append one message if there is room now.
@@ -246,85 +238,84 @@ class MessageRing:
             ValueError: the message is larger than :attr:`max_message`.
             BrokenError: the consumer closed its end.
         """
-        self._put(data, None, None, blocking=False)
+        need = self._core.put(data, 0)
+        if need:
+            self._full(data, 0, need, None, None, blocking=False)
 
-    def _put(
+    def _full(
         self,
         data: Any,
+        tag: int,
+        need: int,
         timeout: float | Deadline | None,
         check: Callable[[], None] | None,
         *,
         blocking: bool,
-        tag: int = 0,
     ) -> None:
-        if type(data) is not bytes and type(data) is not bytearray:
-            data = memoryview(data).cast("B")
-        n = len(data)
-        if n > self.max_message:
-            raise ValueError(f"a {n}-byte message exceeds this ring's limit of {self.max_message} bytes")
-        record = _RECORD.size + _pad8(n)
-        head = self._head
-        pos = head & self._mask
-        room_to_end = self._capacity - pos
-        need = record if record <= room_to_end else room_to_end + record
-        if self._capacity - ((head - self._tail) & _M64) < need:
-            self._tail = self._load_tail()
-            if self._capacity - ((head - self._tail) & _M64) < need:
-                if self.consumer_closed:
-                    raise BrokenError("the ring's consumer has closed")
-                if not blocking:
-                    raise WouldBlock("the ring is full")
-                self._wait_for_room(need, timeout, check)
-        buf = self._buf
-        if record > room_to_end:
-            _RECORD.pack_into(buf, self._data + pos, _WRAP, 0)
-            head = (head + room_to_end) & _M64
-            pos = 0
-        start = self._data + pos
-        _RECORD.pack_into(buf, start, n, tag)
-        buf[start + 8 : start + 8 + n] = data
-        head = (head + record) & _M64
-        self._head = head
-        # The payload is in place before the head moves (x86 keeps stores in
-        # order; elsewhere the fence orders them). Head and tail are
-        # published with one 8-byte store: struct.pack_into zeroes its target
-        # before writing it, and a peer that read that transient 0 as the head
-        # would take a stale record for a new one.
-        if _FENCE:
-            fence()
-        head_word, _, seq_word = self._words
-        head_word.value = head
-        # The data doorbell, inlined: only this producer writes its sequence.
-        seq = self._data_seq = (self._data_seq + 1) & 0xFFFFFFFF
-        seq_word.value = seq
-        fence()
-        if _U32.unpack_from(buf, self._base + _DATA_BELL + 4)[0]:
-            futex_wake(self._address + _DATA_BELL)
-
-    def _wait_for_room(
-        self, need: int, timeout: float | Deadline | None, check: Callable[[], None] | None
-    ) -> None:
+        if self.consumer_closed:
+            raise BrokenError("the ring's consumer has closed")
+        if not blocking:
+            raise WouldBlock("the ring is full")
         if self.producer_closed:
             raise ClosedError("this ring's producer end is closed")
-
-        def ready() -> bool:
-            self._tail = self._load_tail()
-            return (
-                self._capacity - ((self._head - self._tail) & _M64) >= need
-                or self.consumer_closed
-                or self.producer_closed
-            )
-
-        # Doorbell.wait fails at once for a timeout of 0: the caller just
-        # found the ring full, so one more look is all 0 allows.
+        core = self._core
         # The consumer rings the space bell without a barrier (one per message
-        # would cost more than the rare full ring saves), so sleep in short slices.
-        self.space_bell.wait(ready, timeout, spin=self.spin, check=check, max_sleep=0.001)
+        # would cost more than the rare full ring saves), so sleep in short
+        # slices. A timeout of 0 fails at once: the caller just found the ring full.
+        self._wait(lambda spin, sleep: core.wait_space(need, spin, sleep), timeout, check, 0.001)
         if self.producer_closed:
             # Our own end was closed (by another thread) while we waited: that close wins.
             raise ClosedError("this ring's producer end was closed")
-        if self.consumer_closed and self._capacity - ((self._head - self._tail) & _M64) < need:
-            raise BrokenError("the ring's consumer has closed")
+        if core.put(data, tag):
+            if self.consumer_closed:
+                raise BrokenError("the ring's consumer has closed")
+            raise BrokenError("corrupt ring: the consumer's tail moved backwards")
+
+    def _wait(
+        self,
+        wait: Callable[[float, float], int],
+        timeout: float | Deadline | None,
+        check: Callable[[], None] | None,
+        max_sleep: float,
+    ) -> None:
+        """Spin, then sleep in slices of at most ``max_sleep``, until ``wait`` reports ready.
+
+        The same meaning as :meth:`Doorbell.wait`: a 0 timeout fails at once,
+        ``check`` runs about every 50 ms while asleep, the spin follows the
+        policy and the machine's load (:meth:`SpinPolicy.current`).
+        """
+        start = time.monotonic()
+        if isinstance(timeout, Deadline):
+            at, timeout = timeout.at, timeout.timeout
+        elif timeout is None or timeout == _INF:
+            at = None
+        else:
+            at = start + timeout
+        if at is not None and start >= at:  # a timeout of 0: one look (the caller's), no spin, no sleep
+            raise _timed_out(timeout)
+        spin = self.spin
+        budget = spin.current(start) if spin is not None else 0.0
+        if budget > 0:
+            assert spin is not None
+            if wait(budget if at is None else min(budget, at - start), 0.0):
+                spin.record(time.monotonic() - start)
+                return
+        last_check = time.monotonic()
+        while True:
+            now = time.monotonic()
+            sleep = max_sleep if at is None else min(max_sleep, at - now)
+            if sleep <= 0:
+                if wait(0.0, 0.0):  # one last look
+                    return
+                raise _timed_out(timeout)
+            if wait(0.0, sleep):
+                if budget > 0:
+                    assert spin is not None
+                    spin.record(time.monotonic() - start)
+                return
+            if check is not None and time.monotonic() - last_check >= CHECK_INTERVAL:
+                last_check = time.monotonic()
+                check()
 
     def close_producer(self) -> None:
         """Tell the consumer no more messages will come (it gets BrokenError once drained).
@@ -354,14 +345,19 @@ class MessageRing:
 
         Raises:
             OperationTimeout: no message before the deadline (at once for 0).
-            BrokenError: the producer closed its end and the ring is empty.
+            BrokenError: the producer closed its end and the ring is empty, or
+                wrote a record that breaks the ring's layout.
             ClosedError: this end is closed (:meth:`close_consumer`) and the ring is empty.
             ValueError: ``timeout`` is negative or NaN.
         """
         _check_timeout(timeout)
-        if self._load_head() == self._tail:
+        view = self._core.peek()
+        if view is None:
             self._await_message(timeout, check)
-        return self._view_next()
+            view = self._core.peek()
+            if view is None:
+                raise BrokenError("the ring's producer has closed")
+        return view
 
     def peek_nowait(self) -> memoryview:
         """Return a view of the next message if one is waiting (see :meth:`peek`).
@@ -370,57 +366,26 @@ class MessageRing:
             WouldBlock: the ring is empty.
             BrokenError: the producer closed its end and the ring is empty.
         """
-        if self._load_head() == self._tail:
+        view = self._core.peek()
+        if view is None:
             if self.producer_closed:
                 raise BrokenError("the ring's producer has closed")
             raise WouldBlock("the ring is empty")
-        return self._view_next()
+        return view
 
     def _await_message(self, timeout: float | Deadline | None, check: Callable[[], None] | None) -> None:
         if self.producer_closed:
             raise BrokenError("the ring's producer has closed")
         if self.consumer_closed:
             raise ClosedError("this ring's consumer end is closed")
-        self.data_bell.wait(self._ready_or_closed, timeout, spin=self.spin, check=check)
+        self._wait(self._core.wait_data, timeout, check, CHECK_INTERVAL)
         if self.consumer_closed:
             # Our own end was closed (by another thread) while we waited: that close wins.
             raise ClosedError("this ring's consumer end was closed")
-        if self._load_head() == self._tail:
-            raise BrokenError("the ring's producer has closed")
-
-    def _view_next(self) -> memoryview:
-        if _FENCE:
-            fence()
-        buf = self._buf
-        pos = self._tail & self._mask
-        n, tag = _RECORD.unpack_from(buf, self._data + pos)
-        if n == _WRAP:
-            self._tail = (self._tail + self._capacity - pos) & _M64
-            pos = 0
-            n, tag = _RECORD.unpack_from(buf, self._data)
-        self.tag = tag
-        if n > self.max_message:
-            raise BrokenError(f"corrupt ring: a record claims {n} bytes")
-        start = self._data + pos + _RECORD.size
-        return buf[start : start + n]
-
-    def _ready_or_closed(self) -> bool:
-        return self._load_head() != self._tail or self.producer_closed or self.consumer_closed
 
     def pop(self) -> None:
         """Consume the message returned by the last :meth:`peek`."""
-        buf = self._buf
-        pos = self._tail & self._mask
-        n = _U32.unpack_from(buf, self._data + pos)[0]
-        tail = (self._tail + _RECORD.size + _pad8(n)) & _M64
-        self._tail = tail
-        if _FENCE:
-            fence()  # the payload was read before the producer may reuse it
-        self._words[1].value = tail  # one store: see _put
-        # The space bell, relaxed (no barrier): a producer waiting for room
-        # sleeps in 1 ms slices, and only one that flagged itself needs a wake.
-        if _U32.unpack_from(buf, self._base + _SPACE_BELL + 4)[0]:
-            self.space_bell.ring(relaxed=True)
+        self._core.pop()
 
     def get(
         self, timeout: float | Deadline | None = None, *, check: Callable[[], None] | None = None
@@ -438,7 +403,14 @@ class MessageRing:
             ClosedError: this end is closed (:meth:`close_consumer`) and the ring is empty.
             ValueError: ``timeout`` is negative or NaN.
         """
-        return self._copy_out(self.peek(timeout, check=check))
+        _check_timeout(timeout)
+        data = self._core.get()
+        if data is None:
+            self._await_message(timeout, check)
+            data = self._core.get()
+            if data is None:
+                raise BrokenError("the ring's producer has closed")
+        return data
 
     def get_nowait(self) -> bytes:
         """Return the next message if one is waiting.
@@ -447,12 +419,11 @@ class MessageRing:
             WouldBlock: the ring is empty.
             BrokenError: the producer closed its end and the ring is empty.
         """
-        return self._copy_out(self.peek_nowait())
-
-    def _copy_out(self, view: memoryview) -> bytes:
-        data = bytes(view)
-        view.release()
-        self.pop()
+        data = self._core.get()
+        if data is None:
+            if self.producer_closed:
+                raise BrokenError("the ring's producer has closed")
+            raise WouldBlock("the ring is empty")
         return data
 
     def close_consumer(self) -> None:
@@ -464,9 +435,9 @@ class MessageRing:
         _U32.pack_into(self._buf, self._base + _CONSUMER_CLOSED, 1)
         self.space_bell.ring()
         # Wake our own waiter. Only the producer writes the data bell's
-        # sequence on the per-step path (it keeps a copy), so this wake leaves
-        # the sequence alone: a waiter already asleep wakes now, one just
-        # about to sleep within its 50 ms slice, and both see the flag.
+        # sequence on the per-step path, so this wake leaves the sequence
+        # alone: a waiter already asleep wakes now, one just about to sleep
+        # within its 50 ms slice, and both see the flag.
         futex_wake(self._address + _DATA_BELL)
 
     def __repr__(self) -> str:

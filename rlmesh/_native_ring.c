@@ -1,0 +1,759 @@
+/*
+ * rlmesh._native, part two: the per-step shared-memory primitives.
+ *
+ *  - futex_wait() / futex_wake(): the doorbell's system calls, without ctypes.
+ *    futex_wait releases the GIL while it sleeps.
+ *  - sched_yield().
+ *  - Ring: one end of a MessageRing (rlmesh/shm/ring.py documents the layout):
+ *    put, peek, pop and get with the ring's free-running 64-bit counters
+ *    (modulo 2**64), and the waits for a message or for room: a bounded spin
+ *    and one futex sleep, both with the GIL released.
+ *
+ * The peer is not trusted: every counter, length and offset read from the
+ * shared memory is checked against the ring's bounds before it is used, and a
+ * record that does not fit raises the ring's `corrupt` exception (BrokenError)
+ * instead of reading past the ring. The memory is reached through the
+ * memoryview the ring was given, exported for the length of each call, so a
+ * released (closed) segment raises ValueError and is never touched.
+ *
+ * No global state: each Ring keeps its own.
+ */
+#define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE
+#include <Python.h>
+#include <structmember.h>
+#include <errno.h>
+#include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
+
+/* The control block (see ring.py): one cache line per field group. */
+#define LINE 64
+#define OFF_HEAD 0
+#define OFF_TAIL LINE
+#define OFF_DATA_BELL (2 * LINE)
+#define OFF_SPACE_BELL (3 * LINE)
+#define OFF_PRODUCER_CLOSED (4 * LINE)
+#define OFF_CONSUMER_CLOSED (4 * LINE + 4)
+#define CONTROL (5 * LINE)
+#define RECORD 8
+#define WRAP 0xFFFFFFFFu
+
+typedef _Atomic uint64_t a64;
+typedef _Atomic uint32_t a32;
+
+#define PAD8(n) (((uint64_t)(n) + 7) & ~(uint64_t)7)
+
+static inline void
+cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline double
+now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* 1 woken or the value differed or interrupted; 0 timed out; -1 another error (errno). */
+static int
+futex_sleep(void *word, uint32_t expected, double timeout)
+{
+#ifdef __linux__
+    struct timespec ts, *tsp = NULL;
+    if (timeout >= 0) {
+        double whole = floor(timeout);
+        ts.tv_sec = (time_t)whole;
+        ts.tv_nsec = (long)((timeout - whole) * 1e9);
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_nsec = 999999999L;
+        }
+        tsp = &ts;
+    }
+    long r = syscall(SYS_futex, word, FUTEX_WAIT, expected, tsp, NULL, 0);
+    if (r == 0) {
+        return 1;
+    }
+    if (errno == ETIMEDOUT) {
+        return 0;
+    }
+    if (errno == EAGAIN || errno == EINTR) {
+        return 1;
+    }
+    return -1;
+#else
+    (void)word;
+    (void)expected;
+    usleep(timeout < 0 || timeout > 0.001 ? 1000 : (useconds_t)(timeout * 1e6));
+    return 1;
+#endif
+}
+
+static inline void
+futex_wake_one(void *word, int count)
+{
+#ifdef __linux__
+    syscall(SYS_futex, word, FUTEX_WAKE, count, NULL, NULL, 0);
+#else
+    (void)word;
+    (void)count;
+#endif
+}
+
+/* A timeout argument: None is forever (-1); otherwise >= 0 and not NaN. */
+static int
+timeout_arg(PyObject *obj, double *out)
+{
+    if (obj == Py_None) {
+        *out = -1.0;
+        return 0;
+    }
+    double t = PyFloat_AsDouble(obj);
+    if (t == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (!(t >= 0)) {
+        PyErr_Format(PyExc_ValueError, "a futex timeout must be None or >= 0 seconds, got %R", obj);
+        return -1;
+    }
+    if (isinf(t)) {
+        t = -1.0;
+    }
+    *out = t;
+    return 0;
+}
+
+PyDoc_STRVAR(futex_wait_doc,
+"futex_wait(address, expected, timeout) -> bool\n\n"
+"Sleep while the u32 at address equals expected, at most timeout seconds (None:\n"
+"until woken; 0: never sleeps). The GIL is released while asleep. Returns False\n"
+"if the timeout passed, True if woken, interrupted, or the value differed.\n"
+"Raises ValueError for a negative or NaN timeout, OSError for a failed call.");
+
+static PyObject *
+native_futex_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "futex_wait(address, expected, timeout)");
+        return NULL;
+    }
+    void *address = PyLong_AsVoidPtr(args[0]);
+    if (address == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    unsigned long expected = PyLong_AsUnsignedLongMask(args[1]);
+    if (expected == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    double timeout;
+    if (timeout_arg(args[2], &timeout) < 0) {
+        return NULL;
+    }
+    int r;
+    Py_BEGIN_ALLOW_THREADS
+    r = futex_sleep(address, (uint32_t)expected, timeout);
+    Py_END_ALLOW_THREADS
+    if (r < 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyBool_FromLong(r);
+}
+
+PyDoc_STRVAR(futex_wake_doc,
+"futex_wake(address, count=1)\n\n"
+"Wake up to count waiters sleeping on the u32 at address.");
+
+static PyObject *
+native_futex_wake(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "futex_wake(address, count=1)");
+        return NULL;
+    }
+    void *address = PyLong_AsVoidPtr(args[0]);
+    if (address == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    int count = 1;
+    if (nargs == 2) {
+        long c = PyLong_AsLong(args[1]);
+        if (c == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+        count = c < 0 ? 0 : c > INT32_MAX ? INT32_MAX : (int)c;
+    }
+    futex_wake_one(address, count);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+native_sched_yield(PyObject *module, PyObject *unused)
+{
+    Py_BEGIN_ALLOW_THREADS
+    sched_yield();
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* ---- Ring -------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *buf;     /* the writable memoryview holding the ring */
+    PyObject *corrupt; /* the exception class for a record that breaks the layout */
+    Py_ssize_t base;   /* the control block's offset in buf */
+    uint64_t capacity, mask, max_message;
+    uint64_t head;     /* producer: bytes written (its own counter) */
+    uint64_t tail;     /* consumer: bytes consumed (its own); producer: the last it read */
+    uint64_t peeked;   /* bytes the peeked record spans (header and padding), 0: none */
+    uint32_t tag;      /* the tag of the record the last peek returned */
+    unsigned long long spun, slept; /* waits the spin caught; futex sleeps */
+} Ring;
+
+/* The ring's memory for one call: its control block, or NULL with an error set. */
+static char *
+ring_enter(Ring *self, Py_buffer *view)
+{
+    if (PyObject_GetBuffer(self->buf, view, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    if (view->len < self->base + CONTROL + (Py_ssize_t)self->capacity) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "the ring does not fit in the buffer");
+        return NULL;
+    }
+    char *mem = (char *)view->buf + self->base;
+    if ((uintptr_t)mem & 7) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "the ring's memory is not 8-byte aligned");
+        return NULL;
+    }
+    return mem;
+}
+
+#define HEAD_WORD(m) ((a64 *)((m) + OFF_HEAD))
+#define TAIL_WORD(m) ((a64 *)((m) + OFF_TAIL))
+#define U32_AT(m, off) ((a32 *)((m) + (off)))
+
+static int
+ring_init(Ring *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buf", "offset", "capacity", "corrupt", NULL};
+    PyObject *buf, *corrupt;
+    Py_ssize_t offset;
+    unsigned long long capacity;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnKO:Ring", kwlist, &buf, &offset, &capacity, &corrupt)) {
+        return -1;
+    }
+    if (capacity < 64 || (capacity & (capacity - 1)) || capacity > ((uint64_t)1 << 40)) {
+        PyErr_Format(PyExc_ValueError, "ring capacity must be a power of two >= 64, got %llu", capacity);
+        return -1;
+    }
+    if (offset < 0 || offset % LINE) {
+        PyErr_SetString(PyExc_ValueError, "a ring must start on a cache line");
+        return -1;
+    }
+    if (!PyType_Check(corrupt) || !PyType_IsSubtype((PyTypeObject *)corrupt, (PyTypeObject *)PyExc_Exception)) {
+        PyErr_SetString(PyExc_TypeError, "corrupt must be an exception class");
+        return -1;
+    }
+    Py_INCREF(buf);
+    Py_XSETREF(self->buf, buf);
+    Py_INCREF(corrupt);
+    Py_XSETREF(self->corrupt, corrupt);
+    self->base = offset;
+    self->capacity = capacity;
+    self->mask = capacity - 1;
+    self->max_message = capacity / 2 - RECORD;
+    Py_buffer view;
+    char *mem = ring_enter(self, &view);
+    if (mem == NULL) {
+        return -1;
+    }
+    self->head = atomic_load_explicit(HEAD_WORD(mem), memory_order_acquire);
+    self->tail = atomic_load_explicit(TAIL_WORD(mem), memory_order_acquire);
+    PyBuffer_Release(&view);
+    self->peeked = 0;
+    self->tag = 0;
+    return 0;
+}
+
+static void
+ring_dealloc(Ring *self)
+{
+    Py_CLEAR(self->buf);
+    Py_CLEAR(self->corrupt);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+ring_corrupt(Ring *self, const char *what)
+{
+    PyErr_Format(self->corrupt, "corrupt ring: %s", what);
+    return NULL;
+}
+
+/* Ring.put(data, tag) -> int: 0 once the message is in and the consumer rung;
+ * else the bytes it needs, which are not free yet (nothing written). */
+static PyObject *
+ring_put(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "put(data, tag)");
+        return NULL;
+    }
+    unsigned long tag = PyLong_AsUnsignedLongMask(args[1]);
+    if (tag == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[0], &data, PyBUF_C_CONTIGUOUS) < 0) {
+        return NULL;
+    }
+    uint64_t n = (uint64_t)data.len;
+    if (n > self->max_message) {
+        PyBuffer_Release(&data);
+        return PyErr_Format(PyExc_ValueError, "a %llu-byte message exceeds this ring's limit of %llu bytes",
+                            (unsigned long long)n, (unsigned long long)self->max_message);
+    }
+    Py_buffer view;
+    char *mem = ring_enter(self, &view);
+    if (mem == NULL) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
+    uint64_t cap = self->capacity, record = RECORD + PAD8(n), head = self->head;
+    uint64_t pos = head & self->mask, room_to_end = cap - pos;
+    uint64_t need = record <= room_to_end ? record : room_to_end + record;
+    PyObject *result = NULL;
+    if (pos & 7) {
+        ring_corrupt(self, "the head is not 8-byte aligned");
+        goto done;
+    }
+    if (cap - (head - self->tail) < need || head - self->tail > cap) {
+        self->tail = atomic_load_explicit(TAIL_WORD(mem), memory_order_acquire);
+        uint64_t used = head - self->tail;
+        if (used > cap) {
+            ring_corrupt(self, "the consumer's tail is past the head");
+            goto done;
+        }
+        if (cap - used < need) {
+            result = PyLong_FromUnsignedLongLong(need);
+            goto done;
+        }
+    }
+    char *records = mem + CONTROL;
+    if (record > room_to_end) {
+        atomic_store_explicit(U32_AT(records, pos), WRAP, memory_order_relaxed);
+        head += room_to_end;
+        pos = 0;
+    }
+    memcpy(records + pos + RECORD, data.buf, (size_t)n);
+    atomic_store_explicit(U32_AT(records, pos), (uint32_t)n, memory_order_relaxed);
+    atomic_store_explicit(U32_AT(records, pos + 4), (uint32_t)tag, memory_order_relaxed);
+    head += record;
+    self->head = head;
+    /* Release: the record is in place before the head says so (a plain store on x86). */
+    atomic_store_explicit(HEAD_WORD(mem), head, memory_order_release);
+    /* The data doorbell: bump its sequence, then (after a full fence, the
+     * Dekker pattern against the waiter's flag-then-check) wake a flagged waiter. */
+    a32 *seq = U32_AT(mem, OFF_DATA_BELL);
+    atomic_store_explicit(seq, atomic_load_explicit(seq, memory_order_relaxed) + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(U32_AT(mem, OFF_DATA_BELL + 4), memory_order_relaxed)) {
+        futex_wake_one(seq, 1);
+    }
+    result = PyLong_FromLong(0);
+done:
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+/* Find the next record for the consumer: 1 found (*pos, *n, *tag set, the
+ * tail moved past a wrap marker), 0 empty, -1 corrupt (error set). */
+static int
+ring_locate(Ring *self, char *mem, uint64_t *pos_out, uint64_t *n_out, uint32_t *tag_out)
+{
+    uint64_t head = atomic_load_explicit(HEAD_WORD(mem), memory_order_acquire);
+    uint64_t tail = self->tail, cap = self->capacity;
+    if (head == tail) {
+        return 0;
+    }
+    uint64_t avail = head - tail;
+    uint64_t pos = tail & self->mask;
+    char *records = mem + CONTROL;
+    if (avail > cap || (pos & 7) || avail < RECORD) {
+        ring_corrupt(self, "the producer's head is out of range");
+        return -1;
+    }
+    uint32_t n = atomic_load_explicit(U32_AT(records, pos), memory_order_relaxed);
+    if (n == WRAP) {
+        uint64_t skip = cap - pos;
+        if (skip + RECORD > avail) {
+            ring_corrupt(self, "a wrap marker with nothing after it");
+            return -1;
+        }
+        tail += skip;
+        avail -= skip;
+        self->tail = tail;
+        pos = 0;
+        n = atomic_load_explicit(U32_AT(records, 0), memory_order_relaxed);
+    }
+    uint64_t span = RECORD + PAD8(n);
+    if (n > self->max_message || span > avail || pos + span > cap) {
+        PyErr_Format(self->corrupt, "corrupt ring: a record claims %u bytes", n);
+        return -1;
+    }
+    *pos_out = pos;
+    *n_out = n;
+    *tag_out = atomic_load_explicit(U32_AT(records, pos + 4), memory_order_relaxed);
+    return 1;
+}
+
+/* Ring.peek() -> memoryview | None: a view of the next message (kept until
+ * pop()), or None when the ring is empty; `tag` holds its tag. */
+static PyObject *
+ring_peek(Ring *self, PyObject *unused)
+{
+    Py_buffer view;
+    char *mem = ring_enter(self, &view);
+    if (mem == NULL) {
+        return NULL;
+    }
+    uint64_t pos, n;
+    uint32_t tag;
+    int found = ring_locate(self, mem, &pos, &n, &tag);
+    PyBuffer_Release(&view);
+    if (found <= 0) {
+        if (found == 0) {
+            Py_RETURN_NONE;
+        }
+        return NULL;
+    }
+    self->peeked = RECORD + PAD8(n);
+    self->tag = tag;
+    Py_ssize_t start = self->base + CONTROL + (Py_ssize_t)pos + RECORD;
+    PyObject *lo = PyLong_FromSsize_t(start), *hi = PyLong_FromSsize_t(start + (Py_ssize_t)n);
+    PyObject *slice = (lo && hi) ? PySlice_New(lo, hi, NULL) : NULL;
+    Py_XDECREF(lo);
+    Py_XDECREF(hi);
+    if (slice == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_GetItem(self->buf, slice);
+    Py_DECREF(slice);
+    return result;
+}
+
+/* Publish the tail past `span` bytes and wake a producer waiting for room. */
+static void
+ring_advance(Ring *self, char *mem, uint64_t span)
+{
+    self->tail += span;
+    atomic_store_explicit(TAIL_WORD(mem), self->tail, memory_order_release);
+    /* The space bell, relaxed (no fence): a producer waiting for room sleeps
+     * in 1 ms slices, and only one that flagged itself needs a wake. */
+    if (atomic_load_explicit(U32_AT(mem, OFF_SPACE_BELL + 4), memory_order_relaxed)) {
+        a32 *seq = U32_AT(mem, OFF_SPACE_BELL);
+        atomic_store_explicit(seq, atomic_load_explicit(seq, memory_order_relaxed) + 1, memory_order_relaxed);
+        futex_wake_one(seq, 1);
+    }
+}
+
+/* Ring.pop(): consume the record the last peek returned (or the next one). */
+static PyObject *
+ring_pop(Ring *self, PyObject *unused)
+{
+    Py_buffer view;
+    char *mem = ring_enter(self, &view);
+    if (mem == NULL) {
+        return NULL;
+    }
+    uint64_t span = self->peeked;
+    if (span == 0) {
+        uint64_t pos, n;
+        uint32_t tag;
+        int found = ring_locate(self, mem, &pos, &n, &tag);
+        if (found <= 0) {
+            PyBuffer_Release(&view);
+            if (found == 0) {
+                PyErr_SetString(PyExc_RuntimeError, "pop() on an empty ring");
+            }
+            return NULL;
+        }
+        span = RECORD + PAD8(n);
+    }
+    self->peeked = 0;
+    ring_advance(self, mem, span);
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+/* Ring.get() -> bytes | None: a copy of the next message, consumed; None if empty. */
+static PyObject *
+ring_get(Ring *self, PyObject *unused)
+{
+    Py_buffer view;
+    char *mem = ring_enter(self, &view);
+    if (mem == NULL) {
+        return NULL;
+    }
+    uint64_t pos, n;
+    uint32_t tag;
+    int found = ring_locate(self, mem, &pos, &n, &tag);
+    PyObject *result = NULL;
+    if (found == 0) {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    else if (found > 0) {
+        result = PyBytes_FromStringAndSize(mem + CONTROL + pos + RECORD, (Py_ssize_t)n);
+        if (result != NULL) {
+            self->tag = tag;
+            self->peeked = 0;
+            ring_advance(self, mem, RECORD + PAD8(n));
+        }
+    }
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* The waits' conditions, read with the GIL released (only this object's
+ * plain fields and the shared words: no Python object is touched). */
+static int
+closed_flags(char *mem)
+{
+    return atomic_load_explicit(U32_AT(mem, OFF_PRODUCER_CLOSED), memory_order_acquire)
+           || atomic_load_explicit(U32_AT(mem, OFF_CONSUMER_CLOSED), memory_order_acquire);
+}
+
+static int
+data_ready(Ring *self, char *mem, uint64_t need)
+{
+    return atomic_load_explicit(HEAD_WORD(mem), memory_order_acquire) != self->tail || closed_flags(mem);
+}
+
+static int
+space_ready(Ring *self, char *mem, uint64_t need)
+{
+    uint64_t used = self->head - atomic_load_explicit(TAIL_WORD(mem), memory_order_acquire);
+    /* A tail past the head (a hostile peer) counts as ready: put() then says so. */
+    return used > self->capacity || self->capacity - used >= need || closed_flags(mem);
+}
+
+/* Spin up to `spin` s, then (if `sleep` > 0) one futex sleep of at most `sleep` s
+ * on the bell at `bell`: 1 ready while spinning, 2 ready after flagging, 0 not
+ * ready. The GIL is released throughout. */
+static int
+ring_wait_on(Ring *self, char *mem, int (*ready)(Ring *, char *, uint64_t), uint64_t need, Py_ssize_t bell,
+             double spin, double sleep, int *error)
+{
+    int outcome = 0;
+    *error = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (spin > 0) {
+        double until = now_s() + spin;
+        for (unsigned polls = 1;; polls++) {
+            if (ready(self, mem, need)) {
+                outcome = 1;
+                break;
+            }
+            cpu_relax();
+            if ((polls & 63) == 0) {
+                if (now_s() >= until) {
+                    break;
+                }
+                /* Hand the core over if anyone else wants it (the peer, say):
+                 * when nobody does, this costs one system call. */
+                sched_yield();
+            }
+        }
+    }
+    if (!outcome && sleep > 0) {
+        a32 *seq = U32_AT(mem, bell), *waiting = U32_AT(mem, bell + 4);
+        atomic_store_explicit(waiting, 1, memory_order_relaxed);
+        atomic_thread_fence(memory_order_seq_cst);
+        uint32_t expected = atomic_load_explicit(seq, memory_order_relaxed);
+        if (ready(self, mem, need)) {
+            outcome = 2;
+        }
+        else {
+            self->slept++;
+            if (futex_sleep(seq, expected, sleep) < 0) {
+                *error = errno;
+            }
+            else if (ready(self, mem, need)) {
+                outcome = 2;
+            }
+        }
+        atomic_store_explicit(waiting, 0, memory_order_relaxed);
+    }
+    else if (!outcome && spin <= 0 && ready(self, mem, need)) {
+        outcome = 2; /* neither spin nor sleep: one look */
+    }
+    Py_END_ALLOW_THREADS
+    if (outcome == 1) {
+        self->spun++;
+    }
+    return outcome;
+}
+
+static PyObject *
+ring_wait_common(Ring *self, PyObject *const *args, Py_ssize_t nargs, int space)
+{
+    Py_ssize_t want = space ? 3 : 2;
+    if (nargs != want) {
+        PyErr_SetString(PyExc_TypeError, space ? "wait_space(need, spin, sleep)" : "wait_data(spin, sleep)");
+        return NULL;
+    }
+    uint64_t need = 0;
+    if (space) {
+        need = PyLong_AsUnsignedLongLong(args[0]);
+        if (need == (uint64_t)-1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    double spin = PyFloat_AsDouble(args[want - 2]);
+    double sleep = PyFloat_AsDouble(args[want - 1]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!(spin >= 0) || !(sleep >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "spin and sleep must be >= 0 seconds");
+        return NULL;
+    }
+    Py_buffer view;
+    char *mem = ring_enter(self, &view);
+    if (mem == NULL) {
+        return NULL;
+    }
+    int error;
+    int outcome = ring_wait_on(self, mem, space ? space_ready : data_ready, need,
+                               space ? OFF_SPACE_BELL : OFF_DATA_BELL, spin, sleep, &error);
+    PyBuffer_Release(&view);
+    if (error) {
+        errno = error;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(outcome);
+}
+
+static PyObject *
+ring_wait_data(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return ring_wait_common(self, args, nargs, 0);
+}
+
+static PyObject *
+ring_wait_space(Ring *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return ring_wait_common(self, args, nargs, 1);
+}
+
+/* Ring.pending() -> int: bytes written and not yet consumed (modulo 2**64, as stored). */
+static PyObject *
+ring_pending(Ring *self, PyObject *unused)
+{
+    Py_buffer view;
+    char *mem = ring_enter(self, &view);
+    if (mem == NULL) {
+        return NULL;
+    }
+    uint64_t used = atomic_load_explicit(HEAD_WORD(mem), memory_order_acquire)
+                    - atomic_load_explicit(TAIL_WORD(mem), memory_order_acquire);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLongLong(used);
+}
+
+/* Ring.readable() -> bool: a message (or a closed end) is there for the consumer. */
+static PyObject *
+ring_readable(Ring *self, PyObject *unused)
+{
+    Py_buffer view;
+    char *mem = ring_enter(self, &view);
+    if (mem == NULL) {
+        return NULL;
+    }
+    int r = data_ready(self, mem, 0);
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(r);
+}
+
+static PyMethodDef ring_methods[] = {
+    {"put", (PyCFunction)(void (*)(void))ring_put, METH_FASTCALL,
+     "put(data, tag) -> int: 0 once sent; else the bytes needed that are not free yet"},
+    {"peek", (PyCFunction)ring_peek, METH_NOARGS,
+     "peek() -> memoryview | None: the next message, kept until pop(); None when empty"},
+    {"pop", (PyCFunction)ring_pop, METH_NOARGS, "pop(): consume the message the last peek returned"},
+    {"get", (PyCFunction)ring_get, METH_NOARGS, "get() -> bytes | None: a copy of the next message, consumed"},
+    {"wait_data", (PyCFunction)(void (*)(void))ring_wait_data, METH_FASTCALL,
+     "wait_data(spin, sleep) -> int: spin, then one futex sleep, for a message or a closed end; "
+     "1 caught by the spin, 2 after it, 0 not ready"},
+    {"wait_space", (PyCFunction)(void (*)(void))ring_wait_space, METH_FASTCALL,
+     "wait_space(need, spin, sleep) -> int: as wait_data, for `need` free bytes"},
+    {"pending", (PyCFunction)ring_pending, METH_NOARGS, "pending() -> int: bytes not yet consumed"},
+    {"readable", (PyCFunction)ring_readable, METH_NOARGS,
+     "readable() -> bool: a message is waiting or an end is closed"},
+    {NULL},
+};
+
+static PyMemberDef ring_members[] = {
+    {"head", T_ULONGLONG, offsetof(Ring, head), 0, "the producer's count of bytes written"},
+    {"tail", T_ULONGLONG, offsetof(Ring, tail), 0, "the consumer's count of bytes consumed"},
+    {"tag", T_UINT, offsetof(Ring, tag), READONLY, "the tag of the message the last peek returned"},
+    {"max_message", T_ULONGLONG, offsetof(Ring, max_message), READONLY, "the largest message"},
+    {"spun", T_ULONGLONG, offsetof(Ring, spun), READONLY, "waits the spin caught"},
+    {"slept", T_ULONGLONG, offsetof(Ring, slept), READONLY, "futex sleeps"},
+    {NULL},
+};
+
+static PyTypeObject RingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "rlmesh._native.Ring",
+    .tp_doc = "Ring(buf, offset, capacity, corrupt): one end of a shared-memory message ring.",
+    .tp_basicsize = sizeof(Ring),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)ring_init,
+    .tp_dealloc = (destructor)ring_dealloc,
+    .tp_methods = ring_methods,
+    .tp_members = ring_members,
+};
+
+static PyMethodDef ring_module_methods[] = {
+    {"futex_wait", (PyCFunction)(void (*)(void))native_futex_wait, METH_FASTCALL, futex_wait_doc},
+    {"futex_wake", (PyCFunction)(void (*)(void))native_futex_wake, METH_FASTCALL, futex_wake_doc},
+    {"sched_yield", native_sched_yield, METH_NOARGS, "sched_yield(): give the core to another runnable task"},
+    {NULL},
+};
+
+/* Called once from PyInit__native (in _native.c). */
+int
+rlmesh_native_ring_init(PyObject *module)
+{
+    if (PyType_Ready(&RingType) < 0) {
+        return -1;
+    }
+    Py_INCREF(&RingType);
+    if (PyModule_AddObject(module, "Ring", (PyObject *)&RingType) < 0) {
+        Py_DECREF(&RingType);
+        return -1;
+    }
+    return PyModule_AddFunctions(module, ring_module_methods);
+}
