@@ -6,6 +6,12 @@ it from this process for a fixed time through one transport:
 * ``shm``: a Unix socket, observations through shared memory;
 * ``unix``: a Unix socket, tensors copied inline (``shared_memory=False``);
 * ``tcp``: TCP on loopback, tensors copied inline (the fallback path).
+
+The demo's *vector rows* (:func:`run_vector_cells`) step 8 CartPoles as one
+batch: served by ``rlmesh serve --num-envs 8`` and driven with
+``rlmesh.numpy.RemoteVectorEnv``, against gymnasium's ``AsyncVectorEnv`` in
+this process. :func:`vector_rates` is their timing loop, and also
+``benchmarks/bench_vector.py``'s.
 """
 
 from __future__ import annotations
@@ -20,7 +26,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["ImageEnv", "TRANSPORTS", "WORKLOADS", "Cell", "measure", "run_cells", "start_server"]
+__all__ = [
+    "TRANSPORTS",
+    "VECTOR_NUM_ENVS",
+    "WORKLOADS",
+    "Cell",
+    "ImageEnv",
+    "measure",
+    "run_cells",
+    "run_vector_cells",
+    "start_server",
+    "vector_rates",
+]
 
 #: Observation sizes of the demo's image workloads.
 WORKLOADS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -31,6 +48,13 @@ WORKLOADS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 TRANSPORTS = ("shm", "unix", "tcp")
+
+#: Lanes of the demo's vector rows.
+VECTOR_NUM_ENVS = 8
+#: The demo's vector workload, as its cells name it.
+VECTOR_WORKLOAD = f"{VECTOR_NUM_ENVS}x CartPole-v1"
+#: The peer every vector row is compared with.
+VECTOR_PEER = "gymnasium AsyncVectorEnv"
 
 
 class ImageEnv:
@@ -210,6 +234,135 @@ def measure(env: Any, seconds: float, rounds: int = 3) -> list[float]:
     return results
 
 
+def vector_rates(
+    envs: Any,
+    batches: Sequence[Any],
+    seconds: float,
+    rounds: int,
+    *,
+    seed: int = 0,
+    warmup_steps: int = 50,
+    warmup_s: float = 0.5,
+) -> list[float]:
+    """Step a vector env through pre-generated action batches; env-steps/s per round.
+
+    The one timing loop of every vector row, rlmesh's and the peers': ``envs``
+    is anything with Gymnasium's vector ``reset(seed=)`` and ``step(actions)``
+    whose lanes reset themselves (autoreset), so the loop never resets. It
+    resets once with ``seed`` (lane ``i`` gets ``seed + i``), warms up for
+    ``warmup_steps`` batches (cut short after ``warmup_s``), then runs
+    ``rounds`` rounds of ``seconds`` each, cycling through ``batches`` (one
+    action per lane each; random actions drawn beforehand, so no policy cost
+    is timed). A round's rate is batches stepped x lanes / seconds; the clock
+    is read after every batch, so a round overshoots by one batch at most.
+
+    Raises:
+        ValueError: no batches, or fewer than one round.
+    """
+    if not batches or rounds < 1:
+        raise ValueError("vector_rates needs at least one action batch and one round")
+    lanes = len(batches[0])
+    count = len(batches)
+    clock = time.perf_counter
+    step = envs.step
+    envs.reset(seed=seed)
+    stop = clock() + warmup_s
+    for i in range(warmup_steps):
+        step(batches[i % count])
+        if clock() >= stop:
+            break
+    rates = []
+    index = 0
+    for _ in range(rounds):
+        steps = 0
+        start = now = clock()
+        end = start + seconds
+        while now < end:
+            step(batches[index])
+            index = index + 1 if index + 1 < count else 0
+            steps += 1
+            now = clock()
+        rates.append(steps * lanes / (now - start))
+    return rates
+
+
+def vector_serve_args(num_envs: int, workers: int | None) -> list[str]:
+    """The ``rlmesh serve`` arguments of a vector row: ``num_envs`` lanes on ``workers`` worker processes.
+
+    ``workers=None`` serves the in-process ``SyncVectorEnv`` (``vectorization_mode="sync"``).
+    """
+    args = ["--num-envs", str(num_envs)]
+    if workers is not None:
+        args += ["--workers", str(workers)]
+    return args
+
+
+def run_vector_cells(
+    *,
+    seconds: float = 1.0,
+    rounds: int = 3,
+    workers: int | None = 1,
+    progress: Callable[[str], None] | None = None,
+) -> list[Cell]:
+    """The demo's vector rows: ``VECTOR_NUM_ENVS`` CartPoles stepped as one batch, two ways.
+
+    * rlmesh: ``rlmesh serve CartPole-v1 --num-envs 8 --workers W`` in a
+      subprocess (``workers=None``: no workers, the in-process
+      ``SyncVectorEnv``), driven from here with ``rlmesh.numpy.RemoteVectorEnv``;
+    * gymnasium's ``AsyncVectorEnv(shared_memory=True)``, one spawned process
+      per lane, driven from here.
+
+    Both get the same seeds and the same pre-generated random actions, and are
+    timed by :func:`vector_rates`; a cell's ``steps_per_s`` counts env-steps
+    (batches x lanes). Every process started here is stopped before returning.
+
+    Raises:
+        RuntimeError: the server did not start. ImportError: gymnasium or numpy is missing.
+    """
+    import functools
+
+    import gymnasium
+    import numpy as np
+
+    from .numpy import RemoteVectorEnv
+
+    n = VECTOR_NUM_ENVS
+    batches = list(np.random.default_rng(0).integers(0, 2, size=(256, n), dtype=np.int64))
+    obs_bytes = 4 * 4  # CartPole: four float32s per lane
+    cells: list[Cell] = []
+
+    def add(name: str, rates: list[float]) -> None:
+        cell = Cell(VECTOR_WORKLOAD, name, statistics.median(rates), obs_bytes, rates)
+        cells.append(cell)
+        if progress is not None:
+            progress(f"{VECTOR_WORKLOAD:>14} {name:<26}: {cell.steps_per_s:>9,.0f} env-steps/s")
+
+    with tempfile.TemporaryDirectory(prefix="rlmesh-demo-") as tmp:
+        server, address = start_server(
+            "CartPole-v1", {}, f"unix://{tmp}/vector.sock", quiet=True, extra=vector_serve_args(n, workers)
+        )
+        try:
+            envs = RemoteVectorEnv(address, connect_timeout_seconds=30)
+            try:
+                rates = vector_rates(envs, batches, seconds, rounds)
+            finally:
+                envs.close()
+        finally:
+            stop_server(server)
+    if workers is None:
+        add("rlmesh, served SyncVectorEnv", rates)
+    else:
+        add(f"rlmesh, {workers} worker{'s' if workers > 1 else ''}", rates)
+    make = functools.partial(gymnasium.make, "CartPole-v1")
+    peer = gymnasium.vector.AsyncVectorEnv([make] * n, shared_memory=True, context="spawn")
+    try:
+        rates = vector_rates(peer, batches, seconds, rounds)
+    finally:
+        peer.close()
+    add(VECTOR_PEER, rates)
+    return cells
+
+
 def run_cells(
     workloads: Sequence[str],
     transports: Sequence[str],
@@ -272,8 +425,24 @@ def table(cells: Sequence[Cell]) -> str:
     return "\n".join(lines)
 
 
-def plot(cells: Sequence[Cell], path: str) -> bool:
-    """Write a bar chart of steps/s to ``path``; False if matplotlib is missing."""
+def vector_table(cells: Sequence[Cell]) -> str:
+    """A markdown table of the vector rows: env-steps/s and each row's ratio to gymnasium's AsyncVectorEnv."""
+    peer = next((c.steps_per_s for c in cells if c.transport == VECTOR_PEER), None)
+    lines = [
+        f"| workload | vector env | env-steps/s (median) | x {VECTOR_PEER} |",
+        "|---|---|---:|---:|",
+    ]
+    for cell in cells:
+        ratio = f"{cell.steps_per_s / peer:.1f}x" if peer else "-"
+        lines.append(f"| {cell.workload} | {cell.transport} | {cell.steps_per_s:,.0f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def plot(cells: Sequence[Cell], path: str, vector: Sequence[Cell] = ()) -> bool:
+    """Write a bar chart of steps/s to ``path``; False if matplotlib is missing.
+
+    With ``vector`` cells, a second panel shows their env-steps/s side by side.
+    """
     try:
         import matplotlib
 
@@ -283,7 +452,12 @@ def plot(cells: Sequence[Cell], path: str) -> bool:
         return False
     workloads = list(dict.fromkeys(c.workload for c in cells))
     transports = list(dict.fromkeys(c.transport for c in cells))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    if vector:
+        fig, (ax, vax) = plt.subplots(
+            1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [max(len(workloads), 1) * 1.4, 1]}
+        )
+    else:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
     width = 0.8 / max(len(transports), 1)
     for i, transport in enumerate(transports):
         values = [
@@ -298,6 +472,14 @@ def plot(cells: Sequence[Cell], path: str) -> bool:
     ax.set_ylabel("env steps per second (log scale)")
     ax.set_title("rlmesh: one env served in another process")
     ax.legend(title="transport")
+    if vector:
+        names = [c.transport for c in vector]
+        values = [c.steps_per_s for c in vector]
+        bars = vax.bar(range(len(vector)), values, 0.6, color=[f"C{i + 3}" for i in range(len(vector))])
+        vax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=7)
+        vax.set_xticks(range(len(vector)), names, fontsize=8)
+        vax.set_ylabel("env steps per second (all lanes)")
+        vax.set_title(f"vector env: {vector[0].workload}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
