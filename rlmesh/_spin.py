@@ -145,7 +145,7 @@ class SpinPolicy:
         self.budget = min(initial, maximum)
         self._score = 1.0
         self._count = 0
-        #: Waits that spun (each calls :meth:`record`).
+        #: Waits that spun (:meth:`current` gave them a budget).
         self.spins = 0
         #: Waits that went straight to sleep because the machine was oversubscribed.
         self.gated = 0
@@ -158,11 +158,11 @@ class SpinPolicy:
         if _CONTENTION.check(now):
             self.gated += 1
             return 0.0
+        self.spins += 1
         return budget
 
     def record(self, waited: float) -> None:
         """Adapt to a wait that spun and lasted ``waited`` seconds in all."""
-        self.spins += 1
         self._count += 1
         if self._score < 0.25 and self._count % self.PROBE_EVERY == 0:
             self._score = 0.5

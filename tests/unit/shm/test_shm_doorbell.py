@@ -257,7 +257,7 @@ def test_futex_primitives(bell: Doorbell) -> None:
 def test_spin_policy_adapts() -> None:
     # Only what any adaptive policy must do: stay within its bounds, stop
     # spinning when the peer keeps answering late, spin again when it is quick.
-    policy = SpinPolicy(maximum=400e-6, minimum=5e-6)
+    policy = SpinPolicy(maximum=400e-6, minimum=5e-6, enabled=True)
     assert policy.minimum <= policy.budget <= policy.maximum
     for _ in range(300):
         policy.record(0.05)  # the peer is busy with real work: spinning cannot pay
