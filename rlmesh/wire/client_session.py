@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from .._lifecycle import Lifecycle, State
+from .._spin import spin_enabled
 from ..errors import (
     BrokenError,
     BusyError,
@@ -69,6 +70,10 @@ class ClientSession:
             (kept here for them; the request methods take theirs explicitly).
         shared_memory: ask for the shared-memory data plane.
         max_message_bytes: the largest frame sent or accepted.
+        spin: whether to spin briefly for a response before sleeping; None
+            follows ``RLMESH_SPIN`` (on unless it is 0). Spinning also stops by
+            itself while the machine has more runnable tasks than cores
+            (:mod:`rlmesh._spin`).
 
     Raises:
         ConnectError: the server cannot be reached, or the handshake failed.
@@ -99,8 +104,10 @@ class ClientSession:
         request_timeout: float | None,
         shared_memory: bool,
         max_message_bytes: int,
+        spin: bool | None = None,
     ) -> None:
         self.address = address
+        self._spin_enabled = spin_enabled(spin)
         self.request_timeout = request_timeout
         self.peer: PeerMemory | None = None
         self.segment: Segment | None = None
@@ -183,7 +190,7 @@ class ClientSession:
         except ProtocolError:
             raise ConnectError("the server did not confirm the session") from None
         # A server thread in this very process needs the GIL a spin would hold.
-        spin = CLIENT_SPIN if welcome.pid != os.getpid() else 0.0
+        spin = CLIENT_SPIN if welcome.pid != os.getpid() and self._spin_enabled else 0.0
         if ready.data_plane == "shm" and token is not None:
             assert self.segment is not None and self._offer is not None
             rings = self._offer.channel
@@ -192,11 +199,11 @@ class ClientSession:
                 self.segment,
                 tx=(rings.request_offset, rings.request_capacity),
                 rx=(rings.response_offset, rings.response_capacity),
-                spin=SpinPolicy(spin),
+                spin=SpinPolicy(spin, enabled=True),
             )
         else:
             self._drop_shm()
-            stream.spin = SpinPolicy(spin)
+            stream.spin = SpinPolicy(spin, enabled=True)
             self.channel = SocketChannel(stream)
 
     def _exchange(self, message: list[Any], deadline: float) -> Any:

@@ -130,8 +130,10 @@ class SessionConfig:
     Attributes:
         handshake_timeout: seconds the client has for each handshake message.
         shared_memory: offer shared memory to clients that can map it.
-        spin: seconds to spin for a request before sleeping (0: never); no
-            spin at all when the client runs in this process.
+        spin: seconds to spin for a request before sleeping (0: never, as
+            the endpoint decides from ``ServeOptions(spin=...)`` and
+            ``RLMESH_SPIN``); no spin at all when the client runs in this
+            process, nor while the machine is oversubscribed (:mod:`rlmesh._spin`).
         log: where the session reports (the endpoint's logger).
     """
 
@@ -294,7 +296,7 @@ class ServerSession:
         self.data: DataPlane | None = None
         self.channel_segment: Segment | None = None
         self._spin_base = config.spin
-        self.spin = SpinPolicy(self._spin_base)
+        self.spin = SpinPolicy(self._spin_base, enabled=True)  # the config decided
         self._life = Lifecycle(f"the server session {self.id[:8]}")
         self._life.watch(self, SocketStream.close, stream)
         # Whether run() began (close() then leaves the cleanup to it), decided under a lock
