@@ -24,6 +24,7 @@ Tuples travel as msgpack arrays; receivers restore them from the space
 from __future__ import annotations
 
 import struct
+import threading
 from typing import Any
 
 import msgpack
@@ -79,28 +80,27 @@ _HANDLE = struct.Struct("<BBxxIQQ")
 _DIMS = [struct.Struct(f"<{n}Q") for n in range(MAX_DIMS + 1)]
 
 
+# ExtType's constructor checks its arguments in Python (most of a record's cost);
+# the per-step records are built from checked ints and bytes, so they skip it.
+_new_ext = tuple.__new__
+
+
 def inline_ext(dtype_code: int, shape: tuple[int, ...], offset: int) -> msgpack.ExtType:
     """The ext record of a tensor whose bytes sit at ``offset`` in the tail."""
-    return msgpack.ExtType(
-        EXT_INLINE, _INLINE.pack(dtype_code, len(shape), offset) + _DIMS[len(shape)].pack(*shape)
-    )
+    data = _INLINE.pack(dtype_code, len(shape), offset) + _DIMS[len(shape)].pack(*shape)
+    return _new_ext(msgpack.ExtType, (EXT_INLINE, data))
 
 
-_DIM_BYTES: dict[tuple[int, ...], bytes] = {}
+#: The whole EXT_HANDLE record of each rank, one struct (one pack call per tensor).
+_HANDLE_RECORD = [struct.Struct(f"<BBxxIQQ{n}Q") for n in range(MAX_DIMS + 1)]
 
 
 def handle_record(
     dtype_code: int, shape: tuple[int, ...], segment: int, generation: int, offset: int
 ) -> msgpack.ExtType:
     """The ext record of a tensor in a slab block (built without a Handle: the per-step path)."""
-    dims = _DIM_BYTES.get(shape)
-    if dims is None:
-        dims = _DIMS[len(shape)].pack(*shape)
-        if len(_DIM_BYTES) < 1024:  # shapes are few and fixed per session
-            _DIM_BYTES[shape] = dims
-    return msgpack.ExtType(
-        EXT_HANDLE, _HANDLE.pack(dtype_code, len(shape), segment, generation, offset) + dims
-    )
+    data = _HANDLE_RECORD[len(shape)].pack(dtype_code, len(shape), segment, generation, offset, *shape)
+    return _new_ext(msgpack.ExtType, (EXT_HANDLE, data))
 
 
 class TailBuilder:
@@ -136,6 +136,31 @@ class TailBuilder:
         return inline_ext(CODE_BY_NAME[tensor._dtype.name], tensor._shape, offset)
 
 
+class _Packers(threading.local):
+    """One reusable msgpack Packer per thread.
+
+    ``msgpack.packb`` builds a Packer on every call, which costs several
+    times the encoding of a step message; a Packer cannot be shared between
+    threads (sessions each run on their own), so each thread keeps one. Its
+    ``default`` hook finds the tail of the message being packed here.
+    """
+
+    def __init__(self) -> None:
+        self.tail: TailBuilder | None = None
+        self.packer = msgpack.Packer(use_bin_type=True, default=self.default, autoreset=True)
+
+    def default(self, value: Any) -> Any:
+        tail = self.tail
+        if tail is not None and isinstance(value, Tensor):
+            return tail.add_tensor(value)
+        if isinstance(value, Tensor):
+            raise TypeError("cannot send a Tensor without a tail to put it in")
+        raise TypeError(f"cannot send {type(value).__name__} over the wire")
+
+
+_PACKERS = _Packers()
+
+
 def pack(obj: Any, tail: TailBuilder | None = None) -> bytes:
     """Encode a head with msgpack. Tensors left in ``obj`` go inline into ``tail``.
 
@@ -143,15 +168,15 @@ def pack(obj: Any, tail: TailBuilder | None = None) -> bytes:
         TypeError: ``obj`` holds something msgpack cannot encode, or a Tensor
             and no tail to put it in.
     """
+    packers = _PACKERS
+    packer = packers.packer
     if tail is None:
-        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
-
-    def default(value: Any) -> Any:
-        if isinstance(value, Tensor):
-            return tail.add_tensor(value)
-        raise TypeError(f"cannot send {type(value).__name__} over the wire")
-
-    return msgpack.packb(obj, use_bin_type=True, default=default)  # type: ignore[no-any-return]
+        return packer.pack(obj)  # type: ignore[no-any-return]
+    packers.tail = tail
+    try:
+        return packer.pack(obj)  # type: ignore[no-any-return]
+    finally:
+        packers.tail = None
 
 
 def _dims(data: bytes, start: int, ndim: int) -> tuple[tuple[int, ...], int]:
