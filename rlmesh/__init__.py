@@ -40,6 +40,7 @@ from .errors import (
     RemoteError as RemoteError,
     RLMeshError as RLMeshError,
     SpecError as SpecError,
+    WorkerError as WorkerError,
 )
 from .tensor import Tensor as Tensor
 from .values import sanitize_metadata as sanitize_metadata
@@ -134,4 +135,5 @@ __all__ = [
     "StepEvent",
     "Tensor",
     "types",
+    "WorkerError",
 ]

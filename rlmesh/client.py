@@ -18,6 +18,7 @@ socket (its socket closes), whatever the deadline.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 import types
@@ -27,6 +28,7 @@ from typing import Any, Generic, TypeVar
 from ._bridge import IDENTITY, Bridge
 from ._deadline import check_timeout
 from ._lifecycle import Lifecycle, State
+from .errors import RLMeshError
 from .net.address import resolve_address
 from .net.framing import DEFAULT_MAX_FRAME
 from .spaces._values import lane_stacker, tuple_restorer
@@ -36,6 +38,8 @@ from .wire.client_session import ClientSession
 from .wire.codec import TailBuilder
 
 __all__ = ["RemoteEnv", "RemoteEnvBase", "RemoteVectorEnv", "RemoteVectorEnvBase", "dial"]
+
+log = logging.getLogger(__name__)
 
 #: Default deadline of a request when the caller gives none.
 DEFAULT_REQUEST_TIMEOUT = 300.0
@@ -461,6 +465,209 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
             raise ValueError(f"expected {n} batched values, got {length[0]}")
         return self._bridge.encode(actions)
 
+    # -- the vector fast path (rlmesh.vector) ---------------------------------------------------
+
+    _lanes: Any = None
+    _async_actions: tuple[Any] | None = None
+
+    def _attach(self, conn: ClientSession) -> None:
+        super()._attach(conn)
+        self._lanes = None
+        self._async_actions = None
+        self._pending_new_ids = []
+        taken = conn.take_vector()
+        if taken is None:
+            return
+        offer, segment = taken
+        try:
+            from .vector.lanes import Lanes
+
+            self._lanes = Lanes.attach(
+                offer, segment, self._contract, copy=self._bridge.name == "numpy", check=self._fast_check
+            )
+        except ImportError:
+            segment.close_when_unpinned()  # no numpy here: the session relays every step
+        except RLMeshError as exc:
+            # Lanes.attach closed the segment; the session relays every step.
+            log.warning("the vector fast path is unavailable (%s); stepping through the server", exc)
+
+    def _fast_check(self) -> None:
+        # Runs every 50 ms while a fast-path call sleeps: a closed client, or a server gone.
+        self._life.check_open()
+        self._conn.channel.peer_check()
+
+    @property
+    def fast_path(self) -> bool:
+        """True when steps go straight to the server's worker processes (:mod:`rlmesh.vector`)."""
+        return self._lanes is not None
+
+    def _array(self, value: Any) -> Any:
+        """A fresh numpy array as this backend's array (numpy: itself)."""
+        if self._bridge.name == "numpy":
+            return value
+        return self._bridge.decode(Tensor.wrap(value, value.shape, value.dtype.name))
+
+    def _track(self, lanes: list[int], done: list[int], info: dict[str, Any]) -> dict[str, Any]:
+        """Episode ids of ``lanes`` (one step each) and ``completed_episodes``; ``done`` indexes ``lanes``."""
+        mode = self._contract.autoreset_mode
+        pending = self._pending_new_ids
+        if pending:
+            renew = set(pending).intersection(lanes)
+            for lane in renew:
+                self._episode_ids[lane] = uuid7()
+            self._pending_new_ids = [lane for lane in pending if lane not in renew]
+        ended = [lanes[i] for i in done]
+        if len(lanes) == self._contract.num_envs:
+            info.setdefault("episode_ids", list(self._episode_ids))
+        else:
+            info.setdefault("episode_ids", [self._episode_ids[lane] for lane in lanes])
+        info.setdefault("completed_episodes", len(ended))
+        if mode == "SameStep":
+            for lane in ended:
+                self._episode_ids[lane] = uuid7()
+        elif mode == "NextStep":
+            self._pending_new_ids = self._pending_new_ids + ended
+        return info
+
+    def _fast_result(self, result: Any, done: list[int]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        obs, rewards, terminated, truncated, info = result
+        info = self._track(list(range(self._contract.num_envs)), done, info)
+        if self._bridge.name != "numpy":
+            obs = self._bridge.decode(obs)
+        return obs, self._array(rewards), self._array(terminated), self._array(truncated), info
+
+    def _fast_lanes(self, what: str) -> Any:
+        lanes = self._lanes
+        if lanes is None:
+            raise NotImplementedError(
+                f"{what} needs the vector fast path: a vector endpoint with worker processes "
+                "(EnvServer(..., num_envs=N) with a Gymnasium id or a module-level factory) on this host"
+            )
+        return lanes
+
+    def reset(  # type: ignore[override]
+        self,
+        *,
+        seed: int | list[int | None] | None = None,
+        options: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset every lane, or the lanes of ``options["reset_mask"]``.
+
+        Args:
+            seed: None, an int (lane i gets ``seed + i``) or a list of per-lane seeds
+                (None entries allowed on the fast path).
+            options: passed to every lane's reset; ``options["reset_mask"]`` (a
+                numpy bool array of shape ``(num_envs,)``) resets only those lanes.
+            timeout: this call's deadline in seconds.
+
+        Returns:
+            ``(observations, infos)``; ``infos`` gains ``episode_ids``.
+
+        Raises:
+            ValueError, TypeError: bad seeds or mask (as Gymnasium's SyncVectorEnv).
+            RemoteError, WorkerError, OperationTimeout, BrokenError, ClosedError.
+        """
+        lanes = self._lanes
+        if lanes is None:
+            return super().reset(seed=seed, options=options, timeout=timeout)  # type: ignore[arg-type]
+        self._life.check_open()
+        self._async_actions = None
+        obs, info = lanes.reset(seed, options, self._timeout(timeout))
+        mask = options.get("reset_mask") if isinstance(options, dict) else None
+        reset_lanes = range(self._contract.num_envs) if mask is None else [i for i, m in enumerate(mask) if m]
+        for lane in reset_lanes:
+            self._episode_ids[lane] = uuid7()
+        self._pending_new_ids = [lane for lane in self._pending_new_ids if lane not in set(reset_lanes)]
+        info.setdefault("episode_ids", list(self._episode_ids))
+        if self._bridge.name != "numpy":
+            obs = self._bridge.decode(obs)
+        return obs, info
+
+    def step_async(self, actions: Any) -> None:
+        """Send a step's actions and return at once; :meth:`step_wait` collects the results.
+
+        On the fast path the workers step while the caller computes. Off it
+        (an endpoint without worker processes, or TCP), this is a thin
+        wrapper: the actions are kept and :meth:`step_wait` runs the step.
+
+        Raises:
+            ValueError: a step already in flight, or the wrong number of actions.
+        """
+        self._life.check_open()
+        lanes = self._lanes
+        if lanes is not None:
+            lanes.start_step(actions)
+            return
+        if self._async_actions is not None:
+            raise ValueError("a step is already in flight: call step_wait() first")
+        self._async_actions = (actions,)
+
+    def step_wait(self, *, timeout: float | None = None) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """The results of the step :meth:`step_async` sent, as :meth:`step` returns them.
+
+        Raises:
+            ValueError: no step in flight. As :meth:`step`.
+        """
+        self._life.check_open()
+        lanes = self._lanes
+        if lanes is not None:
+            result, done = lanes.finish_step(self._timeout(timeout))
+            return self._fast_result(result, done)
+        if self._async_actions is None:
+            raise ValueError("no step in flight: call step_async() first")
+        (actions,), self._async_actions = self._async_actions, None
+        return self.step(actions, timeout=timeout)
+
+    def send(self, actions: Any, env_ids: Any = None) -> None:
+        """Send actions to some lanes (default: all) and return at once (the fast path only).
+
+        Args:
+            actions: ``len(env_ids)`` actions, batched, in ``env_ids`` order.
+            env_ids: lane indices, none of them sent and not yet received.
+
+        Raises:
+            ValueError: out-of-range or repeated ``env_ids``, lanes in flight,
+                the wrong number of actions.
+            NotImplementedError: the endpoint has no fast path.
+        """
+        self._life.check_open()
+        self._fast_lanes("send()").send(actions, env_ids)
+
+    def recv(
+        self, min_envs: int | None = None, *, timeout: float | None = None
+    ) -> tuple[Any, Any, Any, Any, dict[str, Any], Any]:
+        """The results of the lanes ready first (at least ``min_envs``; default: every lane sent).
+
+        Returns:
+            ``(observations, rewards, terminations, truncations, infos, env_ids)``
+            over the lanes returned, in ascending lane order; a lane not
+            returned now is returned by a later call (nothing is lost), and
+            lanes of a slow worker never hold back the others.
+
+        Raises:
+            ValueError: nothing sent, or ``min_envs`` out of range.
+            RemoteError, WorkerError, OperationTimeout, BrokenError, ClosedError.
+            NotImplementedError: the endpoint has no fast path.
+        """
+        self._life.check_open()
+        lanes = self._fast_lanes("recv()")
+        obs, rewards, terminated, truncated, info, ids = lanes.recv(min_envs, self._timeout(timeout))
+        got = ids.tolist()
+        done = (terminated | truncated).nonzero()[0].tolist()
+        info = self._track(got, done, info)
+        if self._bridge.name != "numpy":
+            obs = self._bridge.decode(obs)
+        arr = self._array
+        return obs, arr(rewards), arr(terminated), arr(truncated), info, arr(ids)
+
+    def close(self) -> None:
+        """Detach from the server (which reaps this session's workers). Idempotent."""
+        lanes = self._lanes
+        if lanes is not None:
+            lanes.close()
+        super().close()
+
     def step(
         self, actions: Any, *, timeout: float | None = None
     ) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
@@ -480,6 +687,10 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
             ValueError: the wrong number of actions. InvalidActionError,
             RemoteError, OperationTimeout, BrokenError, ClosedError.
         """
+        lanes = self._lanes
+        if lanes is not None:
+            result, done = lanes.step(actions, self._timeout(timeout))
+            return self._fast_result(result, done)
         wire = self._encode_actions(actions)
         _, _, obs, rewards, terminations, truncations, info = self._conn.step(
             wire, TailBuilder(), self._timeout(timeout)

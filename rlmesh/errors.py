@@ -13,6 +13,7 @@ published RLMesh API (which raised builtins) keeps working::
     ├── TransportError(ConnectionError)  the connection failed
     │   ├── ConnectError                 could not connect or complete the handshake
     │   └── BrokenError                  the peer died or reset a live connection
+    │       └── WorkerError              a vector worker process died (names its lanes)
     ├── ProtocolError                    the peer sent something we cannot accept
     │   ├── FramingError                 bad or oversized length prefix, truncated frame
     │   ├── DecodeError                  a frame that does not decode to a valid message
@@ -60,6 +61,7 @@ __all__ = [
     "SpecError",
     "TransportError",
     "VersionMismatch",
+    "WorkerError",
     "WouldBlock",
 ]
 
@@ -114,6 +116,20 @@ class ConnectError(TransportError):
 
 class BrokenError(TransportError):
     """The peer died, or reset a connection that was working."""
+
+
+class WorkerError(BrokenError):
+    """A worker process of a vector endpoint died (crashed, was killed).
+
+    Attributes:
+        lanes: the lanes that worker stepped.
+        worker: the worker's index.
+    """
+
+    def __init__(self, message: str, *, lanes: list[int] | None = None, worker: int = -1) -> None:
+        super().__init__(message)
+        self.lanes = list(lanes or [])
+        self.worker = worker
 
 
 class ProtocolError(RLMeshError):

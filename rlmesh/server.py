@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._adapter import EnvAdapter, InlineSink, ShmSink, Sink, encode_render
 from ._conformance import check_policy, resolve_policy
@@ -125,7 +125,9 @@ class ServeOptions:
 # -- where envs come from ------------------------------------------------------------
 
 
-def _gym_factory(env_id: str, num_envs: int | None, kwargs: dict[str, Any]) -> Callable[[], Any]:
+def _gym_factory(
+    env_id: str, num_envs: int | None, kwargs: dict[str, Any], autoreset_mode: str | None = None
+) -> Callable[[], Any]:
     def make() -> Any:
         try:
             import gymnasium
@@ -136,7 +138,15 @@ def _gym_factory(env_id: str, num_envs: int | None, kwargs: dict[str, Any]) -> C
                 f'serving the Gymnasium id {env_id!r} needs gymnasium: pip install "rlmesh[gymnasium]"'
             ) from exc
         if num_envs is not None and num_envs > 1:
-            return gymnasium.make_vec(env_id, num_envs=num_envs, **kwargs)
+            extra: dict[str, Any] = {}
+            if autoreset_mode is not None:
+                from gymnasium.vector import AutoresetMode
+
+                extra = {
+                    "vectorization_mode": "sync",
+                    "vector_kwargs": {"autoreset_mode": AutoresetMode(autoreset_mode)},
+                }
+            return gymnasium.make_vec(env_id, num_envs=num_envs, **extra, **kwargs)
         return gymnasium.make(env_id, **kwargs)
 
     return make
@@ -154,11 +164,12 @@ class _EnvSource:
         close_shared: bool = True,
         validation: str = "warn",
         to_framework: Callable[[Any], Any] | None = None,
+        autoreset_mode: str | None = None,
     ) -> None:
         self._close_shared = close_shared
         self._adapter_options: dict[str, Any] = {"validation": validation, "to_framework": to_framework}
         if isinstance(env, str):
-            self.factory: Callable[[], Any] | None = _gym_factory(env, num_envs, make_kwargs)
+            self.factory: Callable[[], Any] | None = _gym_factory(env, num_envs, make_kwargs, autoreset_mode)
         elif isinstance(env, type) or (callable(env) and not hasattr(env, "step")):
             self.factory = env
         else:
@@ -244,6 +255,62 @@ def _close_env(adapter: EnvAdapter, timeout: float) -> None:
         log.warning("env.close() did not finish within %.1fs; leaving it behind", timeout)
 
 
+if TYPE_CHECKING:
+    from .vector.pool import VectorEnvSource
+
+
+def _make_source(
+    env: Any,
+    num_envs: int | None,
+    kwargs: dict[str, Any],
+    *,
+    vectorization_mode: str | None,
+    workers: int | None,
+    autoreset_mode: str | None,
+    close_shared: bool,
+    validation: str,
+    to_framework: Callable[[Any], Any] | None,
+) -> _EnvSource | VectorEnvSource:
+    """The env source: a worker pool per session (the fast path) or one env per session (or shared)."""
+    if vectorization_mode not in (None, "async", "sync"):
+        raise ValueError(f'vectorization_mode must be "async", "sync" or None, got {vectorization_mode!r}')
+    factory_like = (
+        isinstance(env, str) or isinstance(env, type) or (callable(env) and not hasattr(env, "step"))
+    )
+    if vectorization_mode != "sync" and num_envs is not None and num_envs >= 2 and factory_like:
+        from .vector.pool import VectorEnvSource
+
+        try:
+            return VectorEnvSource(
+                env,
+                num_envs,
+                kwargs,
+                autoreset_mode=autoreset_mode or "NextStep",
+                workers=workers,
+                validation=validation,
+                to_framework=to_framework,
+            )
+        except TypeError as exc:
+            if vectorization_mode == "async":
+                raise
+            log.info("serving without the vector fast path (%s)", exc)
+    elif vectorization_mode == "async":
+        raise ValueError(
+            'vectorization_mode="async" needs num_envs >= 2 and a Gymnasium id or a factory of single envs'
+        )
+    if workers is not None:
+        raise ValueError('workers= is for the vector fast path (vectorization_mode="async")')
+    return _EnvSource(
+        env,
+        num_envs,
+        kwargs,
+        close_shared=close_shared,
+        validation=validation,
+        to_framework=to_framework,
+        autoreset_mode=autoreset_mode,
+    )
+
+
 # -- sessions --------------------------------------------------------------------------
 
 
@@ -265,6 +332,17 @@ class _EnvHandler:
     def release(self) -> None:
         """Give the adapter back to the server's env source."""
         self._server._source.release(self.adapter, self._server._close_timeout)
+
+    def vector_offer(self) -> dict[str, Any] | None:
+        """The vector fast path's segment and layout, when this session has worker processes."""
+        pool = getattr(self.adapter.env, "pool", None)
+        return None if pool is None else pool.offer()
+
+    def vector_attached(self) -> None:
+        """The handshake is over: whoever maps the vector segment has; its name can go."""
+        pool = getattr(self.adapter.env, "pool", None)
+        if pool is not None:
+            pool.unlink()
 
     def _sink(self) -> tuple[Sink, TailBuilder | None]:
         tail = self._session.begin_response()
@@ -444,7 +522,7 @@ def _valid_seed(seed: Any) -> bool:
 # -- the server -------------------------------------------------------------------------
 
 
-def _release_server(listener: Listener, source: _EnvSource, close_timeout: float) -> None:
+def _release_server(listener: Listener, source: Any, close_timeout: float) -> None:
     # The finalizer of a server never shut down (and never started: a running
     # server is kept alive by its thread): its parts, never the server.
     listener.close()
@@ -465,8 +543,23 @@ class EnvServer:
             Default ``tcp://127.0.0.1:0`` (a free port).
         host, port, path, transport: the address as helpers instead.
         options: :class:`ServeOptions`.
-        num_envs: with a Gymnasium id, serve ``gymnasium.make_vec(id, num_envs)``.
-        make_kwargs: keyword arguments for ``gymnasium.make`` with an id.
+        num_envs: serve N lanes: with a Gymnasium id or a factory of single
+            envs, a vector endpoint (see ``vectorization_mode``).
+        make_kwargs: keyword arguments for ``gymnasium.make`` with an id (or
+            for the factory on the vector fast path); further keyword
+            arguments of this constructor are added to them.
+        vectorization_mode: with ``num_envs >= 2``: "async" runs the lanes in
+            ``workers`` worker processes that write straight into shared
+            memory (the vector fast path, :mod:`rlmesh.vector`); "sync" keeps
+            one in-process ``gymnasium.make_vec(..., "sync")`` vector env.
+            None (the default) takes "async" where it can (an id or an
+            importable module-level factory of single envs with fixed-shape
+            spaces) and "sync" otherwise.
+        workers: the fast path's worker processes (default
+            ``min(num_envs, cores - 1)``, at least 1: a core stays free for
+            the client's policy). Each owns a contiguous group of lanes.
+        autoreset_mode: "NextStep" (default), "SameStep" or "Disabled", as
+            Gymnasium's vector envs (with an id or a factory).
         close_env_on_shutdown: close a single env object at shutdown (False
             leaves it open for its owner; envs the server made are always closed).
         framework: how the env wants its actions: None or "numpy" (NumPy
@@ -521,6 +614,10 @@ class EnvServer:
         close_env_on_shutdown: bool = True,
         framework: str | None = None,
         device: Any = None,
+        vectorization_mode: str | None = None,
+        workers: int | None = None,
+        autoreset_mode: str | None = None,
+        **more_make_kwargs: Any,
     ) -> None:
         self._listener: Listener | None = None
         self._life = Lifecycle("the EnvServer", State.NEW)
@@ -549,10 +646,14 @@ class EnvServer:
         # must not cost a factory call (or leave an env behind).
         to_framework = action_converter(framework, device)
         validation = resolve_policy(self.options.validation)
-        self._source = _EnvSource(
+        kwargs = {**(make_kwargs or {}), **more_make_kwargs}
+        self._source: _EnvSource | VectorEnvSource = _make_source(
             env,
             num_envs,
-            dict(make_kwargs or {}),
+            kwargs,
+            vectorization_mode=vectorization_mode,
+            workers=workers,
+            autoreset_mode=autoreset_mode,
             close_shared=close_env_on_shutdown,
             validation=validation,
             to_framework=to_framework,

@@ -50,13 +50,18 @@ CLIENT_SPIN = 500e-6
 CLOSE_WAKE_WAIT = 1.0
 
 
-def _close_connection(stream: SocketStream, peer: PeerMemory | None, segment: Segment | None) -> None:
+def _close_connection(
+    stream: SocketStream, peer: PeerMemory | None, segment: Segment | None, vector: list[Any]
+) -> None:
     # The finalizer: raw resources only, never the client object.
     stream.close()
     if peer is not None:
         peer.close()
     if segment is not None:
         segment.close_when_unpinned()
+    if vector:
+        vector[1].close_when_unpinned()
+        vector.clear()
 
 
 class ClientSession:
@@ -117,13 +122,15 @@ class ClientSession:
         self._lock = threading.Lock()
         self._life = Lifecycle(f"the session with {address}")
         self._broken: BaseException | None = None
+        # [offer, segment] of the vector fast path until an endpoint takes it (take_vector).
+        self._vector: list[Any] = []
         self.stream = self._dial(connect_timeout, max_message_bytes)
         try:
             self._handshake(shared_memory)
         except BaseException:
-            _close_connection(self.stream, self.peer, self.segment)
+            _close_connection(self.stream, self.peer, self.segment, self._vector)
             raise
-        self._life.watch(self, _close_connection, self.stream, self.peer, self.segment)
+        self._life.watch(self, _close_connection, self.stream, self.peer, self.segment, self._vector)
 
     # -- connecting -----------------------------------------------------------------
 
@@ -182,6 +189,9 @@ class ClientSession:
         token, reason = None, None
         if welcome.offer is not None:
             token, reason = self._attach(welcome.offer)
+            if token is not None and welcome.vector is not None:
+                # Mapped before ATTACHED: the server unlinks the name once it has the answer.
+                self._attach_vector(welcome.vector)
         elif shared_memory:
             reason = "the server offered no shared memory"
         answer = self._exchange(P.Attached(token, reason).to_wire(), deadline)
@@ -234,6 +244,26 @@ class ClientSession:
         except (ShmError, ProtocolError, ValueError) as exc:
             self._drop_shm()
             return None, str(exc)
+
+    def _attach_vector(self, offer: Any) -> None:
+        name, size = (offer.get("segment"), offer.get("size")) if isinstance(offer, dict) else (None, None)
+        if type(name) is not str or type(size) is not int:
+            return  # malformed: the session serves this client without the fast path
+        try:
+            self._vector[:] = [offer, Segment.attach(name, size)]
+        except ShmError:
+            pass
+
+    def take_vector(self) -> tuple[Any, Segment] | None:
+        """The vector fast path's offer and its mapped segment, handed over once (None without one).
+
+        The caller owns the segment from then on.
+        """
+        if not self._vector:
+            return None
+        offer, segment = self._vector
+        self._vector.clear()
+        return offer, segment
 
     def _drop_shm(self) -> None:
         if self.peer is not None:

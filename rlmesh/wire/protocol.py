@@ -10,13 +10,17 @@ rings when both sides share /dev/shm, else as frames on the socket.
 Handshake (always on the socket)::
 
     client -> HELLO     [1, {"magic", "protocol", "version", "pid", "shm", "max_frame"}]
-    server -> WELCOME   [2, {"protocol", "version", "session", "contract", "offer"}]
+    server -> WELCOME   [2, {"protocol", "version", "session", "contract", "offer"(, "vector")}]
            or ERROR     [21, 0, code, remote_type, message, traceback]
     client -> ATTACHED  [3, {"token": str | None, "reason": str | None}]
     server -> READY     [4, {"data_plane": "shm" | "inline"}]
 
 ``offer`` names the session's channel segment (two message rings) and its
-first slab segments. The client proves it mapped them by echoing a token
+first slab segments. ``vector``, only from a vector endpoint with worker
+processes (:mod:`rlmesh.vector`) and only with an offer, names the session's
+vector segment and its layout: a client that maps it steps and resets the
+workers directly; one that does not (or an older client, which ignores the
+field) is served through the session as before. The client proves it mapped them by echoing a token
 the server wrote into the channel; a client that cannot map them (no shared
 /dev/shm) sends no token and the session falls back to inline frames.
 
@@ -293,6 +297,7 @@ class Welcome(NamedTuple):
     session: str
     contract: Any
     offer: Any
+    vector: Any = None
 
     def to_wire(self) -> list[Any]:
         """The msgpack array."""
@@ -304,6 +309,8 @@ class Welcome(NamedTuple):
             "contract": self.contract,
             "offer": self.offer,
         }
+        if self.vector is not None:
+            fields["vector"] = self.vector
         return [WELCOME, fields]
 
     @classmethod
@@ -321,6 +328,7 @@ class Welcome(NamedTuple):
             session=str(info.get("session", "")),
             contract=info.get("contract"),
             offer=info.get("offer"),
+            vector=info.get("vector"),
         )
 
 

@@ -452,6 +452,8 @@ class ServerSession:
             # Same process: the client is a thread that needs the GIL we would spin with.
             self._spin_base = 0.0
             self.spin.maximum = self.spin.budget = 0.0
+        # A vector endpoint's fast path (rlmesh.vector): offered with shared memory only.
+        vector_offer = getattr(self.handler, "vector_offer", None)
         welcome = P.Welcome(
             protocol=P.PROTOCOL_VERSION,
             version=P.RELEASE,
@@ -459,10 +461,14 @@ class ServerSession:
             session=self.id,
             contract=contract.to_dict(),
             offer=None if offer is None else offer.to_wire(),
+            vector=vector_offer() if offer is not None and vector_offer is not None else None,
         )
         self.stream.send(pack(welcome.to_wire()), timeout=timeout)
         head, _, _ = self.stream.recv_frame(timeout, limit=P.MAX_HANDSHAKE_FRAME)
         attached = P.Attached.from_wire(decode(head))
+        vector_attached = getattr(self.handler, "vector_attached", None)
+        if vector_attached is not None:
+            vector_attached()  # the client mapped what it could before ATTACHED
         if token is not None and attached.token == token:
             self._start_rings()
         else:

@@ -303,7 +303,9 @@ def test_remote_vector_env_rejects_a_single_env_endpoint(serve) -> None:
 
 
 def test_gymnasium_vector_env_served_by_id(serve) -> None:
-    served = serve("CartPole-v1", num_envs=2)
+    # The in-process path: gymnasium.make_vec's own choice (CartPole's native vector env),
+    # which the fast path's per-lane gymnasium.make does not reproduce.
+    served = serve("CartPole-v1", num_envs=2, vectorization_mode="sync")
     assert served.server.env_contract.num_envs == 2
     env = served.client(rnp.RemoteVectorEnv)
     obs, _ = env.reset(seed=0)

@@ -1,0 +1,478 @@
+"""A vector worker process: steps one contiguous group of lanes, writing into the session segment.
+
+Started by :class:`rlmesh.vector.pool.WorkerPool` as ``python -m
+rlmesh.vector._worker FD`` (a fresh interpreter, never a fork), where FD is
+its end of a control socketpair. The server sends one configuration frame
+(the segment, the layout, the lanes, the env source as data, the parent's
+``sys.path``); the worker builds its envs, maps the segment and answers
+``["ready", pid]`` (or ``["error", type, message, traceback]``).
+
+Then it waits on its doorbell for commands the client writes into its block
+(:mod:`rlmesh.vector._layout`): STEP or RESET over the lanes the mask marks,
+results straight into the output buffer the command names, then ``done_seq``
+and a ring of the client's doorbell. Control messages (render, close) come
+on the socket, announced by the block's ``ctl`` word and a ring.
+
+It dies with its server: ``PR_SET_PDEATHSIG`` (SIGKILL) is set first thing,
+and while idle it checks every 100 ms that its parent is still the same
+process and that the control socket has not reached EOF.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import traceback
+from typing import Any
+
+__all__ = ["main", "resolve_reference"]
+
+_U32 = struct.Struct("<I")
+PR_SET_PDEATHSIG = 1
+#: How often an idle worker checks that its server is alive.
+WATCHDOG_INTERVAL = 0.1
+
+
+def resolve_reference(ref: str) -> Any:
+    """The object a ``"module:qualname"`` reference names.
+
+    Raises:
+        ImportError: the module cannot be imported. AttributeError: no such name.
+        ValueError: not a ``module:qualname`` string.
+    """
+    module_name, sep, qualname = ref.partition(":")
+    if not sep or not module_name or not qualname:
+        raise ValueError(f"expected 'module:qualname', got {ref!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set_pdeathsig(parent: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux: the watchdog still runs
+        pass
+    if os.getppid() != parent:  # the server died before the prctl took effect
+        os._exit(1)
+
+
+def _make_env(source: dict[str, Any]) -> Any:
+    if source["kind"] == "gym":
+        import gymnasium
+
+        return gymnasium.make(source["id"], **source.get("kwargs", {}))
+    factory = resolve_reference(source["ref"])
+    return factory(**source.get("kwargs", {}))
+
+
+def _getter(path: list[Any]) -> Any:
+    if not path:
+        return None
+
+    def get(value: Any) -> Any:
+        for step in path:
+            value = value[step]
+        return value
+
+    return get
+
+
+def _builder(spec_paths: list[list[Any]], kinds: dict[tuple[Any, ...], str]) -> Any:
+    """A function building a value tree (dicts, tuples) from its leaves in order."""
+    if len(spec_paths) == 1 and not spec_paths[0]:
+        return lambda leaves: leaves[0]
+
+    def build(leaves: list[Any]) -> Any:
+        root: dict[Any, Any] = {}
+        for path, leaf in zip(spec_paths, leaves, strict=False):
+            node = root
+            for step in path[:-1]:
+                node = node.setdefault(step, {})
+            node[path[-1]] = leaf
+        return _finish(root, ())
+
+    def _finish(node: Any, prefix: tuple[Any, ...]) -> Any:
+        if not isinstance(node, dict):
+            return node
+        children = {k: _finish(v, (*prefix, k)) for k, v in node.items()}
+        if kinds.get(prefix) == "tuple":
+            return tuple(children[i] for i in range(len(children)))
+        return children
+
+    return build
+
+
+class Worker:
+    """The command loop of one worker (see the module docstring)."""
+
+    def __init__(self, sock: socket.socket, config: dict[str, Any]) -> None:
+        import numpy as np
+
+        from .._deadline import Deadline  # noqa: F401 - imported early: the wait loop uses it
+        from .._spin import SpinPolicy
+        from ..shm import Segment
+        from ..shm.doorbell import Doorbell
+        from . import _layout as L
+
+        self.np = np
+        self.L = L
+        self.sock = sock
+        self.parent = int(config["parent"])
+        self.index = int(config["index"])
+        self.segment = Segment.attach(config["segment"], int(config["size"]))
+        self.layout = layout = L.Layout.from_dict(config["layout"], self.segment.size)
+        self.lo, self.hi = layout.groups[self.index]
+        self.mode = str(config["autoreset_mode"])
+        self.kinds = {tuple(k): v for k, v in config["kinds"]}
+        buf = self.segment.buf
+        address = self.segment.address
+        self.buf = buf
+        self.block = layout.worker_block(self.index)
+        self.bell = Doorbell(buf, self.block + L.W_BELL, address)
+        self.client_bell = Doorbell(buf, L.CLIENT_BELL, address)
+        self.spin = SpinPolicy(float(config["spin"]))
+        n = layout.num_envs
+        raw = np.frombuffer(buf, dtype=np.uint8)
+        self.raw = raw
+
+        def view(offset: int, count: int, dtype: Any, shape: tuple[int, ...]) -> Any:
+            itemsize = np.dtype(dtype).itemsize
+            return raw[offset : offset + count * itemsize].view(dtype).reshape(shape)
+
+        lanes = self.hi - self.lo
+        self.mask = view(layout.mask, n, np.uint8, (n,))
+        self.has_seed = view(layout.has_seed, n, np.uint8, (n,))
+        self.seeds = view(layout.seeds, n, np.int64, (n,))
+        self.actions = [
+            view(off, n * max(1, _prod(leaf.shape)), leaf.dtype, (n, *leaf.shape))
+            for off, leaf in zip(layout.act_offsets, layout.act, strict=False)
+        ]
+        self.buffers = []
+        for k in range(layout.buffers + 1):
+            base = layout.buffer(k)
+            self.buffers.append(
+                {
+                    "obs": [
+                        view(base + off, n * max(1, _prod(leaf.shape)), leaf.dtype, (n, *leaf.shape))
+                        for off, leaf in zip(layout.b_obs, layout.obs, strict=False)
+                    ],
+                    "rewards": view(base + layout.b_rewards, n, np.float64, (n,)),
+                    "terminated": view(base + layout.b_terminated, n, np.bool_, (n,)),
+                    "truncated": view(base + layout.b_truncated, n, np.bool_, (n,)),
+                    "info_len": view(base + layout.b_info_len, n, np.uint32, (n,)),
+                    "final_mask": view(base + layout.b_final_mask, n, np.bool_, (n,)),
+                    "final_obs": [
+                        view(base + off, n * max(1, _prod(leaf.shape)), leaf.dtype, (n, *leaf.shape))
+                        for off, leaf in zip(layout.b_final_obs, layout.obs, strict=False)
+                    ],
+                    "info": view(base + layout.b_info, n * L.INFO_BYTES, np.uint8, (n, L.INFO_BYTES)),
+                }
+            )
+        self.obs_get = [_getter(list(leaf.path)) for leaf in layout.obs]
+        self.act_paths = [list(leaf.path) for leaf in layout.act]
+        self.build_action = _builder(self.act_paths, self.kinds)
+        self.act_scalar = [leaf.shape == () for leaf in layout.act]
+        self.envs = [_make_env(config["source"]) for _ in range(lanes)]
+        self.autoreset = [False] * lanes
+        self.last_obs: list[Any] = [None] * lanes
+        self.last_seq = _U32.unpack_from(buf, self.block + L.W_CMD_SEQ)[0]
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        from ..errors import OperationTimeout
+
+        L = self.L
+        buf, block = self.buf, self.block
+        unpack = _U32.unpack_from
+        cmd_at, ctl_at = block + L.W_CMD_SEQ, block + L.W_CTL
+
+        def ready() -> bool:
+            return bool(unpack(buf, cmd_at)[0] != self.last_seq or unpack(buf, ctl_at)[0] != 0)
+
+        while True:
+            try:
+                self.bell.wait(ready, WATCHDOG_INTERVAL, spin=self.spin)
+            except OperationTimeout:
+                self._watchdog()
+                continue
+            if unpack(buf, ctl_at)[0]:
+                _U32.pack_into(buf, ctl_at, 0)
+                if not self._control():
+                    return
+            seq = unpack(buf, cmd_at)[0]
+            if seq != self.last_seq:
+                self.last_seq = seq
+                self._command(seq)
+
+    def _watchdog(self) -> None:
+        if os.getppid() != self.parent:
+            self._exit()
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        if readable:
+            try:
+                data = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._exit()
+            if not self._control():
+                self._exit()
+
+    def _exit(self) -> None:
+        for env in self.envs:
+            try:
+                env.close()
+            except Exception:
+                pass
+        os._exit(0)
+
+    def _control(self) -> bool:
+        """Serve control messages waiting on the socket; False to stop."""
+        from ._control import recv_msg, send_msg
+
+        while True:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            if not readable:
+                return True
+            try:
+                msg = recv_msg(self.sock, 5.0)
+            except Exception:
+                return False
+            op = msg[0] if isinstance(msg, list) and msg else None
+            if op == "close":
+                for env in self.envs:
+                    try:
+                        env.close()
+                    except Exception:
+                        pass
+                self.envs = []
+                send_msg(self.sock, ["ok"], 5.0)
+                return False
+            if op == "render":
+                try:
+                    frame = self.envs[int(msg[1]) - self.lo].render()
+                    reply = ["ok", _encode_frame(self.np, frame)]
+                except Exception as exc:
+                    reply = ["error", _qualname(exc), str(exc), traceback.format_exc()]
+                send_msg(self.sock, reply, 30.0)
+            else:
+                send_msg(self.sock, ["error", "ValueError", f"unknown control message {op!r}", ""], 5.0)
+
+    # -- commands ------------------------------------------------------------------------
+
+    def _command(self, seq: int) -> None:
+        L = self.L
+        buf, block = self.buf, self.block
+        op = _U32.unpack_from(buf, block + L.W_OP)[0]
+        k = _U32.unpack_from(buf, block + L.W_BUF)[0]
+        status, err = L.STATUS_OK, b""
+        try:
+            if not 0 <= k <= self.layout.buffers:
+                raise ValueError(f"the client named output buffer {k}")
+            if op == L.OP_STEP:
+                self._step(self.buffers[k])
+            elif op == L.OP_RESET:
+                self._reset(self.buffers[k])
+            else:
+                raise ValueError(f"unknown vector command {op}")
+        except _LaneError as exc:
+            status, err = L.STATUS_ERROR, exc.record
+        except Exception as exc:
+            status, err = L.STATUS_ERROR, _record(exc, -1)
+        if err:
+            err = err[: L.ERROR_BYTES]
+            start = self.layout.errors + self.index * L.ERROR_BYTES
+            buf[start : start + len(err)] = err
+        _U32.pack_into(buf, block + L.W_ERR_LEN, len(err))
+        _U32.pack_into(buf, block + L.W_STATUS, status)
+        _U32.pack_into(buf, block + L.W_DONE_BUF, k)
+        _U32.pack_into(buf, block + L.W_DONE_SEQ, seq)
+        self.client_bell.ring()
+
+    def _lane_action(self, i: int) -> Any:
+        leaves = []
+        for arr, scalar in zip(self.actions, self.act_scalar, strict=False):
+            leaves.append(arr[i] if scalar else arr[i].copy())
+        return self.build_action(leaves)
+
+    def _write_obs(self, views: list[Any], i: int, obs: Any) -> None:
+        if len(views) == 1 and self.obs_get[0] is None:
+            views[0][i] = obs
+            return
+        for view, get in zip(views, self.obs_get, strict=False):
+            view[i] = get(obs)
+
+    def _write_info(self, out: dict[str, Any], i: int, blob: bytes) -> int:
+        n = len(blob)
+        if n > self.L.INFO_BYTES:
+            raise ValueError(
+                f"the info of lane {i} is {n} bytes of msgpack, more than the {self.L.INFO_BYTES} "
+                "the vector fast path holds per lane"
+            )
+        if n:
+            out["info"][i, :n] = self.np.frombuffer(blob, dtype=self.np.uint8)
+        return n
+
+    def _step(self, out: dict[str, Any]) -> None:
+        from ._info import encode_final, encode_info
+
+        lo, hi = self.lo, self.hi
+        mask = self.mask
+        obs_views = out["obs"]
+        rewards = [0.0] * (hi - lo)
+        terms = [False] * (hi - lo)
+        truncs = [False] * (hi - lo)
+        lens = [0] * (hi - lo)
+        finals = [False] * (hi - lo)
+        mode = self.mode
+        try:
+            for j in range(hi - lo):
+                i = lo + j
+                if not mask[i]:
+                    continue
+                env = self.envs[j]
+                try:
+                    if mode == "NextStep" and self.autoreset[j]:
+                        obs, info = env.reset()
+                        reward, term, trunc = 0.0, False, False
+                    else:
+                        if mode == "Disabled" and self.autoreset[j]:
+                            raise AssertionError(
+                                f"lane {i} ended its episode and autoreset is Disabled: reset it "
+                                "(reset(options={'reset_mask': mask})) before stepping it again"
+                            )
+                        obs, reward, term, trunc, info = env.step(self._lane_action(i))
+                        term, trunc = bool(term), bool(trunc)
+                        if mode == "SameStep" and (term or trunc):
+                            self._write_obs(out["final_obs"], i, obs)
+                            final_info = info
+                            obs, info = env.reset()
+                            finals[j] = True
+                            lens[j] = self._write_info(out, i, encode_final(final_info, info))
+                    self.autoreset[j] = term or trunc
+                    self.last_obs[j] = obs
+                    self._write_obs(obs_views, i, obs)
+                    rewards[j] = float(reward)
+                    terms[j] = term
+                    truncs[j] = trunc
+                    if info and not finals[j]:
+                        lens[j] = self._write_info(out, i, encode_info(info))
+                except Exception as exc:
+                    raise _LaneError(_record(exc, i)) from exc
+        finally:
+            # One slice store per field for the whole group (lanes outside the
+            # command get zeros: nobody reads them from this buffer).
+            out["rewards"][lo:hi] = rewards
+            out["terminated"][lo:hi] = terms
+            out["truncated"][lo:hi] = truncs
+            out["info_len"][lo:hi] = lens
+            out["final_mask"][lo:hi] = finals
+
+    def _reset(self, out: dict[str, Any]) -> None:
+        import msgpack
+
+        from ._info import encode_info
+
+        L = self.L
+        lo, hi = self.lo, self.hi
+        olen = _U32.unpack_from(self.buf, self.layout.options)[0]
+        options = None
+        if olen:
+            if olen > L.OPTIONS_BYTES:
+                raise ValueError("reset options longer than the layout allows")
+            start = self.layout.options + 4
+            options = msgpack.unpackb(bytes(self.buf[start : start + olen]), raw=False)
+        lens = [0] * (hi - lo)
+        for j in range(hi - lo):
+            i = lo + j
+            if self.mask[i]:
+                seed = int(self.seeds[i]) if self.has_seed[i] else None
+                try:
+                    obs, info = self.envs[j].reset(seed=seed, options=options)
+                    self.autoreset[j] = False
+                    self.last_obs[j] = obs
+                    self._write_obs(out["obs"], i, obs)
+                    if info:
+                        lens[j] = self._write_info(out, i, encode_info(info))
+                except Exception as exc:
+                    raise _LaneError(_record(exc, i)) from exc
+            elif self.last_obs[j] is not None:
+                self._write_obs(out["obs"], i, self.last_obs[j])
+        out["info_len"][lo:hi] = lens
+        out["final_mask"][lo:hi] = [False] * (hi - lo)
+        out["terminated"][lo:hi] = [False] * (hi - lo)
+        out["truncated"][lo:hi] = [False] * (hi - lo)
+        out["rewards"][lo:hi] = [0.0] * (hi - lo)
+
+
+class _LaneError(Exception):
+    def __init__(self, record: bytes) -> None:
+        super().__init__("lane error")
+        self.record = record
+
+
+def _qualname(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _record(exc: BaseException, lane: int) -> bytes:
+    import msgpack
+
+    tb = traceback.format_exc()[-16000:]
+    return bytes(msgpack.packb([_qualname(exc), str(exc)[:16000], tb, lane]))
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out
+
+
+def _encode_frame(np: Any, frame: Any) -> Any:
+    if frame is None or isinstance(frame, (str, bool, int, float)):
+        return frame
+    if isinstance(frame, (list, tuple)):
+        return [_encode_frame(np, f) for f in frame]
+    arr = np.ascontiguousarray(frame)
+    return {"dtype": arr.dtype.name, "shape": list(arr.shape), "data": arr.tobytes()}
+
+
+def main(argv: list[str]) -> int:
+    """Run a worker on the control socket whose descriptor is ``argv[1]``."""
+    from ._control import recv_msg, send_msg
+
+    sock = socket.socket(fileno=int(argv[1]))
+    try:
+        config = recv_msg(sock, 60.0)
+    except Exception:
+        return 2
+    _set_pdeathsig(int(config["parent"]))
+    for entry in reversed(config.get("sys_path", [])):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    try:
+        worker = Worker(sock, config)
+    except Exception as exc:
+        send_msg(sock, ["error", _qualname(exc), str(exc), traceback.format_exc()], 10.0)
+        return 1
+    send_msg(sock, ["ready", os.getpid()], 10.0)
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,755 @@
+"""The client's side of the vector fast path: commands to the workers, results from shared memory.
+
+:class:`Lanes` maps a vector session segment (:mod:`rlmesh.vector._layout`)
+and drives the server's worker processes directly: it writes actions (and,
+for a reset, seeds, a lane mask and options) into the segment, writes each
+worker's command, rings the workers' doorbells and waits on its own until
+the workers it commanded report done. Nothing goes through the server
+process on a step.
+
+Results come from one output buffer per batch: observation leaves as
+``(N, ...)`` arrays, rewards float64, flags bool, per-lane info. With
+``copy=True`` (the numpy client, Gymnasium's writable arrays) every leaf is
+copied out once. With ``copy=False`` the observation leaves are
+:class:`rlmesh.Tensor` views of the buffer itself (zero-copy into
+``numpy.from_dlpack`` or JAX); each view holds a lease on its buffer, and a
+buffer is written again only once no view of it is alive. When all K
+leased buffers are held, the step uses the scratch buffer and copies its
+observations instead (correct, one copy more).
+
+A step waits with a deadline; a dead worker gives :class:`WorkerError`
+naming its lanes (the server's monitor marks it in the segment and rings
+the client at once), a hung one :class:`OperationTimeout` naming the lanes
+still outstanding, an exception in ``env.step`` a :class:`RemoteError`
+naming the lane. After a RemoteError the session stays usable: the other
+lanes of the call were stepped (or not, for the lanes of the failing worker
+after the failing lane), as the env left them.
+
+Lifetime: :meth:`close` unmaps the segment once no view of it is alive
+(views the user holds stay valid). Idempotent; calls after it raise
+ClosedError. A Lanes never closed is released by its segment's finalizer.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from .._buffers import keepalive_view
+from .._lifecycle import Lifecycle, State
+from .._spin import SpinPolicy
+from ..errors import BusyError, InvalidHandle, OperationTimeout, ProtocolError, RemoteError, WorkerError
+from ..shm import Segment
+from ..shm.doorbell import Doorbell
+from ..specs import EnvContract
+from ..tensor import Tensor
+from ..values import encode_metadata
+from . import _layout as L
+from ._info import add_info, decode_info
+
+__all__ = ["Lanes", "StepResult"]
+
+_U32 = struct.Struct("<I")
+
+StepResult = tuple[Any, Any, Any, Any, dict[str, Any]]
+
+
+class _Lease:
+    """Alive while a view of one output buffer is; pins the segment's mapping."""
+
+    __slots__ = ("__weakref__",)
+
+
+def _unpin(segment: Segment) -> None:
+    segment.unpin()
+
+
+def _build(paths: list[tuple[Any, ...]], kinds: dict[tuple[Any, ...], str]) -> Callable[[list[Any]], Any]:
+    if len(paths) == 1 and not paths[0]:
+        return lambda leaves: leaves[0]
+
+    def finish(node: Any, prefix: tuple[Any, ...]) -> Any:
+        if not isinstance(node, dict) or prefix not in kinds:
+            return node
+        children = {k: finish(v, (*prefix, k)) for k, v in node.items()}
+        if kinds[prefix] == "tuple":
+            return tuple(children[i] for i in range(len(children)))
+        return children
+
+    def build(leaves: list[Any]) -> Any:
+        root: dict[Any, Any] = {}
+        for path, leaf in zip(paths, leaves, strict=True):
+            node = root
+            for step in path[:-1]:
+                node = node.setdefault(step, {})
+            node[path[-1]] = leaf
+        return finish(root, ())
+
+    return build
+
+
+class Lanes:
+    """The fast path of one vector session (see the module docstring).
+
+    Args:
+        segment: the session segment, mapped (attached by :meth:`attach`,
+            or the server's own for its relay).
+        layout: its layout, checked against the contract.
+        contract: the vector contract.
+        copy: copy observation leaves out (numpy) rather than lend views.
+        spin: the longest spin before sleeping on the doorbell (0: never spin).
+        check: called about every 50 ms while waiting; raises if the server is gone.
+        owns_segment: close the segment with this object.
+    """
+
+    def __init__(
+        self,
+        segment: Segment,
+        layout: L.Layout,
+        contract: EnvContract,
+        *,
+        copy: bool,
+        spin: float,
+        check: Callable[[], None] | None = None,
+        owns_segment: bool = True,
+    ) -> None:
+        import numpy as np
+
+        expected = L.Layout.build(contract, layout.workers, layout.buffers)
+        if expected != layout:
+            raise ProtocolError("the vector layout the server sent does not match its contract")
+        self._np = np
+        self.segment = segment
+        self.layout = layout
+        self.num_envs = n = layout.num_envs
+        self._copy = copy
+        self._check = check
+        self._owns = owns_segment
+        self._life = Lifecycle("the vector lanes")
+        buf = segment.buf
+        self._buf = buf
+        self._address = segment.address
+        self._bell = Doorbell(buf, L.CLIENT_BELL, self._address)
+        self._workers = [
+            Doorbell(buf, layout.worker_block(w) + L.W_BELL, self._address) for w in range(layout.workers)
+        ]
+        self._spin = SpinPolicy(spin)
+        raw = np.frombuffer(buf, dtype=np.uint8)
+
+        def view(offset: int, dtype: Any, shape: tuple[int, ...]) -> Any:
+            count = 1
+            for d in shape:
+                count *= d
+            nbytes = count * np.dtype(dtype).itemsize
+            return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+        self._mask = view(layout.mask, np.uint8, (n,))
+        self._has_seed = view(layout.has_seed, np.uint8, (n,))
+        self._seeds = view(layout.seeds, np.int64, (n,))
+        self._act = [
+            view(off, leaf.dtype, (n, *leaf.shape))
+            for off, leaf in zip(layout.act_offsets, layout.act, strict=True)
+        ]
+        self._act_paths = [leaf.path for leaf in layout.act]
+        self._obs_leaves = layout.obs
+        self._out: list[dict[str, Any]] = []
+        for k in range(layout.buffers + 1):
+            base = layout.buffer(k)
+            self._out.append(
+                {
+                    "base": base,
+                    "obs": [
+                        view(base + off, leaf.dtype, (n, *leaf.shape))
+                        for off, leaf in zip(layout.b_obs, layout.obs, strict=True)
+                    ],
+                    "obs_off": [base + off for off in layout.b_obs],
+                    "rewards": view(base + layout.b_rewards, np.float64, (n,)),
+                    "terminated": view(base + layout.b_terminated, np.bool_, (n,)),
+                    "truncated": view(base + layout.b_truncated, np.bool_, (n,)),
+                    "info_len": view(base + layout.b_info_len, np.uint32, (n,)),
+                    "final_mask": view(base + layout.b_final_mask, np.bool_, (n,)),
+                    "final_obs": [
+                        view(base + off, leaf.dtype, (n, *leaf.shape))
+                        for off, leaf in zip(layout.b_final_obs, layout.obs, strict=False)
+                    ],
+                    "info": view(base + layout.b_info, np.uint8, (n, L.INFO_BYTES)),
+                }
+            )
+        kinds = {tuple(p): k for p, k in L.composite_kinds(contract.observation_space)}
+        self._assemble = _build([leaf.path for leaf in layout.obs], kinds)
+        self._leases: list[Any] = [None] * layout.buffers
+        self._next_buffer = 0
+        self._seq = [
+            _U32.unpack_from(buf, layout.worker_block(w) + L.W_CMD_SEQ)[0] for w in range(layout.workers)
+        ]
+        self._all_masked = False
+        #: The step in flight: ``(buffer, [(worker, seq), ...])``, between step_async and step_wait.
+        self._step: tuple[int, list[tuple[int, int]]] | None = None
+        #: Commands a call gave up on (its deadline passed): waited for before the next one.
+        self._stale: list[tuple[int, int]] = []
+        # send/recv: lanes sent and not received; per worker the command in flight and staged sends.
+        self._pending: set[int] = set()
+        self._busy: list[tuple[int, list[int]] | None] = [None] * layout.workers
+        self._staged: list[list[tuple[list[int], list[Any]]]] = [[] for _ in range(layout.workers)]
+        #: Batches delivered, and the handles (one per batch) they came in.
+        self.batches = 0
+        #: Per-lane "restarted" flags reported with the next result (the restart policy's seam).
+        self.restarted: Any = None
+        self._life.watch(self, Segment.close_when_unpinned, segment) if owns_segment else None
+
+    @classmethod
+    def attach(
+        cls,
+        offer: Any,
+        segment: Segment,
+        contract: EnvContract,
+        *,
+        copy: bool,
+        check: Callable[[], None] | None,
+    ) -> Lanes:
+        """Take over the segment a server offered (mapped during the handshake) and check its layout.
+
+        The segment is closed if this fails.
+
+        Raises:
+            ProtocolError: a malformed offer or a layout that does not fit the segment or the contract.
+        """
+        try:
+            if not isinstance(offer, dict):
+                raise ProtocolError("malformed vector offer")
+            layout = L.Layout.from_dict(offer.get("layout"), segment.size)
+            spin = 500e-6 if layout.workers + 1 <= (os.cpu_count() or 1) else 0.0
+            return cls(segment, layout, contract, copy=copy, spin=spin, check=check)
+        except BaseException:
+            try:
+                segment.close_when_unpinned()
+            except BusyError:
+                pass  # views of a half-built Lanes: the segment's finalizer unmaps it
+            raise
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """OPEN, CLOSING or CLOSED."""
+        return self._life.state
+
+    @property
+    def pending(self) -> list[int]:
+        """Lanes sent with :meth:`send` and not yet received."""
+        return sorted(self._pending)
+
+    def close(self) -> None:
+        """Stop using the fast path; the segment is unmapped once no view of it is alive. Idempotent."""
+        if not self._life.begin_close():
+            return
+        try:
+            self._life.forget()
+            # The numpy views export the segment's buffer: drop them first, or it cannot be unmapped.
+            self._out = []
+            self._act = []
+            self._mask = self._has_seed = self._seeds = None
+            if self._owns:
+                try:
+                    self.segment.close_when_unpinned()
+                except BusyError:
+                    pass  # a view is still alive somewhere: the segment's finalizer unmaps it later
+        finally:
+            self._life.finish_close()
+
+    def _enter(self) -> None:
+        self._life.check_open()
+        if self._stale:
+            stale, self._stale = self._stale, []
+            self._wait(stale, None if not stale else 5.0, "an earlier call that timed out")
+
+    # -- commands -------------------------------------------------------------------------
+
+    def _command(self, w: int, op: int, k: int) -> tuple[int, int]:
+        buf, block = self._buf, self.layout.worker_block(w)
+        seq = (self._seq[w] + 1) & 0xFFFFFFFF
+        self._seq[w] = seq
+        _U32.pack_into(buf, block + L.W_OP, op)
+        _U32.pack_into(buf, block + L.W_BUF, k)
+        _U32.pack_into(buf, block + L.W_CMD_SEQ, seq)
+        self._workers[w].ring()
+        return w, seq
+
+    def _ready(self, commands: list[tuple[int, int]]) -> Callable[[], bool]:
+        buf, unpack = self._buf, _U32.unpack_from
+        words = [
+            (self.layout.worker_block(w) + L.W_DONE_SEQ, seq, self.layout.worker_block(w) + L.W_STATUS)
+            for w, seq in commands
+        ]
+        if len(words) == 1:
+            done_at, seq, status_at = words[0]
+            return lambda: unpack(buf, done_at)[0] == seq or unpack(buf, status_at)[0] == L.STATUS_LOST
+        return lambda: all(
+            unpack(buf, d)[0] == s or unpack(buf, st)[0] == L.STATUS_LOST for d, s, st in words
+        )
+
+    def _lanes_of(self, w: int) -> list[int]:
+        lo, hi = self.layout.groups[w]
+        return list(range(lo, hi))
+
+    def _wait(self, commands: list[tuple[int, int]], timeout: float | None, what: str) -> None:
+        """Wait until every command is done; raise for a lost worker, an error, or the deadline."""
+        try:
+            self._bell.wait(self._ready(commands), timeout, spin=self._spin, check=self._check)
+        except OperationTimeout:
+            buf = self._buf
+            late = [
+                (w, seq)
+                for w, seq in commands
+                if _U32.unpack_from(buf, self.layout.worker_block(w) + L.W_DONE_SEQ)[0] != seq
+            ]
+            self._stale.extend(late)
+            lanes = [lane for w, _ in late for lane in self._lanes_of(w)]
+            raise OperationTimeout(
+                f"{what} timed out after {timeout:.3g}s; lanes {lanes} (workers {[w for w, _ in late]}) "
+                "are still outstanding",
+                timeout=timeout,
+            ) from None
+        self._raise_for(commands)
+
+    def _raise_for(self, commands: list[tuple[int, int]]) -> None:
+        buf = self._buf
+        error: BaseException | None = None
+        for w, _ in commands:
+            block = self.layout.worker_block(w)
+            status = _U32.unpack_from(buf, block + L.W_STATUS)[0]
+            if status == L.STATUS_LOST:
+                lanes = self._lanes_of(w)
+                raise WorkerError(
+                    f"vector worker {w} (lanes {lanes}) died; restart the session (close and reconnect)",
+                    lanes=lanes,
+                    worker=w,
+                )
+            if status == L.STATUS_ERROR and error is None:
+                error = self._remote_error(w)
+        if error is not None:
+            raise error
+
+    def _remote_error(self, w: int) -> RemoteError:
+        import msgpack
+
+        buf, block = self._buf, self.layout.worker_block(w)
+        length = min(_U32.unpack_from(buf, block + L.W_ERR_LEN)[0], L.ERROR_BYTES)
+        start = self.layout.errors + w * L.ERROR_BYTES
+        try:
+            kind, message, tb, lane = msgpack.unpackb(bytes(buf[start : start + length]), raw=False)
+        except Exception:
+            kind, message, tb, lane = "RemoteError", "undecodable error report", "", -1
+        where = f"lane {lane}" if lane >= 0 else f"worker {w}"
+        return RemoteError(
+            f"the env of {where} raised {kind}: {message}",
+            remote_type=str(kind),
+            remote_message=str(message),
+            remote_traceback=str(tb),
+        )
+
+    def _batch(self, commands: list[tuple[int, int]], k: int) -> int:
+        """Check the batch handle every commanded worker reported; the buffer's offset."""
+        buf = self._buf
+        for w, _ in commands:
+            done = _U32.unpack_from(buf, self.layout.worker_block(w) + L.W_DONE_BUF)[0]
+            if done != k:
+                raise InvalidHandle(f"worker {w} reported batch buffer {done}, the command named {k}")
+        offset, _ = self.layout.check_batch(k, self.segment.size)
+        return offset
+
+    # -- actions -------------------------------------------------------------------------
+
+    def _action_leaves(self, actions: Any, count: int) -> list[Any]:
+        np = self._np
+        out = []
+        for path, leaf in zip(self._act_paths, self.layout.act, strict=True):
+            value = actions
+            try:
+                for step in path:
+                    value = value[step]
+            except (KeyError, IndexError, TypeError):
+                raise ValueError(f"the actions lack the leaf {list(path)}") from None
+            arr = np.asarray(value)
+            if arr.shape != (count, *leaf.shape):
+                got = arr.shape[0] if arr.ndim else "a scalar"
+                if arr.ndim and arr.shape[0] != count:
+                    raise ValueError(f"expected {count} batched values, got {got}")
+                raise ValueError(f"expected actions of shape {(count, *leaf.shape)}, got {arr.shape}")
+            out.append(arr)
+        return out
+
+    def _write_actions(self, leaves: list[Any], lanes: Any = None) -> None:
+        np = self._np
+        for view, arr in zip(self._act, leaves, strict=True):
+            if lanes is None:
+                np.copyto(view, arr, casting="same_kind")
+            else:
+                view[lanes] = arr.astype(view.dtype, casting="same_kind", copy=False)
+
+    # -- step -------------------------------------------------------------------------------
+
+    def _pick_buffer(self) -> int:
+        if self._copy:
+            return 0
+        K = self.layout.buffers
+        for i in range(K):
+            k = (self._next_buffer + i) % K
+            ref = self._leases[k]
+            if ref is None or ref() is None:
+                self._next_buffer = (k + 1) % K
+                return k
+        return K  # every leased buffer is held: the scratch buffer, copied out
+
+    def start_step(self, actions: Any) -> None:
+        """Send every lane's action to the workers (the first half of a step).
+
+        Raises:
+            ValueError: the wrong number of actions, or lanes in flight from :meth:`send`.
+            TypeError: actions of a kind that cannot be cast to the action space's dtype.
+        """
+        self._enter()
+        if self._step is not None:
+            raise ValueError("a step is already in flight: call step_wait() first")
+        if self._pending:
+            raise ValueError(f"lanes {sorted(self._pending)} were sent and not received: call recv() first")
+        self._write_actions(self._action_leaves(actions, self.num_envs))
+        if not self._all_masked:
+            self._mask[:] = 1
+            self._all_masked = True
+        k = self._pick_buffer()
+        commands = [self._command(w, L.OP_STEP, k) for w in range(self.layout.workers)]
+        self._step = (k, commands)
+
+    def finish_step(self, timeout: float | None) -> tuple[StepResult, list[int]]:
+        """Wait for the step :meth:`start_step` sent; its results and the lanes that ended.
+
+        Raises:
+            ValueError: no step in flight. WorkerError, RemoteError, OperationTimeout,
+            BrokenError (the server is gone), InvalidHandle (a forged batch).
+        """
+        self._life.check_open()
+        if self._step is None:
+            raise ValueError("no step in flight: call step_async() first")
+        k, commands = self._step
+        self._step = None
+        self._wait(commands, timeout, "the vector step")
+        self._batch(commands, k)
+        out = self._out[k]
+        obs = self._obs(k)
+        rewards, terminated, truncated = (
+            out["rewards"].copy(),
+            out["terminated"].copy(),
+            out["truncated"].copy(),
+        )
+        info = self._info(out, None)
+        done = (terminated | truncated).nonzero()[0].tolist()
+        self.batches += 1
+        return (obs, rewards, terminated, truncated, info), done
+
+    def _obs(self, k: int) -> Any:
+        out = self._out[k]
+        if self._copy or k == self.layout.buffers:
+            leaves = [v.copy() for v in out["obs"]]
+            if self._copy:
+                return self._assemble(leaves)
+            return self._assemble([Tensor.wrap(a, a.shape, a.dtype.name) for a in leaves])
+        lease = _Lease()
+        self.segment.pin()
+        weakref.finalize(lease, _unpin, self.segment)
+        self._leases[k] = weakref.ref(lease)
+        tensors = []
+        for off, leaf in zip(out["obs_off"], self._obs_leaves, strict=True):
+            nbytes = leaf.lane_nbytes * self.num_envs
+            view = keepalive_view(self._address + off, nbytes, lease)
+            tensors.append(
+                Tensor.wrap(view, (self.num_envs, *leaf.shape), leaf.dtype, address=self._address + off)
+            )
+        return self._assemble(tensors)
+
+    def _info(self, out: dict[str, Any], lanes: Any) -> dict[str, Any]:
+        """The batched info of ``lanes`` (None: every lane) of one buffer; {} when there is none."""
+        lens = out["info_len"]
+        finals = out["final_mask"]
+        index = range(self.num_envs) if lanes is None else lanes
+        if lanes is None:
+            if not lens.any():
+                return {}
+        elif not lens[lanes].any():
+            return {}
+        infos: dict[str, Any] = {}
+        size = self.num_envs if lanes is None else len(lanes)
+        for pos, lane in enumerate(index):
+            length = int(lens[lane])
+            if not length:
+                continue
+            if length > L.INFO_BYTES:
+                raise ProtocolError(
+                    f"lane {lane} reported {length} bytes of info; the layout holds {L.INFO_BYTES}"
+                )
+            value = decode_info(out["info"][lane, :length].tobytes())
+            if self.layout.same_step and finals[lane]:
+                if not (isinstance(value, list) and len(value) == 2):
+                    raise ProtocolError(f"malformed final info of lane {lane}")
+                final_info, value = value
+                final_obs = self._assemble([v[lane].copy() for v in out["final_obs"]])
+                infos = add_info(infos, {"final_obs": final_obs, "final_info": final_info}, pos, size)
+            if not isinstance(value, dict):
+                raise ProtocolError(f"malformed info of lane {lane}")
+            infos = add_info(infos, value, pos, size)
+        return infos
+
+    def step(self, actions: Any, timeout: float | None) -> tuple[StepResult, list[int]]:
+        """:meth:`start_step` then :meth:`finish_step`."""
+        self.start_step(actions)
+        return self.finish_step(timeout)
+
+    # -- reset ------------------------------------------------------------------------------
+
+    def reset(self, seed: Any, options: Any, timeout: float | None) -> tuple[Any, dict[str, Any]]:
+        """Reset every lane, or the lanes of ``options["reset_mask"]``, as Gymnasium's SyncVectorEnv.
+
+        Args:
+            seed: None, an int (lane i gets ``seed + i``) or a list of N ints or None.
+            options: passed to every reset lane's ``env.reset``, without ``reset_mask``.
+            timeout: the deadline in seconds (None: none).
+
+        Raises:
+            ValueError, TypeError: bad seeds, a bad ``reset_mask``, lanes in flight.
+            WorkerError, RemoteError, OperationTimeout, BrokenError.
+        """
+        import msgpack
+
+        np = self._np
+        self._enter()
+        if self._step is not None or self._pending:
+            raise ValueError("lanes are in flight: finish the step (step_wait/recv) before reset()")
+        n = self.num_envs
+        if seed is None:
+            seeds: list[Any] = [None] * n
+        elif isinstance(seed, int) and not isinstance(seed, bool):
+            seeds = [seed + i for i in range(n)]
+        elif isinstance(seed, (list, tuple)):
+            seeds = list(seed)
+            if len(seeds) != n:
+                raise ValueError(
+                    "If seeds are passed as a list the length must match "
+                    f"num_envs={n} but got length={len(seeds)}."
+                )
+        else:
+            raise TypeError(f"seed must be None, an int or a list of ints, got {type(seed).__name__}")
+        for s in seeds:
+            if s is not None and (isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0):
+                raise ValueError(f"seeds must be non-negative ints or None, got {s!r}")
+        mask = None
+        if options is not None:
+            if not isinstance(options, dict):
+                raise TypeError("options must be a dict")
+            options = dict(options)
+            if "reset_mask" in options:
+                mask = self._reset_mask(options.pop("reset_mask"))
+        blob = b"" if options is None else msgpack.packb(encode_metadata(options))
+        if len(blob) > L.OPTIONS_BYTES:
+            raise ValueError(f"reset options are {len(blob)} bytes of msgpack; at most {L.OPTIONS_BYTES}")
+        self._has_seed[:] = [s is not None for s in seeds]
+        self._seeds[:] = [0 if s is None else int(s) for s in seeds]
+        # Length 0 means None; an empty dict still encodes to one byte.
+        _U32.pack_into(self._buf, self.layout.options, len(blob))
+        if blob:
+            self._buf[self.layout.options + 4 : self.layout.options + 4 + len(blob)] = blob
+        if mask is None:
+            self._mask[:] = 1
+            self._all_masked = True
+        else:
+            self._mask[:] = mask
+            self._all_masked = False
+        k = self._pick_buffer()
+        commands = [self._command(w, L.OP_RESET, k) for w in range(self.layout.workers)]
+        self._wait(commands, timeout, "the vector reset")
+        self._batch(commands, k)
+        out = self._out[k]
+        obs = self._obs(k)
+        lanes = None if mask is None else mask.nonzero()[0].tolist()
+        info = self._info(out, None) if lanes is None else self._masked_info(out, lanes)
+        self.batches += 1
+        return obs, info
+
+    def _masked_info(self, out: dict[str, Any], lanes: list[int]) -> dict[str, Any]:
+        infos: dict[str, Any] = {}
+        for lane in lanes:
+            length = int(out["info_len"][lane])
+            if length:
+                value = decode_info(out["info"][lane, : min(length, L.INFO_BYTES)].tobytes())
+                if isinstance(value, dict):
+                    infos = add_info(infos, value, lane, self.num_envs)
+        return infos
+
+    def _reset_mask(self, mask: Any) -> Any:
+        np = self._np
+        n = self.num_envs
+        if isinstance(mask, (list, tuple)):
+            mask = np.array(mask)
+        elif isinstance(mask, Tensor):
+            mask = np.asarray(mask)
+        if not isinstance(mask, np.ndarray):
+            mask = np.asarray(mask)
+        if mask.shape != (n,):
+            raise ValueError(f"`options['reset_mask']` must have shape `({n},)`, got {mask.shape}")
+        if mask.dtype != np.bool_:
+            raise TypeError(f"`options['reset_mask']` must have `dtype=np.bool_`, got {mask.dtype}")
+        if not mask.any():
+            raise ValueError(
+                "`options['reset_mask']` must contain a boolean array with at least one True value, "
+                f"got reset_mask={mask}"
+            )
+        return mask
+
+    # -- send / recv ------------------------------------------------------------------------
+
+    def send(self, actions: Any, env_ids: Any = None) -> None:
+        """Send actions to some lanes (all by default); they step while the caller works.
+
+        Args:
+            actions: a batch of ``len(env_ids)`` actions, in ``env_ids`` order.
+            env_ids: the lanes (ints in ``range(num_envs)``, no repeats, none
+                already sent and not yet received); None for every lane.
+
+        Raises:
+            ValueError: bad ``env_ids``, lanes already in flight, the wrong number of actions.
+        """
+        np = self._np
+        self._enter()
+        if self._step is not None:
+            raise ValueError("a step is in flight: call step_wait() first")
+        n = self.num_envs
+        if env_ids is None:
+            ids = list(range(n))
+        else:
+            raw = np.asarray(env_ids)
+            if raw.ndim != 1 or raw.dtype.kind not in "iu" or raw.size == 0:
+                raise ValueError("env_ids must be a non-empty list of lane indices")
+            ids = [int(i) for i in raw]
+            bad = [i for i in ids if not 0 <= i < n]
+            if bad:
+                raise ValueError(f"env_ids {bad} are out of range: the endpoint serves {n} envs")
+            if len(set(ids)) != len(ids):
+                raise ValueError("env_ids holds a lane twice")
+        again = sorted(self._pending.intersection(ids))
+        if again:
+            raise ValueError(f"lanes {again} were sent and not received yet: recv() them first")
+        leaves = self._action_leaves(actions, len(ids))
+        by_worker: dict[int, list[int]] = {}
+        for pos, lane in enumerate(ids):
+            by_worker.setdefault(self.layout.worker_of(lane), []).append(pos)
+        for w, positions in by_worker.items():
+            lanes = [ids[p] for p in positions]
+            rows = [leaf[positions] for leaf in leaves]
+            if self._busy[w] is None:
+                self._dispatch(w, lanes, rows)
+            else:
+                self._staged[w].append((lanes, rows))
+        self._pending.update(ids)
+
+    def _dispatch(self, w: int, lanes: list[int], rows: list[Any]) -> None:
+        lo, hi = self.layout.groups[w]
+        self._write_actions(rows, lanes)
+        self._mask[lo:hi] = 0
+        self._mask[lanes] = 1
+        self._all_masked = False
+        _, seq = self._command(w, L.OP_STEP, self.layout.buffers)
+        self._busy[w] = (seq, lanes)
+
+    def recv(
+        self, min_envs: int | None, timeout: float | None
+    ) -> tuple[Any, Any, Any, Any, dict[str, Any], Any]:
+        """Results of the first lanes ready (every lane ready at that time, at least ``min_envs``).
+
+        Returns:
+            ``(obs, rewards, terminated, truncated, info, env_ids)``, batched
+            over the lanes returned, in ascending lane order; lanes of a slow
+            worker never hold back the others, and a lane not returned now is
+            returned by a later call.
+
+        Raises:
+            ValueError: nothing sent, or ``min_envs`` out of range.
+            WorkerError, RemoteError (that worker's lanes count as received),
+            OperationTimeout, BrokenError.
+        """
+        np = self._np
+        self._enter()
+        if not self._pending:
+            raise ValueError("recv() with nothing sent: call send() first")
+        outstanding = len(self._pending)
+        if min_envs is None:
+            min_envs = outstanding
+        if isinstance(min_envs, bool) or not isinstance(min_envs, int) or not 1 <= min_envs <= outstanding:
+            raise ValueError(
+                f"min_envs must be between 1 and the {outstanding} lanes in flight, got {min_envs!r}"
+            )
+        buf, unpack = self._buf, _U32.unpack_from
+        blocks = [self.layout.worker_block(w) for w in range(self.layout.workers)]
+
+        def finished() -> list[int]:
+            out = []
+            for w, busy in enumerate(self._busy):
+                if busy is not None and (
+                    unpack(buf, blocks[w] + L.W_DONE_SEQ)[0] == busy[0]
+                    or unpack(buf, blocks[w] + L.W_STATUS)[0] == L.STATUS_LOST
+                ):
+                    out.append(w)
+            return out
+
+        def enough() -> bool:
+            count = 0
+            for w in finished():
+                busy = self._busy[w]
+                count += 0 if busy is None else len(busy[1])
+            return count >= min_envs
+
+        try:
+            self._bell.wait(enough, timeout, spin=self._spin, check=self._check)
+        except OperationTimeout:
+            late = sorted(lane for busy in self._busy if busy is not None for lane in busy[1])
+            raise OperationTimeout(
+                f"recv() timed out after {timeout:.3g}s with lanes {late} still outstanding", timeout=timeout
+            ) from None
+        ready = finished()
+        lanes: list[int] = []
+        error: BaseException | None = None
+        K = self.layout.buffers
+        for w in ready:
+            busy = self._busy[w]
+            assert busy is not None
+            self._busy[w] = None
+            self._pending.difference_update(busy[1])
+            try:
+                self._raise_for([(w, busy[0])])
+                self._batch([(w, busy[0])], K)
+                lanes.extend(busy[1])
+            except WorkerError:
+                self._staged[w] = []
+                raise
+            except BaseException as exc:  # an env error: that worker's lanes are received
+                error = error or exc
+        for w in ready:
+            staged, self._staged[w] = self._staged[w], []
+            if staged:
+                merged = [lane for lanes_, _ in staged for lane in lanes_]
+                rows = [np.concatenate([r[i] for _, r in staged]) for i in range(len(self._act))]
+                self._dispatch(w, merged, rows)
+        if error is not None:
+            raise error
+        lanes.sort()
+        idx = np.array(lanes, dtype=np.int64)
+        out = self._out[K]
+        leaves = [v[idx] for v in out["obs"]]
+        if self._copy:
+            obs = self._assemble(leaves)
+        else:
+            obs = self._assemble([Tensor.wrap(a, a.shape, a.dtype.name) for a in leaves])
+        info = self._info(out, lanes)
+        self.batches += 1
+        return obs, out["rewards"][idx], out["terminated"][idx], out["truncated"][idx], info, idx
