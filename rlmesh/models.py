@@ -33,7 +33,12 @@ what is left of a chunk.
 
 A vector endpoint hands its whole batch to one call per step:
 ``predict_batch`` (defined or derived), else ``predict`` itself, which then
-gets the ``(N, ...)`` observation and returns the ``(N, ...)`` action.
+gets the ``(N, ...)`` observation and returns the ``(N, ...)`` action. The
+counting rules and caps are the same as on a single env: each lane takes the
+next episode of the plan when its episode ends, a seeded one through a
+per-lane (masked) reset, so every seed runs exactly once and the results come
+in plan order (see :mod:`rlmesh._vector_runs`, which also says which runs need
+masked resets and what an endpoint that cannot do them raises).
 """
 
 from __future__ import annotations
@@ -45,10 +50,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from ._bridge import IDENTITY, Bridge
-from ._corners import CORNERS, ChunkReplay, LaneReplay, derive_corners, lane_planner
+from ._corners import CORNERS, ChunkReplay, derive_corners
 from ._lifecycle import Lifecycle, State
 from ._results import EpisodeResult, EpisodeTotals, Progress, RunHooks, RunResult, StepEvent, read_success
 from ._targets import Target
+from ._vector_runs import run_vector
 from .errors import ClosedError
 
 __all__ = [
@@ -600,12 +606,16 @@ class Session:
             hooks.on_run_start(self)
             if plan:
                 if self._vector:
-                    if max_episode_steps is not None or max_episode_seconds is not None:
-                        raise ValueError(
-                            "max_episode_steps and max_episode_seconds need to reset single lanes, which "
-                            "vector endpoints cannot do; set the env's own time limit instead"
-                        )
-                    self._run_vector(plan, hooks, results, display)
+                    run_vector(
+                        self,
+                        plan,
+                        hooks,
+                        results,
+                        display,
+                        limit=MAX_EPISODE_STEPS,
+                        max_steps=max_episode_steps,
+                        max_seconds=max_episode_seconds,
+                    )
                 else:
                     for index, seed in enumerate(plan):
                         results.append(
@@ -700,138 +710,6 @@ class Session:
         hooks.on_episode_end(result)
         return result
 
-    def _vector_policy(
-        self, lanes: list[EpisodeTotals | None], ids: list[Any]
-    ) -> tuple[Callable[[Any], Any] | None, LaneReplay | None]:
-        """How a vector step chooses its actions: one batched call, or per-lane chunk replay.
-
-        ``lanes`` and ``ids`` are the loop's live per-lane state, read when a
-        corner wants its batched context.
-        """
-        client = self._client
-        n = client.num_envs
-        corners = self._model._corners
-
-        def context() -> dict[str, Any]:
-            # A batched context: every value gains the lane axis, as observations do.
-            return {"episode_id": list(ids), "episode_seed": [_seed_of(e) for e in lanes]}
-
-        if self._random:
-            return (lambda obs: [client.action_space.sample() for _ in range(n)]), None
-        if self._horizon > 1:
-            return None, LaneReplay(n, lane_planner(corners, n, self._horizon, context))
-        if corners.predict_batch is not None:
-            return corners.predict_batch, None
-        # No batched corner: predict gets the whole batch as one observation.
-        predict = corners.predict
-        if corners.predict_takes_context:
-            return (lambda obs: predict(obs, context())), None
-        return (lambda obs: predict(obs, None)), None
-
-    def _run_vector(
-        self, plan: list[int | None], hooks: RunHooks, results: list[EpisodeResult], display: Progress
-    ) -> None:
-        client = self._client
-        model = self._model
-        n = client.num_envs
-        seeds = [s for s in plan[:n]]
-        if any(s is not None for s in plan[n:]):
-            raise ValueError(
-                f"a vector env of {n} lanes can seed only the first episode of each lane; "
-                f"pass at most {n} seeds (episodes past them run unseeded)"
-            )
-        mode = client.autoreset_mode
-        target = len(plan)
-        model.reset()
-        reset_seed: Any = None
-        if any(s is not None for s in seeds):
-            if not all(s is not None for s in seeds) or len(seeds) < n:
-                raise ValueError(f"seed all {n} lanes of a vector env, or none")
-            reset_seed = seeds
-        obs, info = client.reset(seed=reset_seed)
-        lanes: list[EpisodeTotals | None] = []
-        next_index = 0
-        for lane in range(n):
-            if next_index < target:
-                hooks.on_episode_start(episode=next_index, seed=seeds[lane] if lane < len(seeds) else None)
-                lanes.append(EpisodeTotals(next_index, seeds[lane] if lane < len(seeds) else None))
-                next_index += 1
-            else:
-                lanes.append(None)
-        ids: list[Any] = list(info.get("episode_ids") or [None] * n)
-        decide, replay = self._vector_policy(lanes, ids)
-        pending = [False] * n  # NextStep: this lane's next step is its autoreset step
-        while len(results) < target:
-            t0 = time.perf_counter()
-            if replay is not None:
-                actions: Any = replay.actions(obs, pending)
-            else:
-                assert decide is not None
-                actions = decide(obs)
-            t1 = time.perf_counter()
-            obs, rewards, terms, truncs, info = client.step(actions)
-            t2 = time.perf_counter()
-            ids[:] = info.get("episode_ids") or [None] * n
-            rewards_l = rewards.tolist() if hasattr(rewards, "tolist") else list(rewards)
-            terms_l = terms.tolist() if hasattr(terms, "tolist") else list(terms)
-            truncs_l = truncs.tolist() if hasattr(truncs, "tolist") else list(truncs)
-            share_predict = (t1 - t0) / n
-            share_step = (t2 - t1) / n
-            for i in range(n):
-                episode = lanes[i]
-                if terms_l[i] or truncs_l[i]:
-                    if replay is not None:
-                        replay.clear(i)  # the rest of the chunk belonged to the ended episode
-                if pending[i]:
-                    # The autoreset step of NextStep: the action was ignored and a new episode began.
-                    pending[i] = False
-                    lanes[i] = episode = self._begin_lane(next_index, target, hooks)
-                    if episode is not None:
-                        next_index += 1
-                    continue
-                if episode is None:
-                    continue
-                episode.steps += 1
-                episode.reward += float(rewards_l[i])
-                episode.predict_s += share_predict
-                episode.step_s += share_step
-                if terms_l[i] or truncs_l[i]:
-                    final_info = info.get("final_info") if mode == "SameStep" else None
-                    success = (
-                        read_success(final_info, i) if isinstance(final_info, dict) else read_success(info, i)
-                    )
-                    result = episode.result(bool(terms_l[i]), bool(truncs_l[i]), success)
-                    results.append(result)
-                    model._episode_ended()
-                    hooks.on_episode_end(result)
-                    lanes[i] = None
-                    if len(results) >= target:
-                        break
-                    if mode == "NextStep":
-                        pending[i] = True
-                    elif mode == "SameStep":
-                        lanes[i] = self._begin_lane(next_index, target, hooks)
-                        if lanes[i] is not None:
-                            next_index += 1
-            display.update(len(results), sum(r.steps for r in results))
-            if mode == "Disabled" and all(lane is None for lane in lanes) and len(results) < target:
-                # Autoreset disabled: every lane has ended; start them all again.
-                obs, info = client.reset()
-                ids[:] = info.get("episode_ids") or [None] * n
-                if replay is not None:
-                    replay.clear_all()
-                for i in range(n):
-                    lanes[i] = self._begin_lane(next_index, target, hooks)
-                    if lanes[i] is not None:
-                        next_index += 1
-        self._last_done = True
-
-    def _begin_lane(self, index: int, target: int, hooks: RunHooks) -> EpisodeTotals | None:
-        if index >= target:
-            return None
-        hooks.on_episode_start(episode=index, seed=None)
-        return EpisodeTotals(index, None)
-
     # -- closing -------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -857,10 +735,6 @@ class Session:
     def __repr__(self) -> str:
         state = "closed" if self._life.closed else ("idle" if self._last_done else "in an episode")
         return f"<Session {type(self._model).__name__} {state}>"
-
-
-def _seed_of(episode: EpisodeTotals | None) -> int | None:
-    return episode.seed if episode is not None else None
 
 
 def _RANDOM_PREDICT(observation: Any) -> Any:  # noqa: N802 - a marker, never called

@@ -54,6 +54,7 @@ LAYERS: dict[str, int] = {
     "rlmesh._corners": 4,
     "rlmesh._results": 4,
     "rlmesh._targets": 4,
+    "rlmesh._vector_runs": 4,
     "rlmesh.numpy": 4,
     "rlmesh.jax": 4,
     "rlmesh.vector": 4,
