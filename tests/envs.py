@@ -448,3 +448,98 @@ class LegacyVectorEnv:
 
     def close(self) -> None:
         pass
+
+
+# -- envs for the vector fast path (tests/integration/test_vector_fastpath*.py) ----------------
+
+
+class DictImageEnv:
+    """A Gymnasium env with a Dict observation (a uint8 image, a position, a Discrete mode).
+
+    Seeded through ``np_random``; episodes end after a random number of
+    steps (terminated or truncated), and info carries numpy arrays and
+    scalars, so batching, autoreset and info can be compared with
+    ``gymnasium.vector.SyncVectorEnv`` bit for bit.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, render_mode: str | None = "rgb_array") -> None:
+        import gymnasium
+
+        self.render_mode = render_mode
+        self.observation_space = gymnasium.spaces.Dict(
+            {
+                "image": gymnasium.spaces.Box(0, 255, (6, 5, 3), np.uint8),
+                "pos": gymnasium.spaces.Box(-10.0, 10.0, (2,), np.float32),
+                "mode": gymnasium.spaces.Discrete(4),
+            }
+        )
+        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self._rng = np.random.default_rng()
+        self.t = 0
+        self.length = 5
+
+    def _obs(self) -> dict[str, Any]:
+        return {
+            "image": self._rng.integers(0, 256, (6, 5, 3), dtype=np.uint8),
+            "pos": self._rng.uniform(-1, 1, 2).astype(np.float32),
+            "mode": int(self._rng.integers(0, 4)),
+        }
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self.t = 0
+        self.length = int(self._rng.integers(3, 9))
+        return self._obs(), {"length": self.length, "start": np.arange(3, dtype=np.int16) + self.length}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        self.t += 1
+        reward = float(np.sum(action)) + self.t
+        ended = self.t >= self.length
+        terminated = ended and self.length % 2 == 0
+        truncated = ended and not terminated
+        info: dict[str, Any] = {"t": np.int64(self.t)}
+        if self.t % 3 == 0:
+            info["third"] = np.float32(self.t / 3)
+        return self._obs(), reward, terminated, truncated, info
+
+    def render(self) -> np.ndarray:
+        frame = np.zeros((4, 4, 3), dtype=np.uint8)
+        frame[..., 0] = self.t
+        frame[..., 1] = self.length
+        return frame
+
+    def close(self) -> None:
+        pass
+
+
+class SlowLaneEnv(TinyEnv):
+    """TinyEnv whose step sleeps ``delay`` seconds after a reset with seed 1000 (one slow lane)."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        super().__init__(limit=limit)
+        self.delay = 0.0
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        self.delay = float((options or {}).get("delay", 0.6)) if seed == 1000 else 0.0
+        return super().reset(seed=seed, options=None)
+
+    def step(self, action: int) -> tuple[int, float, bool, bool, dict[str, Any]]:
+        if self.delay:
+            time.sleep(self.delay)
+        return super().step(action)
+
+
+class BrokenLaneEnv(TinyEnv):
+    """TinyEnv whose step raises for action 1."""
+
+    def step(self, action: int) -> tuple[int, float, bool, bool, dict[str, Any]]:
+        if int(action) == 1:
+            raise ValueError("action 1 breaks this lane")
+        return super().step(action)
