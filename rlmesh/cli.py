@@ -53,21 +53,45 @@ def _serve(args: argparse.Namespace) -> int:
             action_converter(args.framework, args.device)
         except (ValueError, ImportError) as exc:
             raise SystemExit(f"rlmesh serve: {exc}") from exc
-    env, make_kwargs = _load_target(args.target, kwargs, args.num_envs)
     options = ServeOptions(
         allow_remote_shutdown=args.allow_remote_shutdown,
         idle_timeout_seconds=args.idle_timeout,
         validation=args.validation,
     )
-    server = EnvServer(
-        env,
-        args.address,
-        options=options,
-        num_envs=args.num_envs if isinstance(env, str) else None,
-        make_kwargs=make_kwargs,
-        framework=args.framework,
-        device=args.device,
-    )
+    server = None
+    mode = args.vectorization_mode
+    if args.num_envs is not None and args.num_envs >= 2 and mode != "sync":
+        # The vector fast path: the workers make the id, or import module:factory, themselves.
+        try:
+            server = EnvServer(
+                args.target,
+                args.address,
+                options=options,
+                num_envs=args.num_envs,
+                make_kwargs=kwargs,
+                vectorization_mode="async",
+                workers=args.workers,
+                autoreset_mode=args.autoreset_mode,
+                framework=args.framework,
+                device=args.device,
+            )
+        except (TypeError, ValueError) as exc:
+            if mode == "async":
+                raise SystemExit(f"rlmesh serve: {exc}") from exc
+    elif args.workers is not None:
+        raise SystemExit("rlmesh serve: --workers needs --num-envs N >= 2 and the async vectorization mode")
+    if server is None:
+        env, make_kwargs = _load_target(args.target, kwargs, args.num_envs)
+        server = EnvServer(
+            env,
+            args.address,
+            options=options,
+            num_envs=args.num_envs if isinstance(env, str) else None,
+            make_kwargs=make_kwargs,
+            framework=args.framework,
+            device=args.device,
+            autoreset_mode=args.autoreset_mode if isinstance(env, str) and args.num_envs else None,
+        )
     address = server.address
     print(f"✓ Server address: {address}", flush=True)
     print(
@@ -163,6 +187,25 @@ def _parser() -> argparse.ArgumentParser:
         help="unix:///path.sock, tcp://host:port, host:port or a port",
     )
     serve.add_argument("--num-envs", type=int, default=None, help="serve a vector env of N copies")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes of the vector fast path (default: min(N, cores - 1))",
+    )
+    serve.add_argument(
+        "--vectorization-mode",
+        choices=["async", "sync"],
+        default=None,
+        help="async: worker processes (the fast path); sync: one in-process vector env "
+        "(default: async where the target allows it)",
+    )
+    serve.add_argument(
+        "--autoreset-mode",
+        choices=["NextStep", "SameStep", "Disabled"],
+        default=None,
+        help="the vector env's autoreset mode (default NextStep)",
+    )
     serve.add_argument(
         "--kwargs-json", default=None, help="keyword arguments for gymnasium.make or the factory, as JSON"
     )
