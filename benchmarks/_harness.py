@@ -230,6 +230,56 @@ def step_rates(
     return rates
 
 
+def process_cpu_seconds(pid: int | None = None) -> float:
+    """User plus system CPU seconds of a process so far, all its threads (None: this process).
+
+    Another process's comes from ``/proc/<pid>/stat`` (Linux), this one's from
+    ``resource.getrusage``.
+    """
+    if pid is None or pid == os.getpid():
+        import resource
+
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CountingEnv:
+    """Counts the steps ``step_rates`` takes, so CPU time can be divided by them."""
+
+    def __init__(self, env: SteppableEnv) -> None:
+        self.env = env
+        self.steps = 0
+
+    def reset(self, *, seed: int | None = None) -> Any:
+        return self.env.reset(seed=seed)
+
+    def step(self, action: Any) -> tuple[Any, Any, Any, Any, Any]:
+        self.steps += 1
+        return self.env.step(action)
+
+
+def step_rates_with_cpu(
+    env: SteppableEnv, seconds: float, rounds: int, peer_pids: Sequence[int]
+) -> tuple[list[float], float, float]:
+    """:func:`step_rates`, plus the CPU per step of this process and of ``peer_pids`` together.
+
+    Returns ``(steps/s per round, this process's user+sys us per step, the
+    peers' user+sys us per step)``, the CPU over every step taken (warm-up
+    included). The peers are the serving side: rlmesh's server, or
+    AsyncVectorEnv's worker.
+    """
+    counting = CountingEnv(env)
+    mine, theirs = process_cpu_seconds(), sum(process_cpu_seconds(pid) for pid in peer_pids)
+    rates = step_rates(counting, seconds, rounds)
+    mine = process_cpu_seconds() - mine
+    theirs = sum(process_cpu_seconds(pid) for pid in peer_pids) - theirs
+    steps = max(counting.steps, 1)
+    return rates, mine / steps * 1e6, theirs / steps * 1e6
+
+
 #: The program each busy process runs (a spin loop that exits when its parent goes).
 BUSY_SCRIPT = Path(__file__).resolve().with_name("_busy.py")
 

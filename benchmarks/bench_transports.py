@@ -19,9 +19,16 @@ package's client imports it in its own interpreter): ``--rounds`` rounds of
 of ``--conditions``: ``idle``, and ``busy`` with one extra process spinning on
 a core for the whole measurement (a learner computing while its envs step).
 
+CPU per step: for rlmesh and gymnasium cells, the user+sys CPU time of the
+stepping process (the client; AsyncVectorEnv's main process) and of the
+serving one (rlmesh's server; AsyncVectorEnv's worker), divided by the steps
+taken, env step included. ``--spin on,off`` measures the rlmesh cells with
+spinning on and off (``RLMESH_SPIN=0`` for server and client; rows named
+``...-nospin``).
+
 Output: one JSON line per cell and condition, then a markdown table with the
-idle and busy rates side by side and each rlmesh row's ratio to every peer in
-the same condition.
+idle and busy rates side by side, each rlmesh row's ratio to every peer in
+the same condition, and the CPU per step (client + server) per condition.
 
 Run: ``python -m benchmarks.bench_transports [--quick] [--peer-python PATH]``.
 """
@@ -33,6 +40,7 @@ import contextlib
 import functools
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -50,10 +58,11 @@ from benchmarks._harness import (  # noqa: E402
     deadline,
     markdown_table,
     sigterm_as_exit,
-    step_rates,
+    step_rates_with_cpu,
 )
 from benchmarks._peer import CARTPOLE, IMAGE, make_env, obs_bytes  # noqa: E402
 from rlmesh import _demo  # noqa: E402
+from rlmesh._spin import ENV_VAR as ENV_SPIN  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORKLOADS = list(_demo.WORKLOADS)
@@ -62,8 +71,12 @@ CONDITIONS = {"idle": 0, "busy": 1}
 #: The bound on starting a cell's server and client, on top of its timed rounds.
 SETUP_TIMEOUT = 120.0
 
-#: Runs one condition's rounds of a cell and returns steps/s per round.
-Timer = Callable[[], list[float]]
+#: Runs one condition's rounds of a cell: steps/s per round, and the CPU per step
+#: in microseconds of the stepping and of the serving process (None: not measured).
+Measured = tuple[list[float], float | None, float | None]
+Timer = Callable[[], Measured]
+#: Spinning on and off (the ``--spin`` choices).
+SPIN = {"on": True, "off": False}
 
 
 def peer_env(workload: str) -> tuple[str, dict[str, Any]]:
@@ -76,23 +89,45 @@ def peer_env(workload: str) -> tuple[str, dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def rlmesh_cell(workload: str, transport: str, address: str, seconds: float, rounds: int) -> Iterator[Timer]:
-    """``rlmesh serve`` in a subprocess, stepped from here with the NumPy client."""
+def rlmesh_cell(
+    workload: str, transport: str, address: str, seconds: float, rounds: int, spin: bool = True
+) -> Iterator[Timer]:
+    """``rlmesh serve`` in a subprocess, stepped from here with the NumPy client.
+
+    ``spin=False`` sets ``RLMESH_SPIN=0`` for the server and the client.
+    """
     from rlmesh.numpy import RemoteEnv
 
     target, kwargs = _demo.WORKLOADS[workload]
+    environ = dict(os.environ)
+    if not spin:
+        environ[ENV_SPIN] = "0"
     # The idle timeout stops a server that outlives this process (a SIGKILL): nothing else would.
     server, bound = _demo.start_server(
-        target, kwargs, address, quiet=True, extra=["--idle-timeout", str(SETUP_TIMEOUT)]
+        target, kwargs, address, quiet=True, extra=["--idle-timeout", str(SETUP_TIMEOUT)], env=environ
     )
     try:
-        env = RemoteEnv(bound, shared_memory=transport == "shm", connect_timeout_seconds=30)
+        with _environment(environ):  # the client reads RLMESH_SPIN when it connects
+            env = RemoteEnv(bound, shared_memory=transport == "shm", connect_timeout_seconds=30)
         try:
-            yield lambda: step_rates(env, seconds, rounds)
+            yield lambda: step_rates_with_cpu(env, seconds, rounds, [server.pid])
         finally:
             env.close()
     finally:
         _demo.stop_server(server)
+
+
+@contextlib.contextmanager
+def _environment(environ: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` is ``environ`` for the block."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 class OneLane:
@@ -127,7 +162,8 @@ def gymnasium_cell(workload: str, shared_memory: bool, seconds: float, rounds: i
     )
     try:
         lane = OneLane(envs)
-        yield lambda: step_rates(lane, seconds, rounds)
+        workers = [process.pid for process in envs.processes if process.pid is not None]
+        yield lambda: step_rates_with_cpu(lane, seconds, rounds, workers)
     finally:
         envs.close()
 
@@ -159,7 +195,7 @@ def published_cell(
             bound = started["address"]
             labels["peer_rlmesh"] = started["rlmesh"]
 
-            def timer() -> list[float]:
+            def timer() -> Measured:
                 client = subprocess.run(
                     [python, "-I", str(HERE / "_peer_client.py"), bound]
                     + ["--seconds", str(seconds), "--rounds", str(rounds)],
@@ -172,7 +208,7 @@ def published_cell(
                     raise RuntimeError(f"the published package's client failed: {client.stderr[-2000:]}")
                 result = json.loads(client.stdout.strip().splitlines()[-1])
                 labels["peer_python"] = result["python"]
-                return [float(rate) for rate in result["rounds"]]
+                return [float(rate) for rate in result["rounds"]], None, None
 
             yield timer
         finally:
@@ -210,7 +246,7 @@ def measure_cell(
     with deadline(bound, f"{workload} over {transport}"), cell as timer:
         for condition in conditions:
             with busy_processes(CONDITIONS[condition]):
-                rates = timer()
+                rates, cpu_client, cpu_server = timer()
             median = statistics.median(rates)
             size = obs_bytes(*peer_env(workload))
             runner.emit(
@@ -223,6 +259,8 @@ def measure_cell(
                     "rounds": [round(rate, 1) for rate in rates],
                     "seconds": seconds,
                     "timed_s": seconds * len(rates),
+                    "cpu_client_us_per_step": None if cpu_client is None else round(cpu_client, 1),
+                    "cpu_server_us_per_step": None if cpu_server is None else round(cpu_server, 1),
                     **labels,
                 },
             )
@@ -232,6 +270,13 @@ def measure_cell(
 def report(records: Sequence[dict[str, Any]], conditions: Sequence[str]) -> str:
     """The markdown table: steps/s per condition side by side, each rlmesh row's ratios to the peers."""
     rate = {(r["workload"], r["transport"], r["condition"]): r["steps_per_s_median"] for r in records}
+    cpu = {
+        (r["workload"], r["transport"], r["condition"]): (
+            r.get("cpu_client_us_per_step"),
+            r.get("cpu_server_us_per_step"),
+        )
+        for r in records
+    }
     cells = list(dict.fromkeys((r["workload"], r["transport"]) for r in records))
     peers = list(dict.fromkeys(t for _, t in cells if not t.startswith("rlmesh-")))
     both = "idle" in conditions and "busy" in conditions
@@ -239,6 +284,7 @@ def report(records: Sequence[dict[str, Any]], conditions: Sequence[str]) -> str:
     if both:
         headers.append("busy/idle")
     headers += [f"x {peer}" for peer in peers]
+    headers += [f"CPU us/step {c} (client+server)" for c in conditions]
 
     def row(workload: str, transport: str, with_ratios: bool) -> list[str]:
         values = [rate.get((workload, transport, c)) for c in conditions]
@@ -255,6 +301,9 @@ def report(records: Sequence[dict[str, Any]], conditions: Sequence[str]) -> str:
                 theirs = rate.get((workload, peer, condition))
                 ratios.append(f"{mine / theirs:.1f}" if mine and theirs else "-")
             out.append(" / ".join(ratios))
+        for condition in conditions:
+            client, server = cpu.get((workload, transport, condition), (None, None))
+            out.append(f"{client + server:.0f} ({client:.0f}+{server:.0f})" if client and server else "-")
         return out
 
     rows = [row(w, t, True) for w, t in cells if t.startswith("rlmesh-")]
@@ -281,6 +330,14 @@ def parse_conditions(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def parse_spin(text: str) -> list[bool]:
+    """``on,off`` -> [True, False], in the order given, each known."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names or any(name not in SPIN for name in names):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of on, off; got {text!r}")
+    return [SPIN[name] for name in dict.fromkeys(names)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -294,6 +351,12 @@ def main() -> None:
         type=parse_conditions,
         default=list(CONDITIONS),
         help="idle, busy (one extra process spinning on a core), or both: idle,busy (the default)",
+    )
+    parser.add_argument(
+        "--spin",
+        type=parse_spin,
+        default=[True, False],
+        help="rlmesh cells with spinning on, off, or both: on,off (the default; off rows end in -nospin)",
     )
     parser.add_argument("--peer-python", default=None, help="a python with the published rlmesh installed")
     parser.add_argument("--setup-peer", default=None, metavar="DIR", help="create that peer venv first")
@@ -319,10 +382,11 @@ def main() -> None:
     with sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="rlmesh-bench-") as tmp:
         runner.note("rlmesh:")
         for workload in workloads:
-            for transport in _demo.TRANSPORTS:
+            for transport, spin in itertools.product(_demo.TRANSPORTS, args.spin):
                 address = "tcp://127.0.0.1:0" if transport == "tcp" else f"unix://{tmp}/{next(sockets)}.sock"
-                cell = rlmesh_cell(workload, transport, address, seconds, rounds)
-                measure_cell(runner, workload, f"rlmesh-{transport}", cell, conditions, seconds, rounds)
+                cell = rlmesh_cell(workload, transport, address, seconds, rounds, spin)
+                name = f"rlmesh-{transport}" + ("" if spin else "-nospin")
+                measure_cell(runner, workload, name, cell, conditions, seconds, rounds)
         if not args.no_gymnasium:
             runner.note("gymnasium AsyncVectorEnv (1 worker):")
             for workload in workloads:
@@ -349,7 +413,8 @@ def main() -> None:
         )
         print(
             f"x PEER: this row's steps/s over the peer's in the same condition, {' / '.join(conditions)}; "
-            "above 1 favours rlmesh."
+            "above 1 favours rlmesh. CPU: user+sys us per step of the stepping and the serving process "
+            "(rlmesh client+server; AsyncVectorEnv main+worker), env step included."
         )
         print()
         print(report(runner.records, conditions))
