@@ -28,8 +28,8 @@ What a remote face cannot do like a local env, and why:
   own episodes. ``gymnasium.make`` replaces it with ``rlmesh/Remote-v0``'s, as
   it does for every env.
 * ``info`` loses the client's bookkeeping keys ``episode_ids`` and
-  ``completed_episodes`` (the NumPy client keeps them), so that infos equal a
-  local env's. Other values arrive as metadata: NumPy arrays an env puts in a
+  ``completed_episodes`` (the NumPy client keeps them; an env's own keys of
+  those names stay), so that infos equal a local env's. Other values arrive as metadata: NumPy arrays an env puts in a
   single env's info come back as lists. A vector env's infos are rebuilt the
   way Gymnasium batches them (arrays per key with ``_key`` masks, ``final_obs``
   an object array of observations).
@@ -90,10 +90,23 @@ def _check_render_mode(contract: EnvContract, render_mode: str | None, address: 
         )
 
 
-def _strip(info: dict[str, Any]) -> dict[str, Any]:
-    for key in _CLIENT_KEYS:
-        info.pop(key, None)
+def _strip(info: dict[str, Any], ids: list[list[str]], done: int | None) -> dict[str, Any]:
+    """Drop the keys the NumPy client added, keeping an env's own keys of the same names.
+
+    The client only adds a key the env did not set: ``episode_ids`` is its
+    when it equals one of the client's id lists ``ids`` (before and after the
+    call), ``completed_episodes`` when it equals ``done``, the lanes that
+    ended (None: the client adds none, as on reset).
+    """
+    if info.get("episode_ids") in ids:
+        del info["episode_ids"]
+    if done is not None and info.get("completed_episodes") == done:
+        del info["completed_episodes"]
     return info
+
+
+def _ids(client: Any) -> list[str]:
+    return list(client._episode_ids)
 
 
 def _served_spec(contract: EnvContract, kwargs: dict[str, Any]) -> Any:
@@ -226,7 +239,7 @@ class RemoteEnv(gymnasium.Env[Any, Any]):
         """
         super().reset(seed=seed)
         obs, info = self._client.reset(seed=seed, options=options)
-        return obs, _strip(info)
+        return obs, _strip(info, [_ids(self._client)], None)
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         """Advance the served env one step.
@@ -235,8 +248,10 @@ class RemoteEnv(gymnasium.Env[Any, Any]):
             InvalidActionError: (a ValueError) the action is outside the action
             space. RemoteError, OperationTimeout, BrokenError, ClosedError.
         """
+        before = _ids(self._client)
         obs, reward, terminated, truncated, info = self._client.step(action)
-        return obs, reward, terminated, truncated, _strip(info)
+        done = 1 if terminated or truncated else None
+        return obs, reward, terminated, truncated, _strip(info, [before], done)
 
     def render(self) -> Any:
         """The served env's frame in its render mode (an array for ``rgb_array``), or None.
@@ -355,7 +370,7 @@ class RemoteVectorEnv(VectorEnv):
         return self._client.env_contract
 
     def reset(
-        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
         """Reset every lane; ``seed`` is an int (lane ``i`` gets ``seed + i``) or one per lane.
 
@@ -370,7 +385,7 @@ class RemoteVectorEnv(VectorEnv):
         if isinstance(seed, int):
             super().reset(seed=seed)
         obs, info = self._client.reset(seed=seed, options=options)
-        return obs, self._batch(_strip(info))
+        return obs, self._batch(_strip(info, [_ids(self._client)], None))
 
     def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Step every lane: ``(obs, rewards, terminations, truncations, infos)`` as NumPy batches.
@@ -421,7 +436,16 @@ class RemoteVectorEnv(VectorEnv):
 
     def _finish(self, result: tuple[Any, Any, Any, Any, dict[str, Any]]) -> tuple[Any, Any, Any, Any, Any]:
         obs, rewards, terminations, truncations, info = result
-        return obs, rewards, terminations, truncations, self._batch(_strip(info))
+        ended = int(np.count_nonzero(np.logical_or(terminations, truncations)))
+        # The client's ids are its current ones, but for lanes a SameStep reset renamed.
+        after = _ids(self._client)
+        emitted = info.get("episode_ids")
+        if isinstance(emitted, list) and len(emitted) == len(after):
+            if sum(a != b for a, b in zip(emitted, after, strict=True)) <= ended:
+                del info["episode_ids"]
+        if info.get("completed_episodes") == ended:
+            del info["completed_episodes"]
+        return obs, rewards, terminations, truncations, self._batch(info)
 
     def _batch(self, info: dict[str, Any]) -> dict[str, Any]:
         return _batch_infos(info, self.num_envs, self.single_observation_space)

@@ -442,3 +442,19 @@ def test_an_env_never_closed_detaches_with_a_resource_warning(served: Any) -> No
     # The server took the detach: a new client is served at once.
     with rnp.RemoteEnv(address) as client:
         client.reset(seed=0)
+
+
+def test_infos_lose_the_clients_keys_but_keep_an_envs_own(served: Any) -> None:
+    from tests.envs import CountEnv
+
+    address = served(lambda: CountEnv(limit=2))
+    with rg.RemoteEnv(address) as env:
+        _, info = env.reset(seed=1)
+        assert info["episode_ids"] == "env-owned"  # the env's own key of that name stays
+        assert info["custom"] == [0, 1, 2]  # a NumPy array in an info arrives as a list
+        assert env.step(0)[-1] == {"t": 1}
+        assert env.step(0)[-1] == {"t": 2}  # the episode ended: no completed_episodes either
+    with rnp.RemoteEnv(address) as client:
+        client.reset(seed=1)
+        client.step(0)
+        assert client.step(0)[-1]["completed_episodes"] == 1  # the NumPy client keeps them
