@@ -67,10 +67,11 @@ def test_bench_transports_as_a_module_in_one_condition() -> None:
         str(ROOT),
     )
     assert {(row["transport"], row["condition"]) for row in rows} == {
-        ("rlmesh-shm", "busy"),
-        ("rlmesh-unix", "busy"),
-        ("rlmesh-tcp", "busy"),
+        (f"rlmesh-{transport}{spin}", "busy")
+        for transport in ("shm", "unix", "tcp")
+        for spin in ("", "-nospin")  # spinning on and off (--spin on,off, the default)
     }
+    assert all(row["cpu_client_us_per_step"] > 0 and row["cpu_server_us_per_step"] > 0 for row in rows)
     assert all(row["obs_bytes"] == 28 * 1024 and row["seconds"] == 0.3 for row in rows)
     assert "| workload" not in out  # --json-only: no table
 
