@@ -98,6 +98,10 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
         shared_memory: use shared memory when the server is on this host
             (False forces inline copies through the socket).
         max_message_bytes: the largest message accepted.
+        spin: whether to spin briefly for each answer before sleeping (it
+            arrives sooner when a core is free). None: ``RLMESH_SPIN`` (on
+            unless it is 0). It stops by itself while the machine has more
+            runnable processes than cores.
 
     Raises:
         ConnectError: (a ConnectionError) the server cannot be reached or the
@@ -131,6 +135,7 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
         request_timeout_seconds: float | None = None,
         shared_memory: bool = True,
         max_message_bytes: int = DEFAULT_MAX_FRAME,
+        spin: bool | None = None,
     ) -> None:
         self._ensure_backend()
         resolved = resolve_address(address, host=host, port=port, path=path, transport=transport)
@@ -144,6 +149,7 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
             request_timeout=self._request_timeout,
             shared_memory=shared_memory,
             max_message_bytes=max_message_bytes,
+            spin=spin,
         )
         self._attach(conn)
 
@@ -735,6 +741,7 @@ def dial(
     connect_timeout_seconds: float | None = None,
     request_timeout_seconds: float | None = None,
     shared_memory: bool = True,
+    spin: bool | None = None,
 ) -> RemoteEnvBase[Any, Any]:
     """Connect to an endpoint with ``single`` or ``vector`` as its ``num_envs`` asks (one handshake).
 
@@ -751,6 +758,7 @@ def dial(
         request_timeout=request_timeout,
         shared_memory=shared_memory,
         max_message_bytes=DEFAULT_MAX_FRAME,
+        spin=spin,
     )
     cls = vector if conn.contract.num_envs > 1 else single
     client = cls.__new__(cls)

@@ -37,6 +37,7 @@ from ._conformance import check_policy, resolve_policy
 from ._dtypes import DTYPES
 from ._framework import action_converter
 from ._lifecycle import Lifecycle, State
+from ._spin import spin_enabled
 from .errors import (
     BusyError,
     ClosedError,
@@ -95,6 +96,11 @@ class ServeOptions:
             and session in ``info["rlmesh.conformance.warning"]``), "strict"
             (reject them) or "off" (no checks, NaN included). NaN is rejected
             under warn and strict. None: ``RLMESH_VALIDATION_POLICY``, else warn.
+        spin: whether a session spins briefly for its client's next request
+            before sleeping (it answers sooner when a core is free). None:
+            ``RLMESH_SPIN`` (on unless it is 0). Never on a single core, and
+            it stops by itself while the machine has more runnable processes
+            than cores.
 
     Raises:
         TypeError: a positional argument, or a non-numeric timeout.
@@ -110,6 +116,7 @@ class ServeOptions:
     max_message_bytes: int = DEFAULT_MAX_FRAME
     shared_memory: bool = True
     validation: str | None = None
+    spin: bool | None = None
 
     def __post_init__(self) -> None:
         _check_seconds("idle_timeout_seconds", self.idle_timeout_seconds, allow_zero=False)
@@ -671,7 +678,7 @@ class EnvServer:
         self._session_config = SessionConfig(
             handshake_timeout=self.options.handshake_timeout_seconds,
             shared_memory=self.options.shared_memory,
-            spin=SERVER_SPIN if (os.cpu_count() or 1) >= 2 else 0.0,
+            spin=SERVER_SPIN if (os.cpu_count() or 1) >= 2 and spin_enabled(self.options.spin) else 0.0,
             log=log,
         )
         self._sessions_lock = threading.Lock()
