@@ -109,6 +109,18 @@ def test_max_episode_steps_cuts_each_lane_as_on_a_single_env(serve, mode: Autore
     assert outcome(result) == expected
 
 
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m.value)
+def test_the_worker_fast_path_runs_every_seed_as_a_single_env(serve, mode: AutoresetMode) -> None:
+    seeds = list(range(3 * N))
+    address = serve("CartPole-v1", num_envs=N, workers=2, autoreset_mode=mode.value).server.address
+    model = rnp.Model(lane_policy)
+    assert outcome(model.run(address, seeds=seeds)) == reference(seeds)
+    cut = model.run(address, seeds=seeds, max_episode_steps=30)
+    assert outcome(cut) == reference(seeds, max_episode_steps=30)
+    mixed = model.run(address, seeds=[5, 6], max_episodes=7)
+    assert outcome(mixed)[:2] == reference([5, 6]) and [e.index for e in mixed.episodes] == list(range(7))
+
+
 @pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.DISABLED], ids=lambda m: m.value)
 def test_counting_rules_of_a_single_env(serve, mode: AutoresetMode) -> None:
     env = SeedSpy(mode)
