@@ -11,17 +11,19 @@ Discrete action) and strs (Text) stay as they are, as on the client side.
 Observations need no declaration either way: ``jax.Array`` leaves (on any
 device) are read through their ``__array__`` export, as NumPy arrays are.
 
-JAX is imported only when ``framework="jax"`` is asked for. The torch backend
-is not part of rlmesh (torch is not a dependency), so ``framework="torch"`` is
-refused with a clear error.
+A torch-native env is served with ``framework="torch"``: array leaves become
+``torch.Tensor`` on ``device`` (a ``torch.device`` or a name such as "cpu",
+"cuda:0"; default the CPU). Its observations may be CPU torch tensors (read
+through their ``__array__`` export).
+
+JAX is imported only when ``framework="jax"`` is asked for, torch only for
+``framework="torch"`` (torch >= 2.3, the extra ``rlmesh[torch]``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-
-from .errors import BackendUnavailable
 
 __all__ = ["FRAMEWORKS", "action_converter"]
 
@@ -36,8 +38,9 @@ def action_converter(framework: str | None, device: Any = None) -> Callable[[Any
         framework: None or "numpy" (actions stay NumPy arrays), "jax", or "torch".
         device: where a JAX env wants its actions: a ``jax.Device``, or a
             platform name with an optional index ("cpu", "cpu:0", "gpu:1",
-            "cuda:0", "tpu"). None: JAX's default device. Needs a framework
-            with devices.
+            "cuda:0", "tpu"); None: JAX's default device. For torch, a
+            ``torch.device`` or its name ("cpu", "cuda:1"); None: the CPU.
+            Needs a framework with devices.
 
     Returns:
         None when actions need no conversion, else a function mapping a
@@ -45,11 +48,11 @@ def action_converter(framework: str | None, device: Any = None) -> Callable[[Any
 
     Raises:
         ValueError: an unknown framework; ``device`` without ``framework="jax"``
-            or "torch"; a device that JAX does not have.
+            or "torch"; a device that JAX (or torch) does not have.
         TypeError: ``framework`` is not a str, or ``device`` is neither a str
             nor a ``jax.Device``.
-        BackendUnavailable: (an ImportError) jax is missing or too old, or
-            torch was asked for.
+        BackendUnavailable: (an ImportError) jax or torch, whichever was
+            asked for, is missing or too old.
     """
     if framework is not None and not isinstance(framework, str):
         raise TypeError(f"framework must be a str or None, got {type(framework).__name__}")
@@ -64,12 +67,55 @@ def action_converter(framework: str | None, device: Any = None) -> Callable[[Any
     if name == "numpy":
         return None
     if name == "torch":
-        raise BackendUnavailable(
-            "framework='torch' is not available: rlmesh has no torch backend (torch is not a "
-            "dependency); serve the env with framework=None (NumPy actions) and convert in the env, "
-            "or use framework='jax'"
-        )
+        return _torch_converter(device)
     return _jax_converter(device)
+
+
+def _torch_converter(device: Any) -> Callable[[Any], Any]:
+    from .backends.torch import ensure_available
+
+    ensure_available()
+    import numpy as np
+    import torch
+
+    target = _torch_device(torch, device)
+    ndarray = np.ndarray
+    from_numpy = torch.from_numpy
+
+    def convert(value: Any) -> Any:
+        kind = type(value)
+        if kind is ndarray:
+            # The decoded action is this call's own array: from_numpy shares it, .to copies when needed.
+            return from_numpy(value).to(target)
+        if kind is dict:
+            return {k: convert(v) for k, v in value.items()}
+        if kind is tuple:
+            return tuple(convert(v) for v in value)
+        if kind is list:
+            return [convert(v) for v in value]
+        return value
+
+    return convert
+
+
+def _torch_device(torch: Any, device: Any) -> Any:
+    """A ``torch.device`` for ``device`` (None: the CPU)."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        target = device
+    elif isinstance(device, str):
+        try:
+            target = torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"invalid torch device {device!r}: {exc}") from None
+    else:
+        raise TypeError(f"device must be a str or a torch.device, got {type(device).__name__}")
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} is not available: torch sees no CUDA device")
+    if target.type == "cuda" and target.index is not None and target.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: torch has {torch.cuda.device_count()} CUDA device(s)")
+    return target
 
 
 def _jax_converter(device: Any) -> Callable[[Any], Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,8 +13,8 @@ import pytest
 
 import rlmesh
 import rlmesh.numpy as rnp
-from rlmesh.errors import BackendUnavailable, RemoteError
-from tests.conftest import ROOT, TRANSPORTS, run_python, serve_subprocess
+from rlmesh.errors import RemoteError
+from tests.conftest import ROOT, TRANSPORTS, import_or_skip, run_python, serve_subprocess
 from tests.envs import JaxEnv, JaxVectorEnv, LegacyVectorEnv, TinyEnv
 
 pytestmark = pytest.mark.timeout(120)
@@ -48,13 +49,13 @@ def test_unknown_framework_and_bad_types() -> None:
         rlmesh.EnvServer(TinyEnv(), framework=3)  # type: ignore[arg-type]
 
 
-def test_torch_framework_is_a_clear_error() -> None:
+def test_torch_framework_checks_its_device_before_any_env_is_made() -> None:
+    import_or_skip("torch")
     factory = CountingFactory()
-    with pytest.raises(BackendUnavailable, match="no torch backend") as info:
-        rlmesh.EnvServer(factory, framework="torch")
-    assert isinstance(info.value, ImportError)
-    with pytest.raises(BackendUnavailable, match="no torch backend"):
-        rlmesh.EnvServer(factory, framework="torch", device="cuda:0")
+    with pytest.raises(ValueError, match="invalid torch device 'abacus'"):
+        rlmesh.EnvServer(factory, framework="torch", device="abacus")
+    with pytest.raises(TypeError, match="torch.device"):
+        rlmesh.EnvServer(factory, framework="torch", device=3)
     assert factory.made == 0
 
 
@@ -187,9 +188,10 @@ def test_rlmesh_serve_refuses_bad_framework_options() -> None:
         command = [sys.executable, "-m", "rlmesh", "serve", "tests.envs:TinyEnv", *args]
         return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
 
-    result = serve_cli("--framework", "torch")
-    assert result.returncode != 0 and "no torch backend" in result.stderr
-    assert "Traceback" not in result.stderr
+    if importlib.util.find_spec("torch") is not None:
+        result = serve_cli("--framework", "torch", "--device", "abacus")
+        assert result.returncode != 0 and "invalid torch device 'abacus'" in result.stderr
+        assert "Traceback" not in result.stderr
     result = serve_cli("--device", "cpu")
     assert result.returncode != 0 and "device=... needs a framework" in result.stderr
 

@@ -6,7 +6,17 @@ import json
 
 from tests.conftest import ROOT, run_python
 
-HEAVY = ["numpy", "jax", "jaxlib", "gymnasium", "docker", "ml_dtypes", "matplotlib"]
+HEAVY = [
+    "numpy",
+    "jax",
+    "jaxlib",
+    "gymnasium",
+    "docker",
+    "ml_dtypes",
+    "matplotlib",
+    "torch",
+    "stable_baselines3",
+]
 
 
 def test_import_rlmesh_is_light() -> None:

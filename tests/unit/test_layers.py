@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     "rlmesh._vector_runs": 4,
     "rlmesh.numpy": 4,
     "rlmesh.jax": 4,
+    "rlmesh.torch": 4,
     "rlmesh.vector": 4,
     # 5: Gymnasium faces
     "rlmesh.gymnasium": 5,
