@@ -315,8 +315,8 @@ def test_a_lambda_factory_is_refused_for_async_and_served_sync_by_default(serve)
 
 
 def test_forged_batch_handles_are_refused() -> None:
-    from rlmesh.specs import EnvContract
     from rlmesh.spaces import Box, Discrete
+    from rlmesh.specs import EnvContract
 
     layout = Layout.build(EnvContract("X-v0", Box(0, 1, (3,), "float32"), Discrete(2), num_envs=4), 2)
     assert layout.check_batch(0, layout.size)[0] == layout.buffer(0)
