@@ -284,6 +284,31 @@ def test_remote_vector_env_replays_the_local_vector_env(served: Any, mode: Autor
             assert finals, "the rollout must cross an autoreset"
 
 
+@pytest.mark.parametrize("mode", list(AutoresetMode), ids=lambda m: m.value)
+def test_remote_vector_env_over_the_fast_path_replays_the_local_vector_env(
+    tmp_path: Path, mode: AutoresetMode
+) -> None:
+    local = vector_factory(mode)()
+    expected = vector_rollout(local, mode, 40, split=False)
+    local.close()
+    server = rlmesh.EnvServer(
+        "CartPole-v1",
+        f"unix://{tmp_path}/fast.sock",
+        num_envs=3,
+        vectorization_mode="async",
+        workers=2,
+        autoreset_mode=mode.value,
+        max_episode_steps=9,
+    ).start()
+    try:
+        with rg.RemoteVectorEnv(server.address) as remote:
+            assert remote.metadata["autoreset_mode"] is mode
+            assert same(vector_rollout(remote, mode, 40, split=False), expected)
+            assert same(vector_rollout(remote, mode, 40, split=True), expected)
+    finally:
+        server.shutdown()
+
+
 def test_step_async_and_step_wait_enforce_their_order(served: Any) -> None:
     address = served(vector_factory(AutoresetMode.NEXT_STEP))
     with rg.RemoteVectorEnv(address) as env:
