@@ -29,9 +29,10 @@ lanes end together.
 
 Runs that need no masked reset (unseeded NextStep or SameStep runs without
 caps, seeds only for the first episode of each lane) never send one. A run
-that needs one on an endpoint that cannot do it (the env raises on the mask,
-or ignores it and resets lanes it was not asked to) fails with a ValueError
-at its first masked reset; it never returns wrong counts.
+that needs one on an endpoint that cannot do it fails with a ValueError at its
+first masked reset, rather than return wrong counts: the env raised on the
+mask, or ignored it (a lane outside the mask came back with an observation
+other than the one it had).
 """
 
 from __future__ import annotations
@@ -145,10 +146,15 @@ class _VectorRun:
         target = len(self.plan)
         lanes = self.lanes
         session._model.reset()
-        first = {}
         for i in range(n):
             lanes[i] = self.claim()
-            first[i] = _seed(lanes[i])
+        first = {i: _seed(lanes[i]) for i in range(n)}
+        if any(seed is not None for seed in first.values()) and all(
+            seed is not None or lanes[i] is None for i, seed in first.items()
+        ):
+            # Every lane with an episode is seeded: lanes without one (a plan
+            # shorter than N) take any seed, so one plain reset does it.
+            first = {i: _UNUSED_SEED if seed is None else seed for i, seed in first.items()}
         obs, info = self.resets.reset(first, None)
         self.ids[:] = info.get("episode_ids") or [None] * n
         self.begin(range(n), info)

@@ -249,8 +249,9 @@ def cartpoles(cls: type, mode: AutoresetMode = AutoresetMode.NEXT_STEP) -> Any:
 def test_an_endpoint_without_masked_resets_gives_a_clear_error(serve, cls: type) -> None:
     address = serve(cartpoles(cls)).server.address
     model = rnp.Model(lane_policy)
-    # Seeding only the first episode of each lane needs no masked reset.
+    # Seeding only the first episode of each lane needs no masked reset, nor do fewer seeds than lanes.
     assert outcome(model.run(address, seeds=[0, 1, 2, 3])) == reference([0, 1, 2, 3])
+    assert outcome(model.run(address, seeds=[7, 8])) == reference([7, 8])
     with pytest.raises(ValueError, match="cannot reset single lanes") as caught:
         model.run(address, seeds=list(range(2 * N)))
     assert "seed every episode" in str(caught.value)
