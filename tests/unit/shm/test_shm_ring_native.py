@@ -266,3 +266,43 @@ def test_the_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
         assert _spin.spin_enabled(True) is True  # an explicit choice wins
     monkeypatch.delenv(_spin.ENV_VAR)
     assert _spin.spin_enabled() is True
+
+
+def test_the_native_ring_checks_its_arguments_and_its_memory() -> None:
+    memory = bytearray(64 + CONTROL_SIZE + 256)
+    view = memoryview(memory)
+    with pytest.raises(ValueError, match="power of two"):
+        _native.Ring(view, 64, 100, BrokenError)
+    with pytest.raises(ValueError, match="cache line"):
+        _native.Ring(view, 8, 256, BrokenError)
+    with pytest.raises(ValueError, match="does not fit"):
+        _native.Ring(view, 128, 256, BrokenError)
+    with pytest.raises(TypeError, match="exception class"):
+        _native.Ring(view, 64, 256, int)
+    with pytest.raises(BufferError):
+        _native.Ring(memoryview(bytes(len(memory))), 64, 256, BrokenError)  # read-only memory
+    ring = _native.Ring(view, 64, 256, BrokenError)
+    with pytest.raises(ValueError, match="exceeds"):
+        ring.put(bytes(121), 0)
+    with pytest.raises(ValueError):
+        ring.wait_data(-1.0, 0.0)
+    view.release()  # the memory is gone (a closed segment): every call refuses, none touches it
+    for call in (lambda: ring.put(b"x", 0), ring.peek, ring.pop, ring.get, ring.pending):
+        with pytest.raises(ValueError):
+            call()
+    with pytest.raises(ValueError):
+        ring.wait_data(0.0, 0.01)
+
+
+def test_native_futex_calls(seg: Segment) -> None:
+    address = seg.address + BASE + 128
+    assert _native.futex_wait(address, 1, 0.01) is True  # the word is 0: returns at once
+    start = time.monotonic()
+    assert _native.futex_wait(address, 0, 0.03) is False  # timed out
+    assert time.monotonic() - start >= 0.02
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError):
+            _native.futex_wait(address, 0, bad)
+    _native.futex_wake(address)
+    _native.futex_wake(address, 5)
+    _native.sched_yield()
