@@ -289,12 +289,13 @@ def vector_rates(
 def vector_serve_args(num_envs: int, workers: int | None) -> list[str]:
     """The ``rlmesh serve`` arguments of a vector row: ``num_envs`` lanes on ``workers`` worker processes.
 
-    ``workers=None`` serves the in-process ``SyncVectorEnv`` (``vectorization_mode="sync"``).
+    ``workers=None`` serves one in-process ``SyncVectorEnv`` (``--vectorization-mode sync``). The
+    mode is always explicit: a target the fast path refuses then fails to start instead of
+    being served, unnoticed, the other way.
     """
-    args = ["--num-envs", str(num_envs)]
-    if workers is not None:
-        args += ["--workers", str(workers)]
-    return args
+    if workers is None:
+        return ["--num-envs", str(num_envs), "--vectorization-mode", "sync"]
+    return ["--num-envs", str(num_envs), "--vectorization-mode", "async", "--workers", str(workers)]
 
 
 def run_vector_cells(

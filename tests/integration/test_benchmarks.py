@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -203,3 +204,71 @@ def test_a_busy_process_exits_when_its_parent_goes() -> None:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid)
+
+
+VECTOR_IMPLS = (
+    "rlmesh-w1",
+    "rlmesh-w2",
+    "rlmesh-sync",
+    "gymnasium-async",
+    "gymnasium-sync",
+    "pufferlib-w1",
+    "pufferlib-w2",
+)
+
+
+def test_bench_vector_quick_measures_every_row_and_reports_the_targets(tmp_path) -> None:
+    plot = tmp_path / "vector.png"
+    rows, out = run_bench(["-m", "benchmarks.bench_vector", "--quick", "--plot", str(plot)], str(ROOT))
+    cells = {(r["workload"], r["impl"], r["condition"]): r for r in rows if r["kind"] == "row"}
+    workloads = ("CartPole-v1", "84x84x4 uint8")
+    conditions = ("idle", "busy")
+    # Every row, on both workloads, idle and with one busy process.
+    assert set(cells) == {(w, i, c) for w in workloads for i in VECTOR_IMPLS for c in conditions}
+    try:
+        import pufferlib  # noqa: F401
+
+        have_pufferlib = True
+    except ImportError:
+        have_pufferlib = False
+    for (workload, impl, condition), row in cells.items():
+        assert row["bench"] == "vector" and row["num_envs"] == 8
+        assert row["busy_processes"] == (1 if condition == "busy" else 0)
+        assert row["obs_bytes"] == (16 if workload == "CartPole-v1" else 84 * 84 * 4)
+        if impl.startswith("pufferlib") and not have_pufferlib:
+            assert row["status"] == "not installed" and row["env_steps_per_s_median"] is None
+            continue
+        assert row["status"] == "measured"
+        assert row["env_steps_per_s_median"] > 0 and len(row["rounds"]) == 1 and row["seconds"] == 0.2
+    targets = {r["target"]: r for r in rows if r["kind"] == "target"}
+    assert len(targets) == 5
+    for target in targets.values():
+        if target["against"] == "pufferlib-best" and not have_pufferlib:
+            assert target["ratio"] is None and "not installed" in target["result"]
+        else:  # measured: a ratio, judged against the figure (the verdict itself is not tested)
+            assert target["ratio"] > 0 and target["result"] in ("pass", "FAIL")
+    # The tables: every row with its ratio to gymnasium's AsyncVectorEnv, and the targets.
+    header = next(line for line in out.splitlines() if line.startswith("| workload"))
+    assert "env-steps/s idle" in header and "env-steps/s busy" in header and "x gymnasium-async" in header
+    for workload in workloads:
+        for impl in VECTOR_IMPLS:
+            assert any(re.match(rf"\| {workload} +\| {impl} +\|", line) for line in out.splitlines()), impl
+    w1 = next(line for line in out.splitlines() if re.match(r"\| CartPole-v1 +\| rlmesh-w1 +\|", line))
+    assert w1.count("x / ") == 1  # a ratio per condition
+    assert "| target" in out and ">= 5x" in out and ">= 3.4x" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_vector_pixel_env_is_deterministic_and_writes_new_frames() -> None:
+    from benchmarks._vector_envs import make_pixels
+
+    a, b = make_pixels(), make_pixels()
+    obs_a, _ = a.reset(seed=3)
+    obs_b, _ = b.reset(seed=3)
+    assert obs_a.shape == (84, 84, 4) and obs_a.dtype.name == "uint8" and (obs_a == obs_b).all()
+    first = obs_a.copy()
+    step_a = a.step(1)
+    step_b = b.step(1)
+    assert (step_a[0] == step_b[0]).all() and step_a[1:4] == (1.0, False, False)
+    assert not (step_a[0] == first).all()  # a whole new frame
+    assert (make_pixels().reset(seed=4)[0] != first).any()  # the seed matters
