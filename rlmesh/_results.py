@@ -225,7 +225,18 @@ class EpisodeTotals:
 
 
 class Progress:
-    """A one-line progress display on a terminal, after a couple of seconds."""
+    """A run's progress as a ``tqdm`` bar: episodes done (of ``total``), steps, steps/s.
+
+    Shown only when ``enabled`` (None: when ``stream``, default stderr, is a
+    terminal) and only once the run has lasted :attr:`DELAY` seconds, so short
+    runs print nothing; tqdm is imported when the bar first shows, never for a
+    quiet run.
+    """
+
+    #: Seconds before the bar appears.
+    DELAY = 2.0
+    #: The least time between two redraws.
+    INTERVAL = 0.2
 
     def __init__(self, stream: IO[str] | None, enabled: bool | None, total: int | None) -> None:
         self.stream = stream if stream is not None else sys.stderr
@@ -235,28 +246,44 @@ class Progress:
         self.total = total
         self.start = time.monotonic()
         self.last = 0.0
-        self.shown = False
+        self._bar: Any = None
 
     def update(self, episodes: int, steps: int, force: bool = False) -> None:
+        """Show ``episodes`` done and ``steps`` taken (at most every :attr:`INTERVAL` s unless ``force``)."""
         if not self.enabled:
             return
         now = time.monotonic()
-        if not force and (now - self.start < 2.0 or now - self.last < 0.2):
+        if not force and (now - self.start < self.DELAY or now - self.last < self.INTERVAL):
             return
         self.last = now
-        elapsed = max(now - self.start, 1e-9)
-        total = f"/{self.total}" if self.total is not None else ""
-        self.stream.write(
-            f"\rrlmesh: {episodes}{total} episodes, {steps:,} steps, {steps / elapsed:,.0f} steps/s "
-        )
-        self.stream.flush()
-        self.shown = True
+        if self._bar is None:
+            from tqdm import tqdm
+
+            # Our clock drives the redraws (mininterval 0) and tqdm formats them: no draw
+            # at creation (delay), the mean rate since the run began (smoothing 0 and a
+            # start moved back to it).
+            self._bar = tqdm(
+                total=self.total,
+                desc="rlmesh",
+                unit="episode",
+                file=self.stream,
+                mininterval=0,
+                smoothing=0,
+                delay=1e-9,
+                leave=True,
+            )
+            self._bar.start_t -= now - self.start
+        rate = steps / max(now - self.start, 1e-9)
+        self._bar.n = episodes
+        self._bar.set_postfix_str(f"{steps:,} steps, {rate:,.0f} steps/s", refresh=False)
+        self._bar.refresh()
 
     def finish(self, episodes: int, steps: int) -> None:
-        if self.shown:
+        """Draw the final state and end the bar's line (nothing if it never showed)."""
+        if self._bar is not None:
             self.update(episodes, steps, force=True)
-            self.stream.write("\n")
-            self.stream.flush()
+            self._bar.close()
+            self._bar = None
 
 
 for _public in (EpisodeResult, RunResult, StepEvent, RunHooks):

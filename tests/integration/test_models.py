@@ -14,6 +14,7 @@ import rlmesh
 import rlmesh.numpy as rnp
 from rlmesh import EpisodeResult, RunHooks, RunResult, models as M
 from rlmesh._results import Progress
+from tests.conftest import run_python
 from tests.envs import FailingEnv, TinyEnv, TinyVectorEnv
 
 pytestmark = pytest.mark.timeout(90)
@@ -327,6 +328,15 @@ def test_hand_driven_session(serve) -> None:
         rlmesh.session(rlmesh.Model(lambda obs: 0), vector.server.address)
 
 
+def test_a_quiet_run_never_imports_tqdm() -> None:
+    out = run_python(
+        "import sys, rlmesh.numpy as rnp\n"
+        "result = rnp.Model(lambda obs: 0).run('CartPole-v1', seeds=[0, 1])\n"  # stderr is a pipe
+        "print(result.num_episodes, 'tqdm' in sys.modules)"
+    )
+    assert out.split() == ["2", "False"]
+
+
 def test_progress_line_on_a_terminal(monkeypatch) -> None:
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -340,7 +350,7 @@ def test_progress_line_on_a_terminal(monkeypatch) -> None:
     assert stream.getvalue() == ""  # nothing for short runs
     clock[0] += 3.0
     progress.update(2, 3000)
-    assert "2/10 episodes" in stream.getvalue() and "1,000 steps/s" in stream.getvalue()
+    assert "2/10" in stream.getvalue() and "3,000 steps, 1,000 steps/s" in stream.getvalue()
     progress.finish(10, 3000)
     assert stream.getvalue().endswith("\n")
     quiet = io.StringIO()
