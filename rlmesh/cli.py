@@ -117,14 +117,18 @@ def _demo(args: argparse.Namespace) -> int:
         f"({rounds}x{seconds}s per cell)"
     )
     cells = _demo.run_cells(workloads, _demo.TRANSPORTS, seconds=seconds, rounds=rounds, progress=print)
+    print(f"\n{_demo.VECTOR_WORKLOAD}, one vector env: rlmesh (1 worker) vs gymnasium AsyncVectorEnv")
+    vector = _demo.run_vector_cells(seconds=seconds, rounds=rounds, progress=print)
     print()
     print(_demo.table(cells))
+    print()
+    print(_demo.vector_table(vector))
     if args.json:
         with open(args.json, "w") as out:
-            json.dump([c.as_dict() for c in cells], out, indent=1)
+            json.dump([c.as_dict() for c in [*cells, *vector]], out, indent=1)
         print(f"\nwrote {args.json}")
     if args.plot:
-        if _demo.plot(cells, args.plot):
+        if _demo.plot(cells, args.plot, vector):
             print(f"\nwrote {args.plot}")
         else:
             print('\nno plot: matplotlib is not installed (pip install "rlmesh[plot]")')

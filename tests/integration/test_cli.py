@@ -74,8 +74,11 @@ def test_demo_runs_and_writes_a_table_and_a_plot(tmp_path) -> None:
     cells = json.loads(data.read_text())
     assert {(c["workload"], c["transport"]) for c in cells} == {
         (w, t) for w in ("CartPole-v1", "28 KiB obs", "4 MiB obs") for t in ("shm", "unix", "tcp")
-    }
+    } | {("8x CartPole-v1", "rlmesh, 1 worker"), ("8x CartPole-v1", "gymnasium AsyncVectorEnv")}
     assert all(c["steps_per_s"] > 0 for c in cells)
+    # The vector rows' table: env-steps/s and the ratio to gymnasium's AsyncVectorEnv.
+    assert "| 8x CartPole-v1 | rlmesh, 1 worker |" in result.stdout
+    assert "x gymnasium AsyncVectorEnv |" in result.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
