@@ -29,8 +29,9 @@ What a remote face cannot do like a local env, and why:
   it does for every env.
 * ``info`` loses the client's bookkeeping keys ``episode_ids`` and
   ``completed_episodes`` (the NumPy client keeps them; an env's own keys of
-  those names stay), so that infos equal a local env's. Other values arrive as metadata: NumPy arrays an env puts in a
-  single env's info come back as lists. A vector env's infos are rebuilt the
+  those names stay), so that infos equal a local env's. Other values arrive
+  as metadata: NumPy arrays an env puts in a single env's info come back as
+  lists. A vector env's infos are rebuilt the
   way Gymnasium batches them (arrays per key with ``_key`` masks, ``final_obs``
   an object array of observations).
 * ``np_random`` is this process's generator, seeded by ``reset(seed=...)`` as
@@ -69,9 +70,6 @@ ENV_ID = "rlmesh/Remote-v0"
 #: The render modes Gymnasium names (a face renders only in its served one).
 _RENDER_MODES: tuple[str, ...] = ("human", "rgb_array", "ansi", "depth_array")
 _RENDER_MODES += tuple(f"{mode}_list" for mode in _RENDER_MODES[1:])
-
-#: Keys the NumPy clients add to every info; the Gymnasium face drops them.
-_CLIENT_KEYS = ("episode_ids", "completed_episodes")
 
 
 def _face_metadata(contract: EnvContract) -> dict[str, Any]:
@@ -353,11 +351,7 @@ class RemoteVectorEnv(VectorEnv):
         metadata["autoreset_mode"] = AutoresetMode(contract.autoreset_mode)
         self.metadata = metadata
         self.render_mode = contract.render_mode
-        self._pending: tuple[Any] | None = None
-        # The NumPy client's own split step, where the vector fast path gives one.
-        self._split = callable(getattr(client, "step_async", None)) and callable(
-            getattr(client, "step_wait", None)
-        )
+        self._pending = False
 
     @property
     def client(self) -> _rnp.RemoteVectorEnv:
@@ -378,7 +372,7 @@ class RemoteVectorEnv(VectorEnv):
             AlreadyPendingCallError: (Gymnasium's) a step_async awaits its step_wait.
             RemoteError, OperationTimeout, BrokenError, ClosedError.
         """
-        if self._pending is not None:
+        if self._pending:
             raise gymnasium.error.AlreadyPendingCallError(
                 "call step_wait() before reset(): a step_async() is pending", "step"
             )
@@ -395,7 +389,7 @@ class RemoteVectorEnv(VectorEnv):
             ValueError: the wrong number of actions. InvalidActionError,
             RemoteError, OperationTimeout, BrokenError, ClosedError.
         """
-        if self._pending is not None:
+        if self._pending:
             raise gymnasium.error.AlreadyPendingCallError(
                 "call step_wait() before step(): a step_async() is pending", "step"
             )
@@ -404,20 +398,19 @@ class RemoteVectorEnv(VectorEnv):
     def step_async(self, actions: Any) -> None:
         """Send the actions; :meth:`step_wait` returns the step.
 
-        Over the NumPy client's own ``step_async`` where it has one (the
-        vector fast path); otherwise the actions are kept and the step runs in
-        ``step_wait``.
+        The NumPy client's ``step_async``: on the vector fast path the workers
+        step while the caller computes; elsewhere the step runs in ``step_wait``.
 
         Raises:
             AlreadyPendingCallError: a step_async already awaits its step_wait.
+            ValueError: the wrong number of actions. ClosedError.
         """
-        if self._pending is not None:
+        if self._pending:
             raise gymnasium.error.AlreadyPendingCallError(
                 "step_async() was called twice without step_wait()", "step"
             )
-        if self._split:
-            getattr(self._client, "step_async")(actions)  # noqa: B009 - the fast path's, where present
-        self._pending = (actions,)
+        self._client.step_async(actions)
+        self._pending = True
 
     def step_wait(self) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """The step sent by :meth:`step_async`.
@@ -426,13 +419,10 @@ class RemoteVectorEnv(VectorEnv):
             NoAsyncCallError: (Gymnasium's) no step_async is pending.
             As :meth:`step` otherwise.
         """
-        if self._pending is None:
+        if not self._pending:
             raise gymnasium.error.NoAsyncCallError("step_wait() without a pending step_async()", "step")
-        (actions,) = self._pending
-        self._pending = None
-        if self._split:
-            return self._finish(getattr(self._client, "step_wait")())  # noqa: B009
-        return self._finish(self._client.step(actions))
+        self._pending = False
+        return self._finish(self._client.step_wait())
 
     def _finish(self, result: tuple[Any, Any, Any, Any, dict[str, Any]]) -> tuple[Any, Any, Any, Any, Any]:
         obs, rewards, terminations, truncations, info = result
