@@ -181,6 +181,9 @@ class Worker:
         self.act_paths = [list(leaf.path) for leaf in layout.act]
         self.build_action = _builder(self.act_paths, self.kinds)
         self.act_scalar = [leaf.shape == () for leaf in layout.act]
+        from ._info import encode_final, encode_info
+
+        self._encode_final, self._encode_info = encode_final, encode_info
         self.envs = [_make_env(config["source"]) for _ in range(lanes)]
         self.autoreset = [False] * lanes
         self.last_obs: list[Any] = [None] * lanes
@@ -326,8 +329,7 @@ class Worker:
         return n
 
     def _step(self, out: dict[str, Any]) -> None:
-        from ._info import encode_final, encode_info
-
+        encode_final, encode_info = self._encode_final, self._encode_info
         lo, hi = self.lo, self.hi
         mask = self.mask
         obs_views = out["obs"]
@@ -337,14 +339,21 @@ class Worker:
         lens = [0] * (hi - lo)
         finals = [False] * (hi - lo)
         mode = self.mode
+        # The common case (one scalar action leaf, one observation leaf at the root)
+        # skips the tree walks: a few hundred nanoseconds a lane.
+        simple_action = self.act_scalar == [True] and not self.act_paths[0]
+        action0 = self.actions[0]
+        simple_obs = len(obs_views) == 1 and self.obs_get[0] is None
+        obs0 = obs_views[0]
+        autoreset, envs, last_obs = self.autoreset, self.envs, self.last_obs
         try:
             for j in range(hi - lo):
                 i = lo + j
                 if not mask[i]:
                     continue
-                env = self.envs[j]
+                env = envs[j]
                 try:
-                    if mode == "NextStep" and self.autoreset[j]:
+                    if mode == "NextStep" and autoreset[j]:
                         obs, info = env.reset()
                         reward, term, trunc = 0.0, False, False
                     else:
@@ -353,7 +362,8 @@ class Worker:
                                 f"lane {i} ended its episode and autoreset is Disabled: reset it "
                                 "(reset(options={'reset_mask': mask})) before stepping it again"
                             )
-                        obs, reward, term, trunc, info = env.step(self._lane_action(i))
+                        action = action0[i] if simple_action else self._lane_action(i)
+                        obs, reward, term, trunc, info = env.step(action)
                         term, trunc = bool(term), bool(trunc)
                         if mode == "SameStep" and (term or trunc):
                             self._write_obs(out["final_obs"], i, obs)
@@ -361,9 +371,12 @@ class Worker:
                             obs, info = env.reset()
                             finals[j] = True
                             lens[j] = self._write_info(out, i, encode_final(final_info, info))
-                    self.autoreset[j] = term or trunc
-                    self.last_obs[j] = obs
-                    self._write_obs(obs_views, i, obs)
+                    autoreset[j] = term or trunc
+                    last_obs[j] = obs
+                    if simple_obs:
+                        obs0[i] = obs
+                    else:
+                        self._write_obs(obs_views, i, obs)
                     rewards[j] = float(reward)
                     terms[j] = term
                     truncs[j] = trunc

@@ -443,6 +443,11 @@ class ServerSession:
         except (BusyError, ClosedError) as exc:
             self._send_error(P.E_BUSY if isinstance(exc, BusyError) else P.E_STOPPING, str(exc), exc)
             return False
+        except RLMeshError as exc:
+            # The endpoint could not set the session up (a vector pool's workers failed to start, say).
+            self.log.error("session %s: could not open: %s", self.id[:8], exc)
+            self._send_error(P.E_INTERNAL, f"the server could not open a session: {exc}", exc)
+            return False
         contract = self.handler.contract
         offer = None
         token = None
