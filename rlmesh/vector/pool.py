@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 from .._lifecycle import Lifecycle, State
@@ -167,9 +168,35 @@ def _gym_make(env_id: str, kwargs: dict[str, Any]) -> Any:
 # -- the pool -----------------------------------------------------------------------------
 
 
-def _reap(procs: list[subprocess.Popen[bytes]], socks: list[socket.socket], segment: Segment | None) -> None:
+def _watch(pool_ref: weakref.ref[WorkerPool], pidfds: list[int], stopping: threading.Event) -> None:
+    """The monitor thread: a worker whose pidfd turns readable has exited."""
+    poller = select.poll()
+    index = {}
+    for w, fd in enumerate(pidfds):
+        poller.register(fd, select.POLLIN)
+        index[fd] = w
+    while not stopping.is_set() and index:
+        for fd, _ in poller.poll(200):
+            poller.unregister(fd)
+            w = index.pop(fd)
+            pool = pool_ref()
+            if pool is None or stopping.is_set():
+                return
+            pool._on_worker_lost(w)
+            del pool
+
+
+def _reap(
+    procs: list[subprocess.Popen[bytes]],
+    socks: list[socket.socket],
+    segment: Segment | None,
+    stopping: threading.Event | None = None,
+    pidfds: list[int] | None = None,
+) -> None:
     # The finalizer of a pool never closed (and the failure path of its
     # constructor): raw resources only, never the pool.
+    if stopping is not None:
+        stopping.set()
     for proc in procs:
         if proc.poll() is None:
             proc.kill()
@@ -182,6 +209,13 @@ def _reap(procs: list[subprocess.Popen[bytes]], socks: list[socket.socket], segm
         sock.close()
     if segment is not None:
         segment.close_when_unpinned()
+    if pidfds:
+        for fd in pidfds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        pidfds.clear()
 
 
 class WorkerPool:
@@ -226,9 +260,15 @@ class WorkerPool:
         except BaseException:
             _reap(self._procs, self._socks, self.segment)
             raise
-        self._life.watch(self, _reap, self._procs, self._socks, self.segment)
         self._pidfds = [os.pidfd_open(p.pid) for p in self._procs]
-        self._monitor = threading.Thread(target=self._watch, name="rlmesh-vector-monitor", daemon=True)
+        self._life.watch(self, _reap, self._procs, self._socks, self.segment, self._stopping, self._pidfds)
+        # The monitor holds the pool weakly: a pool dropped unclosed is still collected (and reaped).
+        self._monitor = threading.Thread(
+            target=_watch,
+            args=(weakref.ref(self), list(self._pidfds), self._stopping),
+            name="rlmesh-vector-monitor",
+            daemon=True,
+        )
         self._monitor.start()
 
     def _start(self, source: VectorSource, workers: int) -> None:
@@ -299,19 +339,6 @@ class WorkerPool:
             self.segment.unlink()
 
     # -- faults ---------------------------------------------------------------------------------
-
-    def _watch(self) -> None:
-        poller = select.poll()
-        index = {}
-        for w, fd in enumerate(self._pidfds):
-            poller.register(fd, select.POLLIN)
-            index[fd] = w
-        while not self._stopping.is_set() and index:
-            for fd, _ in poller.poll(200):
-                poller.unregister(fd)
-                w = index.pop(fd)
-                if not self._stopping.is_set():
-                    self._on_worker_lost(w)
 
     def _on_worker_lost(self, index: int) -> None:
         """Worker ``index`` died: the one place that handles it.
@@ -426,11 +453,9 @@ class WorkerPool:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             self._monitor.join(1.0)
-            for fd in self._pidfds:
-                os.close(fd)
             self._bells = []
             self._client_bell = None  # type: ignore[assignment]
-            _reap(self._procs, self._socks, segment)
+            _reap(self._procs, self._socks, segment, self._stopping, self._pidfds)
         finally:
             self._life.finish_close()
 

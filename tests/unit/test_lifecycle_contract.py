@@ -269,6 +269,21 @@ def make_model_session(tmp: Path) -> Made:
     return Made(session, fd_closed(fd), _stop(server, env))
 
 
+def make_worker_pool(tmp: Path) -> Made:
+    from rlmesh.vector.pool import VectorSource, WorkerPool
+
+    source = VectorSource(TinyEnv, 2, {}, "NextStep")
+    contract = EnvAdapter(source.facade).contract
+    pool = WorkerPool(source, contract, 2)
+    pids = list(pool.pids)
+    name = pool.segment.name if pool.segment is not None else ""
+
+    def gone() -> bool:
+        return shm_gone(name)() and not any(os.path.exists(f"/proc/{pid}/cmdline") for pid in pids)
+
+    return Made(pool, gone)
+
+
 OWNERS = [
     Kind("Segment", make_segment, use=lambda s: s.buf),
     Kind("Slab", make_slab, use=lambda s: s.alloc(64)),
@@ -331,6 +346,7 @@ OWNERS = [
         start=lambda s: s.start(),
     ),
     Kind("Session", make_model_session, use=lambda s: s.reset(seed=2), block=lambda s: s.step(1)),
+    Kind("WorkerPool", make_worker_pool, use=lambda p: p.offer()),
 ]
 
 
