@@ -196,6 +196,12 @@ def _dims(data: bytes, start: int, ndim: int) -> tuple[tuple[int, ...], int]:
     return shape, count
 
 
+#: Checked (dtype, shape, byte count) of handle records, by their dtype, rank and dims bytes.
+_SHAPES: dict[bytes, tuple[DType, tuple[int, ...], int]] = {}
+_SHAPES_KEPT = 1024
+_HANDLE_FIELDS = struct.Struct("<IQQ")  # segment, generation, offset (after dtype, rank, reserved)
+
+
 def _dtype(code: int) -> DType:
     if code >= len(DTYPE_BY_CODE):
         raise DecodeError(f"unknown tensor dtype code {code}")
@@ -242,12 +248,22 @@ def decode(
         if code == EXT_HANDLE:
             if len(data) < _HANDLE.size:
                 raise DecodeError("malformed handle tensor record")
-            dcode, ndim, segment, generation, offset = _HANDLE.unpack_from(data, 0)
-            dtype = _dtype(dcode)
-            shape, count = _dims(data, _HANDLE.size, ndim)
+            # The dtype, rank and dims of a session's observations repeat every
+            # step: their checked reading is kept, keyed by those very bytes.
+            key = data[:2] + data[_HANDLE.size :]
+            known = _SHAPES.get(key)
+            if known is None:
+                dcode, ndim = data[0], data[1]
+                dtype = _dtype(dcode)
+                shape, count = _dims(data, _HANDLE.size, ndim)
+                known = (dtype, shape, count * dtype.itemsize)
+                if len(_SHAPES) < _SHAPES_KEPT:
+                    _SHAPES[key] = known
+            dtype, shape, nbytes = known
             if peer is None:
                 raise InvalidHandle("received a shared-memory handle on a connection without shared memory")
-            view, lease, address = peer.lease(Handle(segment, generation, offset, count * dtype.itemsize))
+            segment, generation, offset = _HANDLE_FIELDS.unpack_from(data, 4)
+            view, lease, address = peer.lease(Handle(segment, generation, offset, nbytes))
             return Tensor._from_parts(view, shape, dtype, lease, address)
         raise DecodeError(f"unknown msgpack ext type {code}")
 
