@@ -363,7 +363,8 @@ ring_put(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         head += room_to_end;
         pos = 0;
     }
-    memcpy(records + pos + RECORD, data.buf, (size_t)n);
+    /* memmove: the message may be a view of this very segment. */
+    memmove(records + pos + RECORD, data.buf, (size_t)n);
     atomic_store_explicit(U32_AT(records, pos), (uint32_t)n, memory_order_relaxed);
     atomic_store_explicit(U32_AT(records, pos + 4), (uint32_t)tag, memory_order_relaxed);
     head += record;
