@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from rlmesh.shm._layout import NAME_PREFIX
+
 ROOT = Path(__file__).resolve().parent.parent
 SHM_DIR = Path("/dev/shm")
 
@@ -102,8 +104,12 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
+        # Only rlmesh's own names: another process's entry (a concurrent run's
+        # multiprocessing semaphore, say) is reported but never unlinked, since
+        # unlinking it would break that process.
         for name in shm_added:
-            Path("/dev/shm", name).unlink(missing_ok=True)
+            if name.startswith(NAME_PREFIX):
+                Path("/dev/shm", name).unlink(missing_ok=True)
         pytest.fail("test leaked resources: " + "; ".join(problems), pytrace=False)
 
 
