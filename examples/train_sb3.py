@@ -110,7 +110,7 @@ def plot(curves: dict[str, list[tuple[int, float]]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for label, curve in curves.items():
+    for (label, curve), style in zip(curves.items(), ("-", "--"), strict=False):
         if curve:
             steps, returns = zip(*curve, strict=True)
             ax.plot(steps, returns, ".", alpha=0.25, label=f"{label} episodes")
@@ -119,7 +119,8 @@ def plot(curves: dict[str, list[tuple[int, float]]], path: str) -> None:
                 sum(returns[max(0, i - window) : i + 1]) / (i + 1 - max(0, i - window))
                 for i in range(len(returns))
             ]
-            ax.plot(steps, smooth, label=f"{label} (mean of 20)")
+            # Dashed over solid: with the same seeds the two runs are the same run.
+            ax.plot(steps, smooth, style, label=f"{label} (mean of 20)")
     ax.set_xlabel("env steps")
     ax.set_ylabel("episode return")
     ax.set_title("PPO on CartPole-v1 served through rlmesh.gymnasium")

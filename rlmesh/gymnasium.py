@@ -131,7 +131,7 @@ class RemoteEnv(gymnasium.Env[Any, Any]):
         render_mode: None, or the served env's render mode (a remote env
             renders only in the mode it was served with).
         host, port, path, transport, connect_timeout_seconds,
-        request_timeout_seconds, shared_memory, max_message_bytes: as
+        request_timeout_seconds, shared_memory, max_message_bytes, spin: as
             :class:`rlmesh.numpy.RemoteEnv`.
 
     Observations are writable NumPy arrays (dicts and tuples of them for Dict
@@ -168,6 +168,7 @@ class RemoteEnv(gymnasium.Env[Any, Any]):
         request_timeout_seconds: float | None = None,
         shared_memory: bool = True,
         max_message_bytes: int = DEFAULT_MAX_FRAME,
+        spin: bool | None = None,
     ) -> None:
         client = _rnp.RemoteEnv(
             address,
@@ -179,6 +180,7 @@ class RemoteEnv(gymnasium.Env[Any, Any]):
             request_timeout_seconds=request_timeout_seconds,
             shared_memory=shared_memory,
             max_message_bytes=max_message_bytes,
+            spin=spin,
         )
         kwargs = {
             "address": client.address,
@@ -186,6 +188,7 @@ class RemoteEnv(gymnasium.Env[Any, Any]):
             "request_timeout_seconds": request_timeout_seconds,
             "shared_memory": shared_memory,
             "max_message_bytes": max_message_bytes,
+            "spin": spin,
         }
         self._adopt(client, render_mode, kwargs)
 
@@ -309,6 +312,7 @@ class RemoteVectorEnv(VectorEnv):
         request_timeout_seconds: float | None = None,
         shared_memory: bool = True,
         max_message_bytes: int = DEFAULT_MAX_FRAME,
+        spin: bool | None = None,
     ) -> None:
         client = _rnp.RemoteVectorEnv(
             address,
@@ -320,6 +324,7 @@ class RemoteVectorEnv(VectorEnv):
             request_timeout_seconds=request_timeout_seconds,
             shared_memory=shared_memory,
             max_message_bytes=max_message_bytes,
+            spin=spin,
         )
         self._adopt(client, render_mode)
 
@@ -545,6 +550,7 @@ def make_vector(
     connect_timeout_seconds: float | None = None,
     request_timeout_seconds: float | None = None,
     shared_memory: bool = True,
+    spin: bool | None = None,
     max_episode_steps: int | None = None,
 ) -> VectorEnv:
     """``gymnasium.make_vec("rlmesh/Remote-v0", num_envs=N, address=...)``'s entry point.
@@ -571,6 +577,7 @@ def make_vector(
         connect_timeout_seconds=connect_timeout_seconds,
         request_timeout_seconds=request_timeout_seconds,
         shared_memory=shared_memory,
+        spin=spin,
     )
     if isinstance(client, _rnp.RemoteVectorEnv):
         if num_envs != client.num_envs:
@@ -590,6 +597,7 @@ def make_vector(
                     connect_timeout_seconds=connect_timeout_seconds,
                     request_timeout_seconds=request_timeout_seconds,
                     shared_memory=shared_memory,
+                    spin=spin,
                 )
             )
     except BaseException:

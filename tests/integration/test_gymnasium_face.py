@@ -483,3 +483,16 @@ def test_infos_lose_the_clients_keys_but_keep_an_envs_own(served: Any) -> None:
         client.reset(seed=1)
         client.step(0)
         assert client.step(0)[-1]["completed_episodes"] == 1  # the NumPy client keeps them
+
+
+@pytest.mark.parametrize(
+    ("face", "numpy_client"), [(rg.RemoteEnv, rnp.RemoteEnv), (rg.RemoteVectorEnv, rnp.RemoteVectorEnv)]
+)
+def test_the_faces_take_the_numpy_clients_keywords(face: Any, numpy_client: Any) -> None:
+    import inspect
+
+    def keywords(cls: Any) -> dict[str, Any]:
+        params = inspect.signature(cls.__init__).parameters
+        return {name: p.default for name, p in params.items() if name not in ("self", "render_mode")}
+
+    assert keywords(face) == keywords(numpy_client)
