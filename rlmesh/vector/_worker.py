@@ -187,7 +187,21 @@ class Worker:
         self.envs = [_make_env(config["source"]) for _ in range(lanes)]
         self.autoreset = [False] * lanes
         self.last_obs: list[Any] = [None] * lanes
-        self.last_seq = _U32.unpack_from(buf, self.block + L.W_CMD_SEQ)[0]
+        #: A respawned worker's lanes: their fresh episode's (observation, info), reported
+        #: (flagged ``rlmesh_restarted``) by the first command that covers each lane.
+        self.fresh: list[tuple[Any, dict[str, Any]] | None] = [None] * lanes
+        if config.get("restarted"):
+            # A worker that replaces a dead one: every lane starts a new, unseeded
+            # episode now (so a render works at once), and a command the client wrote
+            # for the dead worker (cmd_seq ahead of done_seq) is served first.
+            for j, env in enumerate(self.envs):
+                obs, info = env.reset()
+                self.last_obs[j] = obs
+                self.fresh[j] = (obs, dict(info or {}))
+            self.last_seq = _U32.unpack_from(buf, self.block + L.W_DONE_SEQ)[0]
+        else:
+            self.last_seq = _U32.unpack_from(buf, self.block + L.W_CMD_SEQ)[0]
+        self.any_fresh = any(f is not None for f in self.fresh)
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -346,6 +360,7 @@ class Worker:
         simple_obs = len(obs_views) == 1 and self.obs_get[0] is None
         obs0 = obs_views[0]
         autoreset, envs, last_obs = self.autoreset, self.envs, self.last_obs
+        any_fresh = self.any_fresh
         try:
             for j in range(hi - lo):
                 i = lo + j
@@ -353,7 +368,12 @@ class Worker:
                     continue
                 env = envs[j]
                 try:
-                    if mode == "NextStep" and autoreset[j]:
+                    if any_fresh and self.fresh[j] is not None:
+                        # The lane's env was rebuilt by a restart: this step reports its new
+                        # episode (the reset observation, reward 0, no end), not a step.
+                        obs, info = self._take_fresh(j)
+                        reward, term, trunc = 0.0, False, False
+                    elif mode == "NextStep" and autoreset[j]:
                         obs, info = env.reset()
                         reward, term, trunc = 0.0, False, False
                     else:
@@ -413,7 +433,12 @@ class Worker:
             if self.mask[i]:
                 seed = int(self.seeds[i]) if self.has_seed[i] else None
                 try:
+                    restarted = self.any_fresh and self.fresh[j] is not None
+                    if restarted:
+                        self._take_fresh(j)
                     obs, info = self.envs[j].reset(seed=seed, options=options)
+                    if restarted:
+                        info = {**(info or {}), "rlmesh_restarted": True}
                     self.autoreset[j] = False
                     self.last_obs[j] = obs
                     self._write_obs(out["obs"], i, obs)
@@ -428,6 +453,15 @@ class Worker:
         out["terminated"][lo:hi] = [False] * (hi - lo)
         out["truncated"][lo:hi] = [False] * (hi - lo)
         out["rewards"][lo:hi] = [0.0] * (hi - lo)
+
+    def _take_fresh(self, j: int) -> tuple[Any, dict[str, Any]]:
+        """Lane ``lo + j``'s restart episode, flagged for the client; the lane is reported once."""
+        fresh = self.fresh[j]
+        assert fresh is not None
+        self.fresh[j] = None
+        self.any_fresh = any(f is not None for f in self.fresh)
+        obs, info = fresh
+        return obs, {**info, "rlmesh_restarted": True}
 
 
 class _LaneError(Exception):
