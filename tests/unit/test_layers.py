@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "rlmesh._spin": 0,
     "rlmesh._deadline": 0,
     "rlmesh._lifecycle": 0,
+    "rlmesh._restart": 0,
     # 1: the data model, no I/O (the C extension included)
     "rlmesh._native": 1,
     "rlmesh._buffers": 1,
