@@ -194,10 +194,8 @@ class Lanes:
         self._pending: set[int] = set()
         self._busy: list[tuple[int, list[int]] | None] = [None] * layout.workers
         self._staged: list[list[tuple[list[int], list[Any]]]] = [[] for _ in range(layout.workers)]
-        #: Batches delivered, and the handles (one per batch) they came in.
+        #: Batches delivered (each from one buffer, named by one checked handle).
         self.batches = 0
-        #: Per-lane "restarted" flags reported with the next result (the restart policy's seam).
-        self.restarted: Any = None
         self._life.watch(self, Segment.close_when_unpinned, segment) if owns_segment else None
 
     @classmethod
@@ -365,6 +363,11 @@ class Lanes:
 
     def _action_leaves(self, actions: Any, count: int) -> list[Any]:
         np = self._np
+        if len(self._act_paths) == 1 and not self._act_paths[0]:
+            # One leaf at the root (CartPole's Discrete, a Box): no tree walk.
+            arr = np.asarray(actions)
+            if arr.shape == (count, *self.layout.act[0].shape):
+                return [arr]
         out = []
         for path, leaf in zip(self._act_paths, self.layout.act, strict=True):
             value = actions

@@ -44,7 +44,7 @@ import weakref
 from typing import Any
 
 from .._lifecycle import Lifecycle, State
-from ..errors import ClosedError, RemoteError, RLMeshError
+from ..errors import BusyError, ClosedError, RemoteError, RLMeshError
 from ..shm import Segment, SegmentKind
 from ..shm.doorbell import Doorbell
 from ..specs import EnvContract
@@ -208,7 +208,12 @@ def _reap(
     for sock in socks:
         sock.close()
     if segment is not None:
-        segment.close_when_unpinned()
+        if segment.is_creator:
+            segment.unlink()  # the name goes now, whatever views still hold the mapping
+        try:
+            segment.close_when_unpinned()
+        except BusyError:
+            pass  # a view is alive somewhere (a relay's array): the segment's finalizer unmaps it
     if pidfds:
         for fd in pidfds:
             try:

@@ -333,3 +333,23 @@ def test_forged_batch_handles_are_refused() -> None:
         Layout.from_dict(data, layout.size - 1)
     with pytest.raises(ProtocolError):
         Layout.from_dict({**data, "groups": [[0, 2], [3, 4]]}, layout.size)
+
+
+def test_jax_observations_are_the_batch_buffer(serve) -> None:
+    jax = pytest.importorskip("jax")
+    import rlmesh.jax as rj
+
+    served = serve("CartPole-v1", num_envs=4, workers=2)
+    env = served.client(rj.RemoteVectorEnv)
+    assert env.fast_path
+    env.reset(seed=3)
+    obs, rewards, term, _, _ = env.step(np.zeros(4, dtype=np.int64))
+    assert isinstance(obs, jax.Array) and obs.shape == (4, 4) and term.dtype == np.bool_
+    segment = env._lanes.segment
+    pointer = obs.unsafe_buffer_pointer()
+    assert segment.address <= pointer < segment.address + segment.size  # zero-copy
+    local = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 4)
+    local.reset(seed=3)
+    want, *_ = local.step(np.zeros(4, dtype=np.int64))
+    assert np.asarray(obs).tobytes() == want.tobytes()
+    local.close()
