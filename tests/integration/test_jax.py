@@ -195,3 +195,37 @@ def test_jax_vector_client_and_batched_model(serve) -> None:
 
     result = Batched().run(served.server.address, max_episodes=4)
     assert result.num_episodes == 4 and all(e.steps == 3 for e in result.episodes)
+
+
+@pytest.mark.parametrize("name", X32_DTYPES)
+@pytest.mark.parametrize("shape", [(), (0,), (5,), (2, 3, 4)])
+def test_the_fast_import_matches_jnp_from_dlpack(name: str, shape: tuple[int, ...]) -> None:
+    from rlmesh.backends import jax as backend
+
+    dtype = np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+    source = (np.arange(int(np.prod(shape))) % 3).astype(dtype).reshape(shape)
+    tensor = Tensor(source.tobytes(), shape, name)
+    fast = rjax.asarray(tensor)
+    assert callable(backend._fast)  # this jaxlib has the entry point, and it passed its check
+    public = jnp.from_dlpack(tensor)
+    assert isinstance(fast, jax.Array)
+    assert fast.dtype == public.dtype and fast.shape == public.shape == shape
+    assert np.array_equal(np.asarray(fast), np.asarray(public))
+    if source.size:
+        assert fast.unsafe_buffer_pointer() == tensor.address  # zero-copy, small leaves too
+    del fast, public
+    gc.collect()
+
+
+def test_without_the_fast_import_the_public_path_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rlmesh.backends import jax as backend
+
+    monkeypatch.setattr(backend, "_fast", None)  # as on a jaxlib without the entry point
+    tensor = Tensor(np.arange(6, dtype=np.float32).tobytes(), (2, 3), "float32")
+    array = rjax.asarray(tensor)
+    assert array.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert array.unsafe_buffer_pointer() == tensor.address
+    rjax.ensure_available()  # probes again on the next import
+    assert backend._fast is False
+    assert rjax.asarray(tensor).tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert callable(backend._fast)
