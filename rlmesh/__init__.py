@@ -28,6 +28,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import errors as errors, types as types
+from ._restart import RestartPolicy as RestartPolicy
 from .errors import (
     BackendUnavailable as BackendUnavailable,
     BrokenError as BrokenError,
@@ -121,6 +122,7 @@ __all__ = [
     "RemoteEnv",
     "RemoteError",
     "RemoteVectorEnv",
+    "RestartPolicy",
     "RLMeshError",
     "run",
     "RunHooks",

@@ -522,6 +522,7 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
             for lane in renew:
                 self._episode_ids[lane] = uuid7()
             self._pending_new_ids = [lane for lane in pending if lane not in renew]
+        self._renew_restarted(lanes, info)
         ended = [lanes[i] for i in done]
         if len(lanes) == self._contract.num_envs:
             info.setdefault("episode_ids", list(self._episode_ids))
@@ -534,6 +535,22 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
         elif mode == "NextStep":
             self._pending_new_ids = self._pending_new_ids + ended
         return info
+
+    def _renew_restarted(self, lanes: Any, info: dict[str, Any]) -> None:
+        """New episode ids for the lanes a restarted worker reset (``info["rlmesh_restarted"]``)."""
+        flags = info.get("rlmesh_restarted")
+        if flags is None:
+            return
+        mask = info.get("_rlmesh_restarted", flags)
+        restarted = [
+            lanes[pos]
+            for pos, (flag, has) in enumerate(zip(_flags(flags), _flags(mask), strict=False))
+            if flag and has
+        ]
+        for lane in restarted:
+            self._episode_ids[lane] = uuid7()
+        if restarted:
+            self._pending_new_ids = [lane for lane in self._pending_new_ids if lane not in restarted]
 
     def _fast_result(self, result: Any, done: list[int]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         obs, rewards, terminated, truncated, info = result
@@ -706,6 +723,8 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
         # Lanes that ended on the previous step were reset by this one (NextStep).
         for lane in getattr(self, "_pending_new_ids", []):
             self._episode_ids[lane] = uuid7()
+        self._pending_new_ids = []
+        self._renew_restarted(range(self._contract.num_envs), info)
         term = _flags(terminations)
         trunc = _flags(truncations)
         done = [i for i, (a, b) in enumerate(zip(term, trunc, strict=False)) if a or b]

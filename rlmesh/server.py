@@ -37,6 +37,7 @@ from ._conformance import check_policy, resolve_policy
 from ._dtypes import DTYPES
 from ._framework import action_converter
 from ._lifecycle import Lifecycle, State
+from ._restart import RestartPolicy
 from ._spin import spin_enabled
 from .errors import (
     BusyError,
@@ -277,10 +278,13 @@ def _make_source(
     close_shared: bool,
     validation: str,
     to_framework: Callable[[Any], Any] | None,
+    restart: RestartPolicy | None = None,
 ) -> _EnvSource | VectorEnvSource:
     """The env source: a worker pool per session (the fast path) or one env per session (or shared)."""
     if vectorization_mode not in (None, "async", "sync"):
         raise ValueError(f'vectorization_mode must be "async", "sync" or None, got {vectorization_mode!r}')
+    if restart is not None and not isinstance(restart, RestartPolicy):
+        raise TypeError(f"restart must be a RestartPolicy or None, got {type(restart).__name__}")
     factory_like = (
         isinstance(env, str) or isinstance(env, type) or (callable(env) and not hasattr(env, "step"))
     )
@@ -296,6 +300,7 @@ def _make_source(
                 workers=workers,
                 validation=validation,
                 to_framework=to_framework,
+                restart=restart,
             )
         except TypeError as exc:
             if vectorization_mode == "async":
@@ -307,6 +312,8 @@ def _make_source(
         )
     if workers is not None:
         raise ValueError('workers= is for the vector fast path (vectorization_mode="async")')
+    if restart is not None:
+        raise ValueError('restart= is for the vector fast path\'s workers (vectorization_mode="async")')
     return _EnvSource(
         env,
         num_envs,
@@ -565,6 +572,15 @@ class EnvServer:
         workers: the fast path's worker processes (default
             ``min(num_envs, cores - 1)``, at least 1: a core stays free for
             the client's policy). Each owns a contiguous group of lanes.
+        restart: a :class:`RestartPolicy` for the fast path's workers (None,
+            the default: a worker that dies is a :class:`WorkerError` naming
+            its lanes). With one, a dead worker is respawned: its lanes start
+            new unseeded episodes, reported by the next step or ``recv`` that
+            covers them (reset observation, reward 0, not terminated nor
+            truncated, ``info["rlmesh_restarted"]`` True), while the other
+            lanes run on untouched; a worker that dies more than
+            ``max_restarts`` times within ``window_seconds`` gives the
+            WorkerError. Restarts are counted in :meth:`stats`.
         autoreset_mode: "NextStep" (default), "SameStep" or "Disabled", as
             Gymnasium's vector envs (with an id or a factory).
         close_env_on_shutdown: close a single env object at shutdown (False
@@ -624,6 +640,7 @@ class EnvServer:
         vectorization_mode: str | None = None,
         workers: int | None = None,
         autoreset_mode: str | None = None,
+        restart: RestartPolicy | None = None,
         **more_make_kwargs: Any,
     ) -> None:
         self._listener: Listener | None = None
@@ -662,6 +679,7 @@ class EnvServer:
             workers=workers,
             autoreset_mode=autoreset_mode,
             close_shared=close_env_on_shutdown,
+            restart=restart,
             validation=validation,
             to_framework=to_framework,
         )
@@ -718,21 +736,31 @@ class EnvServer:
         )
 
     def stats(self) -> dict[str, Any]:
-        """Live sessions and, per session, its data plane and leases outstanding."""
+        """Live sessions and, per session, its data plane and leases outstanding.
+
+        On the vector fast path also ``worker_restarts``: workers respawned
+        under the restart policy, per session and in all (ended sessions included).
+        """
         with self._sessions_lock:
             sessions = list(self._sessions)
         out = []
         for s in sessions:
             data = s.data
-            out.append(
-                {
-                    "id": s.id,
-                    "data_plane": s.data_plane,
-                    "leases": data.leased if data is not None else 0,
-                    "slab_segments": len(data.slab.segments) if data is not None else 0,
-                }
-            )
-        return {"sessions": out}
+            entry: dict[str, Any] = {
+                "id": s.id,
+                "data_plane": s.data_plane,
+                "leases": data.leased if data is not None else 0,
+                "slab_segments": len(data.slab.segments) if data is not None else 0,
+            }
+            pool = getattr(getattr(getattr(s.handler, "adapter", None), "env", None), "pool", None)
+            if pool is not None:
+                entry["worker_restarts"] = pool.restarts
+            out.append(entry)
+        result: dict[str, Any] = {"sessions": out}
+        restarts = getattr(self._source, "restarts", None)
+        if restarts is not None:
+            result["worker_restarts"] = restarts
+        return result
 
     # -- running ----------------------------------------------------------------------
 

@@ -223,7 +223,21 @@ def attach(name: str, size: int | None = None, *, readonly: bool = False) -> tup
         # A symlink (ELOOP: glibc opens with O_NOFOLLOW) or a directory (EISDIR,
         # which posix_ipc reports as ValueError) squatting on the name.
         raise ShmError(f"could not open shared-memory segment {name}: {exc}") from exc
-    fd = mem.fd
+    return attach_fd(mem.fd, name, size, readonly=readonly)
+
+
+def attach_fd(
+    fd: int, name: str, size: int | None = None, *, readonly: bool = False
+) -> tuple[int, mmap.mmap]:
+    """Map the rlmesh segment open on ``fd`` (one whose name may be gone) after verifying it.
+
+    The checks of :func:`attach`; ``name`` only names it in messages. The
+    caller owns the descriptor and the mapping returned; on failure the
+    descriptor is closed.
+
+    Raises:
+        ShmError: wrong owner, group/other access, not a regular file, wrong size or header.
+    """
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -112,6 +112,35 @@ class Segment:
         return cls._wrap(name.lstrip("/"), fd, mapping, creator=False, readonly=readonly)
 
     @classmethod
+    def attach_fd(cls, fd: int, name: str, size: int | None = None) -> Segment:
+        """Map the segment open on descriptor ``fd``, with :meth:`attach`'s checks; ``fd`` is closed.
+
+        The descriptor comes from the creator (:meth:`dup_fd`), whose name for
+        the segment may already be unlinked.
+
+        Raises:
+            ShmError: the descriptor is not an rlmesh segment of ours, or not what was announced.
+        """
+        name = _posix.check_name(name)
+        fd, mapping = _posix.attach_fd(fd, name, size)
+        return cls._wrap(name, fd, mapping, creator=False, readonly=False)
+
+    def dup_fd(self) -> int:
+        """A new descriptor of the segment, for a child process to :meth:`attach_fd`; the caller closes it.
+
+        The child can map the segment with it after the name is gone.
+
+        Raises:
+            ClosedError: the segment is closed. ShmError: its descriptor is gone
+            (an attacher's, or a creator's after :meth:`unlink`).
+        """
+        self._check_open()
+        fd = self._fd_box[0]
+        if fd < 0:
+            raise ShmError(f"shared-memory segment {self._name} has no descriptor left to duplicate")
+        return os.dup(fd)
+
+    @classmethod
     def _wrap(cls, name: str, fd: int, mapping: mmap, *, creator: bool, readonly: bool) -> Segment:
         self = cls.__new__(cls)
         self._life = Lifecycle(f"shared-memory segment {name.lstrip('/')}")

@@ -128,7 +128,14 @@ class Worker:
         self.sock = sock
         self.parent = int(config["parent"])
         self.index = int(config["index"])
-        self.segment = Segment.attach(config["segment"], int(config["size"]))
+        if config.get("segment_fd") is not None:
+            # A pool with a restart policy passes the segment's descriptor: a
+            # respawned worker must map it after the name was unlinked.
+            self.segment = Segment.attach_fd(
+                int(config["segment_fd"]), config["segment"], int(config["size"])
+            )
+        else:
+            self.segment = Segment.attach(config["segment"], int(config["size"]))
         self.layout = layout = L.Layout.from_dict(config["layout"], self.segment.size)
         self.lo, self.hi = layout.groups[self.index]
         self.mode = str(config["autoreset_mode"])

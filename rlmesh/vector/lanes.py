@@ -19,7 +19,9 @@ observations instead (correct, one copy more).
 
 A step waits with a deadline; a dead worker gives :class:`WorkerError`
 naming its lanes (the server's monitor marks it in the segment and rings
-the client at once), a hung one :class:`OperationTimeout` naming the lanes
+the client at once), unless the server's restart policy respawns it: the
+wait then ends when the new worker answers, its lanes' new episodes flagged
+in ``info["rlmesh_restarted"]``; a hung one :class:`OperationTimeout` naming the lanes
 still outstanding, an exception in ``env.step`` a :class:`RemoteError`
 naming the lane. After a RemoteError the session stays usable: the other
 lanes of the call were stepped (or not, for the lanes of the failing worker
@@ -321,8 +323,11 @@ class Lanes:
             status = _U32.unpack_from(buf, block + L.W_STATUS)[0]
             if status == L.STATUS_LOST:
                 lanes = self._lanes_of(w)
+                # The server's monitor wrote why in the worker's error area (exit status, crash loop).
+                reason = self._remote_error(w).remote_message
                 raise WorkerError(
-                    f"vector worker {w} (lanes {lanes}) died; restart the session (close and reconnect)",
+                    f"vector worker {w} (lanes {lanes}) died ({reason}); "
+                    "restart the session (close and reconnect)",
                     lanes=lanes,
                     worker=w,
                 )

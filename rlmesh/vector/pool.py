@@ -13,9 +13,12 @@ metadata and spec (as Gymnasium's AsyncVectorEnv does), then closes it.
 the session's thread, which lives as long as the pool: their parent-death
 signal is tied to that thread. A monitor thread watches their pidfds: a
 worker that dies is noticed in :meth:`WorkerPool._on_worker_lost`, the one
-place that handles it (it marks the worker LOST in the segment and rings the
-client, which raises WorkerError naming its lanes; a restart policy belongs
-there too). Render and close travel on per-worker control socketpairs.
+place that handles it: under a :class:`~rlmesh.RestartPolicy` the monitor
+respawns it (the new worker serves the command the client wrote for the dead
+one, reporting its lanes' new episodes flagged ``rlmesh_restarted``);
+otherwise, or in a crash loop, it marks the worker LOST in the segment and
+rings the client, which raises WorkerError naming its lanes. Render and
+close travel on per-worker control socketpairs.
 
 :class:`PoolVectorEnv` is the pool as a Gymnasium-like vector env, driven
 through :class:`~rlmesh.vector.lanes.Lanes` inside the server: the session
@@ -41,9 +44,13 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
+import msgpack
+
 from .._lifecycle import Lifecycle, State
+from .._restart import RestartPolicy
 from ..errors import BusyError, ClosedError, RemoteError, RLMeshError
 from ..shm import Segment, SegmentKind
 from ..shm.doorbell import Doorbell
@@ -62,6 +69,8 @@ START_TIMEOUT = 120.0
 CLOSE_GRACE = 2.0
 #: The deadline of a step or reset the server relays for a client off the fast path.
 RELAY_TIMEOUT = 300.0
+#: How long a respawned worker may take to build its envs and report ready.
+RESTART_TIMEOUT = 60.0
 
 AUTORESET_MODES = ("NextStep", "SameStep", "Disabled")
 
@@ -169,7 +178,11 @@ def _gym_make(env_id: str, kwargs: dict[str, Any]) -> Any:
 
 
 def _watch(pool_ref: weakref.ref[WorkerPool], pidfds: list[int], stopping: threading.Event) -> None:
-    """The monitor thread: a worker whose pidfd turns readable has exited."""
+    """The monitor thread: a worker whose pidfd turns readable has exited.
+
+    It is also the parent of respawned workers (their parent-death signal is
+    tied to it), so it runs until the pool has reaped them.
+    """
     poller = select.poll()
     index = {}
     for w, fd in enumerate(pidfds):
@@ -182,7 +195,10 @@ def _watch(pool_ref: weakref.ref[WorkerPool], pidfds: list[int], stopping: threa
             pool = pool_ref()
             if pool is None or stopping.is_set():
                 return
-            pool._on_worker_lost(w)
+            new = pool._on_worker_lost(w)
+            if new is not None:  # respawned: watch the new process
+                poller.register(new, select.POLLIN)
+                index[new] = w
             del pool
 
 
@@ -192,6 +208,7 @@ def _reap(
     segment: Segment | None,
     stopping: threading.Event | None = None,
     pidfds: list[int] | None = None,
+    fds: list[int] | None = None,
 ) -> None:
     # The finalizer of a pool never closed (and the failure path of its
     # constructor): raw resources only, never the pool.
@@ -214,13 +231,34 @@ def _reap(
             segment.close_when_unpinned()
         except BusyError:
             pass  # a view is alive somewhere (a relay's array): the segment's finalizer unmaps it
-    if pidfds:
-        for fd in pidfds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        pidfds.clear()
+    for box in (pidfds, fds):
+        if box:
+            for fd in box:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            box.clear()
+
+
+def _ready(w: int, sock: socket.socket, timeout: float) -> int:
+    """Wait for worker ``w``'s ``["ready", pid]``; its pid.
+
+    Raises:
+        RemoteError: it could not build its envs. OperationTimeout, BrokenError: no answer.
+    """
+    reply = recv_msg(sock, timeout)
+    if not (isinstance(reply, list) and len(reply) >= 2 and reply[0] == "ready"):
+        kind, message, tb = (
+            (list(reply[1:4]) + ["", "", ""])[:3] if isinstance(reply, list) else ("?", "?", "")
+        )
+        raise RemoteError(
+            f"vector worker {w} could not build its envs: {kind}: {message}",
+            remote_type=str(kind),
+            remote_message=str(message),
+            remote_traceback=str(tb),
+        )
+    return int(reply[1])
 
 
 class WorkerPool:
@@ -231,6 +269,8 @@ class WorkerPool:
         contract: the vector contract (its spaces size the segment).
         workers: W, 1 <= W <= N.
         buffers: K, the leased output buffers.
+        restart: respawn workers that die, within this policy's budget (None: never).
+        on_restart: called (on the monitor thread) after each successful respawn.
 
     Raises:
         RemoteError: a worker could not build its envs (the remote traceback attached).
@@ -239,19 +279,37 @@ class WorkerPool:
     """
 
     def __init__(
-        self, source: VectorSource, contract: EnvContract, workers: int, buffers: int = L.DEFAULT_BUFFERS
+        self,
+        source: VectorSource,
+        contract: EnvContract,
+        workers: int,
+        buffers: int = L.DEFAULT_BUFFERS,
+        *,
+        restart: RestartPolicy | None = None,
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
         self.layout = layout = L.Layout.build(contract, workers, buffers)
         self.contract = contract
+        self._source = source
         self._procs: list[subprocess.Popen[bytes]] = []
         self._socks: list[socket.socket] = []
         self.segment: Segment | None = None
         self._life = Lifecycle("the vector worker pool")
         self._ctl_lock = threading.Lock()
         self._stopping = threading.Event()
-        #: Workers found dead (by index).
+        # Set (under _respawn_lock) when close() begins: deaths are expected, nothing is respawned.
+        self._closing = threading.Event()
+        self._respawn_lock = threading.Lock()
+        self._budgets = [restart.budget() for _ in range(workers)] if restart is not None else None
+        self._on_restart = on_restart
+        #: Workers found dead and not respawned (by index).
         self.lost: set[int] = set()
         self.pids: list[int] = []
+        #: Workers respawned under the restart policy.
+        self.restarts = 0
+        # Under a restart policy: a descriptor of the segment, passed to every worker
+        # (a respawned one maps the segment through it once the name is unlinked).
+        self._fds: list[int] = []
         try:
             self.segment = Segment.create(layout.size, SegmentKind.OTHER)
             buf = self.segment.buf
@@ -261,12 +319,16 @@ class WorkerPool:
                 Doorbell(buf, layout.worker_block(w) + L.W_BELL, self.segment.address) for w in range(workers)
             ]
             self._client_bell = Doorbell(buf, L.CLIENT_BELL, self.segment.address)
+            if restart is not None:
+                self._fds.append(self.segment.dup_fd())
             self._start(source, workers)
         except BaseException:
-            _reap(self._procs, self._socks, self.segment)
+            _reap(self._procs, self._socks, self.segment, fds=self._fds)
             raise
         self._pidfds = [os.pidfd_open(p.pid) for p in self._procs]
-        self._life.watch(self, _reap, self._procs, self._socks, self.segment, self._stopping, self._pidfds)
+        self._life.watch(
+            self, _reap, self._procs, self._socks, self.segment, self._stopping, self._pidfds, self._fds
+        )
         # The monitor holds the pool weakly: a pool dropped unclosed is still collected (and reaped).
         self._monitor = threading.Thread(
             target=_watch,
@@ -277,53 +339,59 @@ class WorkerPool:
         self._monitor.start()
 
     def _start(self, source: VectorSource, workers: int) -> None:
+        for w in range(workers):
+            mine, proc = self._spawn(w, restarted=False)
+            self._socks.append(mine)
+            self._procs.append(proc)
+        deadline = time.monotonic() + START_TIMEOUT
+        for w, sock in enumerate(self._socks):
+            self.pids.append(_ready(w, sock, max(deadline - time.monotonic(), 0.01)))
+
+    def _spawn(self, w: int, *, restarted: bool) -> tuple[socket.socket, subprocess.Popen[bytes]]:
+        """Start worker ``w``'s process and send it its configuration; (control socket, process)."""
         assert self.segment is not None
+        source = self._source
+        workers = self.layout.workers
         spin = 200e-6 if workers + 1 <= (os.cpu_count() or 1) else 0.0
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
-        kinds = L.composite_kinds(self.contract.action_space)
-        for w in range(workers):
-            mine, theirs = socket.socketpair()
-            self._socks.append(mine)
-            try:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "rlmesh.vector._worker", str(theirs.fileno())],
-                    pass_fds=(theirs.fileno(),),
-                    stdin=subprocess.DEVNULL,
-                    env=env,
-                    close_fds=True,
-                )
-            finally:
-                theirs.close()
-            self._procs.append(proc)
-            config = {
-                "parent": os.getpid(),
-                "index": w,
-                "segment": self.segment.name,
-                "size": self.segment.size,
-                "layout": self.layout.to_dict(),
-                "source": source.data,
-                "autoreset_mode": source.autoreset_mode,
-                "kinds": kinds,
-                "spin": spin,
-                "sys_path": [p for p in sys.path if p],
-            }
+        mine, theirs = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rlmesh.vector._worker", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(), *self._fds),
+                stdin=subprocess.DEVNULL,
+                env=env,
+                close_fds=True,
+            )
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        config = {
+            "parent": os.getpid(),
+            "index": w,
+            "segment": self.segment.name,
+            "size": self.segment.size,
+            "layout": self.layout.to_dict(),
+            "source": source.data,
+            "autoreset_mode": source.autoreset_mode,
+            "kinds": L.composite_kinds(self.contract.action_space),
+            "spin": spin,
+            "sys_path": [p for p in sys.path if p],
+            "restarted": restarted,
+            "segment_fd": self._fds[0] if self._fds else None,
+        }
+        try:
             send_msg(mine, config, 10.0)
-        deadline = time.monotonic() + START_TIMEOUT
-        for w, sock in enumerate(self._socks):
-            reply = recv_msg(sock, max(deadline - time.monotonic(), 0.01))
-            if not (isinstance(reply, list) and reply and reply[0] == "ready"):
-                kind, message, tb = (
-                    (list(reply[1:4]) + ["", "", ""])[:3] if isinstance(reply, list) else ("?", "?", "")
-                )
-                raise RemoteError(
-                    f"vector worker {w} could not build its envs: {kind}: {message}",
-                    remote_type=str(kind),
-                    remote_message=str(message),
-                    remote_traceback=str(tb),
-                )
-            self.pids.append(int(reply[1]))
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            mine.close()
+            raise
+        return mine, proc
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -345,24 +413,80 @@ class WorkerPool:
 
     # -- faults ---------------------------------------------------------------------------------
 
-    def _on_worker_lost(self, index: int) -> None:
-        """Worker ``index`` died: the one place that handles it.
+    def _on_worker_lost(self, index: int) -> int | None:
+        """Worker ``index`` died: the one place that handles it (on the monitor thread).
 
-        Marks the worker LOST in its block and rings the client, whose
-        waiting call raises :class:`~rlmesh.errors.WorkerError` naming the
-        worker's lanes. (A restart policy would respawn it here and report
-        its lanes in the client's ``rlmesh_restarted`` info array.)
+        Under the restart policy, with budget left, respawns it and returns
+        the new process's pidfd (for the monitor to watch): the client's
+        waiting call simply ends later, with the lanes' new episodes.
+        Otherwise (no policy, a crash loop, a respawn that failed) marks the
+        worker LOST in its block, with the reason in its error area, and
+        rings the client, whose waiting call raises
+        :class:`~rlmesh.errors.WorkerError` naming the worker's lanes; returns None.
         """
-        self.lost.add(index)
         segment = self.segment
-        if segment is None or segment.closed:
-            return
+        if segment is None or segment.closed or self._closing.is_set():
+            return None
         lo, hi = self.layout.groups[index]
         code = self._procs[index].poll()
-        log.warning("vector worker %d (lanes %d..%d) died (exit status %s)", index, lo, hi - 1, code)
+        reason = f"exit status {code}"
+        log.warning("vector worker %d (lanes %d..%d) died (%s)", index, lo, hi - 1, reason)
+        if self._budgets is not None:
+            budget = self._budgets[index]
+            if budget.allow():
+                try:
+                    return self._respawn(index)
+                except Exception as exc:
+                    log.warning("vector worker %d could not be restarted: %s", index, exc)
+                    reason += f"; the restart failed: {exc}"
+            else:
+                policy = budget.policy
+                reason += (
+                    f"; restarted {budget.recent()} times within {policy.window_seconds:g}s already, "
+                    f"the restart policy's max_restarts={policy.max_restarts}: a crash loop"
+                )
+        if self._closing.is_set():
+            return None
+        self.lost.add(index)
         block = self.layout.worker_block(index)
+        record = bytes(msgpack.packb(["WorkerLost", reason, "", -1]))[: L.ERROR_BYTES]
+        start = self.layout.errors + index * L.ERROR_BYTES
+        segment.buf[start : start + len(record)] = record
+        segment.buf[block + L.W_ERR_LEN : block + L.W_ERR_LEN + 4] = len(record).to_bytes(4, "little")
         segment.buf[block + L.W_STATUS : block + L.W_STATUS + 4] = L.STATUS_LOST.to_bytes(4, "little")
         self._client_bell.ring()
+        return None
+
+    def _respawn(self, index: int) -> int | None:
+        """Replace dead worker ``index``; the new process's pidfd, or None if the pool is closing.
+
+        Raises:
+            RemoteError: the new worker could not build its envs. OperationTimeout,
+            BrokenError: it did not report ready in time, or died first.
+        """
+        with self._respawn_lock:
+            if self._closing.is_set():
+                return None
+            # close() and the finalizer reap what the lists hold: the new process is there at once.
+            sock, proc = self._spawn(index, restarted=True)
+            with self._ctl_lock:
+                old, self._socks[index] = self._socks[index], sock
+                self._procs[index] = proc
+            old.close()
+        pid = _ready(index, sock, RESTART_TIMEOUT)
+        with self._respawn_lock:
+            if self._closing.is_set():
+                return None
+            pidfd = os.pidfd_open(proc.pid)
+            old_fd, self._pidfds[index] = self._pidfds[index], pidfd
+            os.close(old_fd)
+            self.pids[index] = pid
+            self.restarts += 1
+        lo, hi = self.layout.groups[index]
+        log.warning("vector worker %d (lanes %d..%d) restarted (pid %d)", index, lo, hi - 1, pid)
+        if self._on_restart is not None:
+            self._on_restart()
+        return pidfd
 
     # -- control --------------------------------------------------------------------------------
 
@@ -433,7 +557,8 @@ class WorkerPool:
             return
         try:
             self._life.forget()
-            self._stopping.set()
+            with self._respawn_lock:
+                self._closing.set()
             deadline = time.monotonic() + CLOSE_GRACE
             segment = self.segment
             for w, sock in enumerate(self._socks):
@@ -457,10 +582,11 @@ class WorkerPool:
                     proc.wait(1.0)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+            self._stopping.set()
             self._monitor.join(1.0)
             self._bells = []
             self._client_bell = None  # type: ignore[assignment]
-            _reap(self._procs, self._socks, segment, self._stopping, self._pidfds)
+            _reap(self._procs, self._socks, segment, self._stopping, self._pidfds, self._fds)
         finally:
             self._life.finish_close()
 
@@ -579,9 +705,14 @@ class VectorEnvSource:
         workers: int | None,
         validation: str,
         to_framework: Any,
+        restart: RestartPolicy | None = None,
     ) -> None:
         from .._adapter import EnvAdapter
 
+        self.restart = restart
+        #: Workers respawned under the restart policy, over every session.
+        self.restarts = 0
+        self._count_lock = threading.Lock()
         self.source = VectorSource(source, num_envs, make_kwargs, autoreset_mode)
         if workers is None:
             workers = default_workers(num_envs)
@@ -605,12 +736,18 @@ class VectorEnvSource:
 
         if self._closed:
             raise ClosedError("the server is shutting down")
-        pool = WorkerPool(self.source, self.contract, self.workers)
+        pool = WorkerPool(
+            self.source, self.contract, self.workers, restart=self.restart, on_restart=self._count_restart
+        )
         try:
             return EnvAdapter(self.source.facade.with_pool(pool), **self._options)
         except BaseException:
             pool.close()
             raise
+
+    def _count_restart(self) -> None:
+        with self._count_lock:
+            self.restarts += 1
 
     def release(self, adapter: Any, close_timeout: float) -> None:
         """A session is over: reap its workers."""
