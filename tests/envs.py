@@ -543,3 +543,15 @@ class BrokenLaneEnv(TinyEnv):
         if int(action) == 1:
             raise ValueError("action 1 breaks this lane")
         return super().step(action)
+
+
+class KillLaneEnv(TinyEnv):
+    """TinyEnv whose step SIGKILLs its own process for action 1 (a vector worker that crashes)."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        super().__init__(limit=limit)
+
+    def step(self, action: int) -> tuple[int, float, bool, bool, dict[str, Any]]:
+        if int(action) == 1:
+            os.kill(os.getpid(), 9)
+        return super().step(action)
