@@ -23,7 +23,7 @@ from gymnasium.vector import AutoresetMode
 
 import rlmesh
 import rlmesh.numpy as rnp
-from rlmesh.errors import InvalidHandle, ProtocolError
+from rlmesh.errors import InvalidHandle, ProtocolError, RemoteError
 from rlmesh.vector._layout import Layout
 from tests.envs import DictImageEnv, SlowLaneEnv, TinyEnv
 
@@ -353,3 +353,19 @@ def test_jax_observations_are_the_batch_buffer(serve) -> None:
     want, *_ = local.step(np.zeros(4, dtype=np.int64))
     assert np.asarray(obs).tobytes() == want.tobytes()
     local.close()
+
+
+def test_disabled_autoreset_refuses_a_done_lane_until_it_is_reset(serve) -> None:
+    served = serve(TinyEnv, num_envs=2, workers=1, autoreset_mode="Disabled")  # episodes of 3 steps
+    env = served.client(rnp.RemoteVectorEnv)
+    env.reset(seed=0)
+    for _ in range(3):
+        _, _, term, _, _ = env.step(np.array([1, 1]))
+    assert term.tolist() == [True, True]
+    with pytest.raises(RemoteError, match="lane 0 ended its episode and autoreset is Disabled") as caught:
+        env.step(np.array([1, 1]))
+    assert caught.value.remote_type == "AssertionError"  # as SyncVectorEnv's assert
+    obs, _ = env.reset(options={"reset_mask": np.array([True, True])})
+    assert obs.tolist() == [0, 0]
+    _, rewards, term, _, _ = env.step(np.array([1, 0]))
+    assert rewards.tolist() == [1.0, 1.0] and term.tolist() == [False, False]
