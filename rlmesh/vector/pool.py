@@ -146,6 +146,13 @@ class VectorSource:
             raise TypeError(
                 f"a vector source must be a Gymnasium id or a factory, got {type(source).__name__}"
             )
+        try:
+            msgpack.packb(data)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(
+                "the vector fast path sends make_kwargs to its workers as msgpack, and these are not "
+                f'({exc}); pass plain data, or use vectorization_mode="sync"'
+            ) from None
         self.data = data
         probe = self._make()  # type: ignore[no-untyped-call]
         try:

@@ -369,3 +369,14 @@ def test_disabled_autoreset_refuses_a_done_lane_until_it_is_reset(serve) -> None
     assert obs.tolist() == [0, 0]
     _, rewards, term, _, _ = env.step(np.array([1, 0]))
     assert rewards.tolist() == [1.0, 1.0] and term.tolist() == [False, False]
+
+
+def test_make_kwargs_that_are_not_data_stay_in_process(serve) -> None:
+    with pytest.raises(TypeError, match="msgpack"):
+        rlmesh.EnvServer(
+            "CartPole-v1", "tcp://127.0.0.1:0", num_envs=2, vectorization_mode="async", x=object()
+        )
+    from tests.envs import make_count_env
+
+    served = serve(make_count_env, num_envs=2, make_kwargs={})
+    assert served.client(rnp.RemoteVectorEnv).fast_path
