@@ -661,6 +661,14 @@ class Lanes:
                 self._staged[w].append((lanes, rows))
         self._pending.update(ids)
 
+    def _dispatch_staged(self, w: int) -> None:
+        staged, self._staged[w] = self._staged[w], []
+        if staged:
+            np = self._np
+            merged = [lane for lanes, _ in staged for lane in lanes]
+            rows = [np.concatenate([r[i] for _, r in staged]) for i in range(len(self._act))]
+            self._dispatch(w, merged, rows)
+
     def _dispatch(self, w: int, lanes: list[int], rows: list[Any]) -> None:
         lo, hi = self.layout.groups[w]
         self._write_actions(rows, lanes)
@@ -725,9 +733,15 @@ class Lanes:
                 f"recv() timed out after {timeout:.3g}s with lanes {late} still outstanding", timeout=timeout
             ) from None
         ready = finished()
-        lanes: list[int] = []
-        error: BaseException | None = None
         K = self.layout.buffers
+        # A worker that failed is taken alone, before anything else is consumed: the
+        # lanes of the workers that did not fail stay ready for the next recv (nothing lost).
+        for w in ready:
+            status = unpack(buf, blocks[w] + L.W_STATUS)[0]
+            if status != L.STATUS_OK:
+                ready = [w]
+                break
+        lanes: list[int] = []
         for w in ready:
             busy = self._busy[w]
             assert busy is not None
@@ -736,20 +750,14 @@ class Lanes:
             try:
                 self._raise_for([(w, busy[0])])
                 self._batch([(w, busy[0])], K)
-                lanes.extend(busy[1])
             except WorkerError:
                 self._staged[w] = []
                 raise
-            except BaseException as exc:  # an env error: that worker's lanes are received
-                error = error or exc
-        for w in ready:
-            staged, self._staged[w] = self._staged[w], []
-            if staged:
-                merged = [lane for lanes_, _ in staged for lane in lanes_]
-                rows = [np.concatenate([r[i] for _, r in staged]) for i in range(len(self._act))]
-                self._dispatch(w, merged, rows)
-        if error is not None:
-            raise error
+            except BaseException:  # an env error: that worker's lanes count as received
+                self._dispatch_staged(w)
+                raise
+            lanes.extend(busy[1])
+            self._dispatch_staged(w)
         lanes.sort()
         idx = np.array(lanes, dtype=np.int64)
         out = self._out[K]

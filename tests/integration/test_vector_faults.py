@@ -125,6 +125,13 @@ def test_an_env_error_names_the_lane_and_the_session_stays_usable(serve) -> None
     with pytest.raises(RemoteError, match="lane 1"):
         env.recv(timeout=10)
     assert env._lanes.pending == []
+    # One worker fails while the other succeeds: the error first, then the good lanes (none lost).
+    env.send(np.array([0, 0, 1, 0]))
+    with pytest.raises(RemoteError, match="lane 2"):
+        env.recv(timeout=10)
+    _, rewards, _, _, _, ids = env.recv(timeout=10)
+    assert ids.tolist() == [0, 1] and rewards.tolist() == [1.0, 1.0]
+    assert env._lanes.pending == []
 
 
 def test_close_and_shutdown_reap_every_worker(serve) -> None:
