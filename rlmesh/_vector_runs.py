@@ -180,8 +180,25 @@ class _VectorRun:
             now = time.monotonic()
             wanted: dict[int, int | None] = {}
             started: list[int] = []
+            restarted = _restarted(info, n)
             for i in range(n):
                 episode = lanes[i]
+                if restarted is not None and restarted[i]:
+                    # The lane's worker died and was respawned (the server's restart
+                    # policy): its env is new, so the episode in progress starts over,
+                    # a seeded one from its seed (a masked reset), an unseeded one with
+                    # the new env's episode, which begins at this step.
+                    pending[i] = False
+                    if replay is not None:
+                        replay.clear(i)
+                    if episode is not None:
+                        episode.steps, episode.reward = 0, 0.0
+                        episode.predict_s = episode.step_s = 0.0
+                        if episode.seed is None:
+                            started.append(i)
+                        else:
+                            wanted[i] = episode.seed
+                    continue
                 ended = bool(terms_l[i] or truncs_l[i])
                 if ended and replay is not None:
                     replay.clear(i)  # the rest of the chunk belonged to the ended episode
@@ -260,6 +277,16 @@ def _index(result: EpisodeResult) -> int:
 
 def _seed(episode: EpisodeTotals | None) -> int | None:
     return episode.seed if episode is not None else None
+
+
+def _restarted(info: dict[str, Any], n: int) -> list[bool] | None:
+    """Per lane, whether a restarted worker reset it (``info["rlmesh_restarted"]``); None if none did."""
+    flags = info.get("rlmesh_restarted")
+    if flags is None:
+        return None
+    mask = info.get("_rlmesh_restarted", flags)
+    out = [bool(f) and bool(m) for f, m in zip(_as_list(flags), _as_list(mask), strict=False)]
+    return out if len(out) == n else None
 
 
 def _as_list(values: Any) -> list[Any]:

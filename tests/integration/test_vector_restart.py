@@ -221,3 +221,26 @@ def test_restart_needs_the_fast_path_and_a_policy() -> None:
         rlmesh.EnvServer(TinyEnv(), restart=POLICY)
     with pytest.raises(TypeError, match="RestartPolicy"):
         rlmesh.EnvServer("CartPole-v1", num_envs=2, restart=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["NextStep", "SameStep", "Disabled"])
+def test_model_run_replays_a_seeded_episode_a_restart_cut_short(serve, mode: str) -> None:
+    served = serve("CartPole-v1", num_envs=4, workers=2, autoreset_mode=mode, restart=POLICY)
+    calls = [0]
+
+    def policy(observations: np.ndarray) -> np.ndarray:
+        calls[0] += 1
+        if calls[0] == 12:  # mid-episode on every lane: kill the worker of lanes 2 and 3
+            kill_and_wait(pool_of(served).pids[1])
+        return (observations[:, 2] > 0).astype(np.int64)
+
+    seeds = list(range(100, 110))
+    result = rnp.Model(policy).run(served.server.address, seeds=seeds)
+    single = rnp.Model(lambda obs: int(obs[2] > 0)).run("CartPole-v1", seeds=seeds)
+
+    def outcome(run: rlmesh.RunResult) -> list[tuple[Any, ...]]:
+        return [(e.index, e.seed, e.steps, e.reward, e.terminated, e.truncated) for e in run.episodes]
+
+    # The episodes the restart cut short ran again from their seeds: the same results as undisturbed.
+    assert outcome(result) == outcome(single)
+    assert served.server.stats()["worker_restarts"] == 1
