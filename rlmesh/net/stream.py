@@ -235,9 +235,11 @@ class SocketStream:
     def _await_frame(self, deadline: Deadline, *, spin: bool = True) -> bool:
         """Wait for the start of a frame until ``deadline``: a bounded spin, then poll(2).
 
-        Every wait teaches the spin policy, a timed-out one too: an idle
-        connection is a wait that spinning does not catch, so its budget
-        shrinks instead of burning a slice of a core on every wake-up.
+        The spin is what the policy grants now (:meth:`SpinPolicy.current`:
+        nothing on an oversubscribed machine, as for the rings). Every wait
+        that spun teaches the policy, a timed-out one too: an idle connection
+        is a wait that spinning does not catch, so its budget shrinks instead
+        of burning a slice of a core on every wake-up.
         """
         # No poll(0) up front: on the per-step path the caller's recv has just
         # found the socket empty, and the spin's first poll checks again anyway.
@@ -245,8 +247,9 @@ class SocketStream:
         start = time.monotonic()
         policy = self.spin
         # An expired deadline (a timeout of 0) never spins: one poll below.
-        if spin and policy.budget > 0 and (deadline.at is None or deadline.at > start):
-            spin_until = start + policy.budget
+        budget = policy.current(start) if spin and (deadline.at is None or deadline.at > start) else 0.0
+        if budget > 0:
+            spin_until = start + budget
             if deadline.at is not None:
                 spin_until = min(spin_until, deadline.at)
             while True:
@@ -256,7 +259,8 @@ class SocketStream:
                 if time.monotonic() >= spin_until:
                     break
         ready = _wait(self._readable, deadline)
-        policy.record(time.monotonic() - start)
+        if budget > 0:
+            policy.record(time.monotonic() - start)
         return ready
 
     # -- sending ---------------------------------------------------------------

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from rlmesh import _spin
 from rlmesh._spin import SpinPolicy
 from rlmesh.errors import BrokenError, FramingError, OperationTimeout
 from rlmesh.net import framing, parse_address
@@ -201,7 +202,15 @@ def reply_later(stream: SocketStream, delay: float) -> threading.Thread:
     return thread
 
 
-def test_a_receiver_spins_before_it_sleeps_unless_told_not_to() -> None:
+@pytest.fixture
+def machine_busy(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The load probe, replaced: what is tested is the decision, not this machine's load."""
+    busy = [False]
+    monkeypatch.setattr(_spin._CONTENTION, "check", lambda now: busy[0])
+    return busy
+
+
+def test_a_receiver_spins_before_it_sleeps_unless_told_not_to(machine_busy: list[bool]) -> None:
     for policy, spins in ((SpinPolicy(maximum=0.5, initial=0.5), True), (SpinPolicy(0), False)):
         a, b = socket.socketpair()
         with SocketStream(a) as left, SocketStream(b, spin=policy) as right:
@@ -214,7 +223,26 @@ def test_a_receiver_spins_before_it_sleeps_unless_told_not_to() -> None:
             assert (counter.nonblocking > 100) is spins, counter.nonblocking
 
 
-def test_idle_waits_shrink_the_spin_budget() -> None:
+def test_a_busy_machine_sends_the_wait_straight_to_poll(machine_busy: list[bool]) -> None:
+    # The socket stream's spin follows the same load gate as the rings' (SpinPolicy.current).
+    policy = SpinPolicy(maximum=0.5, initial=0.5, enabled=True)
+    a, b = socket.socketpair()
+    with SocketStream(a) as left, SocketStream(b, spin=policy) as right:
+        counter = CountingPoll(right._readable)
+        right._readable = counter  # type: ignore[assignment]
+        assert not right.wait_readable(0.01)
+        assert policy.spins == 1 and policy.gated == 0 and counter.nonblocking > 1
+        machine_busy[0] = True
+        before, budget = counter.nonblocking, policy.budget
+        thread = reply_later(left, 0.05)
+        assert bytes(right.recv_frame(5)[0]) == b"late"
+        thread.join()
+        assert policy.spins == 1 and policy.gated == 1
+        assert counter.nonblocking == before  # not one spinning poll
+        assert policy.budget == budget  # a wait that did not spin teaches the policy nothing
+
+
+def test_idle_waits_shrink_the_spin_budget(machine_busy: list[bool]) -> None:
     a, b = socket.socketpair()
     policy = SpinPolicy(maximum=500e-6, initial=500e-6)
     with SocketStream(a) as left, SocketStream(b, spin=policy) as right:
