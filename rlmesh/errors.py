@@ -13,7 +13,9 @@ published RLMesh API (which raised builtins) keeps working::
     ├── TransportError(ConnectionError)  the connection failed
     │   ├── ConnectError                 could not connect or complete the handshake
     │   └── BrokenError                  the peer died or reset a live connection
-    │       └── WorkerError              a vector worker process died (names its lanes)
+    │       ├── WorkerError              a vector worker process died (names its lanes)
+    │       └── EndpointLostError        an endpoint of a sharded vector env was lost
+    │                                    (names its lanes, carries the live lanes' batch)
     ├── ProtocolError                    the peer sent something we cannot accept
     │   ├── FramingError                 bad or oversized length prefix, truncated frame
     │   ├── DecodeError                  a frame that does not decode to a valid message
@@ -48,6 +50,7 @@ __all__ = [
     "ClosedError",
     "ConnectError",
     "DecodeError",
+    "EndpointLostError",
     "FramingError",
     "InvalidActionError",
     "InvalidHandle",
@@ -130,6 +133,33 @@ class WorkerError(BrokenError):
         super().__init__(message)
         self.lanes = list(lanes or [])
         self.worker = worker
+
+
+class EndpointLostError(BrokenError):
+    """Endpoints of a sharded vector env were lost (``on_lost="raise"``).
+
+    An endpoint is lost when its connection breaks, its server dies, or it
+    misses the call's deadline. Its lanes are masked until it rejoins.
+
+    Attributes:
+        lanes: the global lanes of the lost endpoints, ascending.
+        endpoints: the indices of the lost endpoints.
+        partial: the batch of the call over every lane (the lost lanes
+            truncated, as ``on_lost="truncate"`` returns it), or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        lanes: list[int] | None = None,
+        endpoints: list[int] | None = None,
+        partial: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.lanes = list(lanes or [])
+        self.endpoints = list(endpoints or [])
+        self.partial = partial
 
 
 class ProtocolError(RLMeshError):
