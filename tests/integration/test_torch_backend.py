@@ -219,3 +219,26 @@ def test_import_rlmesh_torch_does_not_import_torch() -> None:
     code = "import sys, rlmesh.torch; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.stdout.split() == ["False"], out.stderr
+
+
+def test_a_torch_vector_client_on_the_fast_path_matches_numpy(tmp_path: Any) -> None:
+    server = rlmesh.EnvServer(
+        "CartPole-v1", f"unix://{tmp_path}/fast.sock", num_envs=3, vectorization_mode="async", workers=1
+    ).start()
+    try:
+        runs = []
+        for cls, kwargs in (
+            (rnp.RemoteVectorEnv, {}),
+            (rt.RemoteVectorEnv, {}),
+            (rt.RemoteVectorEnv, {"copy": False}),
+        ):
+            with cls(server.address, **kwargs) as env:
+                rows = [env.reset(seed=4)[0]]
+                for t in range(30):
+                    rows.append(env.step(np.array([t % 2, 1, 0]))[0])
+                runs.append(rows)
+        for rows in runs[1:]:
+            assert all(isinstance(r, torch.Tensor) and r.dtype == torch.float32 for r in rows)
+            assert [r.numpy().tobytes() for r in rows] == [r.tobytes() for r in runs[0]]
+    finally:
+        server.shutdown()
