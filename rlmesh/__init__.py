@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from . import errors as errors, types as types
 from ._restart import RestartPolicy as RestartPolicy
 from .errors import (
+    AuthenticationError as AuthenticationError,
     BackendUnavailable as BackendUnavailable,
     BrokenError as BrokenError,
     BusyError as BusyError,
@@ -105,6 +106,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "__version__",
+    "AuthenticationError",
     "BackendUnavailable",
     "BrokenError",
     "BusyError",

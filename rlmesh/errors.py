@@ -12,6 +12,7 @@ published RLMesh API (which raised builtins) keeps working::
     ├── OperationTimeout(TimeoutError)   a deadline passed (connect, request, wait)
     ├── TransportError(ConnectionError)  the connection failed
     │   ├── ConnectError                 could not connect or complete the handshake
+    │   │   └── AuthenticationError      the server refused this client's auth token
     │   └── BrokenError                  the peer died or reset a live connection
     │       ├── WorkerError              a vector worker process died (names its lanes)
     │       └── EndpointLostError        an endpoint of a sharded vector env was lost
@@ -43,6 +44,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AuthenticationError",
     "BackendUnavailable",
     "BrokenError",
     "BusyError",
@@ -115,6 +117,14 @@ class TransportError(RLMeshError, ConnectionError):
 
 class ConnectError(TransportError):
     """No connection could be made, or the handshake did not complete."""
+
+
+class AuthenticationError(ConnectError):
+    """The server refused the session: this client sent no auth token, or the wrong one.
+
+    Raised by a client's constructor (the handshake); the server allocated
+    nothing for the session. Pass ``auth_token=`` or set ``RLMESH_AUTH_TOKEN``.
+    """
 
 
 class BrokenError(TransportError):

@@ -56,6 +56,7 @@ def test_pickled_attributes_are_kept() -> None:
         (errors.OperationTimeout, TimeoutError),
         (errors.TransportError, ConnectionError),
         (errors.ConnectError, ConnectionError),
+        (errors.AuthenticationError, ConnectionError),
         (errors.BrokenError, ConnectionError),
         (errors.SpecError, ValueError),
         (errors.InvalidActionError, ValueError),
