@@ -30,7 +30,9 @@ published RLMesh API (which raised builtins) keeps working::
     ├── BackendUnavailable(ImportError)  an optional array library is missing or too old
     ├── CapsuleConsumedError(BufferError, TypeError)
     │                                    a DLPack capsule was imported a second time
-    └── SandboxError                     a Docker sandbox failed to build, start or stop
+    ├── SandboxError                     a Docker sandbox failed to build, start or stop
+    └── FleetError(RuntimeError)         an env fleet on Ray failed: a host crash-looped and
+                                         was retired, no host is left, a sweep's chunk failed
 
 Every class survives ``pickle`` with its message and attributes, since errors
 cross process boundaries (a worker's failure is re-raised in its parent).
@@ -53,6 +55,7 @@ __all__ = [
     "ConnectError",
     "DecodeError",
     "EndpointLostError",
+    "FleetError",
     "FramingError",
     "InvalidActionError",
     "InvalidHandle",
@@ -270,3 +273,11 @@ class CapsuleConsumedError(RLMeshError, BufferError, TypeError):
 
 class SandboxError(RLMeshError):
     """A Docker sandbox failed to build, start, connect or stop."""
+
+
+class FleetError(RLMeshError, RuntimeError):
+    """An env fleet on Ray (:mod:`rlmesh.ray`) failed.
+
+    A host crash-looped and was retired, a fleet lost every host, a host
+    failed to start, or a sweep's chunk failed more often than allowed.
+    """
