@@ -58,6 +58,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from . import numpy as _rnp
+from ._lifecycle import State
 from .client import dial
 from .spaces import to_gymnasium_space
 from .specs import EnvContract
@@ -227,6 +228,11 @@ class RemoteEnv(gymnasium.Env[Any, Any]):
         """The served env's contract (its id, full metadata, spaces as specs)."""
         return self._client.env_contract
 
+    @property
+    def state(self) -> State:
+        """The client's OPEN, CLOSING or CLOSED (see :mod:`rlmesh._lifecycle`)."""
+        return self._client.state
+
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
@@ -367,6 +373,11 @@ class RemoteVectorEnv(VectorEnv):
     def env_contract(self) -> EnvContract:
         """The served env's contract."""
         return self._client.env_contract
+
+    @property
+    def state(self) -> State:
+        """The client's OPEN, CLOSING or CLOSED (see :mod:`rlmesh._lifecycle`)."""
+        return self._client.state
 
     def reset(
         self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None

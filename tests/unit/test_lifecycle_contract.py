@@ -254,6 +254,23 @@ def make_remote_env(tmp: Path) -> Made:
     return Made(client, fd_closed(client._conn.stream.fileno()), _stop(server, env))
 
 
+def make_gymnasium_env(tmp: Path) -> Made:
+    import rlmesh.gymnasium as rg
+
+    server, env = _served(tmp)
+    face = rg.RemoteEnv(server.address, request_timeout_seconds=30)
+    return Made(face, fd_closed(face.client._conn.stream.fileno()), _stop(server, env))
+
+
+def make_gymnasium_vector_env(tmp: Path) -> Made:
+    import rlmesh.gymnasium as rg
+    from tests.envs import TinyVectorEnv
+
+    server = rlmesh.EnvServer(TinyVectorEnv(num_envs=2), f"unix://{tmp}/vec.sock").start()
+    face = rg.RemoteVectorEnv(server.address, request_timeout_seconds=30)
+    return Made(face, fd_closed(face.client._conn.stream.fileno()), server.shutdown)
+
+
 def make_env_server(tmp: Path) -> Made:
     env = TinyEnv()
     path = f"{tmp}/env.sock"
@@ -337,6 +354,8 @@ OWNERS = [
         block=lambda c: c.step(1, TailBuilder(), 30.0),
     ),
     Kind("RemoteEnv", make_remote_env, use=lambda c: c.reset(seed=1), block=lambda c: c.step(1)),
+    Kind("gymnasium.RemoteEnv", make_gymnasium_env, use=lambda e: e.reset(seed=1), block=lambda e: e.step(1)),
+    Kind("gymnasium.RemoteVectorEnv", make_gymnasium_vector_env, use=lambda e: e.reset(seed=1)),
     Kind(
         "EnvServer",
         make_env_server,
