@@ -15,6 +15,7 @@ every chunk of a send).
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import select
 import socket
@@ -33,7 +34,7 @@ from ..errors import BrokenError, ClosedError, ConnectError, FramingError, Opera
 from .address import Address
 from .framing import DEFAULT_MAX_FRAME, PREFIX, aligned_buffer, body_layout, check_body_length, split_body
 
-__all__ = ["Listener", "SocketStream", "connect"]
+__all__ = ["Listener", "SocketStream", "connect", "dialable_host", "tune_keepalive"]
 
 #: The per-step state check compares against this (one global, no enum attribute lookup).
 _OPEN = State.OPEN
@@ -46,6 +47,63 @@ SOCKET_BUFFER = 4 << 20
 #: Frames at least this large get their receive buffer reused when free.
 _REUSE_MIN = 64 << 10
 _SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
+
+
+#: TCP keep-alive, per socket: the first probe after this many idle seconds,
+#: then one every KEEPALIVE_INTERVAL seconds; KEEPALIVE_COUNT unanswered probes
+#: end the connection. An idle connection to a host that vanished (powered off,
+#: unplugged, partitioned: no FIN, no RST) fails in about 3 s instead of the
+#: kernel default's 2 h 11 min. The kernel takes whole seconds here. A stopped
+#: process on a live host still answers probes (its kernel does): the
+#: application heartbeat (:mod:`rlmesh.wire.server_session`) covers that.
+KEEPALIVE_IDLE = 1
+KEEPALIVE_INTERVAL = 1
+KEEPALIVE_COUNT = 2
+
+
+def tune_keepalive(sock: socket.socket) -> None:
+    """Turn TCP keep-alive on for ``sock`` with rlmesh's short timings (where the OS has them)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            except OSError:
+                pass  # an OS that refuses the option keeps its default
+
+
+def dialable_host(host: str) -> str:
+    """The host a client elsewhere dials to reach a listener bound on ``host``.
+
+    A specific address is itself. A wildcard ("0.0.0.0", "::", "") listens on
+    every interface, which no client can dial: this host's routable address
+    (the source address of its default route; no packet is sent), else the
+    address its hostname resolves to, else loopback.
+    """
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    family = socket.AF_INET6 if host == "::" else socket.AF_INET
+    probe_target = ("2001:db8::1", 9) if family == socket.AF_INET6 else ("198.51.100.1", 9)
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(probe_target)  # UDP: picks a route, sends nothing
+            found = str(probe.getsockname()[0])
+        if not ipaddress.ip_address(found).is_loopback:
+            return found
+    except (OSError, ValueError):
+        pass
+    try:
+        found = socket.gethostbyname(socket.gethostname())
+        if not ipaddress.ip_address(found).is_loopback:
+            return found
+    except (OSError, ValueError):
+        pass
+    return "::1" if family == socket.AF_INET6 else "127.0.0.1"
 
 
 def _wait(poller: select.poll, deadline: Deadline) -> bool:
@@ -139,7 +197,7 @@ class SocketStream:
         self._writable.register(sock, select.POLLOUT)
         if not self.is_unix:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            tune_keepalive(sock)
         # Large frames move in fewer, larger chunks (one wake-up per chunk);
         # these are limits, not allocations, and the kernel caps them.
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
@@ -634,7 +692,13 @@ class Listener:
     rejected connection's descriptor, shut down, then becomes the reserve.
 
     Args:
-        address: where to listen; TCP port 0 picks a free port.
+        address: where to listen; TCP port 0 picks a free port. A TCP host
+            is bound exactly (one interface's IP, or a wildcard for all).
+
+    Attributes:
+        address: where clients dial, with the real port; for a wildcard bind
+            ("0.0.0.0", "::") this host's routable address (:func:`dialable_host`).
+        bound: the address as bound (the wildcard kept).
         backlog: the listen queue length.
         reject: called with each connection turned away for want of
             descriptors, on a short-lived thread; it must not close the socket
@@ -667,7 +731,7 @@ class Listener:
                 self._sock.close()
                 self._reserve.close()
                 raise
-            self.address = address
+            self.address = self.bound = address
         else:
             host = address.host or "127.0.0.1"
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -681,7 +745,10 @@ class Listener:
                 raise ConnectError(
                     f"failed to bind tcp listener on {address}: {exc.strerror or exc}"
                 ) from exc
-            self.address = Address("tcp", host=host, port=self._sock.getsockname()[1])
+            port = self._sock.getsockname()[1]
+            #: Where the socket is bound (a wildcard host stays a wildcard).
+            self.bound = Address("tcp", host=host, port=port)
+            self.address = Address("tcp", host=dialable_host(host), port=port)
         self._sock.listen(backlog)
         self._sock.setblocking(False)
         self._life.watch(self, _close_listener, self._sock, self._reserve, self._path, self._inode)
