@@ -798,6 +798,45 @@ class EnvServer:
         self._thread.start()
         return self
 
+    def serve_connection(self, sock: socket.socket) -> None:
+        """Serve one session on a connection this process made, until it ends; then shut down.
+
+        A sandboxed env dials back to its host (:mod:`rlmesh.sandbox`): the
+        host listens, so the container needs no writable host path. The
+        session runs as any accepted one (handshake deadline, liveness,
+        drain); the listener bound by the constructor stays unused. SIGINT
+        and SIGTERM stop it gracefully, as in :meth:`serve`.
+
+        Args:
+            sock: a connected stream socket; the server owns it from now on.
+
+        Raises:
+            RuntimeError: the server was already started.
+            ClosedError: (a RuntimeError) the server was shut down.
+        """
+        try:
+            self._begin()
+        except BaseException:
+            sock.close()
+            raise
+        previous: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda *_: self._request_stop())
+        try:
+            stream = SocketStream(sock, max_frame=self.options.max_message_bytes)
+            session = ServerSession(self._host, stream, self._session_config)
+            with self._sessions_lock:
+                self._sessions.add(session)
+            session.thread.start()
+            # Joined in slices so that a stop request (a signal) is seen.
+            while session.thread.is_alive() and not self._stopping.is_set():
+                session.thread.join(0.1)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.shutdown()
+
     def _begin(self) -> None:
         if self._life.state is State.OPEN:
             raise RuntimeError("the server was already started")

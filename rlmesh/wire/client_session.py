@@ -79,6 +79,10 @@ class ClientSession:
             follows ``RLMESH_SPIN`` (on unless it is 0). Spinning also stops by
             itself while the machine has more runnable tasks than cores
             (:mod:`rlmesh._spin`).
+        stream: a connection already made, to handshake on instead of
+            dialing ``address`` (a sandboxed server dials back to its host,
+            :mod:`rlmesh.sandbox`); the session owns it, also if the
+            handshake fails.
 
     Raises:
         ConnectError: the server cannot be reached, or the handshake failed.
@@ -110,6 +114,7 @@ class ClientSession:
         shared_memory: bool,
         max_message_bytes: int,
         spin: bool | None = None,
+        stream: SocketStream | None = None,
     ) -> None:
         self.address = address
         self._spin_enabled = spin_enabled(spin)
@@ -124,7 +129,9 @@ class ClientSession:
         self._broken: BaseException | None = None
         # [offer, segment] of the vector fast path until an endpoint takes it (take_vector).
         self._vector: list[Any] = []
-        self.stream = self._dial(connect_timeout, max_message_bytes)
+        # A stream handed in is a connection the server made to us (a
+        # sandbox dials back): it is this session's from now on.
+        self.stream = stream if stream is not None else self._dial(connect_timeout, max_message_bytes)
         try:
             self._handshake(shared_memory)
         except BaseException:
