@@ -41,6 +41,7 @@ __all__ = [
     "check_name",
     "create",
     "free_bytes",
+    "map_fd",
     "new_name",
     "pid_namespace",
     "read_header",
@@ -121,7 +122,7 @@ def _fallocate(fd: int, size: int) -> None:
         raise ShmError(f"could not size a {size:,}-byte segment: {exc}") from exc
 
 
-def _map(fd: int, size: int, prot: int, name: str) -> mmap.mmap:
+def map_fd(fd: int, size: int, prot: int, name: str) -> mmap.mmap:
     """Map ``size`` bytes of ``fd`` shared.
 
     Python 3.13+ is told not to keep a duplicate of the descriptor (``mmap``
@@ -176,7 +177,7 @@ def create(size: int, kind: SegmentKind) -> tuple[str, int, mmap.mmap]:
         # Taken before anything else: from here on the janitor sees a live owner.
         fcntl.flock(fd, fcntl.LOCK_SH)
         _fallocate(fd, size)
-        mapping = _map(fd, size, mmap.PROT_READ | mmap.PROT_WRITE, name)
+        mapping = map_fd(fd, size, mmap.PROT_READ | mmap.PROT_WRITE, name)
         HEADER.pack_into(
             mapping,
             0,
@@ -254,7 +255,7 @@ def attach_fd(
         if st.st_size < HEADER.size:
             raise ShmError(f"shared-memory segment {name} is too small to be an rlmesh segment")
         prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
-        mapping = _map(fd, st.st_size, prot, name)
+        mapping = map_fd(fd, st.st_size, prot, name)
         magic, version = HEADER.unpack_from(mapping, 0)[:2]
         if magic != MAGIC or version != LAYOUT_VERSION:
             mapping.close()

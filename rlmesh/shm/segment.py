@@ -1,4 +1,4 @@
-"""``Segment``: one POSIX shared-memory object, mapped into this process."""
+"""``Segment``: one shared-memory object (a named POSIX segment or a sealed memfd), mapped here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from .._buffers import buffer_address
 from .._lifecycle import Lifecycle, State
 from ..errors import BusyError, ClosedError, ShmError
-from . import _posix
+from . import _memfd, _posix
 from ._layout import SEGMENT_HEADER, SegmentKind
 
 __all__ = ["Segment", "close_all_when_unpinned"]
@@ -50,6 +50,14 @@ def _release(fd_box: list[int], mapping: mmap, name: str | None, pid: int) -> No
 class Segment:
     """A shared-memory segment mapped into this process.
 
+    Two kinds: a named POSIX segment in ``/dev/shm`` (:meth:`create`,
+    :meth:`attach`), which any process of the user can open by name (for
+    TCP sessions on one host), and a sealed memfd (:meth:`create_memfd`,
+    :meth:`attach_memfd`), which has no name and reaches a peer only as a
+    descriptor passed over a Unix socket (:mod:`rlmesh.shm._memfd`). For a
+    memfd, "unlink" closes the creator's descriptor: nothing is named, so
+    nothing can be left behind.
+
     Lifetime:
         :meth:`create` makes a new segment; this process is its *creator* and
         the only one that may :meth:`unlink` its name. :meth:`attach` maps a
@@ -78,6 +86,7 @@ class Segment:
     _creator = False
     _unlinked = False
     _readonly = False
+    _memfd = False
     _pid = 0
     _pins = 0
     _close_pending = False
@@ -112,6 +121,40 @@ class Segment:
         return cls._wrap(name.lstrip("/"), fd, mapping, creator=False, readonly=readonly)
 
     @classmethod
+    def create_memfd(cls, size: int, kind: SegmentKind = SegmentKind.OTHER) -> Segment:
+        """Create and map a new sealed memfd segment of ``size`` bytes (header included).
+
+        The creator keeps the descriptor (:meth:`fileno`, to send to a peer)
+        until :meth:`unlink` or :meth:`close`.
+
+        Raises:
+            ShmCapacityError: no memory for it; nothing is left behind.
+            ShmError: memfds are unavailable, or it could not be sealed or mapped.
+        """
+        label = _posix.new_name()
+        fd, mapping = _memfd.create(size, kind, label)
+        return cls._wrap("memfd:" + label, fd, mapping, creator=True, readonly=False, memfd=True)
+
+    @classmethod
+    def attach_memfd(cls, fd: int, size: int, *, readonly: bool = False) -> Segment:
+        """Map the sealed memfd a peer passed on descriptor ``fd``, after checking it; ``fd`` is closed.
+
+        The descriptor is always consumed, mapped or refused: the caller never
+        closes it. The checks are :func:`rlmesh.shm._memfd.check`'s (a memfd,
+        sealed against shrinking and growing, of ``size`` bytes, with an rlmesh
+        header), so a peer cannot shrink it under the mapping.
+
+        Raises:
+            ShmError: the descriptor is not such a segment.
+        """
+        try:
+            mapping = _memfd.check(fd, size, readonly=readonly, what=f"the memfd segment on descriptor {fd}")
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls._wrap(f"memfd:fd{fd}", fd, mapping, creator=False, readonly=readonly, memfd=True)
+
+    @classmethod
     def attach_fd(cls, fd: int, name: str, size: int | None = None) -> Segment:
         """Map the segment open on descriptor ``fd``, with :meth:`attach`'s checks; ``fd`` is closed.
 
@@ -134,14 +177,25 @@ class Segment:
             ClosedError: the segment is closed. ShmError: its descriptor is gone
             (an attacher's, or a creator's after :meth:`unlink`).
         """
+        return os.dup(self.fileno())
+
+    def fileno(self) -> int:
+        """The creator's descriptor of the segment (to pass to a peer); the segment keeps owning it.
+
+        Raises:
+            ClosedError: the segment is closed. ShmError: its descriptor is gone
+            (an attacher's, or a creator's after :meth:`unlink`).
+        """
         self._check_open()
         fd = self._fd_box[0]
         if fd < 0:
-            raise ShmError(f"shared-memory segment {self._name} has no descriptor left to duplicate")
-        return os.dup(fd)
+            raise ShmError(f"shared-memory segment {self._name} has no descriptor left")
+        return fd
 
     @classmethod
-    def _wrap(cls, name: str, fd: int, mapping: mmap, *, creator: bool, readonly: bool) -> Segment:
+    def _wrap(
+        cls, name: str, fd: int, mapping: mmap, *, creator: bool, readonly: bool, memfd: bool = False
+    ) -> Segment:
         self = cls.__new__(cls)
         self._life = Lifecycle(f"shared-memory segment {name.lstrip('/')}")
         self._lock = threading.Lock()
@@ -158,14 +212,17 @@ class Segment:
         self._size = len(mapping)
         self._creator = creator
         self._readonly = readonly
+        self._memfd = memfd
         self._pid = os.getpid()
+        # Only a named segment has a name to unlink when it goes.
+        unlink_name = name if creator and not memfd else None
         try:
             self._address = buffer_address(mapping)
             self._buf = memoryview(mapping)
         except BaseException:
-            _release(self._fd_box, mapping, name if creator else None, self._pid)
+            _release(self._fd_box, mapping, unlink_name, self._pid)
             raise
-        self._life.watch(self, _release, self._fd_box, mapping, name if creator else None, self._pid)
+        self._life.watch(self, _release, self._fd_box, mapping, unlink_name, self._pid)
         return self
 
     # -- properties -----------------------------------------------------------
@@ -200,6 +257,11 @@ class Segment:
     def is_creator(self) -> bool:
         """True in the process (and thread of ownership) that created it."""
         return self._creator and os.getpid() == self._pid
+
+    @property
+    def is_memfd(self) -> bool:
+        """True for a sealed memfd (no name in /dev/shm), False for a named POSIX segment."""
+        return self._memfd
 
     @property
     def readonly(self) -> bool:
@@ -284,7 +346,8 @@ class Segment:
             raise PermissionError(f"only the creator of segment {self._name} may unlink it")
         if not self._unlinked:
             self._unlinked = True
-            _posix.unlink(self._name)
+            if not self._memfd:
+                _posix.unlink(self._name)
             _close_fd(self._fd_box)
 
     def close(self) -> None:
@@ -342,7 +405,8 @@ class Segment:
         _close_fd(self._fd_box)
         if self.is_creator and not self._unlinked:
             self._unlinked = True
-            _posix.unlink(self._name)
+            if not self._memfd:
+                _posix.unlink(self._name)
 
     def __enter__(self) -> Segment:
         return self
@@ -353,6 +417,8 @@ class Segment:
     def __repr__(self) -> str:
         state = self._life.state.name.lower() if self._life.state is not _OPEN else f"pins={self._pins}"
         role = "creator" if self._creator else ("attached ro" if self._readonly else "attached")
+        if self._memfd:
+            role += " memfd"
         return f"<Segment {self._name!r} size={self._size} {role} {state}>"
 
 

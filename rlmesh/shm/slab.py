@@ -119,6 +119,9 @@ class Slab:
         max_bytes: a cap on the total size of all segments (None: no cap
             beyond what /dev/shm holds).
         kind: the kind recorded in each segment's header.
+        memfd: make each segment a sealed memfd (:meth:`Segment.create_memfd`,
+            passed to peers as descriptors over a Unix socket) instead of a
+            named POSIX segment.
 
     Lifetime:
         The slab creates its segments and owns them; :meth:`close` unlinks
@@ -137,12 +140,14 @@ class Slab:
         segment_size: int = DEFAULT_SEGMENT_SIZE,
         max_bytes: int | None = None,
         kind: SegmentKind = SegmentKind.SLAB,
+        memfd: bool = False,
     ) -> None:
         if segment_size < ALIGNMENT:
             raise ValueError(f"segment_size must be >= {ALIGNMENT}")
         self._segment_size = align_up(segment_size, 4096)
         self._max_bytes = max_bytes
         self._kind = kind
+        self.memfd = memfd
         self._segments: dict[int, Segment] = {}
         self._free: dict[int, _FreeList] = {}
         self._live: dict[tuple[int, int], Block] = {}
@@ -233,7 +238,7 @@ class Slab:
                 needed=size,
                 available=max(self._max_bytes - self.total_bytes, 0),
             )
-        segment = Segment.create(size, self._kind)
+        segment = Segment.create_memfd(size, self._kind) if self.memfd else Segment.create(size, self._kind)
         seg_id = self._next_id
         self._next_id += 1
         self._segments[seg_id] = segment
