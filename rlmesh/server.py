@@ -265,6 +265,7 @@ def _close_env(adapter: EnvAdapter, timeout: float) -> None:
 
 if TYPE_CHECKING:
     from .vector.pool import VectorEnvSource
+    from .wire.server_session import RequestHandler
 
 
 def _make_source(
@@ -446,9 +447,9 @@ class _Host:
         """Set once the server stops."""
         return self._server._stopping
 
-    def open_session(self, session: ServerSession) -> _EnvHandler:
-        """An env for a new client (its own, or the shared one if free)."""
-        return _EnvHandler(self._server, session, self._server._source.acquire())
+    def open_session(self, session: ServerSession) -> RequestHandler:
+        """The handler of a new client: an env (its own, or the shared one if free), or a model."""
+        return self._server._open_handler(session)
 
     def active_sessions(self) -> int:
         """Live sessions."""
@@ -671,7 +672,7 @@ class EnvServer:
         to_framework = action_converter(framework, device)
         validation = resolve_policy(self.options.validation)
         kwargs = {**(make_kwargs or {}), **more_make_kwargs}
-        self._source: _EnvSource | VectorEnvSource = _make_source(
+        self._source: _EnvSource | VectorEnvSource = self._make_source(
             env,
             num_envs,
             kwargs,
@@ -704,6 +705,20 @@ class EnvServer:
         self._last_activity = time.monotonic()
         self._life.what = f"the EnvServer at {self._listener.address}"
         self._life.watch(self, _release_server, self._listener, self._source, self._close_timeout)
+
+    # -- what a model server changes (rlmesh.model_server) ---------------------------
+
+    #: Builds what serves the sessions from the constructor's ``env`` and options.
+    _make_source = staticmethod(_make_source)
+
+    def _open_handler(self, session: ServerSession) -> RequestHandler:
+        """The request handler of a new session (an env adapter from the source).
+
+        Raises:
+            BusyError: a single env object already has a client.
+            ClosedError: the server is stopping.
+        """
+        return _EnvHandler(self, session, self._source.acquire())
 
     # -- properties -----------------------------------------------------------------
 
