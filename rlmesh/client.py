@@ -36,6 +36,7 @@ from .specs import EnvContract
 from .tensor import Tensor
 from .wire.client_session import ClientSession
 from .wire.codec import TailBuilder
+from .wire.protocol import auth_token_from_env
 
 __all__ = ["RemoteEnv", "RemoteEnvBase", "RemoteVectorEnv", "RemoteVectorEnvBase", "dial"]
 
@@ -102,10 +103,14 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
             arrives sooner when a core is free). None: ``RLMESH_SPIN`` (on
             unless it is 0). It stops by itself while the machine has more
             runnable processes than cores.
+        auth_token: the server's shared secret (``ServeOptions(auth_token=...)``),
+            sent at the handshake. None: ``RLMESH_AUTH_TOKEN`` if set, else none.
 
     Raises:
         ConnectError: (a ConnectionError) the server cannot be reached or the
             handshake failed.
+        AuthenticationError: (a ConnectError) the server refused this
+            client's auth token, or its lack of one.
         VersionMismatch: the server speaks another protocol version.
         BusyError: the server serves one env object and has a client already.
         ValueError: the endpoint serves the wrong number of envs for this
@@ -136,6 +141,7 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
         shared_memory: bool = True,
         max_message_bytes: int = DEFAULT_MAX_FRAME,
         spin: bool | None = None,
+        auth_token: str | None = None,
     ) -> None:
         self._ensure_backend()
         resolved = resolve_address(address, host=host, port=port, path=path, transport=transport)
@@ -150,6 +156,7 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
             shared_memory=shared_memory,
             max_message_bytes=max_message_bytes,
             spin=spin,
+            auth_token=auth_token_from_env(auth_token),
         )
         self._attach(conn)
 
@@ -761,11 +768,14 @@ def dial(
     request_timeout_seconds: float | None = None,
     shared_memory: bool = True,
     spin: bool | None = None,
+    auth_token: str | None = None,
 ) -> RemoteEnvBase[Any, Any]:
     """Connect to an endpoint with ``single`` or ``vector`` as its ``num_envs`` asks (one handshake).
 
+    ``auth_token``: as the clients' (None: ``RLMESH_AUTH_TOKEN``, else none).
+
     Raises:
-        ConnectError, VersionMismatch, BusyError: as the client constructors.
+        ConnectError, AuthenticationError, VersionMismatch, BusyError: as the client constructors.
     """
     probe = single.__new__(single)
     probe._ensure_backend()
@@ -778,6 +788,7 @@ def dial(
         shared_memory=shared_memory,
         max_message_bytes=DEFAULT_MAX_FRAME,
         spin=spin,
+        auth_token=auth_token_from_env(auth_token),
     )
     cls = vector if conn.contract.num_envs > 1 else single
     client = cls.__new__(cls)

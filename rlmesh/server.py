@@ -53,7 +53,8 @@ from .specs import EnvContract
 from .values import encode_metadata
 from .wire import protocol as P
 from .wire.codec import TailBuilder, pack
-from .wire.server_session import ServerSession, SessionConfig
+from .wire.protocol import auth_token_from_env, check_auth_token
+from .wire.server_session import HEARTBEAT_INTERVAL, ServerSession, SessionConfig
 
 __all__ = ["EnvServer", "ServeOptions"]
 
@@ -102,11 +103,20 @@ class ServeOptions:
             ``RLMESH_SPIN`` (on unless it is 0). Never on a single core, and
             it stops by itself while the machine has more runnable processes
             than cores.
+        auth_token: a shared secret every client must present (its
+            ``auth_token=`` or ``RLMESH_AUTH_TOKEN``), compared in constant
+            time at the handshake before the session allocates anything (no
+            env, no shared memory, no worker); a client without it, or with
+            another, gets :class:`~rlmesh.errors.AuthenticationError`. None:
+            ``RLMESH_AUTH_TOKEN`` if set, else no token. Required when the
+            server binds anything but loopback or a Unix socket. It is not
+            encryption: traffic is in the clear (keep it on a private network).
 
     Raises:
-        TypeError: a positional argument, or a non-numeric timeout.
+        TypeError: a positional argument, a non-numeric timeout, a non-string token.
         ValueError: a negative, NaN or infinite timeout, a too small
-            ``max_message_bytes``, or an unknown ``validation``.
+            ``max_message_bytes``, an unknown ``validation``, or an empty or
+            too long (over 1024 bytes) ``auth_token``.
     """
 
     allow_remote_shutdown: bool = False
@@ -118,8 +128,10 @@ class ServeOptions:
     shared_memory: bool = True
     validation: str | None = None
     spin: bool | None = None
+    auth_token: str | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        check_auth_token(self.auth_token, "auth_token")
         _check_seconds("idle_timeout_seconds", self.idle_timeout_seconds, allow_zero=False)
         _check_seconds("drain_timeout_seconds", self.drain_timeout_seconds)
         _check_seconds("close_timeout_seconds", self.close_timeout_seconds)
@@ -555,7 +567,9 @@ class EnvServer:
             envs (``num_envs >= 2``) are all accepted.
         address: where to listen: ``"unix:///tmp/env.sock"``,
             ``"tcp://127.0.0.1:5555"``, ``"127.0.0.1:0"`` or a bare port.
-            Default ``tcp://127.0.0.1:0`` (a free port).
+            Default ``tcp://127.0.0.1:0`` (a free port). A TCP host is bound
+            exactly (``tcp://10.0.0.5:0`` listens on that interface only);
+            anything but loopback needs ``ServeOptions(auth_token=...)``.
         host, port, path, transport: the address as helpers instead.
         options: :class:`ServeOptions`.
         num_envs: serve N lanes: with a Gymnasium id or a factory of single
@@ -616,7 +630,8 @@ class EnvServer:
     Raises:
         ConnectError: (a ConnectionError) the address cannot be bound.
         TypeError: the env lacks reset/step/close or uses an unsupported space.
-        ValueError: a vector env with num_envs < 2, bad options, an unknown
+        ValueError: a TCP address beyond loopback without an auth token
+            (nothing is built), a vector env with num_envs < 2, bad options, an unknown
             framework, ``device`` without a framework that has devices, or a
             device JAX does not have.
         BackendUnavailable: (an ImportError) ``framework="jax"`` without jax
@@ -661,6 +676,15 @@ class EnvServer:
             default="tcp://127.0.0.1:0",
             for_bind=True,
         )
+        # Settled before any env is built: a server that would refuse to start
+        # must not cost a factory call.
+        self._auth_token = auth_token_from_env(self.options.auth_token)
+        if self._auth_token is None and not bind.is_loopback:
+            raise ValueError(
+                f"refusing to serve on {bind} without an auth token: a server reachable from other "
+                "hosts needs ServeOptions(auth_token=...) or RLMESH_AUTH_TOKEN (rlmesh serve "
+                "--auth-token-file); bind 127.0.0.1 or a Unix socket to serve this host only"
+            )
         self._close_timeout = (
             self.options.close_timeout_seconds if self.options.close_timeout_seconds is not None else 10.0
         )
@@ -699,7 +723,10 @@ class EnvServer:
             shared_memory=self.options.shared_memory,
             spin=SERVER_SPIN if (os.cpu_count() or 1) >= 2 and spin_enabled(self.options.spin) else 0.0,
             log=log,
+            auth_token=self._auth_token,
+            heartbeat=HEARTBEAT_INTERVAL if bind.transport == "tcp" else None,
         )
+        self._heartbeats: threading.Thread | None = None
         self._sessions_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._last_activity = time.monotonic()
@@ -724,7 +751,13 @@ class EnvServer:
 
     @property
     def address(self) -> str:
-        """The address clients connect to, with the real port (``tcp://127.0.0.1:54321``)."""
+        """The address clients connect to, with the real port (``tcp://127.0.0.1:54321``).
+
+        A server bound to one IP reports that IP. One bound to a wildcard
+        (``tcp://0.0.0.0:PORT``, ``[::]``) listens on every interface and
+        reports this host's routable address (its default route's source IP,
+        else what its hostname resolves to, else loopback).
+        """
         assert self._listener is not None
         return str(self._listener.address)
 
@@ -859,6 +892,29 @@ class EnvServer:
             raise ClosedError("the server was shut down")
         self._life.start()
         self._last_activity = time.monotonic()
+        if self._session_config.heartbeat is not None:
+            self._heartbeats = threading.Thread(
+                target=self._heartbeat_loop, name="rlmesh-heartbeat", daemon=True
+            )
+            self._heartbeats.start()
+
+    def _heartbeat_loop(self) -> None:
+        """Tick each session's heartbeat (:meth:`ServerSession.beat`) until the server stops.
+
+        A thread of its own, not the session's: the session thread is inside
+        the env's step, which is what the heartbeat speaks for. It needs the
+        GIL only for a moment each tick, which an env step holding the GIL
+        for seconds at a stretch (a C extension that never releases it)
+        would deny; such a step looks like a silent host to the client.
+        """
+        interval = self._session_config.heartbeat
+        assert interval is not None
+        while not self._stopping.wait(interval / 2):
+            with self._sessions_lock:
+                sessions = list(self._sessions)
+            now = time.monotonic()
+            for session in sessions:
+                session.beat(now)
 
     def _run_background(self) -> None:
         try:
@@ -963,6 +1019,8 @@ class EnvServer:
         self._source.close(self._close_timeout)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(1.0)
+        if self._heartbeats is not None:
+            self._heartbeats.join(1.0)
         self._stopped.set()
 
     def __enter__(self) -> EnvServer:

@@ -33,7 +33,7 @@ from ..net.stream import SocketStream, connect
 from ..shm import PeerMemory, Segment, SpinPolicy
 from ..specs import EnvContract
 from . import protocol as P
-from .channel import Channel, Message, RingChannel, SocketChannel, read_token
+from .channel import FRAME_DEADLINE, Channel, Message, RingChannel, SocketChannel, read_token
 from .codec import TailBuilder, decode, pack
 
 __all__ = ["CLIENT_SPIN", "CONNECT_ATTEMPT_TIMEOUT", "ClientSession"]
@@ -45,6 +45,10 @@ _OPEN = State.OPEN
 CONNECT_ATTEMPT_TIMEOUT = 10.0
 #: The client spins this long for a response before sleeping.
 CLIENT_SPIN = 500e-6
+#: With server heartbeats (inline TCP), this much silence while a request is
+#: in flight (no response, no heartbeat) means the server's host is gone:
+#: stopped, frozen or cut off. At least 4 heartbeat intervals.
+SILENCE_LIMIT = 2.0
 #: How long close() waits for a call it woke in another thread to leave,
 #: before releasing the memory that call reads (it leaves at once when woken).
 CLOSE_WAKE_WAIT = 1.0
@@ -79,6 +83,7 @@ class ClientSession:
             follows ``RLMESH_SPIN`` (on unless it is 0). Spinning also stops by
             itself while the machine has more runnable tasks than cores
             (:mod:`rlmesh._spin`).
+        auth_token: the server's shared secret, sent in HELLO (None: none).
         stream: a connection already made, to handshake on instead of
             dialing ``address`` (a sandboxed server dials back to its host,
             :mod:`rlmesh.sandbox`); the session owns it, also if the
@@ -87,6 +92,7 @@ class ClientSession:
     Raises:
         ConnectError: the server cannot be reached, or the handshake failed.
         VersionMismatch: the server speaks another protocol version.
+        AuthenticationError: the server refused this client's auth token (or its lack of one).
         BusyError, BrokenError: the server turned the session away (an ERROR
             answering HELLO).
 
@@ -102,7 +108,15 @@ class ClientSession:
     close: their segments are unmapped once the last view dies.
 
     One request at a time: a second thread calling while one waits gets
-    BusyError.
+    BusyError. A step may also be split (:meth:`begin_step`, then
+    :meth:`poll` and :meth:`finish_step`): the request is in flight between
+    the calls, and no other request may start until it is collected.
+
+    Liveness: a dead server is an EOF or a reset (BrokenError at once); on a
+    TCP session without shared memory the server also sends heartbeats while
+    it serves a request, and :data:`SILENCE_LIMIT` seconds without any byte
+    from it is a BrokenError too (a stopped or cut-off host), while a slow
+    step of a live server waits for the request's deadline.
     """
 
     def __init__(
@@ -115,8 +129,14 @@ class ClientSession:
         max_message_bytes: int,
         spin: bool | None = None,
         stream: SocketStream | None = None,
+        auth_token: str | None = None,
     ) -> None:
         self.address = address
+        self._auth_token = auth_token
+        #: Seconds of silence that break the session while a request waits (None: no heartbeats).
+        self.silence_limit: float | None = None
+        # The split request in flight: [rid, what, response or exception or None].
+        self._pending: list[Any] | None = None
         self._spin_enabled = spin_enabled(spin)
         self.request_timeout = request_timeout
         self.peer: PeerMemory | None = None
@@ -171,6 +191,7 @@ class ClientSession:
             pid=os.getpid(),
             shm=bool(shared_memory),
             max_frame=stream.max_frame,
+            auth=self._auth_token,
         )
         answer = self._exchange(hello.to_wire(), deadline)
         if type(answer) is list and answer and answer[0] == P.ERROR:
@@ -222,6 +243,8 @@ class ClientSession:
             self._drop_shm()
             stream.spin = SpinPolicy(spin, enabled=True)
             self.channel = SocketChannel(stream)
+            if ready.heartbeat is not None:
+                self.silence_limit = max(SILENCE_LIMIT, 4 * ready.heartbeat)
 
     def _exchange(self, message: list[Any], deadline: float) -> Any:
         """Send one handshake message and return the decoded answer, by ``deadline``.
@@ -368,6 +391,8 @@ class ClientSession:
                 raise BrokenError(
                     f"the connection to {self.address} is broken: {self._broken}"
                 ) from self._broken
+            if self._pending is not None:
+                raise ValueError("a step is already in flight: call step_wait() first")
         except BaseException:
             self._lock.release()
             raise
@@ -403,13 +428,16 @@ class ClientSession:
                     raise OperationTimeout(
                         f"remote environment call timed out after {timeout:.3g}s", timeout=timeout
                     )
-                response = self._decode(channel.recv(remaining))
+                if self.silence_limit is None:
+                    response = self._decode(channel.recv(remaining))
+                else:
+                    response = self._decode(self._receive(remaining))
                 kind = response[0]
                 if kind == P.SEGMENTS:
                     self._add_segments(response)
                     continue
                 if len(response) < 2 or response[1] != rid:
-                    continue  # the late answer to a request that timed out
+                    continue  # the late answer to a request that timed out, or a heartbeat
                 if kind == P.ERROR:
                     raise P.Error.from_wire(response).to_exception(what)
                 if kind != P.OK:
@@ -427,6 +455,145 @@ class ClientSession:
                 raise ClosedError("the client was closed while a request waited") from None
             self._broken = exc
             raise BrokenError(f"lost the connection to the env at {self.address}: {exc}") from exc
+
+    def _receive(self, remaining: float | None) -> Message:
+        """The next message within ``remaining`` seconds, for a socket channel.
+
+        A frame that has begun gets the rest of the request's time, and at
+        least :data:`FRAME_DEADLINE` (a poll with a short timeout must not cut
+        a frame in half). With heartbeats, :attr:`silence_limit` seconds
+        without a byte from the server is a BrokenError.
+
+        Raises:
+            OperationTimeout: nothing before the deadline. BrokenError: the
+            server is gone or silent. ClosedError, ProtocolError.
+        """
+        silence = self.silence_limit
+        wait = remaining
+        if silence is not None and (wait is None or wait > silence):
+            wait = silence
+        if not self.stream.wait_readable(wait):
+            if wait == remaining:
+                raise OperationTimeout("no response yet", timeout=remaining)
+            raise BrokenError(
+                f"the server at {self.address} went silent: no response and no heartbeat for "
+                f"{silence:.3g}s while a request was in flight (its host is stopped, frozen or unreachable)"
+            )
+        rest = None if remaining is None else max(remaining, FRAME_DEADLINE)
+        return self.channel.recv(rest)
+
+    # -- split requests ------------------------------------------------------------------
+
+    def begin_step(self, action: Any, tail: TailBuilder) -> None:
+        """Send STEP and return at once; :meth:`finish_step` collects the answer.
+
+        Until then the request is in flight: any other request raises
+        ValueError (one request in flight per session).
+
+        Raises:
+            ValueError: a step is already in flight. ClosedError, BusyError,
+            OperationTimeout (no room to send), BrokenError.
+        """
+        rid = self._enter()
+        try:
+            request = P.Step.encode(rid, action, self._releases())
+            try:
+                self.channel.send(pack(request, tail), tail, timeout=self.request_timeout)
+            except (BrokenError, ProtocolError) as exc:
+                raise self._lost(exc) from exc
+            self._pending = [rid, "step", None]
+        finally:
+            self._lock.release()
+
+    def _take(self) -> list[Any]:
+        """Take ``_lock`` for a split call and return the request in flight (the caller releases)."""
+        if not self._lock.acquire(blocking=False):
+            self._life.check_open()
+            raise BusyError("this client is already in use by another thread; use one client per thread")
+        try:
+            self._life.check_open()
+            if self._pending is None:
+                raise ValueError("no step in flight: call step_async() first")
+        except BaseException:
+            self._lock.release()
+            raise
+        return self._pending
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        """Whether the answer to the step in flight is in (True also when collecting it will raise).
+
+        Reads what has arrived (never cutting a frame in half), waiting up
+        to ``timeout`` seconds (0: not at all; None: until it is in).
+
+        Raises:
+            ValueError: no step in flight. ClosedError, BusyError.
+        """
+        pending = self._take()
+        try:
+            if pending[2] is None:
+                try:
+                    pending[2] = self._collect(pending[0], timeout)
+                except OperationTimeout:
+                    return False
+                except (BrokenError, ProtocolError) as exc:
+                    pending[2] = self._lost(exc)
+            return True
+        finally:
+            self._lock.release()
+
+    def finish_step(self, timeout: float | None) -> list[Any]:
+        """The checked OK answering the step :meth:`begin_step` sent (as :meth:`step` returns it).
+
+        A timeout leaves the step in flight (call again to collect it); any
+        other outcome ends it.
+
+        Raises:
+            ValueError: no step in flight. OperationTimeout, BrokenError,
+            ClosedError, BusyError, and the errors an ERROR maps to.
+        """
+        pending = self._take()
+        try:
+            response = pending[2]
+            if response is None:
+                try:
+                    response = self._collect(pending[0], timeout)
+                except OperationTimeout:
+                    raise OperationTimeout(
+                        f"remote environment call timed out after {timeout}s", timeout=timeout
+                    ) from None
+                except (BrokenError, ProtocolError) as exc:
+                    response = self._lost(exc)
+            self._pending = None
+        finally:
+            self._lock.release()
+        if isinstance(response, BaseException):
+            raise response
+        if response[0] == P.ERROR:
+            raise P.Error.from_wire(response).to_exception("step")
+        if response[0] != P.OK:
+            raise ProtocolError(f"unexpected response kind {response[0]!r}")
+        return P.StepOk.check(response)
+
+    def _collect(self, rid: int, timeout: float | None) -> list[Any]:
+        """Read messages until the answer to ``rid`` (OK or ERROR) is in; the caller holds ``_lock``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        socket_channel = self.channel.data_plane == "inline"
+        while True:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            message = self._receive(remaining) if socket_channel else self.channel.recv(remaining)
+            response = self._decode(message)
+            if response[0] == P.SEGMENTS:
+                self._add_segments(response)
+                continue
+            if len(response) >= 2 and response[1] == rid:
+                return response
+
+    def _lost(self, exc: BaseException) -> BaseException:
+        """The error for a session that failed under a split request (it is broken from now on)."""
+        if self._life.state is not _OPEN:
+            return ClosedError("the client was closed while a request waited")
+        self._broken = exc
+        return BrokenError(f"lost the connection to the env at {self.address}: {exc}")
 
     def _decode(self, message: Message) -> list[Any]:
         try:

@@ -9,11 +9,19 @@ rings when both sides share /dev/shm, else as frames on the socket.
 
 Handshake (always on the socket)::
 
-    client -> HELLO     [1, {"magic", "protocol", "version", "pid", "shm", "max_frame"}]
+    client -> HELLO     [1, {"magic", "protocol", "version", "pid", "shm", "max_frame"(, "auth")}]
     server -> WELCOME   [2, {"protocol", "version", "session", "contract", "offer"(, "vector")}]
            or ERROR     [21, 0, code, remote_type, message, traceback]
     client -> ATTACHED  [3, {"token": str | None, "reason": str | None}]
-    server -> READY     [4, {"data_plane": "shm" | "inline"}]
+    server -> READY     [4, {"data_plane": "shm" | "inline"(, "heartbeat": seconds)}]
+
+``auth`` is the client's auth token (a string, at most :data:`MAX_AUTH_TOKEN`
+bytes); a server with ``ServeOptions(auth_token=...)`` compares it in constant
+time before it allocates anything for the session and answers a missing or
+wrong one with an ERROR of code ``auth``. ``heartbeat`` (inline TCP sessions):
+while a request is being served, the server sends ``[15, 0]`` (a PING with
+request id 0) whenever it has sent nothing for that many seconds, so that a
+client waiting on a slow step can tell a live server from a silent host.
 
 ``offer`` names the session's channel segment (two message rings) and its
 first slab segments. ``vector``, only from a vector endpoint with worker
@@ -32,22 +40,37 @@ segment, generation, offset, nbytes quadruples whose leases ended)::
     RENDER    [12, rid, env_index, releases]
     CLOSE     [13, rid]                  detach; the server keeps serving
     SHUTDOWN  [14, rid, reason]          stop the server, if it allows that
-    PING      [15, rid]
+    PING      [15, rid]                  answered by an empty OK; from the server,
+                                         [15, 0] is a heartbeat (see READY)
+
+A model endpoint (:mod:`rlmesh.model_server`) serves one more request; its
+WELCOME's contract holds the spaces the model declares, with
+``metadata["rlmesh.endpoint"] == "model"``::
+
+    PREDICT   [16, rid, observation, lanes, reset, context, releases]
+                                         lanes 0: one observation; N > 0: a batch
+                                         of N lanes (leading axis of every leaf);
+                                         reset: the model's reset() runs first (a
+                                         new episode); context: None or
+                                         {"episode_id", "episode_seed"}
+
+An env endpoint answers PREDICT, and a model endpoint RESET, STEP and RENDER,
+with an ERROR of code ``invalid_argument``.
 
 Responses::
 
     OK        [20, rid, ...]             reset: obs, info; step: obs, reward,
                                          terminated, truncated, info; render:
-                                         frame; shutdown: accepted
+                                         frame; shutdown: accepted; predict: action
     ERROR     [21, rid, code, remote_type, message, traceback(, detail)]
     SEGMENTS  [22, [[id, name, size], ...]]  new slab segments to map first
 
 The classes: :class:`Hello`, :class:`Welcome` (with :class:`Offer` and
 :class:`ChannelOffer`), :class:`Attached`, :class:`Ready`; the requests
 :class:`Reset`, :class:`Step`, :class:`Render`, :class:`Close`,
-:class:`Shutdown`, :class:`Ping` (:func:`parse_request` picks one); the
+:class:`Shutdown`, :class:`Ping`, :class:`Predict` (:func:`parse_request` picks one); the
 responses :class:`Ok` (read per request as :class:`ResetOk`, :class:`StepOk`,
-:class:`RenderOk`, :class:`ShutdownOk`), :class:`Error`, :class:`Segments`.
+:class:`RenderOk`, :class:`ShutdownOk`, :class:`PredictOk`), :class:`Error`, :class:`Segments`.
 STEP and its OK have ``encode``/``check`` helpers that work on the array in
 place, so the per-step path builds no message object.
 
@@ -57,6 +80,7 @@ follows as a frame on the socket (see :mod:`rlmesh.wire.channel`).
 
 from __future__ import annotations
 
+import os
 from typing import Any, NamedTuple, Union
 
 from .. import errors
@@ -75,6 +99,8 @@ __all__ = [
     "Offer",
     "Ok",
     "Ping",
+    "Predict",
+    "PredictOk",
     "Ready",
     "Render",
     "RenderOk",
@@ -87,6 +113,8 @@ __all__ = [
     "Step",
     "StepOk",
     "Welcome",
+    "auth_token_from_env",
+    "check_auth_token",
     "parse_request",
 ]
 
@@ -111,6 +139,7 @@ RENDER = 12
 CLOSE = 13
 SHUTDOWN = 14
 PING = 15
+PREDICT = 16
 
 OK = 20
 ERROR = 21
@@ -125,6 +154,12 @@ E_BUSY = "busy"  # BusyError: a single env object already has a client
 E_VERSION = "version"  # VersionMismatch
 E_STOPPING = "stopping"  # the server is shutting down
 E_INTERNAL = "internal"  # a bug or resource failure inside the server
+E_MODEL = "model"  # the served model raised, or returned an action outside its space: RemoteError
+E_INVALID_OBSERVATION = "invalid_observation"  # SpecError: the observation does not fit the model's space
+E_AUTH = "auth"  # AuthenticationError: a missing or wrong auth token, nothing allocated
+
+#: The longest auth token a HELLO may carry, in UTF-8 bytes.
+MAX_AUTH_TOKEN = 1024
 
 #: A remote traceback is cut to this many characters.
 MAX_TRACEBACK = 64 * 1024
@@ -167,6 +202,35 @@ def _optional_int(value: Any) -> int | None:
     return value if type(value) is int else None
 
 
+def check_auth_token(token: str | None, name: str) -> str | None:
+    """Check an auth token argument: None, or a non-empty string of at most 1024 UTF-8 bytes.
+
+    Raises:
+        TypeError: not a string. ValueError: empty or too long.
+    """
+    if token is None:
+        return None
+    if not isinstance(token, str):
+        raise TypeError(f"{name} must be a str or None, got {type(token).__name__}")
+    if not token:
+        raise ValueError(f"{name} must not be empty")
+    if len(token.encode()) > MAX_AUTH_TOKEN:
+        raise ValueError(f"{name} must be at most {MAX_AUTH_TOKEN} bytes")
+    return token
+
+
+def auth_token_from_env(token: str | None, name: str = "auth_token") -> str | None:
+    """``token``, else ``RLMESH_AUTH_TOKEN`` (an empty variable counts as unset), checked.
+
+    Raises:
+        TypeError, ValueError: as :func:`check_auth_token`.
+    """
+    if token is None:
+        token = os.environ.get("RLMESH_AUTH_TOKEN") or None
+        name = "RLMESH_AUTH_TOKEN"
+    return check_auth_token(token, name)
+
+
 # -- the handshake -------------------------------------------------------------------------
 
 
@@ -183,9 +247,10 @@ class Hello(NamedTuple):
     pid: int | None
     shm: bool
     max_frame: int | None
+    auth: str | None = None
 
     def to_wire(self) -> list[Any]:
-        """The msgpack array."""
+        """The msgpack array (``auth`` only when there is one)."""
         fields = {
             "magic": self.magic,
             "protocol": self.protocol,
@@ -194,6 +259,8 @@ class Hello(NamedTuple):
             "shm": self.shm,
             "max_frame": self.max_frame,
         }
+        if self.auth is not None:
+            fields["auth"] = self.auth
         return [HELLO, fields]
 
     @classmethod
@@ -204,6 +271,9 @@ class Hello(NamedTuple):
             ProtocolError: ``msg`` is not a HELLO.
         """
         info = _map(msg, HELLO, "HELLO")
+        auth = info.get("auth")
+        if auth is not None and (type(auth) is not str or len(auth.encode()) > MAX_AUTH_TOKEN):
+            raise ProtocolError("malformed auth token in HELLO")
         return cls(
             magic=info.get("magic"),
             protocol=info.get("protocol"),
@@ -211,6 +281,7 @@ class Hello(NamedTuple):
             pid=_optional_int(info.get("pid")),
             shm=bool(info.get("shm")),
             max_frame=_optional_int(info.get("max_frame")),
+            auth=auth,
         )
 
 
@@ -357,13 +428,21 @@ class Attached(NamedTuple):
 
 
 class Ready(NamedTuple):
-    """READY: the session is on; ``data_plane`` says how tensors travel ("shm" or "inline")."""
+    """READY: the session is on; ``data_plane`` says how tensors travel ("shm" or "inline").
+
+    ``heartbeat``: the server sends a heartbeat (``[PING, 0]``) at least this
+    often, in seconds, while it serves a request; None: it sends none.
+    """
 
     data_plane: str
+    heartbeat: float | None = None
 
     def to_wire(self) -> list[Any]:
         """The msgpack array."""
-        return [READY, {"data_plane": self.data_plane}]
+        fields: dict[str, Any] = {"data_plane": self.data_plane}
+        if self.heartbeat is not None:
+            fields["heartbeat"] = self.heartbeat
+        return [READY, fields]
 
     @classmethod
     def from_wire(cls, msg: Any) -> Ready:
@@ -373,7 +452,10 @@ class Ready(NamedTuple):
             ProtocolError: ``msg`` is not a READY.
         """
         info = _map(msg, READY, "READY")
-        return cls(str(info.get("data_plane", "inline")))
+        beat = info.get("heartbeat")
+        if beat is not None and (type(beat) not in (int, float) or not 0 < beat <= 60):
+            raise ProtocolError("malformed heartbeat interval in READY")
+        return cls(str(info.get("data_plane", "inline")), None if beat is None else float(beat))
 
 
 # -- requests ------------------------------------------------------------------------------
@@ -530,7 +612,45 @@ class Ping(NamedTuple):
         return cls(_rid(msg, 2, "PING", exact=False))
 
 
-Request = Union[Reset, Step, Render, Close, Shutdown, Ping]  # noqa: UP007 - a runtime alias on 3.10
+class Predict(NamedTuple):
+    """PREDICT: the action a served model chooses for ``observation`` (a model endpoint only).
+
+    ``lanes`` 0: one observation; N > 0: a batch of N lanes, every leaf with
+    a leading lane axis. ``reset``: a new episode begins, so the model's
+    ``reset()`` runs before it predicts. ``context``: None, or the episode's
+    ``{"episode_id", "episode_seed"}`` for an unbatched observation (the
+    endpoint checks its fields).
+    """
+
+    rid: int
+    observation: Any
+    lanes: int
+    reset: bool
+    context: Any
+    releases: list[int]
+
+    def to_wire(self) -> list[Any]:
+        """The msgpack array."""
+        return [PREDICT, self.rid, self.observation, self.lanes, self.reset, self.context, self.releases]
+
+    @classmethod
+    def from_wire(cls, msg: list[Any]) -> Predict:
+        """Read a PREDICT.
+
+        Raises:
+            ProtocolError: malformed (a lane count that is not an int >= 0, a
+                reset flag that is not a bool, a context that is not a map).
+        """
+        rid = _rid(msg, 7, "PREDICT")
+        lanes, reset, context = msg[3], msg[4], msg[5]
+        if type(lanes) is not int or lanes < 0 or type(reset) is not bool:
+            raise ProtocolError("malformed PREDICT")
+        if context is not None and not isinstance(context, dict):
+            raise ProtocolError("malformed PREDICT context")
+        return cls(rid, msg[2], lanes, reset, context, _releases(msg[6]))
+
+
+Request = Union[Reset, Step, Render, Close, Shutdown, Ping, Predict]  # noqa: UP007 - a runtime alias on 3.10
 
 _REQUESTS: dict[Any, Any] = {
     RESET: Reset,
@@ -539,6 +659,7 @@ _REQUESTS: dict[Any, Any] = {
     CLOSE: Close,
     SHUTDOWN: Shutdown,
     PING: Ping,
+    PREDICT: Predict,
 }
 
 
@@ -656,6 +777,24 @@ class ShutdownOk(NamedTuple):
         return cls(msg[1], bool(msg[2]) if len(msg) > 2 else False)
 
 
+class PredictOk(NamedTuple):
+    """The OK answering PREDICT: the action (a batch of actions for a batched PREDICT)."""
+
+    rid: int
+    action: Any
+
+    @classmethod
+    def from_wire(cls, msg: list[Any]) -> PredictOk:
+        """Read it from an OK response.
+
+        Raises:
+            ProtocolError: malformed.
+        """
+        if len(msg) != 3:
+            raise ProtocolError("malformed predict response")
+        return cls(msg[1], msg[2])
+
+
 class Segments(NamedTuple):
     """SEGMENTS: new slab segments (id, name, size) the client must map before what follows."""
 
@@ -740,6 +879,15 @@ class Error(NamedTuple):
             )
         if code == E_INVALID_ACTION:
             return errors.InvalidActionError(message)
+        if code == E_INVALID_OBSERVATION:
+            return errors.SpecError(message)
+        if code == E_MODEL:
+            return errors.RemoteError(
+                f"the served model raised {remote_type or 'an exception'} in {what}: {message}",
+                remote_type=remote_type,
+                remote_message=message,
+                remote_traceback=tb,
+            )
         if code == E_INVALID_ARGUMENT:
             return ValueError(message)
         if code == E_BUSY:
@@ -749,6 +897,8 @@ class Error(NamedTuple):
             return errors.VersionMismatch(message, local=PROTOCOL_VERSION, remote=remote)
         if code == E_STOPPING:
             return errors.BrokenError(message)
+        if code == E_AUTH:
+            return errors.AuthenticationError(message)
         if code == E_PROTOCOL:
             return errors.ProtocolError(message)
         return errors.RemoteError(

@@ -10,8 +10,8 @@ each to its :class:`RequestHandler` with typed arguments.
 The seam is two small protocols: the server that owns sessions is a
 :class:`SessionHost` (what the session needs from it: a handler for a new
 client, the stop flag, shutdown permission), and the endpoint's request
-logic is a :class:`RequestHandler` (an env today; a model or a vector pool
-later). Neither side touches the other's fields.
+logic is a :class:`RequestHandler` (an env, a vector pool, or a served
+model: :mod:`rlmesh.model_server`). Neither side touches the other's fields.
 
 :func:`rlmesh.specs.step_tensor_sizes` and :func:`rlmesh.specs.action_bytes_bound`
 (both walks of the contract's spaces) size the data plane's slot rings and the
@@ -21,6 +21,8 @@ session's message rings, so that steady-state steps allocate nothing.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import logging
 import os
 import threading
@@ -48,6 +50,7 @@ from .channel import Channel, RingChannel, SocketChannel, channel_layout, write_
 from .codec import TailBuilder, decode, pack
 
 __all__ = [
+    "HEARTBEAT_INTERVAL",
     "DataPlane",
     "RequestHandler",
     "ServerSession",
@@ -55,6 +58,20 @@ __all__ = [
     "SessionHost",
     "pow2",
 ]
+
+
+#: While a request is served on an inline TCP session, a heartbeat goes out
+#: whenever nothing was sent for this many seconds (see :meth:`ServerSession.beat`).
+HEARTBEAT_INTERVAL = 0.5
+
+#: The heartbeat frame's head: a PING with request id 0 (no request has id 0).
+_HEARTBEAT = pack([P.PING, 0])
+
+
+def _digest(token: str) -> bytes:
+    # Both sides of the comparison hashed first: compare_digest then compares
+    # equal lengths, so not even the token's length leaks through timing.
+    return hashlib.sha256(token.encode()).digest()
 
 
 class RequestHandler(Protocol):
@@ -135,12 +152,19 @@ class SessionConfig:
             ``RLMESH_SPIN``); no spin at all when the client runs in this
             process, nor while the machine is oversubscribed (:mod:`rlmesh._spin`).
         log: where the session reports (the endpoint's logger).
+        auth_token: the shared secret a client must send in HELLO (None: none
+            needed). Compared in constant time before anything is allocated.
+        heartbeat: seconds between heartbeats while a request is served on an
+            inline TCP session (None: no heartbeats); sent by :meth:`ServerSession.beat`,
+            which the endpoint calls from a timer thread.
     """
 
     handshake_timeout: float
     shared_memory: bool
     spin: float
     log: logging.Logger
+    auth_token: str | None = None
+    heartbeat: float | None = None
 
 
 def _close_data_plane(rings: dict[int, SlotRing], slab: Slab) -> None:
@@ -313,6 +337,13 @@ class ServerSession:
         # The data plane once requests are served over the rings (else None).
         self._ring_data: DataPlane | None = None
         self._rings: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+        #: Seconds between heartbeats while serving a request (None: none; set by the handshake).
+        self.heartbeat: float | None = None
+        self._last_beat = 0.0
+        # With heartbeats, the timer thread and the session thread both send:
+        # one frame at a time. Without them the session thread sends alone, unlocked.
+        self._send_lock = threading.Lock()
+        self._send: Any = None
 
     @property
     def data_plane(self) -> str | None:
@@ -425,6 +456,8 @@ class ServerSession:
         if hello.magic != P.MAGIC:
             self._send_error(P.E_PROTOCOL, "not an rlmesh client")
             raise ProtocolError("the peer is not an rlmesh client")
+        if not self._authenticate(hello.auth):
+            return False
         if hello.protocol != P.PROTOCOL_VERSION:
             message = (
                 f"protocol version mismatch: the client (rlmesh {hello.version}) speaks "
@@ -452,7 +485,9 @@ class ServerSession:
         offer = None
         token = None
         if self.config.shared_memory and hello.shm:
-            offer, token = self._make_offer(contract)
+            # A model endpoint's requests carry observations and its answers actions:
+            # it sizes the session's rings and slots with the spaces swapped.
+            offer, token = self._make_offer(getattr(self.handler, "sizing_contract", contract))
         if hello.pid == os.getpid():
             # Same process: the client is a thread that needs the GIL we would spin with.
             self._spin_base = 0.0
@@ -487,8 +522,67 @@ class ServerSession:
             self.channel = SocketChannel(self.stream)
             self.stream.spin = self.spin  # the same policy and rules as the rings'
         assert self.channel is not None
-        self.stream.send(pack(P.Ready(self.channel.data_plane).to_wire()), timeout=timeout)
+        self._send = self.channel.send
+        inline_tcp = self.channel.data_plane == "inline" and not self.stream.is_unix
+        if self.config.heartbeat is not None and inline_tcp:
+            # Over TCP a host can go silent without a FIN (stopped, frozen, cut off):
+            # the client tells that from a slow step by these heartbeats.
+            self.heartbeat = self.config.heartbeat
+            self._send = self._locked_send
+        ready = P.Ready(self.channel.data_plane, self.heartbeat)
+        self.stream.send(pack(ready.to_wire()), timeout=timeout)
         return True
+
+    def _locked_send(
+        self, head: bytes, tail: TailBuilder | None = None, *, timeout: float | None = None
+    ) -> None:
+        assert self.channel is not None
+        with self._send_lock:
+            self.channel.send(head, tail, timeout=timeout)
+
+    def beat(self, now: float) -> None:
+        """Send a heartbeat if a request has been served for a heartbeat interval with nothing sent.
+
+        Called every so often by the endpoint's timer thread (never blocks:
+        a response going out at the same moment is heartbeat enough). A
+        heartbeat that lands after the response is skipped by the client.
+        """
+        interval = self.heartbeat
+        if interval is None or not self.busy:
+            return
+        if now - max(self.last_request or 0.0, self._last_beat) < interval:
+            return
+        if not self._send_lock.acquire(blocking=False):
+            return
+        try:
+            channel = self.channel
+            if self.busy and channel is not None and self._life.state is State.OPEN:
+                self._last_beat = now
+                channel.send(_HEARTBEAT, timeout=0)
+        except RLMeshError:
+            pass  # the client is gone or not reading: the session finds out on its own
+        finally:
+            self._send_lock.release()
+
+    def _authenticate(self, token: str | None) -> bool:
+        """Check the client's auth token (constant time); answer and refuse a missing or wrong one.
+
+        Runs before the session allocates anything: no env, no segment, no worker.
+        """
+        expected = self.config.auth_token
+        if expected is None:
+            return True
+        if token is not None and hmac.compare_digest(_digest(token), _digest(expected)):
+            return True
+        if token is None:
+            why = "this server requires an auth token and the client sent none"
+        else:
+            why = "the server refused the client's auth token"
+        self.log.warning("session %s: %s (peer %s)", self.id[:8], why, self.stream.peer_name)
+        self._send_error(
+            P.E_AUTH, f"authentication failed: {why}; pass auth_token= or set RLMESH_AUTH_TOKEN on the client"
+        )
+        return False
 
     def _make_offer(self, contract: EnvContract) -> tuple[P.Offer | None, str | None]:
         try:
@@ -599,6 +693,15 @@ class ServerSession:
         if isinstance(request, P.Ping):
             self.reply(P.Ok(request.rid, []).to_wire())
             return True
+        if isinstance(request, P.Predict):
+            self._apply_releases(request.releases)
+            on_predict = getattr(handler, "on_predict", None)
+            if on_predict is None:
+                message = "this endpoint serves an env, not a model: drive it with RemoteEnv, not RemoteModel"
+                self.reply_error(request.rid, P.E_INVALID_ARGUMENT, None, message)
+                return True
+            result: bool = on_predict(request)
+            return result
         raise ProtocolError(f"unexpected request {request!r}")  # Step comes by the per-step path
 
     def _apply_releases(self, releases: list[int]) -> None:
@@ -625,10 +728,9 @@ class ServerSession:
             BrokenError: the client is gone. FramingError: too large a message.
             ClosedError: the session is closed (or has no channel yet).
         """
-        channel = self.channel
-        if channel is None:
+        if self._send is None:
             raise ClosedError("the session has no channel (closed before its handshake)")
-        channel.send(pack(message), tail)
+        self._send(pack(message), tail)
 
     def begin_response(self) -> TailBuilder | None:
         """Start building a response: a tail for its tensors inline, or None over shared memory.
@@ -650,15 +752,15 @@ class ServerSession:
             BrokenError: the client is gone.
             ClosedError: the session is closed (or has no channel yet).
         """
-        channel = self.channel
-        if channel is None:
+        send = self._send
+        if send is None:
             raise ClosedError("the session has no channel (closed before its handshake)")
         data = self.data
         if data is not None and data.slab.has_new_segments:
             new = data.slab.take_new_segments()
-            channel.send(pack(P.Segments(list(new)).to_wire()))
+            send(pack(P.Segments(list(new)).to_wire()))
             self._pending_unlink.extend(seg_id for seg_id, _, _ in new)
-        channel.send(pack(P.Ok.encode(rid, values), tail), tail)
+        send(pack(P.Ok.encode(rid, values), tail), tail)
 
     def reply_error(self, rid: int, code: str, exc: BaseException | None, message: str) -> None:
         """Answer ``rid`` with an ERROR of ``code`` (one of ``protocol.E_*``)."""
