@@ -366,6 +366,29 @@ class ClientSession:
             self._lock.release()
         return P.RenderOk.from_wire(response)
 
+    def predict(
+        self,
+        observation: Any,
+        tail: TailBuilder,
+        lanes: int,
+        reset: bool,
+        context: Any,
+        timeout: float | None,
+    ) -> P.PredictOk:
+        """Send PREDICT to a model endpoint and return its answer (see :class:`P.Predict`).
+
+        Raises:
+            As :meth:`reset`; SpecError when the observation does not fit the
+            model's space, RemoteError when the model raised.
+        """
+        rid = self._enter()
+        try:
+            request = P.Predict(rid, observation, lanes, reset, context, self._releases()).to_wire()
+            response = self._roundtrip(request, tail, timeout, rid, "predict")
+        finally:
+            self._lock.release()
+        return P.PredictOk.from_wire(response)
+
     def shutdown(self, reason: str, timeout: float | None) -> P.ShutdownOk:
         """Send SHUTDOWN and return whether the server agreed.
 
