@@ -19,12 +19,14 @@ from typing import Any
 from .backends.numpy import BRIDGE, asarray, ensure_available, from_array, space_from_spec
 from .client import RemoteEnv as _RemoteEnv, RemoteVectorEnv as _RemoteVectorEnv
 from .models import ModelBase as _ModelBase
+from .vector.sharded import ShardedVectorEnv
 
 __all__ = [
     "Model",
     "NumpyValue",
     "RemoteEnv",
     "RemoteVectorEnv",
+    "ShardedVectorEnv",
     "asarray",
     "ensure_available",
     "from_array",
@@ -85,3 +87,15 @@ class Model(_ModelBase[Any, Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         ensure_available()
         super().__init__(*args, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    # SandboxEnv and SandboxVectorEnv live in layer 6 (rlmesh.sandbox): loaded on
+    # first use, so `import rlmesh.numpy` never loads the sandbox package.
+    if name in ("SandboxEnv", "SandboxVectorEnv"):
+        from importlib import import_module
+
+        value = import_module("rlmesh.sandbox.backends").sandbox_class("numpy", name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,1072 @@
+"""``ShardedVectorEnv``: many vector endpoints stepped as one vector env.
+
+Lanes are laid out endpoint after endpoint: endpoint ``i`` owns the contiguous
+global lanes :meth:`ShardedVectorEnv.lanes_of` ``(i)``. ``step`` sends every
+live endpoint its slice of the actions and then collects the answers; the
+endpoints step in parallel. One endpoint is driven inline by the calling
+thread (no hand-off, so one endpoint costs what its client costs); each other
+endpoint has a thread that makes its client's blocking calls (the clients
+release the GIL while they wait on sockets or shared memory). A thread also
+reconnects its endpoint in the background after a loss.
+
+Lane states travel in ``info`` as boolean arrays over all lanes, with ``_``
+masks as Gymnasium batches infos: ``rlmesh_live`` (the lane stepped),
+``rlmesh_lost`` (its endpoint was lost by this call) and ``rlmesh_restarted``
+(its endpoint rejoined: this is a reset observation of a new episode).
+
+A lost endpoint (its connection broke, its server died, it missed the call's
+deadline) returns ``truncated=True`` once for its lanes with their last
+observation, then its lanes are masked: zero observations, ``rlmesh_live``
+False, their actions dropped. With ``reconnect=True`` its thread dials the
+same address again with backoff (50 ms doubling to 2 s); when a server answers
+with the same spaces, its lanes are reset, with the seeds of their last seeded
+reset (so they replay the episodes they started then) or unseeded, and the
+next call returns those reset observations flagged ``rlmesh_restarted``.
+``on_lost="raise"`` raises :class:`~rlmesh.errors.EndpointLostError` instead,
+carrying the batch ``truncate`` would have returned.
+
+Layer 4: no Ray, no Gymnasium; numpy is imported when an env is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .._lifecycle import Lifecycle, State
+from ..client import DEFAULT_REQUEST_TIMEOUT, _seconds
+from ..errors import (
+    ClosedError,
+    EndpointLostError,
+    OperationTimeout,
+    ProtocolError,
+    RLMeshError,
+    TransportError,
+)
+
+__all__ = ["ShardedVectorEnv", "ShardedVectorEnvBase"]
+
+log = logging.getLogger(__name__)
+
+#: How long past a call's deadline an endpoint thread may take to answer before it counts as lost.
+DEADLINE_GRACE = 1.0
+#: Reconnect backoff: first delay and cap, in seconds.
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 2.0
+
+_LIVE, _LOST, _REJOINED = "live", "lost", "rejoined"
+_REJOIN = -1  # the ticket of a rejoin report
+
+
+def _is_loss(exc: BaseException) -> bool:
+    """Errors that lose an endpoint (not an env's own error, not a bad argument)."""
+    return isinstance(exc, (TransportError, OperationTimeout, ProtocolError, ClosedError))
+
+
+class _Endpoint:
+    """One endpoint: its client, its thread and where the caller stands with it.
+
+    Holds no reference to the sharded env (its finalizer closes endpoints).
+    """
+
+    def __init__(
+        self,
+        index: int,
+        address: str,
+        lo: int,
+        client: Any,
+        connect: Callable[[], Any],
+        out: queue.SimpleQueue[Any],
+        reconnect: bool,
+    ) -> None:
+        self.index = index
+        self.address = address
+        self.lo = lo
+        self.n = client.num_envs
+        self.client: Any = client
+        self.contract = client.env_contract
+        self._connect = connect
+        self._out = out
+        self._reconnect_on = reconnect
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # The caller's side (only the calling thread touches these).
+        self.state = _LIVE
+        self.ticket: int | None = None  # the command in flight on the thread
+        self.rejoin: Any = None  # (obs, info) of a rejoin not yet delivered
+        self.last_obs: Any = None
+        self.seeds: list[int | None] | None = None  # the last seeded reset's seeds, for a rejoin
+        self.thread = threading.Thread(target=self._run, name=f"rlmesh-shard-{index}", daemon=True)
+        self._failed: int | None = None  # the thread's side: the last ticket whose call failed
+        self.thread.start()
+
+    @property
+    def hi(self) -> int:
+        return self.lo + self.n
+
+    # -- the endpoint's thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            command = self.inbox.get()
+            kind = command[0]
+            if kind == "close":
+                self._drop_client()
+                return
+            if kind == "lost":
+                # The caller gave up on the endpoint (a missed deadline, an inline loss).
+                if command[1] is None or command[1] != self._failed:
+                    self._drop_client()
+                    if not self._reconnect():
+                        return
+                continue
+            _, ticket, call = command
+            try:
+                result = call(self.client)
+            except BaseException as exc:  # noqa: BLE001 - reported to the caller
+                self._out.put((self.index, ticket, exc, None))
+                if _is_loss(exc):
+                    self._failed = ticket
+                    self._drop_client()
+                    if not self._reconnect():
+                        return
+                continue
+            self._out.put((self.index, ticket, None, result))
+
+    def _drop_client(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            try:
+                client.close()
+            except RLMeshError:
+                pass  # a broken session closes all the same
+
+    def _reconnect(self) -> bool:
+        """Dial until a compatible server answers; False when told to close."""
+        if not self._reconnect_on:
+            return self._wait_close()
+        delay = BACKOFF_FIRST
+        while True:
+            try:
+                command = self.inbox.get(timeout=delay)
+            except queue.Empty:
+                command = None
+            if command is not None and command[0] == "close":
+                return False
+            delay = min(delay * 2, BACKOFF_MAX)
+            try:
+                client = self._connect()
+            except RLMeshError as exc:
+                log.debug("endpoint %s: reconnect failed: %s", self.address, exc)
+                continue
+            try:
+                problem = _mismatch(self.contract, client.env_contract)
+                if problem:
+                    log.warning("endpoint %s came back with %s; not rejoining", self.address, problem)
+                    client.close()
+                    continue
+                seeds = self.seeds
+                obs, info = client.reset(seed=list(seeds) if seeds is not None else None)
+            except RLMeshError as exc:
+                log.debug("endpoint %s: reset after reconnect failed: %s", self.address, exc)
+                client.close()
+                continue
+            self.client = client
+            self._out.put((self.index, _REJOIN, None, (obs, info)))
+            return True
+
+    def _wait_close(self) -> bool:
+        while self.inbox.get()[0] != "close":
+            pass
+        return False
+
+
+def _release(endpoints: list[_Endpoint]) -> None:
+    """Close every endpoint: stop its thread (it closes its client)."""
+    for ep in endpoints:
+        ep.inbox.put(("close",))
+    for ep in endpoints:
+        if ep.thread is not threading.current_thread():
+            ep.thread.join(timeout=5.0)
+
+
+def _mismatch(first: Any, other: Any) -> str:
+    """What differs between two endpoints' contracts that lanes must share ("" if nothing)."""
+    if other.observation_space != first.observation_space:
+        return f"observation space {other.observation_space!r} (expected {first.observation_space!r})"
+    if other.action_space != first.action_space:
+        return f"action space {other.action_space!r} (expected {first.action_space!r})"
+    if other.autoreset_mode != first.autoreset_mode:
+        return f"autoreset mode {other.autoreset_mode} (expected {first.autoreset_mode})"
+    return ""
+
+
+class ShardedVectorEnvBase:
+    """Many vector endpoints as one vector env (see the module's docstring).
+
+    Args:
+        addresses: the endpoints, each serving a vector env (``num_envs >= 2``)
+            with the same spaces and autoreset mode. Lanes are laid out in
+            this order.
+        on_lost: "truncate" (the lost lanes end truncated and are masked) or
+            "raise" (:class:`EndpointLostError`).
+        auth_token: the servers' shared secret (passed to every client).
+        connect_timeout_seconds: retry each first connection until this deadline.
+        request_timeout_seconds: the default deadline of each call (None:
+            300 s; 0 or ``math.inf``: none). An endpoint that misses it is lost.
+        reconnect: dial a lost endpoint again in the background.
+        shared_memory, spin: as the NumPy vector client.
+
+    Raises:
+        ValueError: no addresses, an endpoint whose spaces or autoreset mode
+            differ from the first's (named), a bad ``on_lost``.
+        ConnectError, VersionMismatch: as the clients' constructors.
+
+    Lifetime:
+        :meth:`close` detaches from every endpoint and stops the threads; it is
+        idempotent and the context manager calls it; a close from another
+        thread wakes a call in flight, which raises ClosedError. An env never
+        closed is closed when collected, with a ``ResourceWarning``.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        on_lost: str = "truncate",
+        auth_token: str | None = None,
+        connect_timeout_seconds: float | None = None,
+        request_timeout_seconds: float | None = None,
+        reconnect: bool = True,
+        shared_memory: bool = True,
+        spin: bool | None = None,
+    ) -> None:
+        import numpy as np
+
+        self._np = np
+        if isinstance(addresses, str) or not addresses:
+            raise ValueError("addresses must be a non-empty sequence of endpoint addresses")
+        if on_lost not in ("truncate", "raise"):
+            raise ValueError(f"on_lost must be 'truncate' or 'raise', got {on_lost!r}")
+        self._on_lost = on_lost
+        self._timeout_default = _seconds(
+            "request_timeout_seconds", request_timeout_seconds, DEFAULT_REQUEST_TIMEOUT
+        )
+        kwargs: dict[str, Any] = {
+            "connect_timeout_seconds": connect_timeout_seconds,
+            "request_timeout_seconds": request_timeout_seconds,
+            "shared_memory": shared_memory,
+            "spin": spin,
+        }
+        if auth_token is not None:
+            kwargs["auth_token"] = auth_token
+        redial = {**kwargs, "connect_timeout_seconds": None}
+        from ..numpy import RemoteVectorEnv as cls
+        self._out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        endpoints: list[_Endpoint] = []
+        try:
+            lo = 0
+            for index, address in enumerate(addresses):
+                client = cls(str(address), **kwargs)
+                if endpoints:
+                    problem = _mismatch(endpoints[0].contract, client.env_contract)
+                    if problem:
+                        client.close()
+                        raise ValueError(f"endpoint {index} ({address}) serves another {problem}")
+
+                def connect(address: str = str(address)) -> Any:
+                    return cls(address, **redial)
+
+                endpoints.append(_Endpoint(index, str(address), lo, client, connect, self._out, reconnect))
+                lo += client.num_envs
+        except BaseException:
+            _release(endpoints)
+            raise
+        self._endpoints = endpoints
+        self._n = lo
+        self._ticket = 0
+        self._pending: dict[int, list[int]] = {}  # endpoint -> lanes sent, not received
+        self._ready: list[tuple[int, Any, Any]] = []  # (endpoint, part, flags) received, not returned
+        self._contract = endpoints[0].contract
+        self._spaces = (endpoints[0].client.single_observation_space, endpoints[0].client.single_action_space)
+        self._step_pending = False
+        self._step_deadline: float | None = None
+        self._inline: list[_Endpoint] = []
+        self._early: dict[int, tuple[Any, Any]] = {}
+        self._life = Lifecycle(f"the ShardedVectorEnv over {len(endpoints)} endpoints")
+        self._life.watch(self, _release, endpoints)
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def num_envs(self) -> int:
+        """The total number of lanes."""
+        return self._n
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The endpoints' addresses, in lane order."""
+        return [ep.address for ep in self._endpoints]
+
+    def lanes_of(self, endpoint_index: int) -> range:
+        """The global lanes of endpoint ``endpoint_index``."""
+        ep = self._endpoints[endpoint_index]
+        return range(ep.lo, ep.hi)
+
+    @property
+    def live(self) -> list[bool]:
+        """Per endpoint: True unless lost and not yet rejoined (as of the last call)."""
+        return [ep.state != _LOST for ep in self._endpoints]
+
+    @property
+    def env_contract(self) -> Any:
+        """The first endpoint's contract, with ``num_envs`` the total."""
+        from ..specs import EnvContract
+
+        c = self._contract
+        return EnvContract(
+            c.id,
+            c.observation_space,
+            c.action_space,
+            render_mode=c.render_mode,
+            num_envs=self._n,
+            metadata=c.metadata,
+            autoreset_mode=c.autoreset_mode,
+        )
+
+    @property
+    def autoreset_mode(self) -> str:
+        """The endpoints' autoreset mode: "NextStep", "SameStep" or "Disabled"."""
+        return str(self._contract.autoreset_mode)
+
+    @property
+    def single_observation_space(self) -> Any:
+        """One lane's observation space (the first endpoint client's)."""
+        return self._spaces[0]
+
+    @property
+    def single_action_space(self) -> Any:
+        """One lane's action space (the first endpoint client's)."""
+        return self._spaces[1]
+
+    @property
+    def render_mode(self) -> str | None:
+        """The served render mode."""
+        return self._contract.render_mode
+
+    @property
+    def metadata(self) -> Any:
+        """The first endpoint's metadata."""
+        return dict(self._contract.metadata)
+
+    @property
+    def state(self) -> State:
+        """OPEN, CLOSING or CLOSED."""
+        return self._life.state
+
+    @property
+    def closed(self) -> bool:
+        """True once closing began."""
+        return self._life.closed
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        seconds = self._timeout_default if timeout is None else _seconds("timeout", timeout, None)
+        return None if seconds is None else time.monotonic() + seconds
+
+    def _submit(self, ep: _Endpoint, call: Callable[[Any], Any]) -> None:
+        self._ticket += 1
+        ep.ticket = self._ticket
+        ep.inbox.put(("call", self._ticket, call))
+
+    def _lose(self, ep: _Endpoint, tell_thread: bool) -> None:
+        ep.state = _LOST
+        ep.ticket = None
+        self._pending.pop(ep.index, None)
+        if tell_thread:
+            ep.inbox.put(("lost", None))
+
+    def _take(self, timeout: float | None) -> Any:
+        """The next report of an endpoint thread, or None after ``timeout``; ClosedError once closed."""
+        try:
+            item = self._out.get(timeout=timeout) if timeout is None or timeout > 0 else self._out.get_nowait()
+        except queue.Empty:
+            item = None
+        self._life.check_open()
+        if item is None or item[0] is None:
+            return None
+        index, ticket, exc, result = item
+        ep = self._endpoints[index]
+        if ticket == _REJOIN:
+            ep.state = _REJOINED
+            ep.rejoin = result
+            return None
+        if ticket != ep.ticket:
+            return None  # the late answer to a call the caller gave up on
+        ep.ticket = None
+        if exc is not None and _is_loss(exc):
+            log.warning("endpoint %d (%s) lost: %s", index, ep.address, exc)
+            self._lose(ep, tell_thread=False)
+        return ep, exc, result
+
+    def _drain(self) -> None:
+        """Take the reports already there (rejoins) without waiting."""
+        while self._take(0) is not None or not self._out.empty():
+            pass
+
+    def _wait_all(self, waiting: set[int], deadline: float | None) -> dict[int, tuple[Any, Any]]:
+        """Collect the answers of the endpoints in ``waiting`` (losses past the deadline's grace)."""
+        got: dict[int, tuple[Any, Any]] = {}
+        while waiting:
+            if deadline is None:
+                left: float | None = None
+            else:
+                left = deadline + DEADLINE_GRACE - time.monotonic()
+                if left <= 0:
+                    for index in waiting:
+                        ep = self._endpoints[index]
+                        log.warning("endpoint %d (%s) missed the deadline: lost", index, ep.address)
+                        self._lose(ep, tell_thread=True)
+                    break
+            taken = self._take(left)
+            if taken is None:
+                continue
+            ep, exc, result = taken
+            if ep.index in waiting:
+                waiting.discard(ep.index)
+                got[ep.index] = (exc, result)
+        return got
+
+    # -- assembling batches ---------------------------------------------------------------
+
+    def _filler(self, ep: _Endpoint, last: bool) -> Any:
+        np = self._np
+        template = ep.last_obs
+        if template is None:
+            for other in self._endpoints:
+                if other.last_obs is not None:
+                    template = _tree_map(lambda a: a[:1].repeat(ep.n, axis=0), other.last_obs)
+                    break
+        if template is None:
+            return None
+        if last and ep.last_obs is not None:
+            return ep.last_obs
+        return _tree_map(np.zeros_like, template)
+
+    def _assemble(
+        self, parts: list[tuple[_Endpoint, Any, Any, Any, Any, dict[str, Any] | None]], lost: set[int], restarted: set[int]
+    ) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """One batch over ``parts`` (endpoint, obs, rewards, terminated, truncated, info), in lane order."""
+        np = self._np
+        obs = _tree_concat(np, [p[1] for p in parts])
+        rewards = np.concatenate([p[2] for p in parts]) if len(parts) > 1 else parts[0][2]
+        terminated = np.concatenate([p[3] for p in parts]) if len(parts) > 1 else parts[0][3]
+        truncated = np.concatenate([p[4] for p in parts]) if len(parts) > 1 else parts[0][4]
+        info = _merge_infos(np, [(p[5], p[0].n) for p in parts])
+        n = sum(p[0].n for p in parts)
+        live = np.ones(n, dtype=np.bool_)
+        lost_flags = np.zeros(n, dtype=np.bool_)
+        restarted_flags = np.zeros(n, dtype=np.bool_)
+        at = 0
+        for ep, *_ in parts:
+            if ep.state == _LOST:
+                live[at : at + ep.n] = False
+            if ep.index in lost:
+                lost_flags[at : at + ep.n] = True
+            if ep.index in restarted:
+                restarted_flags[at : at + ep.n] = True
+            at += ep.n
+        prior = info.get("rlmesh_restarted")
+        if isinstance(prior, np.ndarray) and prior.shape == (n,):
+            restarted_flags |= prior.astype(np.bool_)
+        everywhere = np.ones(n, dtype=np.bool_)
+        info["rlmesh_live"], info["_rlmesh_live"] = live, everywhere
+        info["rlmesh_lost"], info["_rlmesh_lost"] = lost_flags, everywhere.copy()
+        info["rlmesh_restarted"], info["_rlmesh_restarted"] = restarted_flags, everywhere.copy()
+        return obs, rewards, terminated, truncated, info
+
+    def _masked_part(self, ep: _Endpoint, lost_now: bool) -> tuple[Any, ...]:
+        np = self._np
+        obs = self._filler(ep, last=lost_now)
+        if obs is None:
+            raise EndpointLostError(
+                f"endpoint {ep.index} ({ep.address}) is lost and no observation was ever received",
+                lanes=list(range(ep.lo, ep.hi)),
+                endpoints=[ep.index],
+            )
+        trunc = np.full(ep.n, lost_now, dtype=np.bool_)
+        return (ep, obs, np.zeros(ep.n), np.zeros(ep.n, dtype=np.bool_), trunc, None)
+
+    def _rejoin_part(self, ep: _Endpoint) -> tuple[Any, ...]:
+        np = self._np
+        obs, info = ep.rejoin
+        ep.rejoin = None
+        ep.state = _LIVE
+        ep.last_obs = obs
+        zeros = np.zeros(ep.n, dtype=np.bool_)
+        return (ep, obs, np.zeros(ep.n), zeros, zeros.copy(), _without_bookkeeping(info))
+
+    def _raise_or_return(self, batch: Any, lost: set[int], what: str) -> Any:
+        if lost and self._on_lost == "raise":
+            lanes = [g for i in sorted(lost) for g in self.lanes_of(i)]
+            names = ", ".join(f"{i} ({self._endpoints[i].address})" for i in sorted(lost))
+            raise EndpointLostError(
+                f"{what}: lost endpoint(s) {names}, lanes {lanes}",
+                lanes=lanes,
+                endpoints=sorted(lost),
+                partial=batch,
+            )
+        return batch
+
+    def _check_idle(self) -> None:
+        self._life.check_open()
+        if self._pending:
+            raise ValueError("lanes are in flight (send() without recv()): recv() them first")
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def reset(
+        self,
+        *,
+        seed: int | Sequence[int | None] | None = None,
+        options: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset every live lane, or those of ``options["reset_mask"]`` (a bool array over all lanes).
+
+        Args:
+            seed: None, an int (lane ``g`` gets ``seed + g``) or one seed per lane.
+            options: passed to every endpoint's reset; a ``reset_mask`` is sliced per endpoint.
+            timeout: this call's deadline in seconds.
+
+        Returns:
+            ``(observations, infos)`` over all lanes; lanes of lost endpoints are zeros.
+
+        Raises:
+            EndpointLostError: (``on_lost="raise"``) an endpoint was lost.
+            ValueError: lanes in flight, bad seeds or mask. RemoteError, ClosedError.
+        """
+        np = self._np
+        self._check_idle()
+        self._drain()
+        n = self._n
+        if seed is None:
+            seeds: list[int | None] | None = None
+        elif isinstance(seed, int) and not isinstance(seed, bool):
+            seeds = [seed + g for g in range(n)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != n:
+                raise ValueError(f"expected {n} seeds, one per lane, got {len(seeds)}")
+        mask = None
+        rest: dict[str, Any] = {}
+        if options is not None:
+            rest = dict(options)
+            mask = rest.pop("reset_mask", None)
+            if mask is not None:
+                mask = np.asarray(mask)
+                if mask.dtype != np.bool_ or mask.shape != (n,):
+                    raise ValueError(f"reset_mask must be a bool array of shape ({n},)")
+        deadline = self._deadline(timeout)
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        asked: set[int] = set()
+        for ep in self._endpoints:
+            if ep.state == _LOST:
+                continue
+            sub_mask = None if mask is None else mask[ep.lo : ep.hi]
+            if sub_mask is not None and not sub_mask.any():
+                continue
+            sub_seeds = None if seeds is None else seeds[ep.lo : ep.hi]
+            if sub_seeds is not None and any(s is not None for s in sub_seeds):
+                ep.seeds = sub_seeds
+            sub_options = dict(rest)
+            if sub_mask is not None and not sub_mask.all():
+                sub_options["reset_mask"] = sub_mask.copy()
+            opts = sub_options or None
+
+            def call(client: Any, s: Any = sub_seeds, o: Any = opts) -> Any:
+                return client.reset(seed=s, options=o, timeout=left)
+
+            self._submit(ep, call)
+            asked.add(ep.index)
+        got = self._wait_all(asked, deadline)
+        parts, lost, restarted = [], set(), set()
+        for ep in self._endpoints:
+            answer = got.get(ep.index)
+            if answer is not None and answer[0] is not None and not _is_loss(answer[0]):
+                raise answer[0]
+            if answer is not None and answer[0] is None:
+                obs, info = answer[1]
+                ep.last_obs = obs
+                if ep.state == _REJOINED:
+                    ep.state, ep.rejoin = _LIVE, None
+                    restarted.add(ep.index)
+                parts.append((ep, obs, np.zeros(ep.n), *_no_flags(np, ep.n), _without_bookkeeping(info)))
+            elif ep.index in asked:
+                lost.add(ep.index)
+                parts.append(self._masked_part(ep, lost_now=True))
+            elif ep.state == _REJOINED:
+                restarted.add(ep.index)
+                parts.append(self._rejoin_part(ep))
+            elif ep.state == _LIVE and ep.last_obs is not None:  # outside the reset mask
+                parts.append((ep, ep.last_obs, np.zeros(ep.n), *_no_flags(np, ep.n), None))
+            else:
+                parts.append(self._masked_part(ep, lost_now=False))
+        obs, _, _, _, info = self._assemble(parts, lost, restarted)
+        return self._raise_or_return((obs, info), lost, "reset")
+
+    def step(self, actions: Any, *, timeout: float | None = None) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """Step every live lane; see :meth:`step_async` and :meth:`step_wait`.
+
+        Returns:
+            ``(observations, rewards, terminations, truncations, infos)`` over all lanes.
+
+        Raises:
+            As :meth:`step_wait`.
+        """
+        self.step_async(actions, timeout=timeout)
+        return self.step_wait(timeout=timeout)
+
+    def step_async(self, actions: Any, *, timeout: float | None = None) -> None:
+        """Send every live endpoint its slice of ``actions`` and return at once.
+
+        Args:
+            actions: a batch over all lanes (an array of shape ``(num_envs, ...)``,
+                a dict or tuple of such) or a list of per-lane actions.
+            timeout: the endpoints' deadline (default: ``request_timeout_seconds``).
+
+        Raises:
+            ValueError: the wrong number of actions, a step or lanes in flight.
+        """
+        if self._step_pending:
+            raise ValueError("a step is already in flight: call step_wait() first")
+        self._check_idle()
+        self._drain()
+        _check_batch(actions, self._n)
+        actions = self._host_actions(actions)
+        deadline = self._deadline(timeout)
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        # The calling thread drives every endpoint whose client splits a step for
+        # real (the vector fast path: step_async returns at once) and one other
+        # inline; the rest go to their threads, so they all step in parallel.
+        self._inline = []
+        self._early = {}
+        slot = True
+        for ep in self._endpoints:
+            if ep.state != _LIVE:
+                continue
+            sub = _tree_slice(actions, ep.lo, ep.hi)
+            self._pending[ep.index] = list(range(ep.lo, ep.hi))
+            client = ep.client
+            split = bool(getattr(client, "fast_path", False))
+            if split or slot:
+                slot = slot and split
+                try:
+                    client.step_async(sub)
+                except BaseException as exc:
+                    if not _is_loss(exc):
+                        raise
+                    self._early[ep.index] = (exc, None)
+                    self._lose(ep, tell_thread=True)
+                    continue
+                self._inline.append(ep)
+                continue
+
+            def call(client: Any, a: Any = sub) -> Any:
+                return client.step(a, timeout=left)
+
+            self._submit(ep, call)
+        self._step_deadline = deadline
+        self._step_pending = True
+
+    def step_wait(self, *, timeout: float | None = None) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """Collect the step :meth:`step_async` sent, waiting for every live endpoint.
+
+        An endpoint that misses the deadline, breaks or dies is lost: its lanes
+        return ``truncated=True`` (``on_lost="truncate"``) or the call raises.
+
+        Raises:
+            EndpointLostError: (``on_lost="raise"``) an endpoint was lost; ``partial`` is the batch.
+            ValueError: no step in flight. RemoteError, InvalidActionError: an env
+            raised (its endpoint stays live). ClosedError.
+        """
+        self._life.check_open()
+        if not self._step_pending:
+            raise ValueError("no step in flight: call step_async() first")
+        self._step_pending = False
+        deadline = self._step_deadline if timeout is None else self._deadline(timeout)
+        asked = set(self._pending) | set(self._early)
+        got: dict[int, tuple[Any, Any]] = dict(self._early)
+        for ep in self._inline:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            try:
+                got[ep.index] = (None, ep.client.step_wait(timeout=left))
+            except BaseException as exc:
+                self._life.check_open()
+                if not _is_loss(exc) and not isinstance(exc, RLMeshError):
+                    raise
+                got[ep.index] = (exc, None)
+                if _is_loss(exc):
+                    log.warning("endpoint %d (%s) lost: %s", ep.index, ep.address, exc)
+                    self._lose(ep, tell_thread=True)
+        inline = {ep.index for ep in self._inline}
+        got.update(self._wait_all({i for i in self._pending if i not in inline}, deadline))
+        self._pending.clear()
+        self._inline, self._early = [], {}
+        return self._collect(got, asked, "step")
+
+    def _collect(self, got: dict[int, tuple[Any, Any]], asked: set[int], what: str) -> Any:
+        np = self._np
+        parts, lost, restarted = [], set(), set()
+        error: BaseException | None = None
+        for ep in self._endpoints:
+            answer = got.get(ep.index)
+            if answer is not None and answer[0] is None:
+                obs, rewards, terminated, truncated, info = answer[1]
+                ep.last_obs = obs
+                parts.append((ep, obs, rewards, terminated, truncated, info))
+            elif answer is not None and not _is_loss(answer[0]):
+                error = error or answer[0]
+                parts.append(self._masked_part(ep, lost_now=False))
+            elif ep.index in asked:
+                lost.add(ep.index)
+                parts.append(self._masked_part(ep, lost_now=True))
+            elif ep.state == _REJOINED:
+                restarted.add(ep.index)
+                parts.append(self._rejoin_part(ep))
+            else:
+                parts.append(self._masked_part(ep, lost_now=False))
+        if error is not None:
+            raise error
+        del np
+        return self._raise_or_return(self._assemble(parts, lost, restarted), lost, what)
+
+    def send(self, actions: Any, env_ids: Any = None) -> None:
+        """Send actions to whole endpoints' lanes (default: every lane) and return at once.
+
+        Args:
+            actions: ``len(env_ids)`` actions, batched, in ``env_ids`` order.
+            env_ids: global lanes covering whole endpoints (:meth:`lanes_of`),
+                none of them in flight.
+
+        A lost endpoint's lanes are answered when it rejoins (its reset
+        observations, flagged ``rlmesh_restarted``), at once with ``reconnect=False``.
+
+        Raises:
+            ValueError: lanes out of range, repeated, in flight, or not whole
+                endpoints; the wrong number of actions; a step_async in flight.
+        """
+        np = self._np
+        self._life.check_open()
+        if self._step_pending:
+            raise ValueError("a step_async() is in flight: call step_wait() first")
+        self._drain()
+        ids = list(range(self._n)) if env_ids is None else [int(i) for i in np.asarray(env_ids).reshape(-1)]
+        _check_batch(actions, len(ids))
+        actions = self._host_actions(actions)
+        if len(set(ids)) != len(ids) or any(not 0 <= i < self._n for i in ids):
+            raise ValueError(f"env_ids must be distinct lanes in [0, {self._n}), got {ids}")
+        at: dict[int, int] = {}
+        for pos, lane in enumerate(ids):
+            at.setdefault(lane, pos)
+        plan: list[tuple[_Endpoint, list[int]]] = []
+        for ep in self._endpoints:
+            mine = [at[g] for g in range(ep.lo, ep.hi) if g in at]
+            if not mine:
+                continue
+            if len(mine) != ep.n:
+                raise ValueError(
+                    f"send() covers whole endpoints: endpoint {ep.index} owns lanes {ep.lo}..{ep.hi - 1}"
+                )
+            if ep.index in self._pending or any(e.index == ep.index for e, _, _ in self._ready):
+                raise ValueError(f"lanes {ep.lo}..{ep.hi - 1} are in flight: recv() them first")
+            plan.append((ep, mine))
+        for ep, positions in plan:
+            contiguous = positions == list(range(positions[0], positions[0] + ep.n))
+            sub = (
+                _tree_slice(actions, positions[0], positions[0] + ep.n)
+                if contiguous
+                else _tree_take(np, actions, positions)
+            )
+            self._pending[ep.index] = list(range(ep.lo, ep.hi))
+            if ep.state == _LIVE:
+
+                def call(client: Any, a: Any = sub) -> Any:
+                    return client.step(a, timeout=self._timeout_default)
+
+                self._submit(ep, call)
+            elif ep.state == _REJOINED:
+                self._ready.append((ep.index, self._rejoin_part(ep), "restarted"))
+                del self._pending[ep.index]
+            elif not ep._reconnect_on:
+                self._ready.append((ep.index, self._masked_part(ep, lost_now=False), None))
+                del self._pending[ep.index]
+
+    def recv(
+        self, min_envs: int | None = None, *, timeout: float | None = None
+    ) -> tuple[Any, Any, Any, Any, dict[str, Any], Any]:
+        """The results of the endpoints ready first (at least ``min_envs`` lanes; default: all sent).
+
+        Returns:
+            ``(observations, rewards, terminations, truncations, infos, env_ids)``
+            over the lanes returned, ascending; lanes not returned now are
+            returned by a later call (nothing is lost). An endpoint lost while
+            its lanes were in flight returns them truncated (``rlmesh_lost``).
+
+        Raises:
+            ValueError: nothing sent, or ``min_envs`` out of range.
+            OperationTimeout: fewer than ``min_envs`` lanes ready in time (they stay in flight).
+            EndpointLostError: (``on_lost="raise"``). RemoteError, ClosedError.
+        """
+        np = self._np
+        self._life.check_open()
+        outstanding = sum(len(v) for v in self._pending.values()) + sum(
+            self._endpoints[i].n for i, _, _ in self._ready
+        )
+        if outstanding == 0:
+            raise ValueError("recv() with nothing sent: call send() first")
+        if min_envs is None:
+            min_envs = outstanding
+        if isinstance(min_envs, bool) or not isinstance(min_envs, int) or not 1 <= min_envs <= outstanding:
+            raise ValueError(f"min_envs must be between 1 and the {outstanding} lanes in flight, got {min_envs!r}")
+        seconds = self._timeout_default if timeout is None else _seconds("timeout", timeout, None)
+        end = None if seconds is None else time.monotonic() + seconds
+        while True:
+            self._harvest()
+            if sum(self._endpoints[i].n for i, _, _ in self._ready) >= min_envs:
+                break
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                raise OperationTimeout(
+                    f"recv() timed out after {seconds:.3g}s with {min_envs} lanes asked, "
+                    f"{sum(self._endpoints[i].n for i, _, _ in self._ready)} ready",
+                    timeout=seconds,
+                )
+            taken = self._take(left)
+            if taken is not None:
+                self._ready_answer(*taken)
+        ready, self._ready = sorted(self._ready, key=lambda r: r[0]), []
+        error = next((part for _, part, flag in ready if flag == "error"), None)
+        if error is not None:
+            self._ready = [r for r in ready if r[2] != "error"]
+            raise error
+        parts = [part for _, part, _ in ready]
+        lost = {i for i, _, flag in ready if flag == "lost"}
+        restarted = {i for i, _, flag in ready if flag == "restarted"}
+        obs, rewards, terminated, truncated, info = self._assemble(parts, lost, restarted)
+        ids = np.concatenate([np.arange(p[0].lo, p[0].hi, dtype=np.int64) for p in parts])
+        batch = (obs, rewards, terminated, truncated, info, ids)
+        return self._raise_or_return(batch, lost, "recv")  # type: ignore[no-any-return]
+
+    def _ready_answer(self, ep: _Endpoint, exc: BaseException | None, result: Any) -> None:
+        if ep.index not in self._pending:
+            return
+        del self._pending[ep.index]
+        if exc is None:
+            obs, rewards, terminated, truncated, info = result
+            ep.last_obs = obs
+            self._ready.append((ep.index, (ep, obs, rewards, terminated, truncated, info), None))
+        elif _is_loss(exc):
+            self._ready.append((ep.index, self._masked_part(ep, lost_now=True), "lost"))
+        else:
+            self._ready.append((ep.index, exc, "error"))
+
+    def _harvest(self) -> None:
+        """Lanes sent to lost endpoints that rejoined since become ready (reset observations)."""
+        for ep in self._endpoints:
+            if ep.index in self._pending and ep.state == _REJOINED and ep.ticket is None:
+                del self._pending[ep.index]
+                self._ready.append((ep.index, self._rejoin_part(ep), "restarted"))
+        while True:
+            taken = self._take(0)
+            if taken is None:
+                if self._out.empty():
+                    return
+                continue
+            self._ready_answer(*taken)
+
+    def render(self, *, env_index: int = 0, timeout: float | None = None) -> Any:
+        """Render global lane ``env_index`` (its endpoint's ``render(env_index=...)``).
+
+        Raises:
+            ValueError: out of range. EndpointLostError: its endpoint is lost.
+            RemoteError, OperationTimeout, ClosedError.
+        """
+        self._check_idle()
+        if isinstance(env_index, bool) or not isinstance(env_index, int) or not 0 <= env_index < self._n:
+            raise ValueError(f"env_index must be a lane in [0, {self._n}), got {env_index!r}")
+        ep = next(e for e in self._endpoints if e.lo <= env_index < e.hi)
+        if ep.state == _LOST:
+            raise EndpointLostError(
+                f"endpoint {ep.index} ({ep.address}) is lost", lanes=list(self.lanes_of(ep.index)), endpoints=[ep.index]
+            )
+        deadline = self._deadline(timeout)
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        local = env_index - ep.lo
+        self._submit(ep, lambda client: client.render(env_index=local, timeout=left))
+        answer = self._wait_all({ep.index}, deadline).get(ep.index)
+        if answer is None:
+            raise EndpointLostError(
+                f"endpoint {ep.index} ({ep.address}) missed the deadline", lanes=list(self.lanes_of(ep.index)), endpoints=[ep.index]
+            )
+        if answer[0] is not None:
+            raise answer[0]
+        return self._decode_frame(answer[1])
+
+    def close(self) -> None:
+        """Detach from every endpoint and stop the threads. Idempotent; wakes a call in flight."""
+        if not self._life.begin_close():
+            return
+        try:
+            self._out.put((None, None, None, None))  # wakes a caller blocked in _take
+            self._life.release()
+        finally:
+            self._life.finish_close()
+
+    def __enter__(self: Any) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{sum(self.live)}/{len(self._endpoints)} live"
+        return f"<{type(self).__name__} {self._contract.id} num_envs={self._n} {state}>"
+
+    # -- backend hooks ----------------------------------------------------------------------
+
+    def _host_actions(self, actions: Any) -> Any:
+        """Actions as the NumPy clients take them (a backend's arrays become NumPy arrays)."""
+        return actions
+
+    def _decode_frame(self, frame: Any) -> Any:
+        return frame
+
+
+# -- trees and infos ------------------------------------------------------------------------------
+
+
+def _tree_map(fn: Callable[[Any], Any], tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _tree_map(fn, v) for k, v in tree.items()}
+    if isinstance(tree, tuple):
+        return tuple(_tree_map(fn, v) for v in tree)
+    return fn(tree)
+
+
+def _tree_concat(np: Any, parts: list[Any]) -> Any:
+    """One tree whose leaves are the parts' leaves concatenated on the lane axis."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    if isinstance(first, dict):
+        return {k: _tree_concat(np, [p[k] for p in parts]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(_tree_concat(np, [p[i] for p in parts]) for i in range(len(first)))
+    return np.concatenate(parts)
+
+
+def _tree_slice(tree: Any, lo: int, hi: int) -> Any:
+    """Lanes ``lo:hi`` of a batch (arrays, dicts and tuples of them, or a list of per-lane actions)."""
+    if isinstance(tree, dict):
+        return {k: _tree_slice(v, lo, hi) for k, v in tree.items()}
+    if isinstance(tree, tuple):
+        return tuple(_tree_slice(v, lo, hi) for v in tree)
+    return tree[lo:hi]
+
+
+def _tree_take(np: Any, tree: Any, positions: list[int]) -> Any:
+    if isinstance(tree, dict):
+        return {k: _tree_take(np, v, positions) for k, v in tree.items()}
+    if isinstance(tree, tuple):
+        return tuple(_tree_take(np, v, positions) for v in tree)
+    if isinstance(tree, list):
+        return [tree[i] for i in positions]
+    return np.asarray(tree)[positions]
+
+
+def _check_batch(actions: Any, n: int) -> None:
+    """ValueError unless ``actions`` holds ``n`` lanes."""
+    leaf = actions
+    while isinstance(leaf, (dict, tuple)) and leaf:
+        leaf = next(iter(leaf.values())) if isinstance(leaf, dict) else leaf[0]
+    shape = getattr(leaf, "shape", None)
+    count = len(leaf) if isinstance(leaf, list) else (shape[0] if shape else None)
+    if count != n:
+        raise ValueError(f"expected {n} batched actions, got {count}")
+
+
+def _no_flags(np: Any, n: int) -> tuple[Any, Any]:
+    return np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_)
+
+
+def _without_bookkeeping(info: Any) -> dict[str, Any]:
+    return dict(info) if isinstance(info, dict) else {}
+
+
+def _merge_infos(np: Any, parts: list[tuple[dict[str, Any] | None, int]]) -> dict[str, Any]:
+    """The endpoints' batched infos as one batch over all their lanes (Gymnasium's layout).
+
+    A key with a ``_key`` mask is one entry per lane (arrays or the metadata
+    form's lists; dicts recursively); lanes of endpoints without it are
+    unset. ``episode_ids`` lists are joined (None for lanes without),
+    ``completed_episodes`` summed; another key keeps the first value seen.
+    """
+    if len(parts) == 1:
+        return dict(parts[0][0] or {})
+    total = sum(n for _, n in parts)
+    keys: list[str] = []
+    for info, _ in parts:
+        for key in info or ():
+            if key not in keys:
+                keys.append(key)
+    out: dict[str, Any] = {}
+    for key in keys:
+        if key.startswith("_") and key[1:] in keys:
+            continue
+        values = [(None if info is None else info.get(key), n) for info, n in parts]
+        if key == "episode_ids":
+            joined: list[Any] = []
+            for value, n in values:
+                joined.extend(value if isinstance(value, list) and len(value) == n else [None] * n)
+            out[key] = joined
+            continue
+        if key == "completed_episodes":
+            out[key] = sum(v for v, _ in values if isinstance(v, int))
+            continue
+        masked = any(info is not None and f"_{key}" in info for info, _ in parts)
+        if not masked:
+            out[key] = next(v for v, _ in values if v is not None)
+            continue
+        masks = []
+        for (info, n), (value, _) in zip(parts, values, strict=True):
+            mask = None if info is None else info.get(f"_{key}")
+            masks.append(np.asarray(mask, dtype=np.bool_) if mask is not None else np.zeros(n, dtype=np.bool_))
+        out[f"_{key}"] = np.concatenate(masks)
+        if any(isinstance(v, dict) for v, _ in values):
+            out[key] = _merge_infos(np, [(v if isinstance(v, dict) else None, n) for v, n in values])
+            continue
+        arrays = [v for v, _ in values if isinstance(v, np.ndarray)]
+        if arrays and all(isinstance(v, np.ndarray) or v is None for v, _ in values):
+            dtype = np.result_type(*arrays) if all(a.dtype != object for a in arrays) else object
+            merged = np.zeros(total, dtype=dtype) if dtype != object else np.full(total, None, dtype=object)
+            at = 0
+            for value, n in values:
+                if value is not None:
+                    merged[at : at + n] = value
+                at += n
+            out[key] = merged
+        else:
+            lanes: list[Any] = []
+            for value, n in values:
+                lanes.extend(list(value) if value is not None and len(value) == n else [None] * n)
+            out[key] = lanes
+    return out
+
+
+class ShardedVectorEnv(ShardedVectorEnvBase):
+    """A sharded vector env whose observations and batches are NumPy arrays (``rlmesh.numpy``)."""

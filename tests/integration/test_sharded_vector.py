@@ -1,0 +1,223 @@
+"""ShardedVectorEnv over real `rlmesh serve` subprocesses on loopback TCP (issue 14, tier 0).
+
+Each endpoint is its own server process (`--num-envs K --workers 1`), driven
+across processes as a remote host would be: `shared_memory=False` is the
+cross-host path (inline frames). The sharded env must replay a local
+SyncVectorEnv of the same total size bit for bit, survive a SIGKILLed or
+SIGSTOPped endpoint, and let a restarted one rejoin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+gymnasium = pytest.importorskip("gymnasium")
+
+from rlmesh.errors import EndpointLostError  # noqa: E402
+from rlmesh.numpy import ShardedVectorEnv  # noqa: E402
+from tests.conftest import serve_subprocess  # noqa: E402
+
+SIZES = (2, 3, 2)
+N = sum(SIZES)
+
+
+def start(size: int, address: str = "tcp://127.0.0.1:0", *extra: str, target: str = "CartPole-v1") -> Any:
+    return serve_subprocess(target, address, "--num-envs", str(size), "--workers", "1", *extra)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+    proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def endpoints(*extra: str, sizes: tuple[int, ...] = SIZES) -> Iterator[tuple[list[Any], list[str]]]:
+    procs: list[Any] = []
+    addresses: list[str] = []
+    try:
+        for size in sizes:
+            proc, address = start(size, "tcp://127.0.0.1:0", *extra)
+            procs.append(proc)
+            addresses.append(address)
+        yield procs, addresses
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
+def actions_at(t: int, n: int = N) -> Any:
+    return np.random.default_rng(t).integers(0, 2, size=n)
+
+
+@pytest.mark.parametrize("mode", ["NextStep", "SameStep", "Disabled"])
+def test_replays_a_local_sync_vector_env_bit_for_bit(mode: str) -> None:
+    local = gymnasium.make_vec(
+        "CartPole-v1", num_envs=N, vectorization_mode="sync", vector_kwargs={"autoreset_mode": mode}
+    )
+    with endpoints("--autoreset-mode", mode) as (_, addresses), ShardedVectorEnv(
+        addresses, shared_memory=False, request_timeout_seconds=30
+    ) as env:
+        assert env.num_envs == N and env.autoreset_mode == mode
+        assert [env.lanes_of(i) for i in range(3)] == [range(0, 2), range(2, 5), range(5, 7)]
+        obs, info = env.reset(seed=11)
+        want, _ = local.reset(seed=11)
+        assert np.array_equal(obs, want)
+        assert info["rlmesh_live"].all() and not info["rlmesh_lost"].any()
+        ended = 0
+        for t in range(250):
+            got = env.step(actions_at(t))
+            ref = local.step(actions_at(t))
+            for a, b in zip(got[:4], ref[:4], strict=True):
+                assert np.array_equal(a, b), (t, a, b)
+            if mode == "SameStep" and "final_obs" in ref[4]:
+                lanes = np.nonzero(ref[4]["_final_obs"])[0]
+                assert list(np.nonzero(got[4]["_final_obs"])[0]) == list(lanes)
+                for lane in lanes:
+                    assert np.array_equal(np.asarray(got[4]["final_obs"][lane]), ref[4]["final_obs"][lane])
+            done = ref[2] | ref[3]
+            ended += int(done.sum())
+            if mode == "Disabled" and done.any():
+                mask = np.asarray(done, dtype=bool)
+                obs, _ = env.reset(options={"reset_mask": mask})
+                want, _ = local.reset(options={"reset_mask": mask})
+                assert np.array_equal(obs, want)
+        assert ended > 0
+    local.close()
+
+
+def test_a_killed_endpoint_is_truncated_at_once_then_masked_and_a_restarted_one_rejoins() -> None:
+    with endpoints() as (procs, addresses), ShardedVectorEnv(
+        addresses, shared_memory=False, request_timeout_seconds=30
+    ) as env:
+        env.reset(seed=3)
+        for t in range(5):
+            _, _, _, _, info = env.step(actions_at(t))
+        before = env.step(actions_at(5))[0]
+        procs[1].kill()
+        procs[1].wait()
+        start_at = time.monotonic()
+        obs, rewards, terminated, truncated, info = env.step(actions_at(6))
+        assert time.monotonic() - start_at < 2.0
+        lanes = list(env.lanes_of(1))
+        assert truncated[lanes].all() and not terminated[lanes].any()
+        assert info["rlmesh_lost"][lanes].all() and not info["rlmesh_lost"][[0, 1, 5, 6]].any()
+        assert not info["rlmesh_live"][lanes].any() and info["rlmesh_live"][[0, 1, 5, 6]].all()
+        assert np.array_equal(obs[lanes], before[lanes])  # the last observation delivered
+        # Masked: not stepped, zero fillers, the others step on.
+        obs, rewards, _, truncated, info = env.step(actions_at(7))
+        assert not truncated[lanes].any() and not info["rlmesh_lost"].any()
+        assert not info["rlmesh_live"][lanes].any() and (obs[lanes] == 0).all() and (rewards[lanes] == 0).all()
+        assert env.live == [True, False, True]
+        # A new server on the same address rejoins: its lanes are reset with their seeds.
+        port = addresses[1].rsplit(":", 1)[1]
+        procs[1], again = start(SIZES[1], f"tcp://127.0.0.1:{port}")
+        assert again == addresses[1]
+        deadline = time.monotonic() + 15
+        t = 8
+        while True:
+            obs, _, _, truncated, info = env.step(actions_at(t))
+            t += 1
+            if info["rlmesh_restarted"][lanes].any():
+                break
+            assert time.monotonic() < deadline, "the restarted endpoint did not rejoin"
+            time.sleep(0.05)
+        assert info["rlmesh_restarted"][lanes].all() and info["rlmesh_live"].all()
+        fresh = gymnasium.make_vec("CartPole-v1", num_envs=N, vectorization_mode="sync")
+        want, _ = fresh.reset(seed=3)
+        fresh.close()
+        assert np.array_equal(obs[lanes], want[lanes])  # lane g reset with seed 3 + g
+        _, _, _, _, info = env.step(actions_at(t))
+        assert info["rlmesh_live"].all() and not info["rlmesh_restarted"].any()
+
+
+def test_on_lost_raise_carries_the_partial_batch() -> None:
+    with endpoints() as (procs, addresses), ShardedVectorEnv(
+        addresses, shared_memory=False, on_lost="raise", reconnect=False
+    ) as env:
+        env.reset(seed=0)
+        procs[2].kill()
+        procs[2].wait()
+        with pytest.raises(EndpointLostError) as caught:
+            env.step(actions_at(0))
+        err = caught.value
+        assert err.lanes == [5, 6] and err.endpoints == [2]
+        obs, rewards, terminated, truncated, info = err.partial
+        assert obs.shape == (N, 4) and truncated[[5, 6]].all() and info["rlmesh_live"][:5].all()
+        # The others keep stepping; the lost lanes stay masked.
+        _, _, _, truncated, info = env.step(actions_at(1))
+        assert not info["rlmesh_live"][[5, 6]].any() and info["rlmesh_live"][:5].all()
+
+
+def test_a_stopped_endpoint_is_a_straggler_not_a_hang() -> None:
+    with endpoints() as (procs, addresses), ShardedVectorEnv(
+        addresses, shared_memory=False, request_timeout_seconds=20
+    ) as env:
+        env.reset(seed=1)
+        os.kill(procs[0].pid, signal.SIGSTOP)
+        try:
+            env.send(actions_at(0))
+            obs, _, _, _, info, ids = env.recv(min_envs=N - 2, timeout=10)
+            assert list(ids) == [2, 3, 4, 5, 6] and obs.shape == (5, 4)
+            with pytest.raises(rlmesh_errors().OperationTimeout):
+                env.recv(timeout=0.2)  # the straggler's lanes are still in flight, kept
+        finally:
+            os.kill(procs[0].pid, signal.SIGCONT)
+        obs, _, _, _, info, ids = env.recv(timeout=10)
+        assert list(ids) == [0, 1] and info["rlmesh_live"].all()
+        # step waits for a straggler until it resumes.
+        os.kill(procs[0].pid, signal.SIGSTOP)
+        timer = subprocess.Popen(["sh", "-c", f"sleep 0.7; kill -CONT {procs[0].pid}"])
+        try:
+            start_at = time.monotonic()
+            _, _, _, truncated, info = env.step(actions_at(1))
+            assert time.monotonic() - start_at >= 0.5
+            assert info["rlmesh_live"].all() and not info["rlmesh_lost"].any()
+        finally:
+            timer.wait()
+
+
+def rlmesh_errors() -> Any:
+    import rlmesh.errors
+
+    return rlmesh.errors
+
+
+def test_send_recv_returns_ready_lanes_first_and_loses_nothing() -> None:
+    with endpoints() as (_, addresses), ShardedVectorEnv(addresses, shared_memory=False) as env:
+        env.reset(seed=0)
+        steps = np.zeros(N, dtype=int)
+        env.send(actions_at(0))
+        for t in range(60):
+            _, _, _, _, info, ids = env.recv(min_envs=2, timeout=10)
+            assert list(ids) == sorted(ids) and len(ids) >= 2
+            steps[ids] += 1
+            env.send(actions_at(t)[: len(ids)], env_ids=ids)
+        _, _, _, _, _, ids = env.recv(timeout=10)
+        steps[ids] += 1
+        assert (steps[:2] == steps[0]).all() and (steps[2:5] == steps[2]).all() and (steps[5:] == steps[5]).all()
+        assert steps.min() >= 1
+        with pytest.raises(ValueError, match="whole endpoints"):
+            env.send(actions_at(0)[:1], env_ids=[0])
+
+
+def test_mismatched_spaces_are_refused_naming_the_endpoint() -> None:
+    a, addr_a = start(2)
+    b, addr_b = start(2, target="Acrobot-v1")
+    try:
+        with pytest.raises(ValueError, match=r"endpoint 1 .* serves another"):
+            ShardedVectorEnv([addr_a, addr_b], shared_memory=False)
+    finally:
+        stop(a)
+        stop(b)
