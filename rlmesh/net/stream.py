@@ -14,6 +14,7 @@ every chunk of a send).
 
 from __future__ import annotations
 
+import array
 import errno
 import ipaddress
 import os
@@ -30,11 +31,11 @@ from .._buffers import buffer_address
 from .._deadline import LONGEST_SLEEP, Deadline, check_timeout
 from .._lifecycle import Lifecycle, State
 from .._spin import SpinPolicy
-from ..errors import BrokenError, ClosedError, ConnectError, FramingError, OperationTimeout
+from ..errors import BrokenError, ClosedError, ConnectError, FramingError, OperationTimeout, ProtocolError
 from .address import Address
 from .framing import DEFAULT_MAX_FRAME, PREFIX, aligned_buffer, body_layout, check_body_length, split_body
 
-__all__ = ["Listener", "SocketStream", "connect", "dialable_host", "tune_keepalive"]
+__all__ = ["MAX_FDS", "Listener", "SocketStream", "close_fds", "connect", "dialable_host", "tune_keepalive"]
 
 #: The per-step state check compares against this (one global, no enum attribute lookup).
 _OPEN = State.OPEN
@@ -119,13 +120,31 @@ def _wait(poller: select.poll, deadline: Deadline) -> bool:
             return False
 
 
-def _close_socket(sock: socket.socket) -> None:
-    # The finalizer of a stream never closed: the socket only, never the stream.
+#: The most descriptors one frame may carry (a session's offer: its channel,
+#: a few slab segments and a vector segment). A frame carrying more is refused.
+MAX_FDS = 16
+
+
+def close_fds(fds: list[int]) -> None:
+    """Close every descriptor in ``fds`` once, emptying the list (so that no number is closed twice)."""
+    while fds:
+        fd = fds.pop()
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _close_socket(sock: socket.socket, fds: list[int] | None = None) -> None:
+    # The finalizer of a stream never closed: the socket and any descriptors
+    # received and not taken, never the stream.
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
     sock.close()
+    if fds:
+        close_fds(fds)
 
 
 def _unexported(raw: bytearray) -> bool:
@@ -187,7 +206,12 @@ class SocketStream:
         self._broken: str | None = None
         self._life = Lifecycle("the socket stream")
         self._spare: tuple[bytearray, int, int] | None = None
-        self._life.watch(self, _close_socket, sock)
+        #: Receive descriptors (SCM_RIGHTS) with each frame, at most this many
+        #: (0: never; the kernel then closes any a peer sends). Unix sockets only.
+        self.accept_fds = 0
+        # Descriptors that came with the last frame, until take_fds() (closed by the next recv_frame).
+        self._fds: list[int] = []
+        self._life.watch(self, _close_socket, sock, self._fds)
         sock.setblocking(False)
         # One poll object per direction: a sender thread and a receiver thread
         # may wait at the same time, and a poll object refuses concurrent use.
@@ -323,7 +347,14 @@ class SocketStream:
 
     # -- sending ---------------------------------------------------------------
 
-    def send(self, head: Any, tail: Sequence[Any] = (), *, timeout: float | Deadline | None = None) -> None:
+    def send(
+        self,
+        head: Any,
+        tail: Sequence[Any] = (),
+        *,
+        timeout: float | Deadline | None = None,
+        fds: Sequence[int] = (),
+    ) -> None:
         """Send one frame: ``head`` and the concatenation of ``tail`` buffers.
 
         The caller lays tail buffers out itself (padding them to 64-byte
@@ -335,6 +366,9 @@ class SocketStream:
             timeout: seconds for the whole frame; None waits forever for
                 room; 0 sends what the socket buffer takes now and never waits;
                 a running Deadline (one shared by a larger call) is kept.
+            fds: descriptors to pass with the frame (SCM_RIGHTS, Unix sockets
+                only, at most :data:`MAX_FDS`); the peer gets duplicates, and
+                the caller keeps its own.
 
         Raises:
             FramingError: the frame exceeds ``max_frame``.
@@ -343,9 +377,14 @@ class SocketStream:
             BrokenError: the peer went away.
             ClosedError: the stream is closed, or was closed by another thread
                 while this call waited.
-            ValueError: ``timeout`` is negative or NaN.
+            ValueError: ``timeout`` is negative or NaN; ``fds`` on a TCP stream
+                or more than :data:`MAX_FDS` of them.
         """
         self._check()
+        if fds and (not self.is_unix or len(fds) > MAX_FDS):
+            raise ValueError(
+                f"at most {MAX_FDS} descriptors travel with a frame, and only over a Unix socket"
+            )
         deadline = Deadline.of(timeout)
         head_len = len(head)
         tail_len = sum(memoryview(t).nbytes for t in tail)
@@ -360,17 +399,20 @@ class SocketStream:
             if padding:
                 parts.append(_ZEROS[:padding])
             parts.extend(tail)
-        self._sendall(parts, 4 + body, deadline)
+        self._sendall(parts, 4 + body, deadline, fds)
 
-    def _sendall(self, parts: list[Any], total: int, deadline: Deadline) -> None:
+    def _sendall(self, parts: list[Any], total: int, deadline: Deadline, fds: Sequence[int] = ()) -> None:
         sock = self._sock
         timeout = deadline.timeout
         # Empty parts would never be "sent" and stall the loop below.
         views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
         sent_total = 0
+        # The descriptors ride on the first bytes sent (the frame's prefix), so
+        # the receiver gets them with the prefix it reads first.
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         while views:
             try:
-                sent = sock.sendmsg(views[:64])
+                sent = sock.sendmsg(views[:64], ancillary) if ancillary else sock.sendmsg(views[:64])
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError as exc:
@@ -385,6 +427,7 @@ class SocketStream:
                     )
                 raise OperationTimeout("timed out sending a frame", timeout=timeout)
             sent_total += sent
+            ancillary = []
             while sent and views:
                 if sent >= len(views[0]):
                     sent -= len(views[0])
@@ -420,9 +463,11 @@ class SocketStream:
             ValueError: ``timeout`` is negative or NaN.
         """
         self._check()
+        if self._fds:
+            close_fds(self._fds)  # the last frame's descriptors, never taken
         deadline = Deadline.of(timeout)
         prefix = bytearray(4)
-        got = self._recv_into(memoryview(prefix), deadline, started=False)
+        got = self._recv_into(memoryview(prefix), deadline, started=False, fds=self.accept_fds)
         if got == 0:
             raise self._break("the peer closed the connection")
         (length,) = PREFIX.unpack(prefix)
@@ -469,13 +514,50 @@ class SocketStream:
             self._spare = (owner, address - buffer_address(owner), address)
         return view, address
 
-    def _recv_into(self, view: memoryview, deadline: Deadline, *, started: bool) -> int:
+    def take_fds(self) -> list[int]:
+        """The descriptors that came with the last frame (close-on-exec); the caller owns them now.
+
+        Descriptors not taken before the next :meth:`recv_frame` (or
+        :meth:`close`) are closed then: a peer cannot make this process
+        hoard descriptors by sending them where none are expected.
+        """
+        fds = list(self._fds)
+        self._fds.clear()
+        return fds
+
+    def _recv_fds(self, view: memoryview, max_fds: int) -> int:
+        """``recv_into`` that also takes up to ``max_fds`` descriptors into ``_fds``.
+
+        ``recvmsg`` with ``MSG_CMSG_CLOEXEC`` (``socket.recv_fds`` drops its
+        flags, cpython#128881, and descriptors would leak into subprocesses).
+
+        Raises:
+            ProtocolError: the peer sent more descriptors than fit (the kernel
+                closed the excess; those that came are closed here too).
+        """
+        n, ancillary, flags, _ = self._sock.recvmsg_into(
+            [view], socket.CMSG_SPACE(4 * max_fds), socket.MSG_CMSG_CLOEXEC
+        )
+        got = self._fds
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                got.extend(array.array("i", data[: len(data) - len(data) % 4]))
+        if flags & socket.MSG_CTRUNC or len(got) > max_fds:
+            close_fds(got)
+            self._broken = f"the peer sent more than {max_fds} descriptors with a frame"
+            raise ProtocolError(self._broken)
+        return n
+
+    def _recv_into(self, view: memoryview, deadline: Deadline, *, started: bool, fds: int = 0) -> int:
         sock = self._sock
         total = 0
         size = len(view)
         while total < size:
             try:
-                n = sock.recv_into(view[total:] if total else view)
+                if fds:
+                    n = self._recv_fds(view[total:] if total else view, fds)
+                else:
+                    n = sock.recv_into(view[total:] if total else view)
             except (BlockingIOError, InterruptedError):
                 n = -1
             except OSError as exc:
