@@ -131,6 +131,22 @@ class Channel(abc.ABC):
             ClosedError: the channel is closed, or was closed while waiting.
         """
 
+    def send_fds(self, head: bytes, fds: list[int], *, timeout: float | None = None) -> None:
+        """Send one message (no tail) with descriptors, as a frame on the socket (SCM_RIGHTS).
+
+        The receiver takes them from its stream (``stream.take_fds()``) right
+        after the message. Over rings, a SPILL record keeps the message in order.
+
+        Raises:
+            As :meth:`send`; ValueError: the stream cannot carry descriptors (TCP).
+        """
+        if self._life.state is not _OPEN:
+            raise self._closed_error()
+        self._send_fds(head, fds, timeout)
+
+    def _send_fds(self, head: bytes, fds: list[int], timeout: float | None) -> None:
+        self.stream.send(head, (), timeout=timeout, fds=fds)
+
     def recv(self, timeout: float | None = None, check: Callable[[], None] | None = None) -> Message:
         """Receive one message; call its ``done()`` once decoded.
 
@@ -298,6 +314,15 @@ class RingChannel(Channel):
                 return
         tx.put(b"", timeout, check=self.peer_check, tag=self.SPILL_TAG)
         self.stream.send(head, tail.parts if tail is not None and tail_size else (), timeout=timeout)
+
+    def _send_fds(self, head: bytes, fds: list[int], timeout: float | None) -> None:
+        try:
+            self.tx.put(b"", timeout, check=self.peer_check, tag=self.SPILL_TAG)
+            self.stream.send(head, (), timeout=timeout, fds=fds)
+        except BrokenError:
+            if self._life.state is not _OPEN:
+                raise self._closed_error() from None
+            raise
 
     def _recv(self, timeout: float | None, check: Callable[[], None] | None) -> Message:
         rx = self.rx
