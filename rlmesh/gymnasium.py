@@ -132,8 +132,9 @@ class RemoteEnv(gymnasium.Env[Any, Any]):
         render_mode: None, or the served env's render mode (a remote env
             renders only in the mode it was served with).
         host, port, path, transport, connect_timeout_seconds,
-        request_timeout_seconds, shared_memory, max_message_bytes, spin: as
-            :class:`rlmesh.numpy.RemoteEnv`.
+        request_timeout_seconds, shared_memory, max_message_bytes, spin,
+            auth_token: as :class:`rlmesh.numpy.RemoteEnv` (the token is kept
+            out of ``spec.kwargs``).
 
     Observations are writable NumPy arrays (dicts and tuples of them for Dict
     and Tuple spaces); ``observation_space`` and ``action_space`` are
@@ -170,6 +171,7 @@ class RemoteEnv(gymnasium.Env[Any, Any]):
         shared_memory: bool = True,
         max_message_bytes: int = DEFAULT_MAX_FRAME,
         spin: bool | None = None,
+        auth_token: str | None = None,
     ) -> None:
         client = _rnp.RemoteEnv(
             address,
@@ -182,6 +184,7 @@ class RemoteEnv(gymnasium.Env[Any, Any]):
             shared_memory=shared_memory,
             max_message_bytes=max_message_bytes,
             spin=spin,
+            auth_token=auth_token,
         )
         kwargs = {
             "address": client.address,
@@ -319,6 +322,7 @@ class RemoteVectorEnv(VectorEnv):
         shared_memory: bool = True,
         max_message_bytes: int = DEFAULT_MAX_FRAME,
         spin: bool | None = None,
+        auth_token: str | None = None,
     ) -> None:
         client = _rnp.RemoteVectorEnv(
             address,
@@ -331,6 +335,7 @@ class RemoteVectorEnv(VectorEnv):
             shared_memory=shared_memory,
             max_message_bytes=max_message_bytes,
             spin=spin,
+            auth_token=auth_token,
         )
         self._adopt(client, render_mode)
 
@@ -563,6 +568,7 @@ def make_vector(
     shared_memory: bool = True,
     spin: bool | None = None,
     max_episode_steps: int | None = None,
+    auth_token: str | None = None,
 ) -> VectorEnv:
     """``gymnasium.make_vec("rlmesh/Remote-v0", num_envs=N, address=...)``'s entry point.
 
@@ -589,6 +595,7 @@ def make_vector(
         request_timeout_seconds=request_timeout_seconds,
         shared_memory=shared_memory,
         spin=spin,
+        auth_token=auth_token,
     )
     if isinstance(client, _rnp.RemoteVectorEnv):
         if num_envs != client.num_envs:
@@ -609,6 +616,7 @@ def make_vector(
                     request_timeout_seconds=request_timeout_seconds,
                     shared_memory=shared_memory,
                     spin=spin,
+                    auth_token=auth_token,
                 )
             )
     except BaseException:
