@@ -86,6 +86,10 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "RunHooks": ("rlmesh.models", "RunHooks"),
     "StepEvent": ("rlmesh.models", "StepEvent"),
     "RANDOM_SAMPLE": ("rlmesh.models", "RANDOM_SAMPLE"),
+    # Layer 6; docker is imported only when a sandbox starts.
+    "SandboxEnv": ("rlmesh.sandbox.env", "SandboxEnv"),
+    "SandboxVectorEnv": ("rlmesh.sandbox.env", "SandboxVectorEnv"),
+    "SandboxInfo": ("rlmesh.sandbox.env", "SandboxInfo"),
 }
 
 
@@ -129,6 +133,9 @@ __all__ = [
     "run",
     "RunHooks",
     "RunResult",
+    "SandboxEnv",
+    "SandboxInfo",
+    "SandboxVectorEnv",
     "sanitize_metadata",
     "ServeOptions",
     "Session",

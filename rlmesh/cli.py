@@ -1,4 +1,4 @@
-"""The ``rlmesh`` command line: serve, demo, bench, shm."""
+"""The ``rlmesh`` command line: serve, demo, bench, shm, sandbox."""
 
 from __future__ import annotations
 
@@ -102,6 +102,18 @@ def _serve(args: argparse.Namespace) -> int:
     if args.ready_fd is not None:
         with os.fdopen(args.ready_fd, "w") as ready:
             ready.write(address + "\n")
+    dial = args.dial or os.environ.get("RLMESH_DIAL")
+    if dial:
+        # A sandbox: dial the host and serve that one session (rlmesh.sandbox).
+        from .sandbox._bootstrap import dial as dial_host
+
+        try:
+            sock = dial_host(dial)
+        except (ConnectionError, ValueError) as exc:
+            server.shutdown()
+            raise SystemExit(f"rlmesh serve: {exc}") from exc
+        server.serve_connection(sock)
+        return 0
     server.serve()
     return 0
 
@@ -216,6 +228,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ready-fd", type=int, default=None, help="write the bound address to this fd, then close it"
     )
+    serve.add_argument(
+        "--dial",
+        default=None,
+        help="connect to this unix:// address and serve one session on it (a sandbox's dial-back; "
+        "default $RLMESH_DIAL)",
+    )
     serve.add_argument("--allow-remote-shutdown", action="store_true", help="let clients stop the server")
     serve.add_argument(
         "--idle-timeout", type=float, default=None, help="stop after this many seconds without requests"
@@ -261,6 +279,10 @@ def _parser() -> argparse.ArgumentParser:
     clean = shm_sub.add_parser("clean", help="remove segments whose creator is gone")
     clean.add_argument("--dry-run", action="store_true")
     shm.set_defaults(func=_shm)
+
+    from .sandbox._cli import add_parser as add_sandbox_parser
+
+    add_sandbox_parser(sub)
     return parser
 
 

@@ -78,3 +78,15 @@ class Model(_ModelBase[Any, Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         ensure_available()
         super().__init__(*args, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    # SandboxEnv and SandboxVectorEnv live in layer 6 (rlmesh.sandbox): loaded on
+    # first use, so `import rlmesh.jax` never loads the sandbox package.
+    if name in ("SandboxEnv", "SandboxVectorEnv"):
+        from importlib import import_module
+
+        value = import_module("rlmesh.sandbox.backends").sandbox_class("jax", name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
