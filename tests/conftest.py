@@ -149,6 +149,28 @@ def import_or_skip(name: str) -> Any:
         pytest.fail(f"{REQUIRE_TRAIN}=1 but {name} cannot be imported: {exc}", pytrace=False)
 
 
+#: Set by .ci/run once dockerd runs and the sandbox base image is built: the
+#: Docker sandbox tests must run; a skip for a missing daemon fails instead.
+REQUIRE_DOCKER = "RLMESH_REQUIRE_DOCKER"
+
+
+def docker_or_skip() -> Any:
+    """A docker-py client of the local daemon, else skip (fail when $RLMESH_REQUIRE_DOCKER is 1, as in CI).
+
+    The caller closes it (its connection to the daemon is a socket the leak check counts).
+    """
+    reason = None
+    try:
+        from rlmesh.sandbox import _docker
+
+        return _docker.client()
+    except Exception as exc:  # BackendUnavailable (no docker package), SandboxError (no daemon)
+        reason = f"no Docker daemon for the sandbox tests: {exc}"
+    if os.environ.get(REQUIRE_DOCKER) == "1":
+        pytest.fail(f"{REQUIRE_DOCKER}=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "allow_leaks: skip the leak check (for tests of the check itself)")
 
