@@ -61,6 +61,9 @@ BACKOFF_MAX = 2.0
 _LIVE, _LOST, _REJOINED = "live", "lost", "rejoined"
 _REJOIN = -1  # the ticket of a rejoin report
 
+#: One endpoint's share of a batch: (endpoint, obs, rewards, terminated, truncated, info).
+_Part = tuple["_Endpoint", Any, Any, Any, Any, "dict[str, Any] | None"]
+
 
 def _is_loss(exc: BaseException) -> bool:
     """Errors that lose an endpoint (not an env's own error, not a bad argument)."""
@@ -86,7 +89,7 @@ class _Endpoint:
         self.index = index
         self.address = address
         self.lo = lo
-        self.n = client.num_envs
+        self.n: int = client.num_envs
         self.client: Any = client
         self.contract = client.env_contract
         self._connect = connect
@@ -213,7 +216,8 @@ class ShardedVectorEnvBase:
             this order.
         on_lost: "truncate" (the lost lanes end truncated and are masked) or
             "raise" (:class:`EndpointLostError`).
-        auth_token: the servers' shared secret (passed to every client).
+        auth_token: the servers' shared secret (passed to every client; None:
+            ``RLMESH_AUTH_TOKEN``, else none).
         connect_timeout_seconds: retry each first connection until this deadline.
         request_timeout_seconds: the default deadline of each call (None:
             300 s; 0 or ``math.inf``: none). An endpoint that misses it is lost.
@@ -260,11 +264,11 @@ class ShardedVectorEnvBase:
             "request_timeout_seconds": request_timeout_seconds,
             "shared_memory": shared_memory,
             "spin": spin,
+            "auth_token": auth_token,
         }
-        if auth_token is not None:
-            kwargs["auth_token"] = auth_token
         redial = {**kwargs, "connect_timeout_seconds": None}
         from ..numpy import RemoteVectorEnv as cls
+
         self._out: queue.SimpleQueue[Any] = queue.SimpleQueue()
         endpoints: list[_Endpoint] = []
         try:
@@ -355,7 +359,8 @@ class ShardedVectorEnvBase:
     @property
     def render_mode(self) -> str | None:
         """The served render mode."""
-        return self._contract.render_mode
+        mode: str | None = self._contract.render_mode
+        return mode
 
     @property
     def metadata(self) -> Any:
@@ -393,7 +398,9 @@ class ShardedVectorEnvBase:
     def _take(self, timeout: float | None) -> Any:
         """The next report of an endpoint thread, or None after ``timeout``; ClosedError once closed."""
         try:
-            item = self._out.get(timeout=timeout) if timeout is None or timeout > 0 else self._out.get_nowait()
+            item = (
+                self._out.get(timeout=timeout) if timeout is None or timeout > 0 else self._out.get_nowait()
+            )
         except queue.Empty:
             item = None
         self._life.check_open()
@@ -458,7 +465,7 @@ class ShardedVectorEnvBase:
         return _tree_map(np.zeros_like, template)
 
     def _assemble(
-        self, parts: list[tuple[_Endpoint, Any, Any, Any, Any, dict[str, Any] | None]], lost: set[int], restarted: set[int]
+        self, parts: list[_Part], lost: set[int], restarted: set[int]
     ) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """One batch over ``parts`` (endpoint, obs, rewards, terminated, truncated, info), in lane order."""
         np = self._np
@@ -510,7 +517,7 @@ class ShardedVectorEnvBase:
         zeros = np.zeros(ep.n, dtype=np.bool_)
         return (ep, obs, np.zeros(ep.n), zeros, zeros.copy(), _without_bookkeeping(info))
 
-    def _raise_or_return(self, batch: Any, lost: set[int], what: str) -> Any:
+    def _raise_if_lost(self, batch: Any, lost: set[int], what: str) -> None:
         if lost and self._on_lost == "raise":
             lanes = [g for i in sorted(lost) for g in self.lanes_of(i)]
             names = ", ".join(f"{i} ({self._endpoints[i].address})" for i in sorted(lost))
@@ -520,7 +527,6 @@ class ShardedVectorEnvBase:
                 endpoints=sorted(lost),
                 partial=batch,
             )
-        return batch
 
     def _check_idle(self) -> None:
         self._life.check_open()
@@ -559,6 +565,8 @@ class ShardedVectorEnvBase:
         elif isinstance(seed, int) and not isinstance(seed, bool):
             seeds = [seed + g for g in range(n)]
         else:
+            if isinstance(seed, (bool, int)):
+                raise ValueError(f"seed must be a non-negative int or one per lane, got {seed!r}")
             seeds = list(seed)
             if len(seeds) != n:
                 raise ValueError(f"expected {n} seeds, one per lane, got {len(seeds)}")
@@ -594,7 +602,9 @@ class ShardedVectorEnvBase:
             self._submit(ep, call)
             asked.add(ep.index)
         got = self._wait_all(asked, deadline)
-        parts, lost, restarted = [], set(), set()
+        parts: list[_Part] = []
+        lost: set[int] = set()
+        restarted: set[int] = set()
         for ep in self._endpoints:
             answer = got.get(ep.index)
             if answer is not None and answer[0] is not None and not _is_loss(answer[0]):
@@ -617,9 +627,12 @@ class ShardedVectorEnvBase:
             else:
                 parts.append(self._masked_part(ep, lost_now=False))
         obs, _, _, _, info = self._assemble(parts, lost, restarted)
-        return self._raise_or_return((obs, info), lost, "reset")
+        self._raise_if_lost((obs, info), lost, "reset")
+        return obs, info
 
-    def step(self, actions: Any, *, timeout: float | None = None) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    def step(
+        self, actions: Any, *, timeout: float | None = None
+    ) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """Step every live lane; see :meth:`step_async` and :meth:`step_wait`.
 
         Returns:
@@ -651,8 +664,9 @@ class ShardedVectorEnvBase:
         deadline = self._deadline(timeout)
         left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
         # The calling thread drives every endpoint whose client splits a step for
-        # real (the vector fast path: step_async returns at once) and one other
-        # inline; the rest go to their threads, so they all step in parallel.
+        # real (step_async returns once the request is out: the vector fast path,
+        # or a client with a readiness probe) and one other inline; the rest go
+        # to their threads. Either way the endpoints step in parallel.
         self._inline = []
         self._early = {}
         slot = True
@@ -662,7 +676,7 @@ class ShardedVectorEnvBase:
             sub = _tree_slice(actions, ep.lo, ep.hi)
             self._pending[ep.index] = list(range(ep.lo, ep.hi))
             client = ep.client
-            split = bool(getattr(client, "fast_path", False))
+            split = bool(getattr(client, "fast_path", False)) or callable(getattr(client, "poll", None))
             if split or slot:
                 slot = slot and split
                 try:
@@ -719,9 +733,12 @@ class ShardedVectorEnvBase:
         self._inline, self._early = [], {}
         return self._collect(got, asked, "step")
 
-    def _collect(self, got: dict[int, tuple[Any, Any]], asked: set[int], what: str) -> Any:
-        np = self._np
-        parts, lost, restarted = [], set(), set()
+    def _collect(
+        self, got: dict[int, tuple[Any, Any]], asked: set[int], what: str
+    ) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        parts: list[_Part] = []
+        lost: set[int] = set()
+        restarted: set[int] = set()
         error: BaseException | None = None
         for ep in self._endpoints:
             answer = got.get(ep.index)
@@ -742,8 +759,9 @@ class ShardedVectorEnvBase:
                 parts.append(self._masked_part(ep, lost_now=False))
         if error is not None:
             raise error
-        del np
-        return self._raise_or_return(self._assemble(parts, lost, restarted), lost, what)
+        batch = self._assemble(parts, lost, restarted)
+        self._raise_if_lost(batch, lost, what)
+        return batch
 
     def send(self, actions: Any, env_ids: Any = None) -> None:
         """Send actions to whole endpoints' lanes (default: every lane) and return at once.
@@ -782,7 +800,7 @@ class ShardedVectorEnvBase:
                 raise ValueError(
                     f"send() covers whole endpoints: endpoint {ep.index} owns lanes {ep.lo}..{ep.hi - 1}"
                 )
-            if ep.index in self._pending or any(e.index == ep.index for e, _, _ in self._ready):
+            if ep.index in self._pending or any(i == ep.index for i, _, _ in self._ready):
                 raise ValueError(f"lanes {ep.lo}..{ep.hi - 1} are in flight: recv() them first")
             plan.append((ep, mine))
         for ep, positions in plan:
@@ -832,7 +850,9 @@ class ShardedVectorEnvBase:
         if min_envs is None:
             min_envs = outstanding
         if isinstance(min_envs, bool) or not isinstance(min_envs, int) or not 1 <= min_envs <= outstanding:
-            raise ValueError(f"min_envs must be between 1 and the {outstanding} lanes in flight, got {min_envs!r}")
+            raise ValueError(
+                f"min_envs must be between 1 and the {outstanding} lanes in flight, got {min_envs!r}"
+            )
         seconds = self._timeout_default if timeout is None else _seconds("timeout", timeout, None)
         end = None if seconds is None else time.monotonic() + seconds
         while True:
@@ -860,7 +880,8 @@ class ShardedVectorEnvBase:
         obs, rewards, terminated, truncated, info = self._assemble(parts, lost, restarted)
         ids = np.concatenate([np.arange(p[0].lo, p[0].hi, dtype=np.int64) for p in parts])
         batch = (obs, rewards, terminated, truncated, info, ids)
-        return self._raise_or_return(batch, lost, "recv")  # type: ignore[no-any-return]
+        self._raise_if_lost(batch, lost, "recv")
+        return batch
 
     def _ready_answer(self, ep: _Endpoint, exc: BaseException | None, result: Any) -> None:
         if ep.index not in self._pending:
@@ -902,7 +923,9 @@ class ShardedVectorEnvBase:
         ep = next(e for e in self._endpoints if e.lo <= env_index < e.hi)
         if ep.state == _LOST:
             raise EndpointLostError(
-                f"endpoint {ep.index} ({ep.address}) is lost", lanes=list(self.lanes_of(ep.index)), endpoints=[ep.index]
+                f"endpoint {ep.index} ({ep.address}) is lost",
+                lanes=list(self.lanes_of(ep.index)),
+                endpoints=[ep.index],
             )
         deadline = self._deadline(timeout)
         left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
@@ -911,7 +934,9 @@ class ShardedVectorEnvBase:
         answer = self._wait_all({ep.index}, deadline).get(ep.index)
         if answer is None:
             raise EndpointLostError(
-                f"endpoint {ep.index} ({ep.address}) missed the deadline", lanes=list(self.lanes_of(ep.index)), endpoints=[ep.index]
+                f"endpoint {ep.index} ({ep.address}) missed the deadline",
+                lanes=list(self.lanes_of(ep.index)),
+                endpoints=[ep.index],
             )
         if answer[0] is not None:
             raise answer[0]
@@ -1043,9 +1068,11 @@ def _merge_infos(np: Any, parts: list[tuple[dict[str, Any] | None, int]]) -> dic
             out[key] = next(v for v, _ in values if v is not None)
             continue
         masks = []
-        for (info, n), (value, _) in zip(parts, values, strict=True):
+        for info, n in parts:
             mask = None if info is None else info.get(f"_{key}")
-            masks.append(np.asarray(mask, dtype=np.bool_) if mask is not None else np.zeros(n, dtype=np.bool_))
+            masks.append(
+                np.asarray(mask, dtype=np.bool_) if mask is not None else np.zeros(n, dtype=np.bool_)
+            )
         out[f"_{key}"] = np.concatenate(masks)
         if any(isinstance(v, dict) for v, _ in values):
             out[key] = _merge_infos(np, [(v if isinstance(v, dict) else None, n) for v, n in values])
@@ -1053,7 +1080,9 @@ def _merge_infos(np: Any, parts: list[tuple[dict[str, Any] | None, int]]) -> dic
         arrays = [v for v, _ in values if isinstance(v, np.ndarray)]
         if arrays and all(isinstance(v, np.ndarray) or v is None for v, _ in values):
             dtype = np.result_type(*arrays) if all(a.dtype != object for a in arrays) else object
-            merged = np.zeros(total, dtype=dtype) if dtype != object else np.full(total, None, dtype=object)
+            merged = (
+                np.zeros(total, dtype=dtype) if dtype is not object else np.full(total, None, dtype=object)
+            )
             at = 0
             for value, n in values:
                 if value is not None:

@@ -66,9 +66,10 @@ def test_replays_a_local_sync_vector_env_bit_for_bit(mode: str) -> None:
     local = gymnasium.make_vec(
         "CartPole-v1", num_envs=N, vectorization_mode="sync", vector_kwargs={"autoreset_mode": mode}
     )
-    with endpoints("--autoreset-mode", mode) as (_, addresses), ShardedVectorEnv(
-        addresses, shared_memory=False, request_timeout_seconds=30
-    ) as env:
+    with (
+        endpoints("--autoreset-mode", mode) as (_, addresses),
+        ShardedVectorEnv(addresses, shared_memory=False, request_timeout_seconds=30) as env,
+    ):
         assert env.num_envs == N and env.autoreset_mode == mode
         assert [env.lanes_of(i) for i in range(3)] == [range(0, 2), range(2, 5), range(5, 7)]
         obs, info = env.reset(seed=11)
@@ -98,9 +99,10 @@ def test_replays_a_local_sync_vector_env_bit_for_bit(mode: str) -> None:
 
 
 def test_a_killed_endpoint_is_truncated_at_once_then_masked_and_a_restarted_one_rejoins() -> None:
-    with endpoints() as (procs, addresses), ShardedVectorEnv(
-        addresses, shared_memory=False, request_timeout_seconds=30
-    ) as env:
+    with (
+        endpoints() as (procs, addresses),
+        ShardedVectorEnv(addresses, shared_memory=False, request_timeout_seconds=30) as env,
+    ):
         env.reset(seed=3)
         for t in range(5):
             _, _, _, _, info = env.step(actions_at(t))
@@ -118,7 +120,9 @@ def test_a_killed_endpoint_is_truncated_at_once_then_masked_and_a_restarted_one_
         # Masked: not stepped, zero fillers, the others step on.
         obs, rewards, _, truncated, info = env.step(actions_at(7))
         assert not truncated[lanes].any() and not info["rlmesh_lost"].any()
-        assert not info["rlmesh_live"][lanes].any() and (obs[lanes] == 0).all() and (rewards[lanes] == 0).all()
+        assert (
+            not info["rlmesh_live"][lanes].any() and (obs[lanes] == 0).all() and (rewards[lanes] == 0).all()
+        )
         assert env.live == [True, False, True]
         # A new server on the same address rejoins: its lanes are reset with their seeds.
         port = addresses[1].rsplit(":", 1)[1]
@@ -143,9 +147,10 @@ def test_a_killed_endpoint_is_truncated_at_once_then_masked_and_a_restarted_one_
 
 
 def test_on_lost_raise_carries_the_partial_batch() -> None:
-    with endpoints() as (procs, addresses), ShardedVectorEnv(
-        addresses, shared_memory=False, on_lost="raise", reconnect=False
-    ) as env:
+    with (
+        endpoints() as (procs, addresses),
+        ShardedVectorEnv(addresses, shared_memory=False, on_lost="raise", reconnect=False) as env,
+    ):
         env.reset(seed=0)
         procs[2].kill()
         procs[2].wait()
@@ -161,9 +166,10 @@ def test_on_lost_raise_carries_the_partial_batch() -> None:
 
 
 def test_a_stopped_endpoint_is_a_straggler_not_a_hang() -> None:
-    with endpoints() as (procs, addresses), ShardedVectorEnv(
-        addresses, shared_memory=False, request_timeout_seconds=20
-    ) as env:
+    with (
+        endpoints() as (procs, addresses),
+        ShardedVectorEnv(addresses, shared_memory=False, request_timeout_seconds=20) as env,
+    ):
         env.reset(seed=1)
         os.kill(procs[0].pid, signal.SIGSTOP)
         try:
@@ -206,7 +212,9 @@ def test_send_recv_returns_ready_lanes_first_and_loses_nothing() -> None:
             env.send(actions_at(t)[: len(ids)], env_ids=ids)
         _, _, _, _, _, ids = env.recv(timeout=10)
         steps[ids] += 1
-        assert (steps[:2] == steps[0]).all() and (steps[2:5] == steps[2]).all() and (steps[5:] == steps[5]).all()
+        assert (
+            (steps[:2] == steps[0]).all() and (steps[2:5] == steps[2]).all() and (steps[5:] == steps[5]).all()
+        )
         assert steps.min() >= 1
         with pytest.raises(ValueError, match="whole endpoints"):
             env.send(actions_at(0)[:1], env_ids=[0])
