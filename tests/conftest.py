@@ -135,18 +135,20 @@ def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float =
 #: Set by .ci/run: the training extras (torch, Stable-Baselines3) are installed,
 #: so a test that needs them must run; a skip for a missing one fails instead.
 REQUIRE_TRAIN = "RLMESH_REQUIRE_SB3"
+#: Set by .ci/run: Ray is installed (the ``ray`` extra), so the Ray tests must run.
+REQUIRE_RAY = "RLMESH_REQUIRE_RAY"
 
 
-def import_or_skip(name: str) -> Any:
-    """``pytest.importorskip(name)``, except that it fails when $RLMESH_REQUIRE_SB3 is 1 (as in CI)."""
-    if os.environ.get(REQUIRE_TRAIN) != "1":
+def import_or_skip(name: str, *, required_by: str = REQUIRE_TRAIN) -> Any:
+    """``pytest.importorskip(name)``, except that it fails when ``$required_by`` is 1 (as in CI)."""
+    if os.environ.get(required_by) != "1":
         return pytest.importorskip(name)
     import importlib
 
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        pytest.fail(f"{REQUIRE_TRAIN}=1 but {name} cannot be imported: {exc}", pytrace=False)
+        pytest.fail(f"{required_by}=1 but {name} cannot be imported: {exc}", pytrace=False)
 
 
 #: Set by .ci/run once dockerd runs and the sandbox base image is built: the
