@@ -481,12 +481,10 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
     # -- the vector fast path (rlmesh.vector) ---------------------------------------------------
 
     _lanes: Any = None
-    _async_actions: tuple[Any] | None = None
 
     def _attach(self, conn: ClientSession) -> None:
         super()._attach(conn)
         self._lanes = None
-        self._async_actions = None
         self._pending_new_ids = []
         taken = conn.take_vector()
         if taken is None:
@@ -602,7 +600,6 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
         if lanes is None:
             return super().reset(seed=seed, options=options, timeout=timeout)  # type: ignore[arg-type]
         self._life.check_open()
-        self._async_actions = None
         obs, info = lanes.reset(seed, options, self._timeout(timeout))
         mask = options.get("reset_mask") if isinstance(options, dict) else None
         reset_lanes = range(self._contract.num_envs) if mask is None else [i for i, m in enumerate(mask) if m]
@@ -617,24 +614,29 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
     def step_async(self, actions: Any) -> None:
         """Send a step's actions and return at once; :meth:`step_wait` collects the results.
 
-        On the fast path the workers step while the caller computes. Off it
-        (an endpoint without worker processes, or TCP), this is a thin
-        wrapper: the actions are kept and :meth:`step_wait` runs the step.
+        The request is on its way when this returns, on every kind of
+        endpoint: on the fast path the workers step while the caller
+        computes; otherwise the STEP request is sent to the server, which
+        steps while the caller computes. One step in flight per client: any
+        other call but :meth:`poll`, :meth:`step_wait` and :meth:`close`
+        raises ValueError until it is collected.
 
         Raises:
             ValueError: a step already in flight, or the wrong number of actions.
+            OperationTimeout, BrokenError, ClosedError.
         """
         self._life.check_open()
         lanes = self._lanes
         if lanes is not None:
             lanes.start_step(actions)
             return
-        if self._async_actions is not None:
-            raise ValueError("a step is already in flight: call step_wait() first")
-        self._async_actions = (actions,)
+        self._conn.begin_step(self._encode_actions(actions), TailBuilder())
 
     def step_wait(self, *, timeout: float | None = None) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """The results of the step :meth:`step_async` sent, as :meth:`step` returns them.
+
+        Off the fast path, an OperationTimeout leaves the step in flight: a
+        later call collects it (:meth:`poll` says when it is in).
 
         Raises:
             ValueError: no step in flight. As :meth:`step`.
@@ -644,10 +646,33 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
         if lanes is not None:
             result, done = lanes.finish_step(self._timeout(timeout))
             return self._fast_result(result, done)
-        if self._async_actions is None:
-            raise ValueError("no step in flight: call step_async() first")
-        (actions,), self._async_actions = self._async_actions, None
-        return self.step(actions, timeout=timeout)
+        return self._sync_result(self._conn.finish_step(self._timeout(timeout)))
+
+    def poll(self, timeout: float | None = 0.0, *, min_envs: int | None = None) -> bool:
+        """Whether results are in: True when :meth:`step_wait` (or :meth:`recv`) would not wait.
+
+        A readiness probe for stepping many clients at once: True also when
+        collecting would raise at once (a server or worker lost, an env
+        error). It consumes nothing.
+
+        Args:
+            timeout: seconds to wait for the results: 0 (the default) looks
+                and returns; None waits until they are in.
+            min_envs: with lanes sent by :meth:`send`, how many lanes must be
+                ready (default: every lane sent), as :meth:`recv` counts them.
+
+        Raises:
+            ValueError: nothing in flight (no step_async, no send), or a bad ``min_envs``.
+            ClosedError, BusyError.
+        """
+        self._life.check_open()
+        seconds = None if timeout is None else check_timeout(timeout, "timeout")
+        lanes = self._lanes
+        if lanes is not None:
+            return bool(lanes.poll(seconds, min_envs))
+        if min_envs is not None:
+            raise ValueError("min_envs is for lanes sent with send() (the fast path)")
+        return self._conn.poll(seconds)
 
     def send(self, actions: Any, env_ids: Any = None) -> None:
         """Send actions to some lanes (default: all) and return at once (the fast path only).
@@ -722,9 +747,11 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
             result, done = lanes.step(actions, self._timeout(timeout))
             return self._fast_result(result, done)
         wire = self._encode_actions(actions)
-        _, _, obs, rewards, terminations, truncations, info = self._conn.step(
-            wire, TailBuilder(), self._timeout(timeout)
-        )
+        return self._sync_result(self._conn.step(wire, TailBuilder(), self._timeout(timeout)))
+
+    def _sync_result(self, response: list[Any]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        """A step's results from the server's OK (off the fast path), with episode ids tracked."""
+        _, _, obs, rewards, terminations, truncations, info = response
         info = dict(info) if type(info) is dict else {}
         mode = self._contract.autoreset_mode
         # Lanes that ended on the previous step were reset by this one (NextStep).

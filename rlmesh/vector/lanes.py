@@ -43,7 +43,15 @@ from typing import Any
 from .._buffers import keepalive_view
 from .._lifecycle import Lifecycle, State
 from .._spin import SpinPolicy
-from ..errors import BusyError, InvalidHandle, OperationTimeout, ProtocolError, RemoteError, WorkerError
+from ..errors import (
+    BrokenError,
+    BusyError,
+    InvalidHandle,
+    OperationTimeout,
+    ProtocolError,
+    RemoteError,
+    WorkerError,
+)
 from ..shm import Segment
 from ..shm.doorbell import Doorbell
 from ..specs import EnvContract
@@ -677,6 +685,61 @@ class Lanes:
         self._all_masked = False
         _, seq = self._command(w, L.OP_STEP, self.layout.buffers)
         self._busy[w] = (seq, lanes)
+
+    def poll(self, timeout: float | None, min_envs: int | None = None) -> bool:
+        """Whether what is in flight is done: True when :meth:`finish_step` (or :meth:`recv`) would not wait.
+
+        True also when collecting would raise at once (a worker lost, an
+        env error, the server gone). Consumes nothing.
+
+        Args:
+            timeout: seconds to wait; 0 looks once; None waits until ready.
+            min_envs: with lanes sent by :meth:`send`, how many must be ready
+                (default: every lane sent).
+
+        Raises:
+            ValueError: nothing in flight, or a bad ``min_envs``. ClosedError.
+        """
+        self._life.check_open()
+        if self._step is not None:
+            if min_envs is not None:
+                raise ValueError("min_envs is for lanes sent with send(), not a step_async()")
+            ready = self._ready(self._step[1])
+        elif self._pending:
+            outstanding = len(self._pending)
+            want = outstanding if min_envs is None else min_envs
+            if isinstance(want, bool) or not isinstance(want, int) or not 1 <= want <= outstanding:
+                raise ValueError(
+                    f"min_envs must be between 1 and the {outstanding} lanes in flight, got {min_envs!r}"
+                )
+            buf, unpack = self._buf, _U32.unpack_from
+            blocks = [self.layout.worker_block(w) for w in range(self.layout.workers)]
+
+            def ready() -> bool:
+                count = 0
+                for w, busy in enumerate(self._busy):
+                    if busy is not None and (
+                        unpack(buf, blocks[w] + L.W_DONE_SEQ)[0] == busy[0]
+                        or unpack(buf, blocks[w] + L.W_STATUS)[0] != L.STATUS_OK
+                    ):
+                        count += len(busy[1])
+                return count >= want
+
+        else:
+            raise ValueError("nothing in flight: call step_async() or send() first")
+        try:
+            self._bell.wait(ready, timeout, spin=self._spin, check=self._check)
+        except OperationTimeout:
+            check = self._check
+            if check is not None:
+                try:
+                    check()
+                except BrokenError:
+                    return True  # the server is gone: collecting raises at once
+            return False
+        except BrokenError:
+            return True
+        return True
 
     def recv(
         self, min_envs: int | None, timeout: float | None
