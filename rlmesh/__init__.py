@@ -50,6 +50,7 @@ from .values import sanitize_metadata as sanitize_metadata
 if TYPE_CHECKING:
     from . import spaces as spaces, specs as specs
     from .client import RemoteEnv as RemoteEnv, RemoteVectorEnv as RemoteVectorEnv
+    from .model_server import ModelServer as ModelServer
     from .models import (
         RANDOM_SAMPLE as RANDOM_SAMPLE,
         EpisodeResult as EpisodeResult,
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
         run as run,
         session as session,
     )
+    from .remote_model import RemoteModel as RemoteModel
     from .server import EnvServer as EnvServer, ServeOptions as ServeOptions
 
 __version__ = "0.1.0"
@@ -86,6 +88,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "RunHooks": ("rlmesh.models", "RunHooks"),
     "StepEvent": ("rlmesh.models", "StepEvent"),
     "RANDOM_SAMPLE": ("rlmesh.models", "RANDOM_SAMPLE"),
+    "RemoteModel": ("rlmesh.remote_model", "RemoteModel"),
+    "ModelServer": ("rlmesh.model_server", "ModelServer"),
     # Layer 6; docker is imported only when a sandbox starts.
     "SandboxEnv": ("rlmesh.sandbox.env", "SandboxEnv"),
     "SandboxVectorEnv": ("rlmesh.sandbox.env", "SandboxVectorEnv"),
@@ -122,11 +126,13 @@ __all__ = [
     "InvalidActionError",
     "Model",
     "ModelBase",
+    "ModelServer",
     "OperationTimeout",
     "ProtocolError",
     "RANDOM_SAMPLE",
     "RemoteEnv",
     "RemoteError",
+    "RemoteModel",
     "RemoteVectorEnv",
     "RestartPolicy",
     "RLMeshError",

@@ -26,11 +26,13 @@ from typing import Any
 from .backends.jax import BRIDGE, asarray, ensure_available, from_array, space_from_spec
 from .client import RemoteEnv as _RemoteEnv, RemoteVectorEnv as _RemoteVectorEnv
 from .models import ModelBase as _ModelBase
+from .remote_model import RemoteModelBase as _RemoteModelBase
 
 __all__ = [
     "JaxValue",
     "Model",
     "RemoteEnv",
+    "RemoteModel",
     "RemoteVectorEnv",
     "asarray",
     "ensure_available",
@@ -78,6 +80,19 @@ class Model(_ModelBase[Any, Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         ensure_available()
         super().__init__(*args, **kwargs)
+
+
+class RemoteModel(_RemoteModelBase):
+    """A served model (``Model.serve``) used wherever a Model goes, with JAX arrays (experimental).
+
+    See :class:`rlmesh.remote_model.RemoteModelBase` for the constructor and lifetime.
+    """
+
+    _bridge = BRIDGE
+    _client_classes = (RemoteEnv, RemoteVectorEnv)
+
+    def _ensure_backend(self) -> None:
+        ensure_available()
 
 
 def __getattr__(name: str) -> Any:

@@ -355,6 +355,59 @@ class ModelBase(Generic[ObsT, ActT]):
             stacklevel=3,
         )
 
+    # -- serving -------------------------------------------------------------------------------
+
+    def serve(
+        self,
+        address: str | None = None,
+        *,
+        options: Any = None,
+        observation_space: Any = None,
+        action_space: Any = None,
+    ) -> None:
+        """Serve this model's predict at ``address`` until stopped (SIGINT or SIGTERM); blocking.
+
+        Clients connect with :class:`rlmesh.RemoteModel` (or its NumPy and
+        JAX variants) and use it wherever a Model goes. The model declares
+        the spaces it works in: ``observation_space`` and ``action_space``
+        here, else attributes of those names on the model (see
+        :func:`rlmesh.model_server.model_contract`). ``options`` is a
+        :class:`rlmesh.ServeOptions`. For a server to start and stop from
+        code, use :meth:`server`.
+
+        Raises:
+            ConnectError: the address cannot be bound.
+            TypeError: the model declares no spaces.
+        """
+        self.server(
+            address, options=options, observation_space=observation_space, action_space=action_space
+        ).serve()
+
+    def server(
+        self,
+        address: str | None = None,
+        *,
+        options: Any = None,
+        observation_space: Any = None,
+        action_space: Any = None,
+    ) -> Any:
+        """A :class:`rlmesh.model_server.ModelServer` for this model, bound but not started.
+
+        Call its ``start()`` (a background thread) or ``serve()`` (blocking),
+        and ``shutdown()`` (or use it as a context manager); ``address``
+        defaults to a free TCP port on loopback and the bound one is its
+        ``address``. See :meth:`serve` for the arguments.
+
+        Raises:
+            ConnectError: the address cannot be bound.
+            TypeError: the model declares no spaces.
+        """
+        from .model_server import ModelServer
+
+        return ModelServer(
+            self, address, options=options, observation_space=observation_space, action_space=action_space
+        )
+
 
 class Model(ModelBase[Any, Any]):
     """A model whose corners receive :class:`rlmesh.Tensor` leaves.

@@ -19,12 +19,14 @@ from typing import Any
 from .backends.numpy import BRIDGE, asarray, ensure_available, from_array, space_from_spec
 from .client import RemoteEnv as _RemoteEnv, RemoteVectorEnv as _RemoteVectorEnv
 from .models import ModelBase as _ModelBase
+from .remote_model import RemoteModelBase as _RemoteModelBase
 from .vector.sharded import ShardedVectorEnv
 
 __all__ = [
     "Model",
     "NumpyValue",
     "RemoteEnv",
+    "RemoteModel",
     "RemoteVectorEnv",
     "ShardedVectorEnv",
     "asarray",
@@ -87,6 +89,19 @@ class Model(_ModelBase[Any, Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         ensure_available()
         super().__init__(*args, **kwargs)
+
+
+class RemoteModel(_RemoteModelBase):
+    """A served model (``Model.serve``) used wherever a Model goes, with NumPy observations and actions.
+
+    See :class:`rlmesh.remote_model.RemoteModelBase` for the constructor and lifetime.
+    """
+
+    _bridge = BRIDGE
+    _client_classes = (RemoteEnv, RemoteVectorEnv)
+
+    def _ensure_backend(self) -> None:
+        ensure_available()
 
 
 def __getattr__(name: str) -> Any:

@@ -52,6 +52,8 @@ LAYERS: dict[str, int] = {
     "rlmesh.server": 4,
     "rlmesh.client": 4,
     "rlmesh.models": 4,
+    "rlmesh.model_server": 4,
+    "rlmesh.remote_model": 4,
     "rlmesh._corners": 4,
     "rlmesh._results": 4,
     "rlmesh._targets": 4,
