@@ -63,7 +63,7 @@ from .client import dial
 from .spaces import to_gymnasium_space
 from .specs import EnvContract
 
-__all__ = ["ENV_ID", "RemoteEnv", "RemoteVectorEnv", "make_vector"]
+__all__ = ["ENV_ID", "RemoteEnv", "RemoteVectorEnv", "ShardedVectorEnv", "make_vector"]
 
 #: The id registered with Gymnasium when this module is imported.
 ENV_ID = "rlmesh/Remote-v0"
@@ -483,6 +483,60 @@ class RemoteVectorEnv(VectorEnv):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} num_envs={self.num_envs} {self._client!r}>"
+
+
+class ShardedVectorEnv(RemoteVectorEnv):
+    """Many vector endpoints as one ``gymnasium.vector.VectorEnv`` (over ``rlmesh.numpy.ShardedVectorEnv``).
+
+    Args:
+        addresses: the endpoints, in lane order (see the NumPy class).
+        render_mode: None or the served render mode.
+        Other keywords: as :class:`rlmesh.numpy.ShardedVectorEnv` (``on_lost``,
+            ``auth_token``, ``request_timeout_seconds``, ``reconnect``...).
+
+    Infos are Gymnasium's batches and keep the lane states ``rlmesh_live``,
+    ``rlmesh_lost`` and ``rlmesh_restarted`` (with their ``_`` masks); the
+    NumPy client's ``episode_ids`` and ``completed_episodes`` are dropped.
+    :attr:`client` is the NumPy sharded env (``lanes_of``, ``send``/``recv``).
+
+    Raises:
+        As the NumPy class; ValueError: ``render_mode`` is not the served one.
+
+    Lifetime:
+        :meth:`close` detaches from every endpoint, idempotently; an env never
+        closed is closed when collected, with a ``ResourceWarning``.
+    """
+
+    def __init__(self, addresses: Sequence[str], *, render_mode: str | None = None, **kwargs: Any) -> None:
+        self._adopt(_rnp.ShardedVectorEnv(addresses, **kwargs), render_mode)  # type: ignore[arg-type]
+
+    def reset(
+        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Reset every live lane; ``seed`` is an int (lane ``g`` gets ``seed + g``) or one per lane.
+
+        Raises:
+            AlreadyPendingCallError: a step_async awaits its step_wait.
+            EndpointLostError, RemoteError, ClosedError.
+        """
+        if self._pending:
+            raise gymnasium.error.AlreadyPendingCallError(
+                "call step_wait() before reset(): a step_async() is pending", "step"
+            )
+        if isinstance(seed, int):
+            VectorEnv.reset(self, seed=seed)
+        obs, info = self._client.reset(seed=seed, options=options)
+        return obs, self._batch(_without_bookkeeping(info))
+
+    def _finish(self, result: tuple[Any, Any, Any, Any, dict[str, Any]]) -> tuple[Any, Any, Any, Any, Any]:
+        obs, rewards, terminations, truncations, info = result
+        return obs, rewards, terminations, truncations, self._batch(_without_bookkeeping(info))
+
+
+def _without_bookkeeping(info: dict[str, Any]) -> dict[str, Any]:
+    info.pop("episode_ids", None)
+    info.pop("completed_episodes", None)
+    return info
 
 
 # -- infos as Gymnasium batches them -----------------------------------------------------

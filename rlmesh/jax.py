@@ -26,6 +26,7 @@ from typing import Any
 from .backends.jax import BRIDGE, asarray, ensure_available, from_array, space_from_spec
 from .client import RemoteEnv as _RemoteEnv, RemoteVectorEnv as _RemoteVectorEnv
 from .models import ModelBase as _ModelBase
+from .vector.sharded import ShardedVectorEnvBase as _ShardedVectorEnvBase
 from .remote_model import RemoteModelBase as _RemoteModelBase
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "RemoteEnv",
     "RemoteModel",
     "RemoteVectorEnv",
+    "ShardedVectorEnv",
     "asarray",
     "ensure_available",
     "from_array",
@@ -65,6 +67,19 @@ class RemoteVectorEnv(_RemoteVectorEnv):
 
     def _ensure_backend(self) -> None:
         ensure_available()
+
+
+class ShardedVectorEnv(_ShardedVectorEnvBase):
+    """Many vector endpoints stepped as one vector env; batches are JAX arrays.
+
+    Infos hold NumPy arrays. See :class:`rlmesh.vector.sharded.ShardedVectorEnvBase`.
+    """
+
+    _backend = "jax"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        ensure_available()
+        super().__init__(*args, **kwargs)
 
 
 class Model(_ModelBase[Any, Any]):

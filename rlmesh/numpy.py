@@ -20,7 +20,7 @@ from .backends.numpy import BRIDGE, asarray, ensure_available, from_array, space
 from .client import RemoteEnv as _RemoteEnv, RemoteVectorEnv as _RemoteVectorEnv
 from .models import ModelBase as _ModelBase
 from .remote_model import RemoteModelBase as _RemoteModelBase
-from .vector.sharded import ShardedVectorEnv
+from .vector.sharded import ShardedVectorEnvBase as _ShardedVectorEnvBase
 
 __all__ = [
     "Model",
@@ -69,6 +69,20 @@ class RemoteVectorEnv(_RemoteVectorEnv):
 
     def _ensure_backend(self) -> None:
         ensure_available()
+
+
+class ShardedVectorEnv(_ShardedVectorEnvBase):
+    """Many vector endpoints stepped as one vector env; batches are NumPy arrays.
+
+    See :class:`rlmesh.vector.sharded.ShardedVectorEnvBase` for the arguments,
+    the lane layout, lost endpoints and send/recv.
+
+    Example:
+        >>> env = ShardedVectorEnv(["tcp://10.0.0.5:7001", "tcp://10.0.0.6:7001"])  # doctest: +SKIP
+        >>> obs, info = env.reset(seed=0)                  # lane g gets seed 0 + g  # doctest: +SKIP
+    """
+
+    _backend = "numpy"
 
 
 class Model(_ModelBase[Any, Any]):

@@ -315,6 +315,11 @@ class ShardedVectorEnvBase:
         """The endpoints' addresses, in lane order."""
         return [ep.address for ep in self._endpoints]
 
+    @property
+    def address(self) -> str:
+        """The endpoints' addresses, comma-separated (as error messages name the env)."""
+        return ", ".join(ep.address for ep in self._endpoints)
+
     def lanes_of(self, endpoint_index: int) -> range:
         """The global lanes of endpoint ``endpoint_index``."""
         ep = self._endpoints[endpoint_index]
@@ -627,6 +632,7 @@ class ShardedVectorEnvBase:
             else:
                 parts.append(self._masked_part(ep, lost_now=False))
         obs, _, _, _, info = self._assemble(parts, lost, restarted)
+        obs = _tree_map(self._array, obs)
         self._raise_if_lost((obs, info), lost, "reset")
         return obs, info
 
@@ -759,7 +765,9 @@ class ShardedVectorEnvBase:
                 parts.append(self._masked_part(ep, lost_now=False))
         if error is not None:
             raise error
-        batch = self._assemble(parts, lost, restarted)
+        obs, rewards, terminated, truncated, info = self._assemble(parts, lost, restarted)
+        arr = self._array
+        batch = (_tree_map(arr, obs), arr(rewards), arr(terminated), arr(truncated), info)
         self._raise_if_lost(batch, lost, what)
         return batch
 
@@ -879,7 +887,8 @@ class ShardedVectorEnvBase:
         restarted = {i for i, _, flag in ready if flag == "restarted"}
         obs, rewards, terminated, truncated, info = self._assemble(parts, lost, restarted)
         ids = np.concatenate([np.arange(p[0].lo, p[0].hi, dtype=np.int64) for p in parts])
-        batch = (obs, rewards, terminated, truncated, info, ids)
+        arr = self._array
+        batch = (_tree_map(arr, obs), arr(rewards), arr(terminated), arr(truncated), info, arr(ids))
         self._raise_if_lost(batch, lost, "recv")
         return batch
 
@@ -964,12 +973,44 @@ class ShardedVectorEnvBase:
 
     # -- backend hooks ----------------------------------------------------------------------
 
+    #: The backend whose arrays the calls return: "numpy", "jax" or "rlmesh" (Tensors).
+    _backend = "rlmesh"
+
+    def _bridge(self) -> Any:
+        from .._bridge import IDENTITY
+
+        if self._backend == "jax":
+            from ..backends.jax import BRIDGE
+
+            return BRIDGE
+        return IDENTITY
+
+    def _array(self, value: Any) -> Any:
+        """A NumPy batch array as this backend's array (NumPy: itself)."""
+        if self._backend == "numpy":
+            return value
+        from ..tensor import Tensor
+
+        value = self._np.ascontiguousarray(value)
+        return self._bridge().decode(Tensor.wrap(value, value.shape, value.dtype.name))
+
     def _host_actions(self, actions: Any) -> Any:
         """Actions as the NumPy clients take them (a backend's arrays become NumPy arrays)."""
-        return actions
+        if self._backend == "numpy":
+            return actions
+        np = self._np
+
+        def host(leaf: Any) -> Any:
+            if hasattr(leaf, "__dlpack__") and not isinstance(leaf, np.ndarray):
+                return np.from_dlpack(leaf)
+            return leaf
+
+        return _tree_map(host, actions)
 
     def _decode_frame(self, frame: Any) -> Any:
-        return frame
+        if frame is None or self._backend == "numpy" or not hasattr(frame, "dtype"):
+            return frame
+        return self._array(frame)
 
 
 # -- trees and infos ------------------------------------------------------------------------------
@@ -1098,4 +1139,9 @@ def _merge_infos(np: Any, parts: list[tuple[dict[str, Any] | None, int]]) -> dic
 
 
 class ShardedVectorEnv(ShardedVectorEnvBase):
-    """A sharded vector env whose observations and batches are NumPy arrays (``rlmesh.numpy``)."""
+    """A sharded vector env whose batches are :class:`rlmesh.Tensor` (``rlmesh.ShardedVectorEnv``).
+
+    ``rlmesh.numpy.ShardedVectorEnv`` returns NumPy arrays and
+    ``rlmesh.jax.ShardedVectorEnv`` JAX arrays; infos hold NumPy arrays in
+    every backend. See :class:`ShardedVectorEnvBase`.
+    """
