@@ -26,8 +26,8 @@ from typing import Any
 from .backends.jax import BRIDGE, asarray, ensure_available, from_array, space_from_spec
 from .client import RemoteEnv as _RemoteEnv, RemoteVectorEnv as _RemoteVectorEnv
 from .models import ModelBase as _ModelBase
-from .vector.sharded import ShardedVectorEnvBase as _ShardedVectorEnvBase
 from .remote_model import RemoteModelBase as _RemoteModelBase
+from .vector.sharded import ShardedVectorEnvBase as _ShardedVectorEnvBase
 
 __all__ = [
     "JaxValue",
