@@ -19,6 +19,7 @@ so the mapping outlives every view even after the peer closes.
 from __future__ import annotations
 
 import collections
+import os
 import weakref
 from typing import Any
 
@@ -110,6 +111,29 @@ class PeerMemory:
         if segment_id in self._segments:
             raise ShmError(f"segment id {segment_id} is already attached")
         segment = Segment.attach(name, size, readonly=self._readonly)
+        self._segments[segment_id] = segment
+        return segment
+
+    def add_memfd(self, segment_id: int, fd: int, size: int) -> Segment:
+        """Map a sealed memfd the owner passed (descriptor ``fd``), under the owner's id for it.
+
+        ``fd`` is consumed whatever happens: mapped and closed, or refused and closed.
+
+        Raises:
+            ShmError: the id is taken, or the descriptor fails the checks of
+                :meth:`Segment.attach_memfd` (a memfd, sealed, of ``size`` bytes, an rlmesh header).
+            ClosedError: this table is closed.
+        """
+        try:
+            self._life.check_open()
+            if type(segment_id) is not int or segment_id < 0:
+                raise ShmError(f"invalid segment id {segment_id!r}")
+            if segment_id in self._segments:
+                raise ShmError(f"segment id {segment_id} is already attached")
+        except BaseException:
+            os.close(fd)
+            raise
+        segment = Segment.attach_memfd(fd, size, readonly=self._readonly)
         self._segments[segment_id] = segment
         return segment
 

@@ -29,7 +29,7 @@ from ..errors import (
     VersionMismatch,
 )
 from ..net.address import Address
-from ..net.stream import SocketStream, connect
+from ..net.stream import MAX_FDS, SocketStream, close_fds, connect
 from ..shm import PeerMemory, Segment, SpinPolicy
 from ..specs import EnvContract
 from . import protocol as P
@@ -66,6 +66,18 @@ def _close_connection(
     if vector:
         vector[1].close_when_unpinned()
         vector.clear()
+
+
+def _take_fd(fds: list[int], index: int) -> int:
+    """Hand out descriptor ``fds[index]`` once (its slot becomes -1).
+
+    Raises:
+        ProtocolError: no such descriptor came, or it was handed out already.
+    """
+    if not 0 <= index < len(fds) or fds[index] < 0:
+        raise ProtocolError(f"the server named descriptor {index}, which its message did not carry")
+    fd, fds[index] = fds[index], -1
+    return fd
 
 
 class ClientSession:
@@ -184,6 +196,20 @@ class ClientSession:
         # One deadline for the whole exchange, not one per message: a server
         # that accepts and then stalls costs at most this, not four times it.
         deadline = time.monotonic() + CONNECT_ATTEMPT_TIMEOUT
+        # Over a Unix socket the server's segments come as sealed memfds with its WELCOME.
+        with_fds = bool(shared_memory) and stream.is_unix
+        stream.accept_fds = MAX_FDS if with_fds else 0
+        fds: list[int] = []
+        try:
+            self._handshake_with(stream, shared_memory, with_fds, deadline, fds)
+        finally:
+            # Every descriptor the server sent is closed once: mapped ones were
+            # consumed (-1), unused or extra ones go here.
+            close_fds([fd for fd in fds if fd >= 0])
+
+    def _handshake_with(
+        self, stream: SocketStream, shared_memory: bool, with_fds: bool, deadline: float, fds: list[int]
+    ) -> None:
         hello = P.Hello(
             magic=P.MAGIC,
             protocol=P.PROTOCOL_VERSION,
@@ -192,8 +218,10 @@ class ClientSession:
             shm=bool(shared_memory),
             max_frame=stream.max_frame,
             auth=self._auth_token,
+            fds=with_fds,
         )
         answer = self._exchange(hello.to_wire(), deadline)
+        fds.extend(stream.take_fds())
         if type(answer) is list and answer and answer[0] == P.ERROR:
             raise P.Error.from_wire(answer).to_exception("the handshake")
         try:
@@ -216,10 +244,10 @@ class ClientSession:
         self.session = welcome.session
         token, reason = None, None
         if welcome.offer is not None:
-            token, reason = self._attach(welcome.offer)
+            token, reason = self._attach(welcome.offer, fds)
             if token is not None and welcome.vector is not None:
                 # Mapped before ATTACHED: the server unlinks the name once it has the answer.
-                self._attach_vector(welcome.vector)
+                self._attach_vector(welcome.vector, fds)
         elif shared_memory:
             reason = "the server offered no shared memory"
         answer = self._exchange(P.Attached(token, reason).to_wire(), deadline)
@@ -241,6 +269,7 @@ class ClientSession:
             )
         else:
             self._drop_shm()
+            stream.accept_fds = 0  # inline: no segment will come
             stream.spin = SpinPolicy(spin, enabled=True)
             self.channel = SocketChannel(stream)
             if ready.heartbeat is not None:
@@ -261,27 +290,42 @@ class ClientSession:
                 f"connected to an env at '{self.address}', but the handshake failed ({exc})"
             ) from exc
 
-    def _attach(self, wire_offer: Any) -> tuple[str | None, str | None]:
-        """Map the offered memory; ``(token, None)``, or ``(None, why not)`` to go inline."""
+    def _attach(self, wire_offer: Any, fds: list[int]) -> tuple[str | None, str | None]:
+        """Map the offered memory; ``(token, None)``, or ``(None, why not)`` to go inline.
+
+        Named segments are opened by name; an int names a descriptor in
+        ``fds`` (sealed memfds that came with the WELCOME), which is consumed.
+        """
         try:
             offer = P.Offer.from_wire(wire_offer)
-            self.segment = Segment.attach(offer.channel.name, offer.channel.size)
+            channel = offer.channel
+            if isinstance(channel.name, int):
+                self.segment = Segment.attach_memfd(_take_fd(fds, channel.name), channel.size)
+            else:
+                self.segment = Segment.attach(channel.name, channel.size)
             self.peer = PeerMemory()
-            for seg_id, seg_name, seg_size in offer.segments:
-                self.peer.add_segment(seg_id, seg_name, seg_size)
+            for seg_id, seg_ref, seg_size in offer.segments:
+                if isinstance(seg_ref, int):
+                    self.peer.add_memfd(seg_id, _take_fd(fds, seg_ref), seg_size)
+                else:
+                    self.peer.add_segment(seg_id, seg_ref, seg_size)
             self._offer = offer
             return read_token(self.segment), None
         except (ShmError, ProtocolError, ValueError) as exc:
             self._drop_shm()
             return None, str(exc)
 
-    def _attach_vector(self, offer: Any) -> None:
+    def _attach_vector(self, offer: Any, fds: list[int]) -> None:
         name, size = (offer.get("segment"), offer.get("size")) if isinstance(offer, dict) else (None, None)
-        if type(name) is not str or type(size) is not int:
+        if not isinstance(name, (str, int)) or isinstance(name, bool) or type(size) is not int:
             return  # malformed: the session serves this client without the fast path
         try:
-            self._vector[:] = [offer, Segment.attach(name, size)]
-        except ShmError:
+            if isinstance(name, int):
+                segment = Segment.attach_memfd(_take_fd(fds, name), size)
+            else:
+                segment = Segment.attach(name, size)
+            self._vector[:] = [offer, segment]
+        except (ShmError, ProtocolError):
             pass
 
     def take_vector(self) -> tuple[Any, Segment] | None:
@@ -634,10 +678,25 @@ class ClientSession:
         return response
 
     def _add_segments(self, response: list[Any]) -> None:
-        if self.peer is None:
-            raise ProtocolError("unexpected segment announcement")
-        for entry in P.Segments.from_wire(response).segments:
-            self.peer.add_segment(*entry)
+        """Map the segments a SEGMENTS message announces (memfds: the descriptors of its frame).
+
+        Raises:
+            ProtocolError: malformed, or a segment this side refuses to map
+                (the session is then broken: the server cannot be trusted).
+        """
+        fds = self.stream.take_fds()
+        try:
+            if self.peer is None:
+                raise ProtocolError("unexpected segment announcement")
+            for seg_id, seg_ref, seg_size in P.Segments.from_wire(response).segments:
+                if isinstance(seg_ref, int):
+                    self.peer.add_memfd(seg_id, _take_fd(fds, seg_ref), seg_size)
+                else:
+                    self.peer.add_segment(seg_id, seg_ref, seg_size)
+        except ShmError as exc:
+            raise ProtocolError(f"the server announced a segment this client refuses to map: {exc}") from exc
+        finally:
+            close_fds([fd for fd in fds if fd >= 0])
 
     def close(self, *, timeout: float = 1.0) -> None:
         """Detach from the server (it keeps serving) and release everything. Idempotent.

@@ -9,7 +9,7 @@ rings when both sides share /dev/shm, else as frames on the socket.
 
 Handshake (always on the socket)::
 
-    client -> HELLO     [1, {"magic", "protocol", "version", "pid", "shm", "max_frame"(, "auth")}]
+    client -> HELLO     [1, {"magic", "protocol", "version", "pid", "shm", "max_frame"(, "auth", "fds")}]
     server -> WELCOME   [2, {"protocol", "version", "session", "contract", "offer"(, "vector")}]
            or ERROR     [21, 0, code, remote_type, message, traceback]
     client -> ATTACHED  [3, {"token": str | None, "reason": str | None}]
@@ -24,7 +24,11 @@ request id 0) whenever it has sent nothing for that many seconds, so that a
 client waiting on a slow step can tell a live server from a silent host.
 
 ``offer`` names the session's channel segment (two message rings) and its
-first slab segments. ``vector``, only from a vector endpoint with worker
+first slab segments. Over a Unix socket a client that sends ``"fds": true``
+gets sealed memfds instead of named segments: the WELCOME frame (and each
+SEGMENTS frame) carries them as descriptors (SCM_RIGHTS), and where a name
+would be, the offer holds the index (an int) of the segment's descriptor in
+that frame. Over TCP, segments are named POSIX segments. ``vector``, only from a vector endpoint with worker
 processes (:mod:`rlmesh.vector`) and only with an offer, names the session's
 vector segment and its layout: a client that maps it steps and resets the
 workers directly; one that does not (or an older client, which ignores the
@@ -248,6 +252,7 @@ class Hello(NamedTuple):
     shm: bool
     max_frame: int | None
     auth: str | None = None
+    fds: bool = False
 
     def to_wire(self) -> list[Any]:
         """The msgpack array (``auth`` only when there is one)."""
@@ -261,6 +266,8 @@ class Hello(NamedTuple):
         }
         if self.auth is not None:
             fields["auth"] = self.auth
+        if self.fds:
+            fields["fds"] = True
         return [HELLO, fields]
 
     @classmethod
@@ -282,13 +289,18 @@ class Hello(NamedTuple):
             shm=bool(info.get("shm")),
             max_frame=_optional_int(info.get("max_frame")),
             auth=auth,
+            fds=info.get("fds") is True,
         )
 
 
 class ChannelOffer(NamedTuple):
-    """The channel segment a server offers: its name and size, and where its two rings lie."""
+    """The channel segment a server offers: its name and size, and where its two rings lie.
 
-    name: str
+    ``name`` is an int over a Unix socket with descriptors: the index of the
+    segment's memfd among those the WELCOME frame carried.
+    """
+
+    name: str | int
     size: int
     request_offset: int
     request_capacity: int
@@ -309,7 +321,7 @@ class ChannelOffer(NamedTuple):
         if not (
             type(value) is list
             and len(value) == 6
-            and type(value[0]) is str
+            and _is_ref(value[0])
             and all(type(v) is int for v in value[1:])
         ):
             raise ProtocolError("malformed channel offer")
@@ -320,7 +332,7 @@ class Offer(NamedTuple):
     """The shared memory a server offers: the channel segment and the first slab segments."""
 
     channel: ChannelOffer
-    segments: list[tuple[int, str, int]]
+    segments: list[tuple[int, str | int, int]]
 
     def to_wire(self) -> dict[str, Any]:
         """The msgpack map."""
@@ -338,7 +350,12 @@ class Offer(NamedTuple):
         return cls(ChannelOffer.from_wire(value.get("channel")), _segment_list(value.get("segments")))
 
 
-def _segment_list(value: Any) -> list[tuple[int, str, int]]:
+def _is_ref(value: Any) -> bool:
+    # A segment's name, or the index of its descriptor in the frame (bounded by the stream's MAX_FDS).
+    return type(value) is str or (type(value) is int and 0 <= value < 64)
+
+
+def _segment_list(value: Any) -> list[tuple[int, str | int, int]]:
     if type(value) is not list:
         raise ProtocolError("malformed segment announcement")
     out = []
@@ -347,7 +364,7 @@ def _segment_list(value: Any) -> list[tuple[int, str, int]]:
             type(entry) is list
             and len(entry) == 3
             and type(entry[0]) is int
-            and type(entry[1]) is str
+            and _is_ref(entry[1])
             and type(entry[2]) is int
         ):
             raise ProtocolError("malformed segment announcement")
@@ -796,9 +813,12 @@ class PredictOk(NamedTuple):
 
 
 class Segments(NamedTuple):
-    """SEGMENTS: new slab segments (id, name, size) the client must map before what follows."""
+    """SEGMENTS: new slab segments (id, name, size) the client must map before what follows.
 
-    segments: list[tuple[int, str, int]]
+    With descriptors, each name is the index of the segment's memfd in the frame.
+    """
+
+    segments: list[tuple[int, str | int, int]]
 
     def to_wire(self) -> list[Any]:
         """The msgpack array."""

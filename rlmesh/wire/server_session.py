@@ -44,6 +44,7 @@ from ..errors import (
 )
 from ..net.stream import SocketStream
 from ..shm import Handle, Segment, SegmentKind, Slab, SlotRing, SpinPolicy
+from ..shm._memfd import supported as _memfd_supported
 from ..specs import EnvContract, action_bytes_bound, step_tensor_sizes
 from . import protocol as P
 from .channel import Channel, RingChannel, SocketChannel, channel_layout, write_token
@@ -187,11 +188,11 @@ class DataPlane:
     DEPTH = 4
     MAX_RINGS = 64
 
-    def __init__(self, contract: EnvContract) -> None:
+    def __init__(self, contract: EnvContract, *, memfd: bool = False) -> None:
         sizes = step_tensor_sizes(contract)
         needed = sum(-(-n // 64) * 64 for n in sizes)
         segment_size = max(1 << 20, needed * self.DEPTH + (256 << 10))
-        self.slab = Slab(segment_size=segment_size)
+        self.slab = Slab(segment_size=segment_size, memfd=memfd)
         self._rings: dict[int, SlotRing] = {}
         self._owner: dict[tuple[int, int], SlotRing | None] = {}
         # Blocks handed out for the response being built: if building it
@@ -334,6 +335,8 @@ class ServerSession:
         #: When the last request arrived (time.monotonic()); None before the first.
         self.last_request: float | None = None
         self._pending_unlink: list[int] = []
+        # The descriptors of the offer's memfds, sent with the WELCOME (owned by their segments).
+        self._offer_fds: list[int] = []
         # The data plane once requests are served over the rings (else None).
         self._ring_data: DataPlane | None = None
         self._rings: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
@@ -487,7 +490,9 @@ class ServerSession:
         if self.config.shared_memory and hello.shm:
             # A model endpoint's requests carry observations and its answers actions:
             # it sizes the session's rings and slots with the spaces swapped.
-            offer, token = self._make_offer(getattr(self.handler, "sizing_contract", contract))
+            # Over a Unix socket to a client that takes descriptors: sealed memfds, no names.
+            memfd = hello.fds and self.stream.is_unix and _memfd_supported()
+            offer, token = self._make_offer(getattr(self.handler, "sizing_contract", contract), memfd=memfd)
         if hello.pid == os.getpid():
             # Same process: the client is a thread that needs the GIL we would spin with.
             self._spin_base = 0.0
@@ -503,7 +508,8 @@ class ServerSession:
             offer=None if offer is None else offer.to_wire(),
             vector=vector_offer() if offer is not None and vector_offer is not None else None,
         )
-        self.stream.send(pack(welcome.to_wire()), timeout=timeout)
+        self.stream.send(pack(welcome.to_wire()), timeout=timeout, fds=self._offer_fds)
+        self._offer_fds = []
         head, _, _ = self.stream.recv_frame(timeout, limit=P.MAX_HANDSHAKE_FRAME)
         attached = P.Attached.from_wire(decode(head))
         vector_attached = getattr(self.handler, "vector_attached", None)
@@ -584,13 +590,21 @@ class ServerSession:
         )
         return False
 
-    def _make_offer(self, contract: EnvContract) -> tuple[P.Offer | None, str | None]:
+    def _make_offer(self, contract: EnvContract, *, memfd: bool = False) -> tuple[P.Offer | None, str | None]:
+        """Create the session's shared memory and the offer naming it (memfd: by descriptor index).
+
+        With ``memfd``, the descriptors to send with the WELCOME are left in
+        ``_offer_fds`` (the segments keep owning them).
+        """
         try:
-            self.data = DataPlane(contract)
+            self.data = DataPlane(contract, memfd=memfd)
             req_cap = pow2(max(64 << 10, 4 * action_bytes_bound(contract)))
             resp_cap = pow2(max(256 << 10, 4 * 1024 * contract.num_envs))
             size, req_off, resp_off = channel_layout(req_cap, resp_cap)
-            self.channel_segment = Segment.create(size, SegmentKind.CHANNEL)
+            if memfd:
+                self.channel_segment = Segment.create_memfd(size, SegmentKind.CHANNEL)
+            else:
+                self.channel_segment = Segment.create(size, SegmentKind.CHANNEL)
             token = write_token(self.channel_segment)
         except RLMeshError as exc:
             self.log.warning(
@@ -599,8 +613,14 @@ class ServerSession:
             self._drop_shm()
             return None, None
         self._rings = ((req_off, req_cap), (resp_off, resp_cap))
-        rings = P.ChannelOffer(self.channel_segment.name, size, req_off, req_cap, resp_off, resp_cap)
-        return P.Offer(rings, list(self.data.slab.take_new_segments())), token
+        segments = self.data.slab.take_new_segments()
+        if not memfd:
+            rings = P.ChannelOffer(self.channel_segment.name, size, req_off, req_cap, resp_off, resp_cap)
+            return P.Offer(rings, list(segments)), token
+        slab = self.data.slab.segments
+        self._offer_fds = [self.channel_segment.fileno()] + [slab[i].fileno() for i, _, _ in segments]
+        rings = P.ChannelOffer(0, size, req_off, req_cap, resp_off, resp_cap)
+        return P.Offer(rings, [(i, n + 1, sz) for n, (i, _, sz) in enumerate(segments)]), token
 
     def _start_rings(self) -> None:
         assert self.channel_segment is not None and self.data is not None
@@ -758,7 +778,16 @@ class ServerSession:
         data = self.data
         if data is not None and data.slab.has_new_segments:
             new = data.slab.take_new_segments()
-            send(pack(P.Segments(list(new)).to_wire()))
+            if data.slab.memfd:
+                # The memfds ride with the announcement, as a frame on the socket.
+                slab = data.slab.segments
+                announce: list[tuple[int, str | int, int]] = [(i, n, sz) for n, (i, _, sz) in enumerate(new)]
+                fds = [slab[i].fileno() for i, _, _ in new]
+                channel = self.channel
+                assert channel is not None
+                channel.send_fds(pack(P.Segments(announce).to_wire()), fds)
+            else:
+                send(pack(P.Segments(list(new)).to_wire()))
             self._pending_unlink.extend(seg_id for seg_id, _, _ in new)
         send(pack(P.Ok.encode(rid, values), tail), tail)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -416,6 +417,13 @@ def test_a_client_that_cannot_map_the_servers_memory_falls_back_to_inline(
         raise errors.ShmError("no shared /dev/shm here")
 
     monkeypatch.setattr(Segment, "attach", classmethod(lambda cls, *a, **k: refuse()))
+
+    def refuse_fd(cls, fd, *args, **kwargs):
+        os.close(fd)  # attach_memfd consumes its descriptor, refused or not
+        refuse()
+
+    # Over a Unix socket the segments come as memfds.
+    monkeypatch.setattr(Segment, "attach_memfd", classmethod(refuse_fd))
     with caplog.at_level("INFO", logger="rlmesh.server"):
         env = served.client(rnp.RemoteEnv)
     assert env.data_plane == "inline"
