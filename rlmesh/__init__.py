@@ -36,6 +36,7 @@ from .errors import (
     BusyError as BusyError,
     ClosedError as ClosedError,
     ConnectError as ConnectError,
+    EndpointLostError as EndpointLostError,
     InvalidActionError as InvalidActionError,
     OperationTimeout as OperationTimeout,
     ProtocolError as ProtocolError,
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     )
     from .remote_model import RemoteModel as RemoteModel
     from .server import EnvServer as EnvServer, ServeOptions as ServeOptions
+    from .vector.sharded import ShardedVectorEnv as ShardedVectorEnv
 
 __version__ = "0.1.0"
 
@@ -78,6 +80,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "ServeOptions": ("rlmesh.server", "ServeOptions"),
     "RemoteEnv": ("rlmesh.client", "RemoteEnv"),
     "RemoteVectorEnv": ("rlmesh.client", "RemoteVectorEnv"),
+    "ShardedVectorEnv": ("rlmesh.vector.sharded", "ShardedVectorEnv"),
     "Model": ("rlmesh.models", "Model"),
     "ModelBase": ("rlmesh.models", "ModelBase"),
     "run": ("rlmesh.models", "run"),
@@ -120,6 +123,7 @@ __all__ = [
     "BusyError",
     "ClosedError",
     "ConnectError",
+    "EndpointLostError",
     "EnvServer",
     "EpisodeResult",
     "errors",
@@ -142,6 +146,7 @@ __all__ = [
     "SandboxEnv",
     "SandboxInfo",
     "SandboxVectorEnv",
+    "ShardedVectorEnv",
     "sanitize_metadata",
     "ServeOptions",
     "Session",
