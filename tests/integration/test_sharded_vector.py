@@ -229,3 +229,83 @@ def test_mismatched_spaces_are_refused_naming_the_endpoint() -> None:
     finally:
         stop(a)
         stop(b)
+
+
+def test_the_gymnasium_face_replays_infos_as_a_sync_vector_env_and_the_jax_face_steps() -> None:
+    import rlmesh.gymnasium as rg
+
+    sizes = (2, 3)
+    local = gymnasium.make_vec(
+        "CartPole-v1", num_envs=5, vectorization_mode="sync", vector_kwargs={"autoreset_mode": "SameStep"}
+    )
+    with endpoints("--autoreset-mode", "SameStep", sizes=sizes) as (_, addresses):
+        with rg.ShardedVectorEnv(addresses, shared_memory=False) as env:
+            assert isinstance(env, gymnasium.vector.VectorEnv) and env.num_envs == 5
+            assert env.single_action_space == local.single_action_space
+            obs, _ = env.reset(seed=4)
+            assert np.array_equal(obs, local.reset(seed=4)[0])
+            ended = 0
+            for t in range(150):
+                env.step_async(actions_at(t, 5))
+                got = env.step_wait()
+                ref = local.step(actions_at(t, 5))
+                for a, b in zip(got[:4], ref[:4], strict=True):
+                    assert np.array_equal(a, b)
+                info = {k: v for k, v in got[4].items() if "rlmesh_" not in k}
+                assert sorted(info) == sorted(ref[4])
+                if "final_obs" in ref[4]:
+                    ended += 1
+                    assert np.array_equal(info["_final_obs"], ref[4]["_final_obs"])
+                    for lane in np.nonzero(ref[4]["_final_obs"])[0]:
+                        assert np.array_equal(info["final_obs"][lane], ref[4]["final_obs"][lane])
+            assert ended > 0
+        jax_face = pytest.importorskip("rlmesh.jax")
+        with jax_face.ShardedVectorEnv(addresses, shared_memory=False) as jenv:
+            obs, _ = jenv.reset(seed=4)
+            want, _ = local.reset(seed=4)
+            assert type(obs).__module__.startswith("jax") and np.array_equal(np.asarray(obs), want)
+            got = jenv.step(np.asarray(actions_at(0, 5)))
+            assert np.array_equal(np.asarray(got[0]), local.step(actions_at(0, 5))[0])
+    local.close()
+
+
+def test_a_close_from_another_thread_wakes_a_step_and_an_unclosed_env_is_released() -> None:
+    import gc
+    import threading
+    import warnings
+
+    from rlmesh.errors import ClosedError
+
+    with endpoints(sizes=(2, 2)) as (procs, addresses):
+        env = ShardedVectorEnv(addresses, shared_memory=False, request_timeout_seconds=30)
+        env.reset(seed=0)
+        os.kill(procs[1].pid, signal.SIGSTOP)
+        try:
+            outcome: dict[str, Any] = {}
+
+            def blocked() -> None:
+                try:
+                    env.step(actions_at(0, 4))
+                except BaseException as exc:  # noqa: BLE001 - the outcome is the check
+                    outcome["error"] = exc
+
+            thread = threading.Thread(target=blocked)
+            thread.start()
+            time.sleep(0.3)
+            assert thread.is_alive()
+            env.close()
+            thread.join(timeout=3)
+            assert not thread.is_alive() and isinstance(outcome.get("error"), ClosedError)
+            env.close()
+            with pytest.raises(ClosedError):
+                env.reset()
+        finally:
+            os.kill(procs[1].pid, signal.SIGCONT)
+        dropped = ShardedVectorEnv(addresses, shared_memory=False)
+        threads = [ep.thread for ep in dropped._endpoints]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del dropped
+            gc.collect()
+        assert any("never closed" in str(w.message) for w in caught)
+        assert not any(t.is_alive() for t in threads)
