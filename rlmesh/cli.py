@@ -37,6 +37,43 @@ def _load_target(target: str, kwargs: dict[str, Any], num_envs: int | None) -> t
     return target, kwargs
 
 
+def _auth_token(args: argparse.Namespace) -> str | None:
+    """The token of ``--auth-token-file`` (else ``RLMESH_AUTH_TOKEN``); exits if a non-loopback bind has none.
+
+    The token is read from a file, never taken on the command line, where
+    every user of the host could read it in ``ps``.
+    """
+    from .net.address import resolve_address
+    from .wire.protocol import auth_token_from_env
+
+    token: str | None = None
+    if args.auth_token_file is not None:
+        try:
+            with open(args.auth_token_file, encoding="utf-8") as fh:
+                token = fh.read().strip()
+            mode = os.stat(args.auth_token_file).st_mode
+        except OSError as exc:
+            raise SystemExit(f"rlmesh serve: cannot read --auth-token-file: {exc}") from exc
+        if not token:
+            raise SystemExit(f"rlmesh serve: --auth-token-file {args.auth_token_file} is empty")
+        if mode & 0o077:
+            print(
+                f"rlmesh serve: warning: {args.auth_token_file} is readable by other users (chmod 600 it)",
+                file=sys.stderr,
+            )
+    try:
+        token = auth_token_from_env(token)
+        bind = resolve_address(args.address, for_bind=True)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"rlmesh serve: {exc}") from exc
+    if token is None and not bind.is_loopback:
+        raise SystemExit(
+            f"rlmesh serve: serving on {bind} (beyond this host) needs an auth token: "
+            "--auth-token-file PATH or RLMESH_AUTH_TOKEN"
+        )
+    return token
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .server import EnvServer, ServeOptions
 
@@ -53,10 +90,12 @@ def _serve(args: argparse.Namespace) -> int:
             action_converter(args.framework, args.device)
         except (ValueError, ImportError) as exc:
             raise SystemExit(f"rlmesh serve: {exc}") from exc
+    token = _auth_token(args)
     options = ServeOptions(
         allow_remote_shutdown=args.allow_remote_shutdown,
         idle_timeout_seconds=args.idle_timeout,
         validation=args.validation,
+        auth_token=token,
     )
     server = None
     mode = args.vectorization_mode
@@ -235,6 +274,13 @@ def _parser() -> argparse.ArgumentParser:
         "default $RLMESH_DIAL)",
     )
     serve.add_argument("--allow-remote-shutdown", action="store_true", help="let clients stop the server")
+    serve.add_argument(
+        "--auth-token-file",
+        default=None,
+        metavar="PATH",
+        help="a file holding the shared secret clients must send (their auth_token= or "
+        "RLMESH_AUTH_TOKEN); required beyond loopback unless RLMESH_AUTH_TOKEN is set",
+    )
     serve.add_argument(
         "--idle-timeout", type=float, default=None, help="stop after this many seconds without requests"
     )
