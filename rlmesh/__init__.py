@@ -97,6 +97,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "SandboxEnv": ("rlmesh.sandbox.env", "SandboxEnv"),
     "SandboxVectorEnv": ("rlmesh.sandbox.env", "SandboxVectorEnv"),
     "SandboxInfo": ("rlmesh.sandbox.env", "SandboxInfo"),
+    "SandboxModel": ("rlmesh.sandbox.model", "SandboxModel"),
 }
 
 
@@ -145,6 +146,7 @@ __all__ = [
     "RunResult",
     "SandboxEnv",
     "SandboxInfo",
+    "SandboxModel",
     "SandboxVectorEnv",
     "ShardedVectorEnv",
     "sanitize_metadata",

@@ -113,7 +113,7 @@ class RemoteModel(_RemoteModelBase):
 def __getattr__(name: str) -> Any:
     # SandboxEnv and SandboxVectorEnv live in layer 6 (rlmesh.sandbox): loaded on
     # first use, so `import rlmesh.jax` never loads the sandbox package.
-    if name in ("SandboxEnv", "SandboxVectorEnv"):
+    if name in ("SandboxEnv", "SandboxVectorEnv", "SandboxModel"):
         from importlib import import_module
 
         value = import_module("rlmesh.sandbox.backends").sandbox_class("jax", name)

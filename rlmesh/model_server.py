@@ -28,11 +28,14 @@ model's ``close()`` and ``on_close`` run once, when the server shuts down.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from ._adapter import InlineSink, ShmSink, Sink, compile_decoder, compile_encoder
-from .errors import ClosedError, InvalidActionError, SpecError
+from .errors import ClosedError, ConnectError, InvalidActionError, SpecError
 from .server import EnvServer, ServeOptions
 from .specs import EnvContract
 from .wire import protocol as P
@@ -290,6 +293,32 @@ class _ModelHandler:
         self._session.reply(error.to_wire())
 
 
+def _dial_host(address: str, timeout: float = 10.0) -> socket.socket:
+    """Connect to a host's ``unix://`` address, retrying until ``timeout`` (a sandbox's dial-back).
+
+    Raises:
+        ValueError: not a unix:// address.
+        ConnectError: not reachable by then.
+    """
+    if not address.startswith("unix://"):
+        raise ValueError(f"RLMESH_DIAL must be a unix:// address, got {address!r}")
+    path = address[len("unix://") :]
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(max(deadline - time.monotonic(), 0.1))
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise ConnectError(f"could not reach the host at {path}: {exc}") from exc
+            time.sleep(0.05)
+            continue
+        sock.settimeout(None)
+        return sock
+
+
 def _valid_context(context: dict[Any, Any]) -> bool:
     episode_id, seed = context.get("episode_id"), context.get("episode_seed")
     return (
@@ -348,6 +377,26 @@ class ModelServer(EnvServer):
             model, address, host=host, port=port, path=path, transport=transport, options=options
         )
         self._life.what = f"the ModelServer at {self.address}"
+
+    def serve(self) -> None:
+        """Serve until stopped (SIGINT or SIGTERM stop it gracefully).
+
+        In a sandbox (:class:`rlmesh.sandbox.model.SandboxModel` sets
+        ``RLMESH_DIAL=unix:///...``), the server dials its host at that
+        address instead and serves that one session (the host listens, so
+        the container needs no writable host path); it stops when the
+        session ends.
+
+        Raises:
+            RuntimeError: the server was already started.
+            ClosedError: (a RuntimeError) the server was shut down.
+            ConnectError: ``RLMESH_DIAL`` is set and the host cannot be reached.
+        """
+        dial = os.environ.get("RLMESH_DIAL")
+        if not dial:
+            super().serve()
+            return
+        self.serve_connection(_dial_host(dial))
 
     def _make_source(self, env: Any, *args: Any, **kwargs: Any) -> Any:
         """The model as every session's source (the env server's options do not apply)."""

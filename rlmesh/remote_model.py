@@ -113,11 +113,19 @@ class RemoteModelBase(ModelBase[Any, Any]):
             spin=spin,
             auth_token=auth_token_from_env(auth_token),
         )
+        self._setup(conn, on_episode_end, on_close)
+
+    def _setup(self, conn: ClientSession, on_episode_end: Any, on_close: Any) -> None:
+        """Take ``conn`` (a session with a model endpoint) as this model's; closes it if that fails.
+
+        Raises:
+            ConnectError: the endpoint serves an env, not a model.
+        """
         try:
             contract = conn.contract
             if contract.metadata.get(ENDPOINT_KEY) != "model":
                 raise ConnectError(
-                    f"'{resolved}' serves an env ({contract.id}), not a model: drive it with a "
+                    f"'{conn.address}' serves an env ({contract.id}), not a model: drive it with a "
                     "RemoteEnv, or connect RemoteModel to a Model.serve() address"
                 )
             self._attach(conn, contract)

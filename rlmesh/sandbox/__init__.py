@@ -24,10 +24,11 @@ if TYPE_CHECKING:
         SandboxInfo as SandboxInfo,
         SandboxVectorEnv as SandboxVectorEnv,
     )
+    from .model import SandboxModel as SandboxModel
 
-__all__ = ["SandboxEnv", "SandboxInfo", "SandboxVectorEnv"]
+__all__ = ["SandboxEnv", "SandboxInfo", "SandboxModel", "SandboxVectorEnv"]
 
-_LAZY = {"SandboxEnv": "env", "SandboxInfo": "env", "SandboxVectorEnv": "env"}
+_LAZY = {"SandboxEnv": "env", "SandboxInfo": "env", "SandboxModel": "model", "SandboxVectorEnv": "env"}
 
 
 def __getattr__(name: str) -> Any:

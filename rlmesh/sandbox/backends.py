@@ -18,7 +18,7 @@ _made: dict[tuple[str, str], type[Any]] = {}
 
 
 def sandbox_class(backend: str, name: str) -> type[Any]:
-    """``SandboxEnv`` or ``SandboxVectorEnv`` over ``rlmesh.<backend>``'s client (made once).
+    """``SandboxEnv``, ``SandboxVectorEnv`` or ``SandboxModel`` over a backend's client (made once).
 
     Raises:
         AttributeError: an unknown name.
@@ -31,6 +31,10 @@ def sandbox_class(backend: str, name: str) -> type[Any]:
             base, client = SandboxEnv, module.RemoteEnv
         elif name == "SandboxVectorEnv":
             base, client = SandboxVectorEnv, module.RemoteVectorEnv
+        elif name == "SandboxModel":
+            from .model import SandboxModel
+
+            base, client = SandboxModel, module.RemoteModel
         else:
             raise AttributeError(name)
         cls = type(
