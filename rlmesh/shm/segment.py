@@ -150,7 +150,7 @@ class Segment:
         try:
             mapping = _memfd.check(fd, size, readonly=readonly, what=f"the memfd segment on descriptor {fd}")
         except BaseException:
-            os.close(fd)
+            _close_fd([fd])  # even one that was not open: the caller learns why from the ShmError
             raise
         return cls._wrap(f"memfd:fd{fd}", fd, mapping, creator=False, readonly=readonly, memfd=True)
 
