@@ -80,6 +80,23 @@ MESSAGES: list[tuple[Any, list[Any]]] = [
     (P.Attached("ab12", None), [3, {"token": "ab12", "reason": None}]),
     (P.Attached(None, "no /dev/shm"), [3, {"token": None, "reason": "no /dev/shm"}]),
     (P.Ready("shm"), [4, {"data_plane": "shm"}]),
+    # An inline TCP session: the server sends [PING, 0] at least every 0.5 s while serving a request.
+    (P.Ready("inline", 0.5), [4, {"data_plane": "inline", "heartbeat": 0.5}]),
+    (
+        P.Hello("rlmesh", 1, "0.1.0", 42, False, 1 << 20, auth="s3cret"),
+        [
+            1,
+            {
+                "magic": "rlmesh",
+                "protocol": 1,
+                "version": "0.1.0",
+                "pid": 42,
+                "shm": False,
+                "max_frame": 1 << 20,
+                "auth": "s3cret",
+            },
+        ],
+    ),
     (P.Reset(3, 5, {"a": 1}, [1, 2, 3, 4]), [10, 3, 5, {"a": 1}, [1, 2, 3, 4]]),
     (P.Step(4, [1, 2], []), [11, 4, [1, 2], []]),
     (P.Render(5, 0, []), [12, 5, 0, []]),
@@ -158,6 +175,10 @@ MALFORMED: list[tuple[Any, Any, str]] = [
     (P.Welcome.from_wire, [2, {}, 3], "WELCOME"),
     (P.Attached.from_wire, [4, {}], "ATTACHED"),
     (P.Ready.from_wire, [4], "READY"),
+    (P.Ready.from_wire, [4, {"data_plane": "inline", "heartbeat": "often"}], "heartbeat"),
+    (P.Ready.from_wire, [4, {"data_plane": "inline", "heartbeat": 0}], "heartbeat"),
+    (P.Hello.from_wire, [1, {"magic": "rlmesh", "auth": 12345}], "auth token"),
+    (P.Hello.from_wire, [1, {"magic": "rlmesh", "auth": "x" * (P.MAX_AUTH_TOKEN + 1)}], "auth token"),
     (P.ChannelOffer.from_wire, ["n", 1, 2, 3, 4], "channel offer"),
     (P.ChannelOffer.from_wire, [True, 1, 2, 3, 4, 5], "channel offer"),
     (P.ChannelOffer.from_wire, [-1, 1, 2, 3, 4, 5], "channel offer"),
@@ -202,6 +223,8 @@ def test_errors_map_to_the_exceptions_of_the_error_tree() -> None:
     version = raised(P.E_VERSION, {"protocol": 7})
     assert isinstance(version, errors.VersionMismatch) and (version.local, version.remote) == (1, 7)
     assert isinstance(raised(P.E_STOPPING), errors.BrokenError)
+    auth = raised(P.E_AUTH)
+    assert isinstance(auth, errors.AuthenticationError) and isinstance(auth, errors.ConnectError)
     assert isinstance(raised(P.E_PROTOCOL), errors.ProtocolError)
     internal = raised(P.E_INTERNAL)
     assert isinstance(internal, errors.RemoteError) and "the server failed in step" in str(internal)
