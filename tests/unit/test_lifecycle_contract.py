@@ -286,6 +286,52 @@ def make_model_session(tmp: Path) -> Made:
     return Made(session, fd_closed(fd), _stop(server, env))
 
 
+class GateModel(rlmesh.Model):
+    """A served model whose predict waits for its gate (so a predict can be held in flight)."""
+
+    observation_space = rlmesh.spaces.Box(-1.0, 1.0, (2,), "float32")
+    action_space = rlmesh.spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.closes = 0
+        super().__init__()
+
+    def predict(self, observation: Any) -> Any:
+        self.gate.wait(10.0)
+        return 0
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+def make_remote_model(tmp: Path) -> Made:
+    import rlmesh.numpy as rnp
+
+    model = GateModel()
+    server = model.server(f"unix://{tmp}/model.sock").start()
+    client = rnp.RemoteModel(server.address, request_timeout_seconds=30)
+
+    def cleanup() -> None:
+        model.gate.set()
+        server.shutdown()
+
+    return Made(client, fd_closed(client._conn.stream.fileno()), cleanup)
+
+
+def make_model_server(tmp: Path) -> Made:
+    model = GateModel()
+    path = f"{tmp}/model.sock"
+    server = model.server(f"unix://{path}")
+    return Made(server, both(lambda: not os.path.exists(path), lambda: model.closes == 1))
+
+
+def _zeros2() -> Any:
+    import numpy as np
+
+    return np.zeros(2, dtype=np.float32)
+
+
 def make_worker_pool(tmp: Path) -> Made:
     from rlmesh.vector.pool import VectorSource, WorkerPool
 
@@ -366,6 +412,20 @@ OWNERS = [
     ),
     Kind("Session", make_model_session, use=lambda s: s.reset(seed=2), block=lambda s: s.step(1)),
     Kind("WorkerPool", make_worker_pool, use=lambda p: p.offer()),
+    Kind(
+        "RemoteModel",
+        make_remote_model,
+        use=lambda m: m.predict(_zeros2()),
+        block=lambda m: m.predict(_zeros2()),
+    ),
+    Kind(
+        "ModelServer",
+        make_model_server,
+        use=lambda s: s.start(),
+        block=lambda s: s.wait(30),
+        block_returns=True,
+        start=lambda s: s.start(),
+    ),
 ]
 
 
