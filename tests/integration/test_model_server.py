@@ -271,3 +271,55 @@ def test_a_served_model_declares_its_spaces(tmp_path: Path) -> None:
         with rnp.RemoteModel(server.address) as remote:
             assert remote.predict(np.zeros(2, dtype=np.float32)) == 2
     assert os.path.exists(tmp_path) and not (tmp_path / "d.sock").exists()
+
+
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["tcp-shm", "tcp-inline"])
+def test_over_tcp(shared_memory: bool) -> None:
+    obs_space, act_space = _spaces()
+    local = rnp.Model(_policy()).run("CartPole-v1", seeds=SEEDS[:2])
+    with rnp.Model(_policy()).server(
+        "tcp://127.0.0.1:0", observation_space=obs_space, action_space=act_space
+    ) as server:
+        server.start()
+        with rnp.RemoteModel(server.address, shared_memory=shared_memory) as remote:
+            assert remote.data_plane == ("shm" if shared_memory else "inline")
+            assert _outcomes(remote.run("CartPole-v1", seeds=SEEDS[:2])) == _outcomes(local)
+
+
+def test_jax_remote_model_takes_and_gives_jax_values(tmp_path: Path) -> None:
+    jnp = pytest.importorskip("jax.numpy")
+    import rlmesh.jax as rj
+
+    obs_space, act_space = _spaces()
+    recorder = _Recorder()
+    with recorder.server(
+        f"unix://{tmp_path / 'm.sock'}", observation_space=obs_space, action_space=act_space
+    ) as server:
+        server.start()
+        with rj.RemoteModel(server.address) as remote:
+            assert remote.predict(jnp.array([0.0, 0.0, 0.3, 0.0], dtype=jnp.float32)) == 1
+            actions = remote.predict_batch(jnp.array([[0, 0, 0.3, 0], [0, 0, -0.3, 0]], dtype=jnp.float32))
+            assert list(np.asarray(actions)) == [1, 0]
+            assert not isinstance(actions, np.ndarray)  # a JAX array
+    assert recorder.batches == [(2, 4)]
+
+
+def test_malformed_predicts_are_refused_and_the_session_goes_on(tmp_path: Path) -> None:
+    from rlmesh.model_server import MAX_LANES
+    from rlmesh.wire.codec import TailBuilder
+
+    obs_space, act_space = _spaces()
+    with rnp.Model(_policy()).server(
+        f"unix://{tmp_path / 'm.sock'}", observation_space=obs_space, action_space=act_space
+    ) as server:
+        server.start()
+        with rnp.RemoteModel(server.address) as remote:
+            conn = remote._conn
+            zeros = rnp.from_array(np.zeros(4, dtype=np.float32))
+            with pytest.raises(ValueError, match="at most"):
+                conn.predict(zeros, TailBuilder(), MAX_LANES + 1, False, None, 5.0)
+            with pytest.raises(ValueError, match="episode context"):
+                conn.predict(zeros, TailBuilder(), 0, False, {"episode_seed": -3}, 5.0)
+            with pytest.raises(SpecError, match="invalid observation"):
+                conn.predict("not an observation", TailBuilder(), 0, False, None, 5.0)
+            assert conn.predict(zeros, TailBuilder(), 0, True, None, 5.0).action == 0
