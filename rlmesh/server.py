@@ -365,6 +365,11 @@ class _EnvHandler:
         pool = getattr(self.adapter.env, "pool", None)
         return None if pool is None else pool.offer()
 
+    def vector_fileno(self) -> int | None:
+        """The vector segment's descriptor if it is a memfd (sent to the client), else None."""
+        pool = getattr(self.adapter.env, "pool", None)
+        return None if pool is None else pool.fileno()
+
     def vector_attached(self) -> None:
         """The handshake is over: whoever maps the vector segment has; its name can go."""
         pool = getattr(self.adapter.env, "pool", None)
@@ -745,6 +750,10 @@ class EnvServer:
             BusyError: a single env object already has a client.
             ClosedError: the server is stopping.
         """
+        # A vector pool makes its session segment a memfd for a session that takes descriptors.
+        if getattr(self._source, "memfd_sessions", False):
+            acquire: Any = self._source.acquire  # a VectorEnvSource's
+            return _EnvHandler(self, session, acquire(memfd=session.memfd))
         return _EnvHandler(self, session, self._source.acquire())
 
     # -- properties -----------------------------------------------------------------

@@ -128,7 +128,10 @@ class Worker:
         self.sock = sock
         self.parent = int(config["parent"])
         self.index = int(config["index"])
-        if config.get("segment_fd") is not None:
+        if config.get("memfd"):
+            # The session's segment is a sealed memfd, inherited on this descriptor.
+            self.segment = Segment.attach_memfd(int(config["segment_fd"]), int(config["size"]))
+        elif config.get("segment_fd") is not None:
             # A pool with a restart policy passes the segment's descriptor: a
             # respawned worker must map it after the name was unlinked.
             self.segment = Segment.attach_fd(

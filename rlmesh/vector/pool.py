@@ -278,6 +278,8 @@ class WorkerPool:
         buffers: K, the leased output buffers.
         restart: respawn workers that die, within this policy's budget (None: never).
         on_restart: called (on the monitor thread) after each successful respawn.
+        memfd: make the segment a sealed memfd (a session over a Unix socket
+            passes it to the client as a descriptor; workers get it inherited).
 
     Raises:
         RemoteError: a worker could not build its envs (the remote traceback attached).
@@ -294,6 +296,7 @@ class WorkerPool:
         *,
         restart: RestartPolicy | None = None,
         on_restart: Callable[[], None] | None = None,
+        memfd: bool = False,
     ) -> None:
         self.layout = layout = L.Layout.build(contract, workers, buffers)
         self.contract = contract
@@ -318,7 +321,10 @@ class WorkerPool:
         # (a respawned one maps the segment through it once the name is unlinked).
         self._fds: list[int] = []
         try:
-            self.segment = Segment.create(layout.size, SegmentKind.OTHER)
+            if memfd:
+                self.segment = Segment.create_memfd(layout.size, SegmentKind.OTHER)
+            else:
+                self.segment = Segment.create(layout.size, SegmentKind.OTHER)
             buf = self.segment.buf
             for i, value in enumerate((L.MAGIC, L.VERSION, layout.num_envs, layout.workers, layout.buffers)):
                 buf[L.HEADER + 4 * i : L.HEADER + 4 * i + 4] = value.to_bytes(4, "little")
@@ -326,7 +332,8 @@ class WorkerPool:
                 Doorbell(buf, layout.worker_block(w) + L.W_BELL, self.segment.address) for w in range(workers)
             ]
             self._client_bell = Doorbell(buf, L.CLIENT_BELL, self.segment.address)
-            if restart is not None:
+            if restart is not None or memfd:
+                # A memfd has no name: every worker maps it through this descriptor.
                 self._fds.append(self.segment.dup_fd())
             self._start(source, workers)
         except BaseException:
@@ -390,6 +397,7 @@ class WorkerPool:
             "sys_path": [p for p in sys.path if p],
             "restarted": restarted,
             "segment_fd": self._fds[0] if self._fds else None,
+            "memfd": self.segment.is_memfd,
         }
         try:
             send_msg(mine, config, 10.0)
@@ -412,6 +420,12 @@ class WorkerPool:
         self._life.check_open()
         assert self.segment is not None
         return {"segment": self.segment.name, "size": self.segment.size, "layout": self.layout.to_dict()}
+
+    def fileno(self) -> int | None:
+        """The segment's descriptor if it is a memfd (to pass to the client), else None."""
+        self._life.check_open()
+        assert self.segment is not None
+        return self.segment.fileno() if self.segment.is_memfd else None
 
     def unlink(self) -> None:
         """Remove the segment's name (everyone who needs it has mapped it). Idempotent."""
@@ -732,8 +746,14 @@ class VectorEnvSource:
         L.Layout.build(self.contract, workers)
         self._closed = False
 
-    def acquire(self) -> Any:
+    #: acquire() takes ``memfd`` (the server passes its session's choice).
+    memfd_sessions = True
+
+    def acquire(self, *, memfd: bool = False) -> Any:
         """An adapter over a fresh pool of workers, for a new session.
+
+        ``memfd``: the session passes segments as descriptors (a Unix socket):
+        the pool's segment is then a sealed memfd, never a name in /dev/shm.
 
         Raises:
             ClosedError: the server is shutting down. RemoteError, OperationTimeout:
@@ -744,7 +764,12 @@ class VectorEnvSource:
         if self._closed:
             raise ClosedError("the server is shutting down")
         pool = WorkerPool(
-            self.source, self.contract, self.workers, restart=self.restart, on_restart=self._count_restart
+            self.source,
+            self.contract,
+            self.workers,
+            restart=self.restart,
+            on_restart=self._count_restart,
+            memfd=memfd,
         )
         try:
             return EnvAdapter(self.source.facade.with_pool(pool), **self._options)

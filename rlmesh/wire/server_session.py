@@ -320,6 +320,9 @@ class ServerSession:
         self.channel: Channel | None = None
         self.data: DataPlane | None = None
         self.channel_segment: Segment | None = None
+        #: Whether this session's segments are sealed memfds passed as descriptors
+        #: (a Unix socket, a client that takes them); decided in the handshake.
+        self.memfd = False
         self._spin_base = config.spin
         self.spin = SpinPolicy(self._spin_base, enabled=True)  # the config decided
         self._life = Lifecycle(f"the server session {self.id[:8]}")
@@ -474,6 +477,10 @@ class ServerSession:
         if uid is not None and uid not in (os.geteuid(), 0):
             self._send_error(P.E_PROTOCOL, "only processes of the same user may connect")
             raise ProtocolError(f"rejected a client running as uid {uid}")
+        # Over a Unix socket to a client that takes descriptors: sealed memfds, no
+        # names (decided before the endpoint opens the session, which may create segments).
+        self.memfd = bool(self.config.shared_memory and hello.shm and hello.fds) and self.stream.is_unix
+        self.memfd = self.memfd and _memfd_supported()
         try:
             self.handler = self.host.open_session(self)
         except (BusyError, ClosedError) as exc:
@@ -490,15 +497,17 @@ class ServerSession:
         if self.config.shared_memory and hello.shm:
             # A model endpoint's requests carry observations and its answers actions:
             # it sizes the session's rings and slots with the spaces swapped.
-            # Over a Unix socket to a client that takes descriptors: sealed memfds, no names.
-            memfd = hello.fds and self.stream.is_unix and _memfd_supported()
-            offer, token = self._make_offer(getattr(self.handler, "sizing_contract", contract), memfd=memfd)
+            sizing = getattr(self.handler, "sizing_contract", contract)
+            offer, token = self._make_offer(sizing, memfd=self.memfd)
         if hello.pid == os.getpid():
             # Same process: the client is a thread that needs the GIL we would spin with.
             self._spin_base = 0.0
             self.spin.maximum = self.spin.budget = 0.0
         # A vector endpoint's fast path (rlmesh.vector): offered with shared memory only.
         vector_offer = getattr(self.handler, "vector_offer", None)
+        vector = None
+        if offer is not None and vector_offer is not None:
+            vector = self._vector_offer(vector_offer)
         welcome = P.Welcome(
             protocol=P.PROTOCOL_VERSION,
             version=P.RELEASE,
@@ -506,7 +515,7 @@ class ServerSession:
             session=self.id,
             contract=contract.to_dict(),
             offer=None if offer is None else offer.to_wire(),
-            vector=vector_offer() if offer is not None and vector_offer is not None else None,
+            vector=vector,
         )
         self.stream.send(pack(welcome.to_wire()), timeout=timeout, fds=self._offer_fds)
         self._offer_fds = []
@@ -589,6 +598,18 @@ class ServerSession:
             P.E_AUTH, f"authentication failed: {why}; pass auth_token= or set RLMESH_AUTH_TOKEN on the client"
         )
         return False
+
+    def _vector_offer(self, vector_offer: Any) -> Any:
+        """The handler's vector offer; a memfd segment named by its descriptor's index in the WELCOME."""
+        offer = vector_offer()
+        fileno = getattr(self.handler, "vector_fileno", None)
+        if offer is None or not self._offer_fds or fileno is None:
+            return offer
+        fd = fileno()
+        if fd is None:
+            return offer  # a named segment: the client opens it by name
+        self._offer_fds.append(fd)
+        return {**offer, "segment": len(self._offer_fds) - 1}
 
     def _make_offer(self, contract: EnvContract, *, memfd: bool = False) -> tuple[P.Offer | None, str | None]:
         """Create the session's shared memory and the offer naming it (memfd: by descriptor index).

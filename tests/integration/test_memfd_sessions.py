@@ -379,3 +379,17 @@ def test_a_forged_segment_announced_mid_session_breaks_the_session(tmp_path: Pat
     finally:
         fake.close()
     assert new_fds(before) == []
+
+
+def test_a_vector_fast_path_over_unix_shares_its_session_segment_as_a_memfd(serve: Any) -> None:
+    from rlmesh.numpy import RemoteVectorEnv
+
+    served = serve("CartPole-v1", "unix-shm", num_envs=4, workers=2)
+    env = served.client(RemoteVectorEnv)
+    assert env._lanes is not None  # the fast path, straight to the workers
+    obs, _ = env.reset(seed=3)
+    for _ in range(3):
+        obs, *_ = env.step(np.zeros(4, np.int64))
+    maps = segment_maps()
+    # The channel, the slab and the workers' session segment: all memfds, no /dev/shm name at all.
+    assert len(set(maps)) >= 3 and all(m.startswith("/memfd:rlm-") for m in maps), maps
