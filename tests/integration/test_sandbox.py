@@ -132,6 +132,10 @@ def test_sandboxed_cartpole_replays_local_cartpole_bit_for_bit_numpy(api: Any, i
         assert isinstance(env, rnp.RemoteEnv)
         assert env.sandbox.image == image and env.source == "CartPole-v1"
         assert env.sandbox.resolved_source == "gym://CartPole-v1"
+        # Observations cross through shared memory: sealed memfds the container made and
+        # passed over the socket (the host's /dev/shm is not involved).
+        assert env.data_plane == "shm"
+        assert "/memfd:" in Path("/proc/self/maps").read_text()
         for seed in SEEDS:
             assert remote_episode(env, seed) == local_episode(seed)
 
