@@ -104,11 +104,16 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-        # Only rlmesh's own names: another process's entry (a concurrent run's
-        # multiprocessing semaphore, say) is reported but never unlinked, since
-        # unlinking it would break that process.
+        # Only rlmesh's own names whose creator is gone (the janitor's lock
+        # probe): another process's entry (a concurrent run's multiprocessing
+        # semaphore, or a live segment of a concurrent rlmesh run, which its
+        # workers may still have to attach by name) is reported but never
+        # unlinked, since unlinking it would break that process.
+        from rlmesh.shm import janitor
+
+        stale = {info.name for info in janitor.list_segments() if not info.alive}
         for name in shm_added:
-            if name.startswith(NAME_PREFIX):
+            if name.startswith(NAME_PREFIX) and name in stale:
                 Path("/dev/shm", name).unlink(missing_ok=True)
         pytest.fail("test leaked resources: " + "; ".join(problems), pytrace=False)
 
