@@ -120,6 +120,35 @@ def make_segment(tmp: Path) -> Made:
     return Made(seg, shm_gone(seg.name))
 
 
+def memfd_gone(segment: Segment) -> Callable[[], bool]:
+    """No mapping of the memfd is left, and the creator's descriptor is closed."""
+    label, fd = segment.name.removeprefix("memfd:"), segment.fileno()
+
+    def gone() -> bool:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = ""
+        return mappings_of(f"/memfd:{label}") == 0 and label not in target
+
+    return gone
+
+
+def make_memfd_segment(tmp: Path) -> Made:
+    seg = Segment.create_memfd(4096)
+    return Made(seg, memfd_gone(seg))
+
+
+def make_memfd_peer_memory(tmp: Path) -> Made:
+    owner = Segment.create_memfd(1 << 16)
+    peer = PeerMemory()
+    peer.add_memfd(1, os.dup(owner.fileno()), owner.size)
+    label = owner.name.removeprefix("memfd:")
+    assert mappings_of(f"/memfd:{label}") == 2
+    owner.close()
+    return Made(peer, lambda: mappings_of(f"/memfd:{label}") == 0)
+
+
 def make_slab(tmp: Path) -> Made:
     slab = Slab(segment_size=1 << 16)
     slab.alloc(64)
@@ -349,6 +378,8 @@ def make_worker_pool(tmp: Path) -> Made:
 
 OWNERS = [
     Kind("Segment", make_segment, use=lambda s: s.buf),
+    Kind("Segment (memfd)", make_memfd_segment, use=lambda s: s.buf),
+    Kind("PeerMemory (memfd)", make_memfd_peer_memory, use=lambda p: p.add_segment(2, "rlm-none", 4096)),
     Kind("Slab", make_slab, use=lambda s: s.alloc(64)),
     Kind("PeerMemory", make_peer_memory, use=lambda p: p.add_segment(2, "rlm-none", 4096)),
     Kind(
