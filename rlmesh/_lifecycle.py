@@ -90,6 +90,11 @@ def _finalize(what: str, release: Callable[..., None], *resources: Any) -> None:
         warnings.warn(f"{what} was never closed", ResourceWarning, stacklevel=2)
 
 
+def _finalize_quietly(what: str, release: Callable[..., None], *resources: Any) -> None:
+    # The finalizer of an owner whose close was asked for (see Lifecycle.quiet).
+    release(*resources)
+
+
 class Lifecycle:
     """The state, the close transition and the finalizer of one resource owner.
 
@@ -205,6 +210,24 @@ class Lifecycle:
         _, _, (_, release, *resources), _ = detached
         release(*resources)
         return True
+
+    def quiet(self) -> None:
+        """Keep the finalizer, but without its warning: the owner's close was asked for.
+
+        For an owner whose close waits on something it does not control (a
+        segment whose close is deferred until its last view dies): if the
+        owner is collected first, its resources are still released, and the
+        owner, which did call close, is not reported as "never closed".
+        Idempotent; :meth:`release` and :meth:`forget` work as before.
+        """
+        finalizer = self._finalizer
+        if finalizer is None:
+            return
+        detached = finalizer.detach()
+        if detached is None:
+            return
+        owner, _, args, _ = detached
+        self._finalizer = weakref.finalize(owner, _finalize_quietly, *args)
 
     def forget(self) -> None:
         """Detach the finalizer without releasing: the owner released its resources itself."""

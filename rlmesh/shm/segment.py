@@ -382,6 +382,10 @@ class Segment:
                 return
             if self._pins:
                 self._close_pending = True
+                # Asked to close: if the garbage collector takes this segment before its
+                # last view's release runs (a cycle can swallow the release callbacks),
+                # the finalizer unmaps it without a "never closed" warning.
+                self._life.quiet()
                 return
         self._close_now()
 

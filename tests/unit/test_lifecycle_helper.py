@@ -195,3 +195,26 @@ def test_owners_alive_at_exit_are_released_without_a_warning(tmp_path: object) -
     assert proc.stdout == "released\n"
     assert "never closed" not in proc.stderr and "ResourceWarning" not in proc.stderr
     assert not os.path.exists(path)
+
+
+def test_a_quieted_owner_dropped_is_released_without_a_warning() -> None:
+    # An owner whose close was asked for but waits (a segment's deferred close).
+    owner = Owner()
+    r, w = owner.r, owner.w
+    owner._life.quiet()
+    owner._life.quiet()  # idempotent
+    assert owner._life.watching
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del owner
+        gc.collect()
+    assert not fd_open(r) and not fd_open(w)
+
+
+def test_a_quieted_owner_still_releases_on_close() -> None:
+    owner = Owner()
+    r, w = owner.r, owner.w
+    owner._life.quiet()
+    owner.close()
+    assert not owner._life.watching
+    assert not fd_open(r) and not fd_open(w)

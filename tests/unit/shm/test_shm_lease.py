@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -229,3 +230,29 @@ def test_errors_for_forged_handles_do_not_name_the_segment(pair: Pair) -> None:
         with pytest.raises(InvalidHandle) as info:
             pair.peer.view(handle)
         assert name not in str(info.value)
+
+
+def test_a_closed_table_collected_with_its_views_closes_its_segments_quietly() -> None:
+    # A failing run leaves tensors in its traceback: the views, their leases and the
+    # closed table (whose weakrefs would run the releases) die in one garbage cycle, and
+    # the collector drops the weakrefs without calling them, so the last unpin never
+    # comes. The segment's close was asked for (its close deferred), so its finalizer
+    # must unmap it without "was never closed".
+    slab = Slab(segment_size=1 << 16)
+    try:
+        peer = PeerMemory()
+        block = slab.alloc(64)
+        for sid, name, size in slab.take_new_segments():
+            peer.add_segment(sid, name, size)
+        view, lease, _ = peer.lease(block.handle)
+        del view  # the lease alone stands for the views (as a Tensor's owner does)
+        peer.close()  # deferred: a lease is alive
+        cycle: list[Any] = [lease, peer]
+        cycle.append(cycle)
+        del lease, peer, cycle
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gc.collect()
+        assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    finally:
+        slab.close()
