@@ -394,11 +394,15 @@ class ShardedVectorEnvBase:
         ep.inbox.put(("call", self._ticket, call))
 
     def _lose(self, ep: _Endpoint, tell_thread: bool) -> None:
+        """Mask ``ep``; ``tell_thread``: its thread must drop the client (the caller gave up on it).
+
+        The thread is told which call was abandoned (None: an inline call), so a
+        call that failed there already (and was redialled) is not redialled twice.
+        """
         ep.state = _LOST
-        ep.ticket = None
-        self._pending.pop(ep.index, None)
         if tell_thread:
-            ep.inbox.put(("lost", None))
+            ep.inbox.put(("lost", ep.ticket))
+        ep.ticket = None
 
     def _take(self, timeout: float | None) -> Any:
         """The next report of an endpoint thread, or None after ``timeout``; ClosedError once closed."""
@@ -535,7 +539,7 @@ class ShardedVectorEnvBase:
 
     def _check_idle(self) -> None:
         self._life.check_open()
-        if self._pending:
+        if self._pending or self._ready:
             raise ValueError("lanes are in flight (send() without recv()): recv() them first")
 
     # -- calls ----------------------------------------------------------------------------------
@@ -790,7 +794,7 @@ class ShardedVectorEnvBase:
         self._life.check_open()
         if self._step_pending:
             raise ValueError("a step_async() is in flight: call step_wait() first")
-        self._drain()
+        self._harvest()  # answers already in go to the ready list, never dropped
         ids = list(range(self._n)) if env_ids is None else [int(i) for i in np.asarray(env_ids).reshape(-1)]
         _check_batch(actions, len(ids))
         actions = self._host_actions(actions)
