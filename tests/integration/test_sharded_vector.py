@@ -309,3 +309,40 @@ def test_a_close_from_another_thread_wakes_a_step_and_an_unclosed_env_is_release
             gc.collect()
         assert any("never closed" in str(w.message) for w in caught)
         assert not any(t.is_alive() for t in threads)
+
+
+def test_an_endpoint_killed_while_its_lanes_are_in_flight_returns_them_truncated_from_recv() -> None:
+    with (
+        endpoints() as (procs, addresses),
+        ShardedVectorEnv(addresses, shared_memory=False, request_timeout_seconds=20) as env,
+    ):
+        env.reset(seed=2)
+        os.kill(procs[1].pid, signal.SIGSTOP)  # its lanes stay in flight until the kill
+        env.send(actions_at(0))
+        _, _, _, _, _, ids = env.recv(min_envs=4, timeout=10)
+        assert list(ids) == [0, 1, 5, 6]
+        procs[1].kill()
+        procs[1].wait()
+        start_at = time.monotonic()
+        _, _, _, truncated, info, ids = env.recv(timeout=10)
+        assert time.monotonic() - start_at < 2.0
+        assert list(ids) == [2, 3, 4] and truncated.all() and info["rlmesh_lost"].all()
+        assert not info["rlmesh_live"].any()
+        # Masked lanes sent again wait for the endpoint's return; the others step on.
+        env.send(actions_at(1)[:4], env_ids=[0, 1, 5, 6])
+        _, _, _, _, info, ids = env.recv(timeout=10)
+        assert list(ids) == [0, 1, 5, 6] and info["rlmesh_live"].all()
+
+
+def test_the_auth_token_reaches_every_endpoint(tmp_path: Any) -> None:
+    from rlmesh.errors import AuthenticationError
+
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token")
+    token_file.chmod(0o600)
+    with endpoints("--auth-token-file", str(token_file), sizes=(2, 2)) as (_, addresses):
+        with ShardedVectorEnv(addresses, shared_memory=False, auth_token="s3cret-token") as env:
+            obs, _ = env.reset(seed=0)
+            assert obs.shape == (4, 4)
+        with pytest.raises(AuthenticationError):
+            ShardedVectorEnv(addresses, shared_memory=False, auth_token="wrong")
