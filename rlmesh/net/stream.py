@@ -31,7 +31,7 @@ from .._buffers import buffer_address
 from .._deadline import LONGEST_SLEEP, Deadline, check_timeout
 from .._lifecycle import Lifecycle, State
 from .._spin import SpinPolicy
-from ..errors import BrokenError, ClosedError, ConnectError, FramingError, OperationTimeout, ProtocolError
+from ..errors import BrokenError, ClosedError, ConnectError, FramingError, OperationTimeout
 from .address import Address
 from .framing import DEFAULT_MAX_FRAME, PREFIX, aligned_buffer, body_layout, check_body_length, split_body
 
@@ -211,6 +211,10 @@ class SocketStream:
         self.accept_fds = 0
         # Descriptors that came with the last frame, until take_fds() (closed by the next recv_frame).
         self._fds: list[int] = []
+        #: True when the last frame came with descriptors that could not all be
+        #: received (more than ``accept_fds``, or this process ran out of
+        #: descriptors): the kernel dropped some, and the rest were closed.
+        self.fds_dropped = False
         self._life.watch(self, _close_socket, sock, self._fds)
         sock.setblocking(False)
         # One poll object per direction: a sender thread and a receiver thread
@@ -465,6 +469,7 @@ class SocketStream:
         self._check()
         if self._fds:
             close_fds(self._fds)  # the last frame's descriptors, never taken
+        self.fds_dropped = False
         deadline = Deadline.of(timeout)
         prefix = bytearray(4)
         got = self._recv_into(memoryview(prefix), deadline, started=False, fds=self.accept_fds)
@@ -531,9 +536,11 @@ class SocketStream:
         ``recvmsg`` with ``MSG_CMSG_CLOEXEC`` (``socket.recv_fds`` drops its
         flags, cpython#128881, and descriptors would leak into subprocesses).
 
-        Raises:
-            ProtocolError: the peer sent more descriptors than fit (the kernel
-                closed the excess; those that came are closed here too).
+        When they do not all fit (the peer sent more than ``max_fds``, or this
+        process is out of descriptors: MSG_CTRUNC), the kernel drops the rest
+        and those that came are closed too, so the frame has none
+        (:attr:`fds_dropped`): whoever expected them fails on its own terms
+        (a session goes inline), and the stream stays usable.
         """
         n, ancillary, flags, _ = self._sock.recvmsg_into(
             [view], socket.CMSG_SPACE(4 * max_fds), socket.MSG_CMSG_CLOEXEC
@@ -544,8 +551,7 @@ class SocketStream:
                 got.extend(array.array("i", data[: len(data) - len(data) % 4]))
         if flags & socket.MSG_CTRUNC or len(got) > max_fds:
             close_fds(got)
-            self._broken = f"the peer sent more than {max_fds} descriptors with a frame"
-            raise ProtocolError(self._broken)
+            self.fds_dropped = True
         return n
 
     def _recv_into(self, view: memoryview, deadline: Deadline, *, started: bool, fds: int = 0) -> int:

@@ -75,7 +75,10 @@ def _take_fd(fds: list[int], index: int) -> int:
         ProtocolError: no such descriptor came, or it was handed out already.
     """
     if not 0 <= index < len(fds) or fds[index] < 0:
-        raise ProtocolError(f"the server named descriptor {index}, which its message did not carry")
+        raise ProtocolError(
+            f"the server named descriptor {index}, which its message did not carry (or it came with "
+            "more descriptors than a frame may carry, or this process is out of descriptors)"
+        )
     fd, fds[index] = fds[index], -1
     return fd
 
