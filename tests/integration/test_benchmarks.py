@@ -272,3 +272,17 @@ def test_bench_vector_pixel_env_is_deterministic_and_writes_new_frames() -> None
     assert (step_a[0] == step_b[0]).all() and step_a[1:4] == (1.0, False, False)
     assert not (step_a[0] == first).all()  # a whole new frame
     assert (make_pixels().reset(seed=4)[0] != first).any()  # the seed matters
+
+
+def test_bench_fleet_quick_without_ray_measures_direct_and_sharded() -> None:
+    # The Ray rows (fleet, ray-actors, recovery) start Ray and a fleet: too slow
+    # for a smoke run here; tests/integration/test_ray_fleet.py covers the fleet.
+    rows, out = run_bench(
+        ["-m", "benchmarks.bench_fleet", "--quick", "--no-ray", "--endpoints", "2", "--lanes", "4"], str(ROOT)
+    )
+    assert {row["impl"] for row in rows} == {"direct", "sharded"}
+    for row in rows:
+        assert row["bench"] == "bench_fleet" and row["endpoints"] == 2 and row["lanes"] == 4
+        assert row["env_steps_per_s_median"] > 0 and len(row["rounds"]) == 2
+    assert re.search(r"\| fleet +\| skipped \(--no-ray\)", out)
+    assert re.search(r"\| sharded per-step cost <= 1.10x direct \| +[0-9.]+x \| (pass|FAIL) \|", out)
