@@ -411,14 +411,15 @@ def test_shm_observations_really_live_in_shared_memory(serve) -> None:
             lo, hi = (int(x, 16) for x in span.split("-"))
             if lo <= address < hi:
                 mapping = line
-    assert mapping is not None and "/dev/shm/rlm-" in mapping, mapping
+    # A Unix session's slab is a sealed memfd (over TCP it would be a named /dev/shm segment).
+    assert mapping is not None and "/memfd:rlm-" in mapping, mapping
     assert address % 64 == 0
     assert np.from_dlpack(obs).ctypes.data == address
     inline = serve(CountEnv, "unix-inline").client()
     inline_obs, _ = inline.reset()
     with open("/proc/self/maps") as maps:
         assert not any(
-            "/dev/shm" in line
+            ("/dev/shm" in line or "/memfd:" in line)
             and int(line.split("-")[0], 16) <= inline_obs.address < int(line.split()[0].split("-")[1], 16)
             for line in maps
         )
