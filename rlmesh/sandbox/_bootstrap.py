@@ -14,6 +14,7 @@ A failed import check prints one line starting with :data:`IMPORT_FAILED`
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -86,14 +87,21 @@ def main() -> int:
     from ..server import EnvServer
 
     num_envs = config.get("num_envs")
+    target = _target(config["source"])
+    make_kwargs = dict(config.get("make_kwargs") or {})
+    if not isinstance(target, str) and not num_envs and make_kwargs:
+        # EnvServer applies make kwargs to ids and to the vector fast path's
+        # factory; a single env's factory gets them here.
+        target = functools.partial(target, **make_kwargs)
+        make_kwargs = {}
     server = EnvServer(
-        _target(config["source"]),
+        target,
         # Never used (the session arrives on the dial-back connection); the
         # container's own /tmp, gone with it.
         f"unix:///tmp/rlmesh-{os.getpid()}.sock",  # noqa: S108 - the container's private tmpfs
         num_envs=num_envs,
         vectorization_mode=config.get("vectorization_mode") if num_envs else None,
-        make_kwargs=dict(config.get("make_kwargs") or {}),
+        make_kwargs=make_kwargs,
     )
     try:
         sock = dial(config.get("dial") or "unix:///run/rlmesh/host.sock")

@@ -12,6 +12,7 @@ passed when the container starts and never cause a rebuild.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -344,12 +345,14 @@ class _Progress:
 
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)")
+_LAYER = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 
 
 def _build(api: Any, context: Path, tag: str, labels: dict[str, str]) -> str:
     progress = _Progress(tag)
     tail: list[str] = []
     image_id = ""
+    last_layer = stage_one = ""
     started = time.monotonic()
     try:
         for chunk in api.api.build(
@@ -370,6 +373,11 @@ def _build(api: Any, context: Path, tag: str, labels: dict[str, str]) -> str:
                 match = _STEP.match(text)
                 if match:
                     progress.step(int(match[1]), int(match[2]), match[3])
+                    if match[3].startswith("FROM ") and last_layer:
+                        stage_one = last_layer  # the build stage ends where the second FROM begins
+                layer = _LAYER.match(text)
+                if layer:
+                    last_layer = layer[1]
             elif "aux" in chunk and isinstance(chunk["aux"], dict):
                 image_id = str(chunk["aux"].get("ID", image_id))
             elif "errorDetail" in chunk or "error" in chunk:
@@ -381,6 +389,11 @@ def _build(api: Any, context: Path, tag: str, labels: dict[str, str]) -> str:
         raise SandboxError(f"building the sandbox image {tag} failed: {exc}\n" + "\n".join(tail)) from exc
     finally:
         progress.close()
+    if stage_one:
+        # The build stage's image holds the wheelhouse and nothing else needs it: an
+        # untagged leftover per build otherwise (the classic builder keeps it).
+        with contextlib.suppress(Exception):
+            api.images.remove(stage_one, noprune=False)
     log.info("sandbox: built %s in %.1fs", tag, time.monotonic() - started)
     return image_id
 

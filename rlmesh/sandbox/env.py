@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from .._lifecycle import Lifecycle
+from .._lifecycle import Lifecycle, State
 from ..client import DEFAULT_REQUEST_TIMEOUT, RemoteEnv, RemoteVectorEnv, _seconds
 from ..errors import SandboxError
 from ..net.address import Address
@@ -347,6 +347,17 @@ class _Sandbox:
             _release(self.api, self.container_id, self.session_dir, self.listener, self.lock_fd)
         finally:
             self._life.finish_close()
+
+    @property
+    def state(self) -> State:
+        """OPEN, CLOSING or CLOSED (see :mod:`rlmesh._lifecycle`)."""
+        return self._life.state
+
+    def __enter__(self) -> _Sandbox:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def _requirement_name(req: str) -> str:

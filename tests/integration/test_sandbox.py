@@ -328,3 +328,47 @@ def test_a_prebuilt_image_running_rlmesh_serve_dials_back(api: Any, image: str) 
             rnp.SandboxEnv(f"docker://{tag}", packages=["gymnasium"])
     finally:
         api.images.remove(tag, force=True)
+
+
+def test_a_pinned_hub_source_runs_from_a_local_git_repository(
+    api: Any, image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "hub" / "org" / "cartpole"
+    repo.mkdir(parents=True)
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=repo, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    (repo / "env.py").write_text(
+        "import gymnasium\n\n\ndef make_env(**kwargs):\n    return gymnasium.make('CartPole-v1', **kwargs)\n"
+    )
+    (repo / "requirements.txt").write_text(PARAMS["packages"][0] + "\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "env")
+    sha = git("rev-parse", "HEAD")
+    monkeypatch.setenv("HF_ENDPOINT", f"file://{tmp_path / 'hub'}")
+    with rnp.SandboxEnv(
+        f"hf://org/cartpole@{sha}", trust_remote_code=True, max_episode_steps=20, **PARAMS
+    ) as env:
+        assert env.sandbox.resolved_source == f"hf://org/cartpole@{sha}"
+        assert env.sandbox.image != image
+        steps = remote_episode(env, 3)
+        # The make kwargs reached make_env: the episode is truncated at 20 steps.
+        assert len(steps) <= 21 and (steps[-1][2] or steps[-1][3])
+        assert [s[0] for s in steps] == [s[0] for s in local_episode(3)][: len(steps)]
+
+
+def test_a_sandbox_dropped_unclosed_is_removed_with_a_warning(api: Any, image: str) -> None:
+    import gc
+
+    env = rnp.SandboxEnv("CartPole-v1", **PARAMS)
+    container_id, session_dir = env.container_id, os.path.dirname(env.sandbox.address[len("unix://") :])
+    env.reset(seed=0)
+    with pytest.warns(ResourceWarning, match="never closed"):
+        del env
+        gc.collect()
+    assert all(c.id != container_id for c in api.containers.list(all=True))
+    assert not os.path.exists(session_dir)
