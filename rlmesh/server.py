@@ -47,7 +47,8 @@ from .errors import (
 )
 from .net.address import resolve_address
 from .net.framing import DEFAULT_MAX_FRAME
-from .net.stream import Listener, SocketStream
+from .net.listener import Listener
+from .net.stream import SocketStream
 from .shm import janitor as _janitor
 from .specs import EnvContract
 from .values import encode_metadata

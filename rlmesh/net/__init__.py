@@ -10,6 +10,7 @@ It never imports :mod:`rlmesh.shm`; only the endpoints know both.
 from __future__ import annotations
 
 from .address import Address as Address, parse_address as parse_address, resolve_address as resolve_address
-from .stream import Listener as Listener, SocketStream as SocketStream, connect as connect
+from .listener import Listener as Listener
+from .stream import SocketStream as SocketStream, connect as connect
 
 __all__ = ["Address", "Listener", "SocketStream", "connect", "parse_address", "resolve_address"]

@@ -39,7 +39,8 @@ from rlmesh._adapter import EnvAdapter
 from rlmesh._lifecycle import State
 from rlmesh.errors import BusyError, ClosedError
 from rlmesh.net.address import Address
-from rlmesh.net.stream import Listener, SocketStream
+from rlmesh.net.listener import Listener
+from rlmesh.net.stream import SocketStream
 from rlmesh.shm import PeerMemory, Segment, Slab, SlotRing
 from rlmesh.wire.channel import RingChannel, SocketChannel, channel_layout
 from rlmesh.wire.client_session import ClientSession

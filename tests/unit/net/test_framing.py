@@ -13,7 +13,8 @@ from rlmesh import _spin
 from rlmesh._spin import SpinPolicy
 from rlmesh.errors import BrokenError, FramingError, OperationTimeout
 from rlmesh.net import framing, parse_address
-from rlmesh.net.stream import Listener, SocketStream, connect
+from rlmesh.net.listener import Listener
+from rlmesh.net.stream import SocketStream, connect
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from rlmesh._deadline import Deadline
 from rlmesh._spin import SpinPolicy
 from rlmesh.errors import BrokenError, ConnectError, OperationTimeout
 from rlmesh.net import Address
-from rlmesh.net.stream import Listener, SocketStream, connect
+from rlmesh.net.listener import Listener
+from rlmesh.net.stream import SocketStream, connect
 
 
 @pytest.fixture

@@ -5,12 +5,12 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from rlmesh.net import stream as S
+from rlmesh.net import listener as N, stream as S
 from rlmesh.net.address import Address
 
 
 def test_tcp_streams_on_both_sides_get_short_keepalive() -> None:
-    with S.Listener(Address("tcp", host="127.0.0.1", port=0)) as listener:
+    with N.Listener(Address("tcp", host="127.0.0.1", port=0)) as listener:
         client = S.connect(listener.address, timeout=5.0)
         accepted = listener.accept(5.0)
         assert accepted is not None
@@ -31,14 +31,14 @@ def test_tcp_streams_on_both_sides_get_short_keepalive() -> None:
 
 
 def test_a_specific_host_is_bound_exactly_and_reported_as_is() -> None:
-    with S.Listener(Address("tcp", host="127.0.0.1", port=0)) as listener:
+    with N.Listener(Address("tcp", host="127.0.0.1", port=0)) as listener:
         assert listener.address.host == "127.0.0.1"
         assert listener.bound == listener.address
         assert listener._sock.getsockname()[0] == "127.0.0.1"
 
 
 def test_a_wildcard_listener_reports_an_address_a_client_can_dial() -> None:
-    with S.Listener(Address("tcp", host="0.0.0.0", port=0)) as listener:
+    with N.Listener(Address("tcp", host="0.0.0.0", port=0)) as listener:
         assert listener.bound.host == "0.0.0.0"
         host = listener.address.host
         assert host is not None and host != "0.0.0.0"
@@ -55,6 +55,6 @@ def test_a_wildcard_listener_reports_an_address_a_client_can_dial() -> None:
 
 
 def test_dialable_host_keeps_specific_addresses() -> None:
-    assert S.dialable_host("10.1.2.3") == "10.1.2.3"
-    assert S.dialable_host("::1") == "::1"
-    assert S.dialable_host("myhost.example") == "myhost.example"
+    assert N.dialable_host("10.1.2.3") == "10.1.2.3"
+    assert N.dialable_host("::1") == "::1"
+    assert N.dialable_host("myhost.example") == "myhost.example"
