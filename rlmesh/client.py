@@ -368,6 +368,12 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
         return f"<{type(self).__name__} {self._contract.id} at {self._address} {state}>"
 
 
+#: Wire values that cannot hold a tensor; their STEP needs no tail.
+_SCALARS = frozenset((int, float, bool, str))
+#: The tail of every scalar action's STEP: nothing is ever added to it (a scalar holds no tensor).
+_EMPTY_TAIL = TailBuilder()
+
+
 def _seed_ok(seed: Any) -> bool:
     if type(seed) is int:
         return seed >= 0
@@ -408,15 +414,21 @@ class RemoteEnv(RemoteEnvBase[Any, Any]):
             OperationTimeout, BrokenError, ClosedError.
         """
         wire = self._bridge.encode(action)
-        _, _, obs, reward, terminated, truncated, info = self._conn.step(
-            wire, TailBuilder(), self._timeout(timeout)
-        )
-        info = dict(info) if type(info) is dict else {}
-        info.setdefault("episode_ids", list(self._episode_ids))
+        # A scalar action (Discrete, Text) holds no tensor: no tail to collect one.
+        tail = _EMPTY_TAIL if type(wire) in _SCALARS else TailBuilder()
+        seconds = self._request_timeout if timeout is None else _seconds("timeout", timeout, None)
+        _, _, obs, reward, terminated, truncated, info = self._conn.step(wire, tail, seconds)
+        # The info was decoded for this response alone: it is ours to extend, no copy.
+        if type(info) is not dict:
+            info = {}
+        if "episode_ids" not in info:
+            info["episode_ids"] = list(self._episode_ids)
         if terminated or truncated:
             info.setdefault("completed_episodes", 1)
             self._episode_ids = [uuid7()]
-        return self._obs(obs), float(reward), bool(terminated), bool(truncated), info
+        if self._fix_obs is not None:
+            obs = self._fix_obs(obs)
+        return self._bridge.decode(obs), float(reward), bool(terminated), bool(truncated), info
 
 
 class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
@@ -752,12 +764,15 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
     def _sync_result(self, response: list[Any]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         """A step's results from the server's OK (off the fast path), with episode ids tracked."""
         _, _, obs, rewards, terminations, truncations, info = response
-        info = dict(info) if type(info) is dict else {}
+        # The info was decoded for this response alone: it is ours to extend, no copy.
+        if type(info) is not dict:
+            info = {}
         mode = self._contract.autoreset_mode
         # Lanes that ended on the previous step were reset by this one (NextStep).
-        for lane in getattr(self, "_pending_new_ids", []):
-            self._episode_ids[lane] = uuid7()
-        self._pending_new_ids = []
+        if self._pending_new_ids:
+            for lane in self._pending_new_ids:
+                self._episode_ids[lane] = uuid7()
+            self._pending_new_ids = []
         self._renew_restarted(range(self._contract.num_envs), info)
         term = _flags(terminations)
         trunc = _flags(truncations)
