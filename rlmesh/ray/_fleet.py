@@ -86,8 +86,6 @@ class _Supervisor:
         self.handles = handles
         self.lock = threading.Condition()
         self.infos = [HostInfo(i, "starting", None, None, None, n, 0, 0) for i, n in enumerate(lanes)]
-        self.died_at: list[float | None] = [None] * len(handles)
-        self.recoveries: list[float] = []
         self.listeners: list[Callable[[int, str], None]] = []
         self.stop = threading.Event()
         self._pending: dict[Any, tuple[str, int]] = {}
@@ -143,7 +141,6 @@ class _Supervisor:
         return info
 
     def _died(self, index: int) -> None:
-        self.died_at[index] = time.monotonic()
         self._set(index, state="restarting")
 
     def _retire(self, index: int, reason: str) -> None:
@@ -151,10 +148,6 @@ class _Supervisor:
 
     def _came_up(self, index: int, value: dict[str, Any]) -> None:
         old = self.infos[index]
-        died = self.died_at[index]
-        if died is not None:
-            self.recoveries.append(time.monotonic() - died)
-            self.died_at[index] = None
         new = self._set(
             index,
             state="live",
@@ -418,11 +411,10 @@ class EnvFleet:
         return infos
 
     def stats(self, timeout: float = 5.0) -> dict[str, Any]:
-        """Counts over the hosts, recovery times, and each live host's server stats.
+        """Counts over the hosts, and each live host's server stats.
 
         Keys: ``hosts``, ``live``, ``restarting``, ``retired``, ``lanes``,
-        ``live_lanes``, ``restarts`` (in all), ``recoveries_s`` (seconds from
-        each death the supervisor saw to the host's return), ``servers``
+        ``live_lanes``, ``restarts`` (in all), ``servers``
         (per host: its EnvServer's ``stats()``, or None if it did not answer
         within ``timeout``).
 
@@ -451,7 +443,6 @@ class EnvFleet:
             "lanes": sum(i.lanes for i in infos),
             "live_lanes": sum(i.lanes for i in live),
             "restarts": sum(i.restarts for i in infos),
-            "recoveries_s": list(sup.recoveries),
             "servers": servers,
         }
 

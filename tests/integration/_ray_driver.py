@@ -168,13 +168,41 @@ def arguments() -> None:
     assert rr.RestartPolicy is rlmesh.RestartPolicy
 
 
+def dropped() -> None:
+    """A started fleet dropped unclosed warns and is shut down: its host actor is gone."""
+    import gc
+    import warnings
+
+    fleet = rr.EnvFleet("CartPole-v1", num_envs=1, hosts=1).start(timeout=100)
+    (handle,) = fleet.handles()
+    assert ray.get(handle.info.remote())["lanes"] == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del fleet
+        gc.collect()
+    assert any(
+        issubclass(w.category, ResourceWarning) and "never closed" in str(w.message) for w in caught
+    ), [str(w.message) for w in caught]
+    try:
+        ray.get(handle.info.remote(), timeout=30)
+    except ray.exceptions.RayActorError:
+        pass
+    else:
+        raise AssertionError("the dropped fleet's host still answers")
+
+
 def main(name: str, address: str) -> None:
     """Connect to the cluster at ``address`` and run the body ``name``."""
     ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
-        {"kill_mid_step": kill_mid_step, "sweep": sweep, "crash_loop": crash_loop, "arguments": arguments}[
-            name
-        ]()
+        bodies = {
+            "kill_mid_step": kill_mid_step,
+            "sweep": sweep,
+            "crash_loop": crash_loop,
+            "arguments": arguments,
+            "dropped": dropped,
+        }
+        bodies[name]()
     finally:
         ray.shutdown()
     sys.stdout.flush()

@@ -60,3 +60,7 @@ def test_a_crash_looping_host_is_retired_and_start_fails_typed(cluster: str) -> 
 
 def test_fleet_checks_its_arguments_and_needs_start(cluster: str) -> None:
     drive("arguments", cluster)
+
+
+def test_a_started_fleet_dropped_unclosed_warns_and_shuts_down(cluster: str) -> None:
+    drive("dropped", cluster)
