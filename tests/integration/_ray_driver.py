@@ -145,7 +145,7 @@ def crash_loop() -> None:
 
 
 def arguments() -> None:
-    """Bad arguments are refused before Ray is touched; a fleet not started has no hosts."""
+    """Bad arguments are refused; a fleet not started has no hosts; run() starts its own fleet."""
     for kwargs, word in [
         ({"num_envs": 2, "placement": "everywhere"}, "placement"),
         ({"num_envs": 0}, "num_envs"),
@@ -166,6 +166,19 @@ def arguments() -> None:
         raise AssertionError("hosts() of a fleet never started")
     fleet.shutdown()
     assert rr.RestartPolicy is rlmesh.RestartPolicy
+    try:
+        rr.run(policy, "Pendulum-v1", seeds=[0], fleet=fleet)
+    except ValueError as exc:
+        assert "fleet's own source" in str(exc), exc
+    else:
+        raise AssertionError("a sweep of another env on a CartPole fleet")
+    # Without a fleet, run() starts one (here one host of two lanes) and shuts it down.
+    seeds = [5, 6, 7, 8, 9]
+    result = rr.run(policy, "CartPole-v1", seeds=seeds, hosts=1, envs_per_host=2, chunk_size=2)
+    local = policy().run("CartPole-v1", seeds=seeds)
+    assert [(e.seed, e.steps, e.reward) for e in result.episodes] == [
+        (e.seed, e.steps, e.reward) for e in local.episodes
+    ]
 
 
 def dropped() -> None:
