@@ -16,6 +16,7 @@ HEAVY = [
     "matplotlib",
     "torch",
     "stable_baselines3",
+    "ray",
 ]
 
 
