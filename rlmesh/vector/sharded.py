@@ -292,7 +292,7 @@ class ShardedVectorEnvBase:
         self._endpoints = endpoints
         self._n = lo
         self._ticket = 0
-        self._pending: dict[int, list[int]] = {}  # endpoint -> lanes sent, not received
+        self._pending: dict[int, range] = {}  # endpoint -> lanes sent, not received
         self._ready: list[tuple[int, Any, Any]] = []  # (endpoint, part, flags) received, not returned
         self._contract = endpoints[0].contract
         self._spaces = (endpoints[0].client.single_observation_space, endpoints[0].client.single_action_space)
@@ -483,26 +483,27 @@ class ShardedVectorEnvBase:
         terminated = np.concatenate([p[3] for p in parts]) if len(parts) > 1 else parts[0][3]
         truncated = np.concatenate([p[4] for p in parts]) if len(parts) > 1 else parts[0][4]
         info = _merge_infos(np, [(p[5], p[0].n) for p in parts])
-        n = sum(p[0].n for p in parts)
-        live = np.ones(n, dtype=np.bool_)
-        lost_flags = np.zeros(n, dtype=np.bool_)
-        restarted_flags = np.zeros(n, dtype=np.bool_)
-        at = 0
-        for ep, *_ in parts:
-            if ep.state == _LOST:
-                live[at : at + ep.n] = False
-            if ep.index in lost:
-                lost_flags[at : at + ep.n] = True
-            if ep.index in restarted:
-                restarted_flags[at : at + ep.n] = True
-            at += ep.n
+        n = len(rewards)
+        # One block each for the three flag arrays and their masks: two allocations a step.
+        flags = np.zeros((3, n), dtype=np.bool_)
+        live, lost_flags, restarted_flags = flags
+        if lost or restarted or any(p[0].state == _LOST for p in parts):
+            at = 0  # parts come in lane order (a recv's subset packed)
+            for ep, *_ in parts:
+                live[at : at + ep.n] = ep.state != _LOST
+                lost_flags[at : at + ep.n] = ep.index in lost
+                restarted_flags[at : at + ep.n] = ep.index in restarted
+                at += ep.n
+        else:
+            live.fill(True)
         prior = info.get("rlmesh_restarted")
-        if isinstance(prior, np.ndarray) and prior.shape == (n,):
-            restarted_flags |= prior.astype(np.bool_)
-        everywhere = np.ones(n, dtype=np.bool_)
-        info["rlmesh_live"], info["_rlmesh_live"] = live, everywhere
-        info["rlmesh_lost"], info["_rlmesh_lost"] = lost_flags, everywhere.copy()
-        info["rlmesh_restarted"], info["_rlmesh_restarted"] = restarted_flags, everywhere.copy()
+        if prior is not None and len(prior) == n:  # a worker restart inside an endpoint
+            mask = info.get("_rlmesh_restarted", prior)
+            restarted_flags |= np.asarray(prior, dtype=np.bool_) & np.asarray(mask, dtype=np.bool_)
+        masks = np.ones((3, n), dtype=np.bool_)
+        info["rlmesh_live"], info["_rlmesh_live"] = live, masks[0]
+        info["rlmesh_lost"], info["_rlmesh_lost"] = lost_flags, masks[1]
+        info["rlmesh_restarted"], info["_rlmesh_restarted"] = restarted_flags, masks[2]
         return obs, rewards, terminated, truncated, info
 
     def _masked_part(self, ep: _Endpoint, lost_now: bool) -> tuple[Any, ...]:
@@ -668,7 +669,8 @@ class ShardedVectorEnvBase:
         if self._step_pending:
             raise ValueError("a step is already in flight: call step_wait() first")
         self._check_idle()
-        self._drain()
+        if not self._out.empty():
+            self._drain()
         _check_batch(actions, self._n)
         actions = self._host_actions(actions)
         deadline = self._deadline(timeout)
@@ -684,7 +686,7 @@ class ShardedVectorEnvBase:
             if ep.state != _LIVE:
                 continue
             sub = _tree_slice(actions, ep.lo, ep.hi)
-            self._pending[ep.index] = list(range(ep.lo, ep.hi))
+            self._pending[ep.index] = range(ep.lo, ep.hi)
             client = ep.client
             split = bool(getattr(client, "fast_path", False)) or callable(getattr(client, "poll", None))
             if split or slot:
@@ -822,7 +824,7 @@ class ShardedVectorEnvBase:
                 if contiguous
                 else _tree_take(np, actions, positions)
             )
-            self._pending[ep.index] = list(range(ep.lo, ep.hi))
+            self._pending[ep.index] = range(ep.lo, ep.hi)
             if ep.state == _LIVE:
 
                 def call(client: Any, a: Any = sub) -> Any:
