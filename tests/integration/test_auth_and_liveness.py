@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,8 @@ import pytest
 import rlmesh
 import rlmesh.numpy as rnp
 from rlmesh.errors import AuthenticationError, BrokenError, ConnectError, OperationTimeout
-from tests.conftest import ROOT, TRANSPORTS, bind_address, child_pids, serve_subprocess, shm_entries
+from rlmesh.shm import Segment, janitor
+from tests.conftest import ROOT, TRANSPORTS, bind_address, child_pids, serve_subprocess
 from tests.envs import TinyEnv
 
 TOKEN = "correct horse battery staple"
@@ -52,6 +54,14 @@ def non_loopback_ip() -> str | None:
     return None
 
 
+def own_segments() -> set[str]:
+    """The rlmesh segments in /dev/shm that this process created (an in-process server's).
+
+    Other processes' segments (a concurrent test run's) are not counted.
+    """
+    return {seg.name for seg in janitor.list_segments() if seg.pid == os.getpid()}
+
+
 class Recorder:
     """A factory of TinyEnv that counts its calls."""
 
@@ -77,7 +87,16 @@ def test_a_missing_or_wrong_token_is_refused_before_anything_is_allocated(
     ) as server:
         server.start()
         made = factory.calls  # the constructor's env, to learn the contract
-        shm_before = shm_entries()
+        shm_before = own_segments()
+        created: list[str] = []
+        for name in ("create", "create_memfd"):
+            real = getattr(Segment, name)
+
+            def record(*args: object, _real: Any = real, _name: str = name, **kwargs: object) -> Any:
+                created.append(_name)
+                return _real(*args, **kwargs)
+
+            monkeypatch.setattr(Segment, name, record)
         for _ in range(3):
             with pytest.raises(AuthenticationError) as caught:
                 rnp.RemoteEnv(server.address, shared_memory=True, auth_token=sent)
@@ -88,7 +107,8 @@ def test_a_missing_or_wrong_token_is_refused_before_anything_is_allocated(
             assert "RLMESH_AUTH_TOKEN" in message
         # Nothing was allocated for the refused clients: no env, no segment, no session left.
         assert factory.calls == made
-        assert shm_entries() == shm_before
+        assert created == []  # no segment of any kind was made for them
+        assert own_segments() == shm_before
         deadline = time.monotonic() + 5.0  # the refused sessions' threads end right after answering
         while server.stats()["sessions"] and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -101,6 +121,7 @@ def test_a_missing_or_wrong_token_is_refused_before_anything_is_allocated(
             assert first.reset(seed=1)[0] == second.reset(seed=1)[0] == 0
             assert first.step(1)[0] == 1
             assert factory.calls == made + 1
+            assert first.data_plane == "shm" and created  # the recorder sees what a session makes
 
 
 def test_a_refused_client_starts_no_worker_process_on_a_vector_endpoint(
@@ -112,11 +133,11 @@ def test_a_refused_client_starts_no_worker_process_on_a_vector_endpoint(
         "CartPole-v1", "tcp://127.0.0.1:0", options=options, num_envs=2, workers=1
     ) as server:
         server.start()
-        children, shm_before = child_pids(), shm_entries()
+        children, shm_before = child_pids(), own_segments()
         with pytest.raises(AuthenticationError):
             rnp.RemoteVectorEnv(server.address, auth_token="nope")
         assert child_pids() == children  # no worker was spawned
-        assert shm_entries() == shm_before  # no session segment
+        assert own_segments() == shm_before  # no session segment
         with rnp.RemoteVectorEnv(server.address, auth_token=TOKEN) as env:
             assert env.fast_path
             obs, _ = env.reset(seed=0)
