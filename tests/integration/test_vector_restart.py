@@ -244,3 +244,39 @@ def test_model_run_replays_a_seeded_episode_a_restart_cut_short(serve, mode: str
     # The episodes the restart cut short ran again from their seeds: the same results as undisturbed.
     assert outcome(result) == outcome(single)
     assert served.server.stats()["worker_restarts"] == 1
+
+
+def workers_of(pid: int) -> list[int]:
+    """Live vector worker processes whose parent is ``pid``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] != "Z" and b"rlmesh.vector._worker" in cmdline:
+            out.append(int(entry))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3])
+def test_closing_during_a_respawn_reaps_the_new_worker_too(serve, delay: float) -> None:
+    served = serve("CartPole-v1", num_envs=4, workers=2, restart=POLICY)
+    env = served.client(rnp.RemoteVectorEnv)
+    env.reset(seed=0)
+    kill_and_wait(pool_of(served).pids[0])
+    time.sleep(delay)  # 0: before the monitor respawns; 0.3 s: while the new worker starts
+    start = time.monotonic()
+    env.close()
+    served.server.shutdown()
+    assert time.monotonic() - start < 10.0
+    deadline = time.monotonic() + 5.0
+    while workers_of(os.getpid()):
+        assert time.monotonic() < deadline, f"workers left behind: {workers_of(os.getpid())}"
+        time.sleep(0.02)
