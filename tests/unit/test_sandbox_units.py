@@ -293,3 +293,52 @@ def test_bootstrap_import_check_names_the_missing_module() -> None:
 def test_source_dataclass_is_frozen() -> None:
     with pytest.raises(AttributeError):
         Source("gym", "x", "x").kind = "hf"  # type: ignore[misc]
+
+
+class FakeBuildAPI:
+    """Stands in for docker-py's low-level client: replays a build's JSON chunks."""
+
+    def __init__(self, chunks: list[dict[str, Any]]) -> None:
+        self.chunks = chunks
+        self.api = self
+        self.images = self
+        self.removed: list[str] = []
+
+    def build(self, **kwargs: Any) -> Any:
+        assert kwargs["network_mode"] == "none" and kwargs["pull"] is False
+        return iter(self.chunks)
+
+    def remove(self, image: str, noprune: bool = False) -> None:
+        self.removed.append(image)
+
+
+def test_build_progress_is_logged_and_the_build_stage_removed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    chunks = [
+        {"stream": "Step 1/4 : FROM sha256:base AS build"},
+        {"stream": " ---> 111111111111"},
+        {"stream": "Step 2/4 : RUN pip install"},
+        {"stream": " ---> 222222222222"},
+        {"stream": "Step 3/4 : FROM sha256:base"},
+        {"stream": " ---> 111111111111"},
+        {"stream": "Step 4/4 : COPY --from=build a b"},
+        {"stream": " ---> 333333333333"},
+        {"aux": {"ID": "sha256:final"}},
+    ]
+    fake = FakeBuildAPI(chunks)
+    with caplog.at_level("INFO", logger="rlmesh.sandbox"):
+        assert _image._build(fake, tmp_path, "rlmesh-sandbox:x", {}) == "sha256:final"
+    steps = [r.getMessage() for r in caplog.records if "Step" in r.getMessage()]
+    assert len(steps) == 4 and "Step 4/4" in steps[-1]
+    assert fake.removed == ["222222222222"]
+
+
+def test_a_failed_build_is_a_sandbox_error_with_its_last_lines(tmp_path: Path) -> None:
+    chunks = [
+        {"stream": "Step 1/2 : RUN pip install --no-index nothing-here"},
+        {"stream": "ERROR: No matching distribution found for nothing-here"},
+        {"errorDetail": {"message": "returned a non-zero code: 1"}, "error": "x"},
+    ]
+    with pytest.raises(SandboxError, match="(?s)non-zero code.*No matching distribution"):
+        _image._build(FakeBuildAPI(chunks), tmp_path, "rlmesh-sandbox:y", {})
