@@ -734,7 +734,11 @@ class EnvAdapter:
             terminated, truncated = self._legacy_done(done, info)
         if self.vector:
             return obs, reward, terminated, truncated, self._vector_info(info)
-        return obs, _scalar_reward(reward), bool(terminated), bool(truncated), dict(info or {})
+        # The env's own dict is passed on as is: the server only reads it (its
+        # warnings go into a new dict, encode_metadata copies), so no copy per step.
+        if type(info) is not dict:
+            info = dict(info or {})
+        return obs, _scalar_reward(reward), bool(terminated), bool(truncated), info
 
     def _legacy_done(self, done: Any, info: Any) -> tuple[Any, Any]:
         if not self.vector:
