@@ -99,6 +99,14 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server = None
     mode = args.vectorization_mode
+    restart = None
+    if args.max_restarts is not None:
+        from ._restart import RestartPolicy
+
+        try:
+            restart = RestartPolicy(max_restarts=args.max_restarts, window_seconds=args.restart_window)
+        except (TypeError, ValueError) as exc:
+            raise SystemExit(f"rlmesh serve: {exc}") from exc
     if args.num_envs is not None and args.num_envs >= 2 and mode != "sync":
         # The vector fast path: the workers make the id, or import module:factory, themselves.
         try:
@@ -113,12 +121,14 @@ def _serve(args: argparse.Namespace) -> int:
                 autoreset_mode=args.autoreset_mode,
                 framework=args.framework,
                 device=args.device,
+                restart=restart,
             )
         except (TypeError, ValueError) as exc:
-            if mode == "async":
+            if mode == "async" or restart is not None:
                 raise SystemExit(f"rlmesh serve: {exc}") from exc
-    elif args.workers is not None:
-        raise SystemExit("rlmesh serve: --workers needs --num-envs N >= 2 and the async vectorization mode")
+    elif args.workers is not None or restart is not None:
+        flag = "--workers" if args.workers is not None else "--max-restarts"
+        raise SystemExit(f"rlmesh serve: {flag} needs --num-envs N >= 2 and the async vectorization mode")
     if server is None:
         env, make_kwargs = _load_target(args.target, kwargs, args.num_envs)
         server = EnvServer(
@@ -247,6 +257,21 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="worker processes of the vector fast path (default: min(N, cores - 1))",
+    )
+    serve.add_argument(
+        "--max-restarts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="respawn a fast-path worker that dies, at most N times within --restart-window "
+        "(default: no restarts, a dead worker is an error naming its lanes)",
+    )
+    serve.add_argument(
+        "--restart-window",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="the window of --max-restarts (default 60)",
     )
     serve.add_argument(
         "--vectorization-mode",

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -24,6 +27,7 @@ import rlmesh
 import rlmesh.numpy as rnp
 from rlmesh import RestartPolicy
 from rlmesh.errors import WorkerError
+from tests.conftest import serve_subprocess
 from tests.envs import KillLaneEnv, SlowLaneEnv, TinyEnv
 
 pytestmark = pytest.mark.timeout(120)
@@ -280,3 +284,47 @@ def test_closing_during_a_respawn_reaps_the_new_worker_too(serve, delay: float) 
     while workers_of(os.getpid()):
         assert time.monotonic() < deadline, f"workers left behind: {workers_of(os.getpid())}"
         time.sleep(0.02)
+
+
+def test_rlmesh_serve_max_restarts(tmp_path: Path) -> None:
+    proc, address = serve_subprocess(
+        "CartPole-v1",
+        f"unix://{tmp_path}/vec.sock",
+        "--num-envs",
+        "4",
+        "--workers",
+        "2",
+        "--max-restarts",
+        "1",
+    )
+    try:
+        env = rnp.RemoteVectorEnv(address, request_timeout_seconds=30)
+        assert env.fast_path
+        env.reset(seed=0)
+        env.step(np.zeros(4, dtype=np.int64))
+        first = workers_of(proc.pid)
+        assert len(first) == 2
+        kill_and_wait(first[0])
+        *_, info = env.step(np.zeros(4, dtype=np.int64))
+        assert sum(restarted(info)) == 2  # one worker's two lanes
+        eventually(lambda: len(workers_of(proc.pid)) == 2)
+        again = [p for p in workers_of(proc.pid) if p not in first]
+        assert len(again) == 1
+        kill_and_wait(again[0])  # a second death within the window: more than --max-restarts 1
+        with pytest.raises(WorkerError, match="max_restarts=1"):
+            env.step(np.zeros(4, dtype=np.int64), timeout=30)
+        env.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_rlmesh_serve_refuses_max_restarts_without_the_fast_path(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rlmesh", "serve", "CartPole-v1", "--max-restarts", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "--max-restarts needs --num-envs N >= 2" in result.stderr
