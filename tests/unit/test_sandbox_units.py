@@ -342,3 +342,23 @@ def test_a_failed_build_is_a_sandbox_error_with_its_last_lines(tmp_path: Path) -
     ]
     with pytest.raises(SandboxError, match="(?s)non-zero code.*No matching distribution"):
         _image._build(FakeBuildAPI(chunks), tmp_path, "rlmesh-sandbox:y", {})
+
+
+def test_a_wheels_requirements_leave_out_extras(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "pkg_for_sbx").mkdir(parents=True)
+    (project / "pkg_for_sbx" / "__init__.py").write_text("")
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "pkg-for-sbx"\nversion = "0.1"\ndependencies = ["gymnasium>=1.0", "msgpack"]\n'
+        '[project.optional-dependencies]\nextra = ["torch"]\n'
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path)]
+        + [str(project)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("pkg_for_sbx-*.whl")
+    assert sorted(_image.wheel_requirements(wheel)) == ["gymnasium>=1.0", "msgpack"]
