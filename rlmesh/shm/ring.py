@@ -491,7 +491,12 @@ class SlotRing:
         self._free: collections.deque[Block] = collections.deque()
         self._leased: dict[tuple[int, int], Block] = {}
         # A plain Lock: acquire/release run every step, and RLock is slower.
-        self._cond = threading.Condition(threading.Lock())
+        # The per-step acquire and release take the plain lock (a C-level context
+        # manager; the Condition's own __enter__/__exit__ are Python calls), and
+        # notify only when an acquire waits for room (counted in _waiters).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiters = 0
         self._life = Lifecycle("the slot ring")
         for _ in range(depth):
             self._free.append(slab.alloc(slot_size))
@@ -539,7 +544,7 @@ class SlotRing:
         return self._acquire(None, blocking=False)
 
     def _acquire(self, timeout: float | Deadline | None, *, blocking: bool) -> Block:
-        with self._cond:
+        with self._lock:
             if self._life.state is not _OPEN:
                 raise ClosedError("the slot ring is closed")
             if not self._free:
@@ -568,7 +573,11 @@ class SlotRing:
                     f"every slot is leased and none was released within {deadline.timeout:.3g}s",
                     timeout=deadline.timeout,
                 )
-            self._cond.wait(deadline.bounded(LONGEST_SLEEP))
+            self._waiters += 1
+            try:
+                self._cond.wait(deadline.bounded(LONGEST_SLEEP))
+            finally:
+                self._waiters -= 1
 
     def release(self, handle: Handle) -> None:
         """Take back the lease a handle names.
@@ -577,7 +586,7 @@ class SlotRing:
             InvalidHandle: the handle is forged, stale, or not leased from this ring.
             ClosedError: the ring is closed.
         """
-        with self._cond:
+        with self._lock:
             if self._life.state is not _OPEN:
                 raise ClosedError("the slot ring is closed")
             block = self._slab.resolve(handle)
@@ -589,7 +598,8 @@ class SlotRing:
                 self._slab.free(block)
             else:
                 self._free.append(block)
-            self._cond.notify()
+            if self._waiters:
+                self._cond.notify()
 
     def release_all(self) -> int:
         """Take back every lease (the peer went away); returns how many there were.
