@@ -328,3 +328,21 @@ def test_rlmesh_serve_refuses_max_restarts_without_the_fast_path(tmp_path: Path)
     )
     assert result.returncode != 0
     assert "--max-restarts needs --num-envs N >= 2" in result.stderr
+
+
+def test_model_run_restarts_the_count_of_an_unseeded_episode_a_restart_cut_short(serve) -> None:
+    served = serve("CartPole-v1", num_envs=4, workers=2, restart=POLICY)
+    calls = [0]
+
+    def policy(observations: np.ndarray) -> np.ndarray:
+        calls[0] += 1
+        if calls[0] == 12:
+            kill_and_wait(pool_of(served).pids[0])
+        return (observations[:, 2] > 0).astype(np.int64)
+
+    result = rnp.Model(policy).run(served.server.address, max_episodes=8)
+    assert len(result.episodes) == 8
+    # CartPole pays 1 per step: an episode that counted the restart's step (reward 0), or
+    # steps of the episode before it, would have more steps than reward.
+    assert all(e.steps == e.reward and e.terminated for e in result.episodes)
+    assert served.server.stats()["worker_restarts"] == 1
