@@ -608,12 +608,13 @@ class EnvServer:
             leaves it open for its owner; envs the server made are always closed).
         framework: how the env wants its actions: None or "numpy" (NumPy
             arrays and Python scalars), "jax" (array leaves as ``jax.Array``
-            on ``device``; JAX is imported only then). "torch" is refused:
-            rlmesh has no torch backend. Observations need no declaration:
-            NumPy and JAX arrays (on any device) are both read.
-        device: where a JAX env wants its actions: a ``jax.Device`` or a name
-            such as "cpu", "gpu:0"; None for JAX's default. Only with
-            ``framework="jax"`` (or "torch").
+            on ``device``; JAX is imported only then), "torch" (array leaves
+            as ``torch.Tensor`` on ``device``; torch is imported only then).
+            Observations need no declaration: NumPy and JAX arrays (on any
+            device) and CPU torch tensors are read.
+        device: where a JAX or torch env wants its actions: a ``jax.Device``,
+            a ``torch.device`` or a name such as "cpu", "gpu:0", "cuda:1"; None
+            for the framework's default. Only with ``framework="jax"`` or "torch".
 
     The listener is bound and the contract built in the constructor, so
     :attr:`address` and :attr:`env_contract` are available at once.
@@ -641,7 +642,7 @@ class EnvServer:
             framework, ``device`` without a framework that has devices, or a
             device JAX does not have.
         BackendUnavailable: (an ImportError) ``framework="jax"`` without jax
-            (>= 0.4.24), or ``framework="torch"``.
+            (>= 0.4.24), or ``framework="torch"`` without torch.
     """
 
     def __init__(
