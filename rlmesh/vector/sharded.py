@@ -32,20 +32,32 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._lifecycle import Lifecycle, State
 from ..client import DEFAULT_REQUEST_TIMEOUT, _seconds
-from ..errors import (
-    ClosedError,
-    EndpointLostError,
-    OperationTimeout,
-    ProtocolError,
-    RLMeshError,
-    TransportError,
+from ..errors import EndpointLostError, OperationTimeout, RLMeshError
+from ._batches import (
+    check_batch as _check_batch,
+    merge_infos as _merge_infos,
+    no_flags as _no_flags,
+    tree_concat as _tree_concat,
+    tree_map as _tree_map,
+    tree_slice as _tree_slice,
+    tree_take as _tree_take,
+    without_bookkeeping as _without_bookkeeping,
+)
+from ._endpoint import (
+    LIVE as _LIVE,
+    LOST as _LOST,
+    REJOIN as _REJOIN,
+    REJOINED as _REJOINED,
+    Endpoint as _Endpoint,
+    is_loss as _is_loss,
+    mismatch as _mismatch,
+    release as _release,
 )
 
 __all__ = ["ShardedVectorEnv", "ShardedVectorEnvBase"]
@@ -54,157 +66,9 @@ log = logging.getLogger(__name__)
 
 #: How long past a call's deadline an endpoint thread may take to answer before it counts as lost.
 DEADLINE_GRACE = 1.0
-#: Reconnect backoff: first delay and cap, in seconds.
-BACKOFF_FIRST = 0.05
-BACKOFF_MAX = 2.0
-
-_LIVE, _LOST, _REJOINED = "live", "lost", "rejoined"
-_REJOIN = -1  # the ticket of a rejoin report
 
 #: One endpoint's share of a batch: (endpoint, obs, rewards, terminated, truncated, info).
 _Part = tuple["_Endpoint", Any, Any, Any, Any, "dict[str, Any] | None"]
-
-
-def _is_loss(exc: BaseException) -> bool:
-    """Errors that lose an endpoint (not an env's own error, not a bad argument)."""
-    return isinstance(exc, (TransportError, OperationTimeout, ProtocolError, ClosedError))
-
-
-class _Endpoint:
-    """One endpoint: its client, its thread and where the caller stands with it.
-
-    Holds no reference to the sharded env (its finalizer closes endpoints).
-    """
-
-    def __init__(
-        self,
-        index: int,
-        address: str,
-        lo: int,
-        client: Any,
-        connect: Callable[[], Any],
-        out: queue.SimpleQueue[Any],
-        reconnect: bool,
-    ) -> None:
-        self.index = index
-        self.address = address
-        self.lo = lo
-        self.n: int = client.num_envs
-        self.client: Any = client
-        self.contract = client.env_contract
-        self._connect = connect
-        self._out = out
-        self._reconnect_on = reconnect
-        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        # The caller's side (only the calling thread touches these).
-        self.state = _LIVE
-        self.ticket: int | None = None  # the command in flight on the thread
-        self.rejoin: Any = None  # (obs, info) of a rejoin not yet delivered
-        self.last_obs: Any = None
-        self.seeds: list[int | None] | None = None  # the last seeded reset's seeds, for a rejoin
-        self.thread = threading.Thread(target=self._run, name=f"rlmesh-shard-{index}", daemon=True)
-        self._failed: int | None = None  # the thread's side: the last ticket whose call failed
-        self.thread.start()
-
-    @property
-    def hi(self) -> int:
-        return self.lo + self.n
-
-    # -- the endpoint's thread ------------------------------------------------------------
-
-    def _run(self) -> None:
-        while True:
-            command = self.inbox.get()
-            kind = command[0]
-            if kind == "close":
-                self._drop_client()
-                return
-            if kind == "lost":
-                # The caller gave up on the endpoint (a missed deadline, an inline loss).
-                if command[1] is None or command[1] != self._failed:
-                    self._drop_client()
-                    if not self._reconnect():
-                        return
-                continue
-            _, ticket, call = command
-            try:
-                result = call(self.client)
-            except BaseException as exc:  # noqa: BLE001 - reported to the caller
-                self._out.put((self.index, ticket, exc, None))
-                if _is_loss(exc):
-                    self._failed = ticket
-                    self._drop_client()
-                    if not self._reconnect():
-                        return
-                continue
-            self._out.put((self.index, ticket, None, result))
-
-    def _drop_client(self) -> None:
-        client, self.client = self.client, None
-        if client is not None:
-            try:
-                client.close()
-            except RLMeshError:
-                pass  # a broken session closes all the same
-
-    def _reconnect(self) -> bool:
-        """Dial until a compatible server answers; False when told to close."""
-        if not self._reconnect_on:
-            return self._wait_close()
-        delay = BACKOFF_FIRST
-        while True:
-            try:
-                command = self.inbox.get(timeout=delay)
-            except queue.Empty:
-                command = None
-            if command is not None and command[0] == "close":
-                return False
-            delay = min(delay * 2, BACKOFF_MAX)
-            try:
-                client = self._connect()
-            except RLMeshError as exc:
-                log.debug("endpoint %s: reconnect failed: %s", self.address, exc)
-                continue
-            try:
-                problem = _mismatch(self.contract, client.env_contract)
-                if problem:
-                    log.warning("endpoint %s came back with %s; not rejoining", self.address, problem)
-                    client.close()
-                    continue
-                seeds = self.seeds
-                obs, info = client.reset(seed=list(seeds) if seeds is not None else None)
-            except RLMeshError as exc:
-                log.debug("endpoint %s: reset after reconnect failed: %s", self.address, exc)
-                client.close()
-                continue
-            self.client = client
-            self._out.put((self.index, _REJOIN, None, (obs, info)))
-            return True
-
-    def _wait_close(self) -> bool:
-        while self.inbox.get()[0] != "close":
-            pass
-        return False
-
-
-def _release(endpoints: list[_Endpoint]) -> None:
-    """Close every endpoint: stop its thread (it closes its client)."""
-    for ep in endpoints:
-        ep.inbox.put(("close",))
-    for ep in endpoints:
-        if ep.thread is not threading.current_thread():
-            ep.thread.join(timeout=5.0)
-
-
-def _mismatch(first: Any, other: Any) -> str:
-    """What differs between two endpoints' contracts that lanes must share ("" if nothing)."""
-    if other.observation_space != first.observation_space:
-        return f"observation space {other.observation_space!r} (expected {first.observation_space!r})"
-    if other.action_space != first.action_space:
-        return f"action space {other.action_space!r} (expected {first.action_space!r})"
-    if other.autoreset_mode != first.autoreset_mode:
-        return f"autoreset mode {other.autoreset_mode} (expected {first.autoreset_mode})"
-    return ""
 
 
 class ShardedVectorEnvBase:
@@ -834,7 +698,7 @@ class ShardedVectorEnvBase:
             elif ep.state == _REJOINED:
                 self._ready.append((ep.index, self._rejoin_part(ep), "restarted"))
                 del self._pending[ep.index]
-            elif not ep._reconnect_on:
+            elif not ep.reconnect_on:
                 self._ready.append((ep.index, self._masked_part(ep, lost_now=False), None))
                 del self._pending[ep.index]
 
@@ -1017,131 +881,6 @@ class ShardedVectorEnvBase:
         if frame is None or self._backend == "numpy" or not hasattr(frame, "dtype"):
             return frame
         return self._array(frame)
-
-
-# -- trees and infos ------------------------------------------------------------------------------
-
-
-def _tree_map(fn: Callable[[Any], Any], tree: Any) -> Any:
-    if isinstance(tree, dict):
-        return {k: _tree_map(fn, v) for k, v in tree.items()}
-    if isinstance(tree, tuple):
-        return tuple(_tree_map(fn, v) for v in tree)
-    return fn(tree)
-
-
-def _tree_concat(np: Any, parts: list[Any]) -> Any:
-    """One tree whose leaves are the parts' leaves concatenated on the lane axis."""
-    first = parts[0]
-    if len(parts) == 1:
-        return first
-    if isinstance(first, dict):
-        return {k: _tree_concat(np, [p[k] for p in parts]) for k in first}
-    if isinstance(first, tuple):
-        return tuple(_tree_concat(np, [p[i] for p in parts]) for i in range(len(first)))
-    return np.concatenate(parts)
-
-
-def _tree_slice(tree: Any, lo: int, hi: int) -> Any:
-    """Lanes ``lo:hi`` of a batch (arrays, dicts and tuples of them, or a list of per-lane actions)."""
-    if isinstance(tree, dict):
-        return {k: _tree_slice(v, lo, hi) for k, v in tree.items()}
-    if isinstance(tree, tuple):
-        return tuple(_tree_slice(v, lo, hi) for v in tree)
-    return tree[lo:hi]
-
-
-def _tree_take(np: Any, tree: Any, positions: list[int]) -> Any:
-    if isinstance(tree, dict):
-        return {k: _tree_take(np, v, positions) for k, v in tree.items()}
-    if isinstance(tree, tuple):
-        return tuple(_tree_take(np, v, positions) for v in tree)
-    if isinstance(tree, list):
-        return [tree[i] for i in positions]
-    return np.asarray(tree)[positions]
-
-
-def _check_batch(actions: Any, n: int) -> None:
-    """ValueError unless ``actions`` holds ``n`` lanes."""
-    leaf = actions
-    while isinstance(leaf, (dict, tuple)) and leaf:
-        leaf = next(iter(leaf.values())) if isinstance(leaf, dict) else leaf[0]
-    shape = getattr(leaf, "shape", None)
-    count = len(leaf) if isinstance(leaf, list) else (shape[0] if shape else None)
-    if count != n:
-        raise ValueError(f"expected {n} batched actions, got {count}")
-
-
-def _no_flags(np: Any, n: int) -> tuple[Any, Any]:
-    return np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_)
-
-
-def _without_bookkeeping(info: Any) -> dict[str, Any]:
-    return dict(info) if isinstance(info, dict) else {}
-
-
-def _merge_infos(np: Any, parts: list[tuple[dict[str, Any] | None, int]]) -> dict[str, Any]:
-    """The endpoints' batched infos as one batch over all their lanes (Gymnasium's layout).
-
-    A key with a ``_key`` mask is one entry per lane (arrays or the metadata
-    form's lists; dicts recursively); lanes of endpoints without it are
-    unset. ``episode_ids`` lists are joined (None for lanes without),
-    ``completed_episodes`` summed; another key keeps the first value seen.
-    """
-    if len(parts) == 1:
-        return dict(parts[0][0] or {})
-    total = sum(n for _, n in parts)
-    keys: list[str] = []
-    for info, _ in parts:
-        for key in info or ():
-            if key not in keys:
-                keys.append(key)
-    out: dict[str, Any] = {}
-    for key in keys:
-        if key.startswith("_") and key[1:] in keys:
-            continue
-        values = [(None if info is None else info.get(key), n) for info, n in parts]
-        if key == "episode_ids":
-            joined: list[Any] = []
-            for value, n in values:
-                joined.extend(value if isinstance(value, list) and len(value) == n else [None] * n)
-            out[key] = joined
-            continue
-        if key == "completed_episodes":
-            out[key] = sum(v for v, _ in values if isinstance(v, int))
-            continue
-        masked = any(info is not None and f"_{key}" in info for info, _ in parts)
-        if not masked:
-            out[key] = next(v for v, _ in values if v is not None)
-            continue
-        masks = []
-        for info, n in parts:
-            mask = None if info is None else info.get(f"_{key}")
-            masks.append(
-                np.asarray(mask, dtype=np.bool_) if mask is not None else np.zeros(n, dtype=np.bool_)
-            )
-        out[f"_{key}"] = np.concatenate(masks)
-        if any(isinstance(v, dict) for v, _ in values):
-            out[key] = _merge_infos(np, [(v if isinstance(v, dict) else None, n) for v, n in values])
-            continue
-        arrays = [v for v, _ in values if isinstance(v, np.ndarray)]
-        if arrays and all(isinstance(v, np.ndarray) or v is None for v, _ in values):
-            dtype = np.result_type(*arrays) if all(a.dtype != object for a in arrays) else object
-            merged = (
-                np.zeros(total, dtype=dtype) if dtype is not object else np.full(total, None, dtype=object)
-            )
-            at = 0
-            for value, n in values:
-                if value is not None:
-                    merged[at : at + n] = value
-                at += n
-            out[key] = merged
-        else:
-            lanes: list[Any] = []
-            for value, n in values:
-                lanes.extend(list(value) if value is not None and len(value) == n else [None] * n)
-            out[key] = lanes
-    return out
 
 
 class ShardedVectorEnv(ShardedVectorEnvBase):
