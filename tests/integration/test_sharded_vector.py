@@ -346,3 +346,32 @@ def test_the_auth_token_reaches_every_endpoint(tmp_path: Any) -> None:
             assert obs.shape == (4, 4)
         with pytest.raises(AuthenticationError):
             ShardedVectorEnv(addresses, shared_memory=False, auth_token="wrong")
+
+
+def test_an_endpoint_past_the_deadline_is_lost_then_rejoins_when_it_resumes() -> None:
+    with (
+        endpoints(sizes=(2, 2)) as (procs, addresses),
+        ShardedVectorEnv(addresses, shared_memory=False, request_timeout_seconds=1.0) as env,
+    ):
+        env.reset(seed=6)
+        os.kill(procs[0].pid, signal.SIGSTOP)
+        try:
+            start_at = time.monotonic()
+            _, _, _, truncated, info = env.step(actions_at(0, 4))
+            assert time.monotonic() - start_at < 3.0
+            assert truncated[:2].all() and info["rlmesh_lost"][:2].all() and info["rlmesh_live"][2:].all()
+        finally:
+            os.kill(procs[0].pid, signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        t = 1
+        while True:
+            obs, _, _, _, info = env.step(actions_at(t, 4))
+            t += 1
+            if info["rlmesh_restarted"][:2].any():
+                break
+            assert not info["rlmesh_live"][:2].any()
+            assert time.monotonic() < deadline, "the resumed endpoint did not rejoin"
+            time.sleep(0.05)
+        fresh = gymnasium.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
+        assert np.array_equal(obs[:2], fresh.reset(seed=6)[0][:2])
+        fresh.close()
