@@ -140,6 +140,8 @@ def _serve(args: argparse.Namespace) -> int:
             framework=args.framework,
             device=args.device,
             autoreset_mode=args.autoreset_mode if isinstance(env, str) and args.num_envs else None,
+            # An id keeps the asked in-process mode; a failed fast path is make_vec's choice.
+            vectorization_mode=mode if isinstance(env, str) and mode != "async" and args.num_envs else None,
         )
     address = server.address
     print(f"✓ Server address: {address}", flush=True)
@@ -275,10 +277,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--vectorization-mode",
-        choices=["async", "sync"],
+        choices=["async", "sync", "vector_entry_point"],
         default=None,
-        help="async: worker processes (the fast path); sync: one in-process vector env "
-        "(default: async where the target allows it)",
+        help="async: worker processes (the fast path); sync: one in-process SyncVectorEnv; "
+        "vector_entry_point: the id's own vector env (default: async where the target allows it)",
     )
     serve.add_argument(
         "--autoreset-mode",

@@ -147,7 +147,11 @@ class ServeOptions:
 
 
 def _gym_factory(
-    env_id: str, num_envs: int | None, kwargs: dict[str, Any], autoreset_mode: str | None = None
+    env_id: str,
+    num_envs: int | None,
+    kwargs: dict[str, Any],
+    autoreset_mode: str | None = None,
+    vectorization_mode: str | None = None,
 ) -> Callable[[], Any]:
     def make() -> Any:
         try:
@@ -159,14 +163,17 @@ def _gym_factory(
                 f'serving the Gymnasium id {env_id!r} needs gymnasium: pip install "rlmesh[gymnasium]"'
             ) from exc
         if num_envs is not None and num_envs > 1:
+            # "sync" is Gymnasium's SyncVectorEnv of per-lane makes (per-lane
+            # seed lists and masks work); None or "vector_entry_point" is
+            # make_vec's own choice (e.g. CartPole's native vector env).
             extra: dict[str, Any] = {}
+            if vectorization_mode is not None:
+                extra["vectorization_mode"] = vectorization_mode
             if autoreset_mode is not None:
                 from gymnasium.vector import AutoresetMode
 
-                extra = {
-                    "vectorization_mode": "sync",
-                    "vector_kwargs": {"autoreset_mode": AutoresetMode(autoreset_mode)},
-                }
+                extra.setdefault("vectorization_mode", "sync")
+                extra["vector_kwargs"] = {"autoreset_mode": AutoresetMode(autoreset_mode)}
             return gymnasium.make_vec(env_id, num_envs=num_envs, **extra, **kwargs)
         return gymnasium.make(env_id, **kwargs)
 
@@ -186,11 +193,14 @@ class _EnvSource:
         validation: str = "warn",
         to_framework: Callable[[Any], Any] | None = None,
         autoreset_mode: str | None = None,
+        vectorization_mode: str | None = None,
     ) -> None:
         self._close_shared = close_shared
         self._adapter_options: dict[str, Any] = {"validation": validation, "to_framework": to_framework}
         if isinstance(env, str):
-            self.factory: Callable[[], Any] | None = _gym_factory(env, num_envs, make_kwargs, autoreset_mode)
+            self.factory: Callable[[], Any] | None = _gym_factory(
+                env, num_envs, make_kwargs, autoreset_mode, vectorization_mode
+            )
         elif isinstance(env, type) or (callable(env) and not hasattr(env, "step")):
             self.factory = env
         else:
@@ -295,14 +305,17 @@ def _make_source(
     restart: RestartPolicy | None = None,
 ) -> _EnvSource | VectorEnvSource:
     """The env source: a worker pool per session (the fast path) or one env per session (or shared)."""
-    if vectorization_mode not in (None, "async", "sync"):
-        raise ValueError(f'vectorization_mode must be "async", "sync" or None, got {vectorization_mode!r}')
+    if vectorization_mode not in (None, "async", "sync", "vector_entry_point"):
+        raise ValueError(
+            'vectorization_mode must be "async", "sync", "vector_entry_point" or None, '
+            f"got {vectorization_mode!r}"
+        )
     if restart is not None and not isinstance(restart, RestartPolicy):
         raise TypeError(f"restart must be a RestartPolicy or None, got {type(restart).__name__}")
     factory_like = (
         isinstance(env, str) or isinstance(env, type) or (callable(env) and not hasattr(env, "step"))
     )
-    if vectorization_mode != "sync" and num_envs is not None and num_envs >= 2 and factory_like:
+    if vectorization_mode in (None, "async") and num_envs is not None and num_envs >= 2 and factory_like:
         from .vector.pool import VectorEnvSource
 
         try:
@@ -336,6 +349,7 @@ def _make_source(
         validation=validation,
         to_framework=to_framework,
         autoreset_mode=autoreset_mode,
+        vectorization_mode=vectorization_mode,
     )
 
 
@@ -586,10 +600,12 @@ class EnvServer:
         vectorization_mode: with ``num_envs >= 2``: "async" runs the lanes in
             ``workers`` worker processes that write straight into shared
             memory (the vector fast path, :mod:`rlmesh.vector`); "sync" keeps
-            one in-process ``gymnasium.make_vec(..., "sync")`` vector env.
-            None (the default) takes "async" where it can (an id or an
-            importable module-level factory of single envs with fixed-shape
-            spaces) and "sync" otherwise.
+            one in-process ``gymnasium.make_vec(..., "sync")`` vector env (a
+            ``SyncVectorEnv``); "vector_entry_point" (an id only) serves the
+            id's own vector env (``make_vec``'s choice, such as CartPole's
+            native one). None (the default) takes "async" where it can (an id
+            or an importable module-level factory of single envs with
+            fixed-shape spaces) and ``make_vec``'s choice otherwise.
         workers: the fast path's worker processes (default
             ``min(num_envs, cores - 1)``, at least 1: a core stays free for
             the client's policy). Each owns a contiguous group of lanes.

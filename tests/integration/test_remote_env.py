@@ -304,9 +304,9 @@ def test_remote_vector_env_rejects_a_single_env_endpoint(serve) -> None:
 
 
 def test_gymnasium_vector_env_served_by_id(serve) -> None:
-    # The in-process path: gymnasium.make_vec's own choice (CartPole's native vector env),
+    # The in-process path with gymnasium.make_vec's own choice (CartPole's native vector env),
     # which the fast path's per-lane gymnasium.make does not reproduce.
-    served = serve("CartPole-v1", num_envs=2, vectorization_mode="sync")
+    served = serve("CartPole-v1", num_envs=2, vectorization_mode="vector_entry_point")
     assert served.server.env_contract.num_envs == 2
     env = served.client(rnp.RemoteVectorEnv)
     obs, _ = env.reset(seed=0)
@@ -430,3 +430,18 @@ def test_a_client_that_cannot_map_the_servers_memory_falls_back_to_inline(
     obs, _ = env.reset(seed=6)
     assert obs[2] == 6.0 and env.step(1)[0][1] == 1.0
     assert any("could not map our shared memory" in r.message for r in caplog.records)
+
+
+def test_sync_mode_serves_a_sync_vector_env_that_takes_per_lane_seeds(serve) -> None:
+    gym = pytest.importorskip("gymnasium")
+    served = serve("CartPole-v1", num_envs=3, vectorization_mode="sync")
+    env = served.client(rnp.RemoteVectorEnv)
+    obs, _ = env.reset(seed=[5, 6, 7])
+    local = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 3)
+    lobs, _ = local.reset(seed=[5, 6, 7])
+    assert np.array_equal(obs, lobs)
+    mask = np.array([False, True, False])
+    obs, _ = env.reset(seed=[0, 9, 0], options={"reset_mask": mask})
+    lobs, _ = local.reset(seed=[0, 9, 0], options={"reset_mask": mask})
+    assert np.array_equal(obs, lobs)
+    local.close()
