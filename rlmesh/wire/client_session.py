@@ -10,6 +10,7 @@ methods and never touch its channel or stream.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -35,6 +36,8 @@ from ..specs import EnvContract
 from . import protocol as P
 from .channel import FRAME_DEADLINE, Channel, Message, RingChannel, SocketChannel, read_token
 from .codec import TailBuilder, decode, pack
+
+log = logging.getLogger("rlmesh.client")
 
 __all__ = ["CLIENT_SPIN", "CONNECT_ATTEMPT_TIMEOUT", "ClientSession"]
 
@@ -321,15 +324,24 @@ class ClientSession:
     def _attach_vector(self, offer: Any, fds: list[int]) -> None:
         name, size = (offer.get("segment"), offer.get("size")) if isinstance(offer, dict) else (None, None)
         if not isinstance(name, (str, int)) or isinstance(name, bool) or type(size) is not int:
-            return  # malformed: the session serves this client without the fast path
+            # Malformed: the session serves this client without the fast path.
+            log.warning(
+                "%s: the vector fast path's offer is malformed; stepping through the session", self.address
+            )
+            return
         try:
             if isinstance(name, int):
                 segment = Segment.attach_memfd(_take_fd(fds, name), size)
             else:
                 segment = Segment.attach(name, size)
             self._vector[:] = [offer, segment]
-        except (ShmError, ProtocolError):
-            pass
+        except (ShmError, ProtocolError) as exc:
+            # Still correct (the server relays steps), only slower: say why once.
+            log.warning(
+                "%s: cannot map the vector fast path's segment (%s); stepping through the session",
+                self.address,
+                exc,
+            )
 
     def take_vector(self) -> tuple[Any, Segment] | None:
         """The vector fast path's offer and its mapped segment, handed over once (None without one).
