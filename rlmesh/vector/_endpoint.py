@@ -44,7 +44,7 @@ class Endpoint:
         address: str,
         lo: int,
         client: Any,
-        connect: Callable[[], Any],
+        connect: Callable[[str], Any],
         out: queue.SimpleQueue[Any],
         reconnect: bool,
     ) -> None:
@@ -66,6 +66,10 @@ class Endpoint:
         self.seeds: list[int | None] | None = None  # the last seeded reset's seeds, for a rejoin
         self.thread = threading.Thread(target=self._run, name=f"rlmesh-shard-{index}", daemon=True)
         self._failed: int | None = None  # the thread's side: the last ticket whose call failed
+        # Redials so far: the caller's count (epoch) and the thread's (_epoch, from the
+        # commands); a rejoin report carries the thread's, so one for an old address is dropped.
+        self.epoch = 0
+        self._epoch = 0
         self.thread.start()
 
     @property
@@ -81,11 +85,14 @@ class Endpoint:
             if kind == "close":
                 self._drop_client()
                 return
-            if kind == "lost":
-                # The caller gave up on the endpoint (a missed deadline, an inline loss).
-                if command[1] is None or command[1] != self._failed:
+            if kind == "redial":
+                self._epoch = command[1]
+            if kind == "lost" or kind == "redial":
+                # The caller gave up on the endpoint (a missed deadline, an inline
+                # loss), or moved it to another address (replace_endpoint).
+                if kind == "redial" or command[1] is None or command[1] != self._failed:
                     self._drop_client()
-                    if not self._reconnect():
+                    if not self._reconnect(force=kind == "redial"):
                         return
                 continue
             _, ticket, call = command
@@ -109,9 +116,13 @@ class Endpoint:
             except RLMeshError:
                 pass  # a broken session closes all the same
 
-    def _reconnect(self) -> bool:
-        """Dial until a compatible server answers; False when told to close."""
-        if not self.reconnect_on:
+    def _reconnect(self, force: bool = False) -> bool:
+        """Dial :attr:`address` until a compatible server answers; False when told to close.
+
+        Without ``reconnect`` (and not ``force``: a new address) it only waits
+        for a redial or the close.
+        """
+        if not self.reconnect_on and not force:
             return self._wait_close()
         delay = BACKOFF_FIRST
         while True:
@@ -121,9 +132,12 @@ class Endpoint:
                 command = None
             if command is not None and command[0] == "close":
                 return False
+            if command is not None and command[0] == "redial":
+                self._epoch = command[1]
+                delay = BACKOFF_FIRST  # a new address: dial it now
             delay = min(delay * 2, BACKOFF_MAX)
             try:
-                client = self._connect()
+                client = self._connect(self.address)
             except RLMeshError as exc:
                 log.debug("endpoint %s: reconnect failed: %s", self.address, exc)
                 continue
@@ -140,13 +154,17 @@ class Endpoint:
                 client.close()
                 continue
             self.client = client
-            self._out.put((self.index, REJOIN, None, (obs, info)))
+            self._out.put((self.index, REJOIN, self._epoch, (obs, info)))
             return True
 
     def _wait_close(self) -> bool:
-        while self.inbox.get()[0] != "close":
-            pass
-        return False
+        while True:
+            command = self.inbox.get()
+            if command[0] == "close":
+                return False
+            if command[0] == "redial":
+                self._epoch = command[1]
+                return self._reconnect(force=True)
 
 
 def release(endpoints: list[Endpoint]) -> None:

@@ -145,7 +145,7 @@ class ShardedVectorEnvBase:
                         client.close()
                         raise ValueError(f"endpoint {index} ({address}) serves another {problem}")
 
-                def connect(address: str = str(address)) -> Any:
+                def connect(address: str) -> Any:
                     return cls(address, **redial)
 
                 endpoints.append(_Endpoint(index, str(address), lo, client, connect, self._out, reconnect))
@@ -163,6 +163,7 @@ class ShardedVectorEnvBase:
         self._step_pending = False
         self._step_deadline: float | None = None
         self._inline: list[_Endpoint] = []
+        self._lost_pending: set[int] = set()  # replaced while live: reported lost by the next call
         self._early: dict[int, tuple[Any, Any]] = {}
         self._life = Lifecycle(f"the ShardedVectorEnv over {len(endpoints)} endpoints")
         self._life.watch(self, _release, endpoints)
@@ -282,6 +283,8 @@ class ShardedVectorEnvBase:
         index, ticket, exc, result = item
         ep = self._endpoints[index]
         if ticket == _REJOIN:
+            if exc != ep.epoch:
+                return None  # a rejoin at the address replace_endpoint left
             ep.state = _REJOINED
             ep.rejoin = result
             return None
@@ -589,7 +592,8 @@ class ShardedVectorEnvBase:
             raise ValueError("no step in flight: call step_async() first")
         self._step_pending = False
         deadline = self._step_deadline if timeout is None else self._deadline(timeout)
-        asked = set(self._pending) | set(self._early)
+        asked = set(self._pending) | set(self._early) | self._lost_pending
+        self._lost_pending = set()
         got: dict[int, tuple[Any, Any]] = dict(self._early)
         for ep in self._inline:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
@@ -689,7 +693,11 @@ class ShardedVectorEnvBase:
                 else _tree_take(np, actions, positions)
             )
             self._pending[ep.index] = range(ep.lo, ep.hi)
-            if ep.state == _LIVE:
+            if ep.index in self._lost_pending:
+                self._lost_pending.discard(ep.index)
+                self._ready.append((ep.index, self._masked_part(ep, lost_now=True), "lost"))
+                del self._pending[ep.index]
+            elif ep.state == _LIVE:
 
                 def call(client: Any, a: Any = sub) -> Any:
                     return client.step(a, timeout=self._timeout_default)
@@ -788,6 +796,29 @@ class ShardedVectorEnvBase:
                     return
                 continue
             self._ready_answer(*taken)
+
+    def replace_endpoint(self, index: int, address: str) -> None:
+        """Serve endpoint ``index``'s lanes from ``address`` from now on (a host that moved).
+
+        A live endpoint is dropped: the next call returns its lanes truncated
+        (``rlmesh_lost``), then masked; the new address is dialled in the
+        background (even with ``reconnect=False``) and its lanes rejoin as a
+        lost endpoint's do, reset and flagged ``rlmesh_restarted``.
+
+        Raises:
+            IndexError: no such endpoint. ValueError: lanes or a step in flight. ClosedError.
+        """
+        self._check_idle()
+        if self._step_pending:
+            raise ValueError("a step_async() is in flight: call step_wait() first")
+        self._drain()
+        ep = self._endpoints[index]
+        ep.address = str(address)
+        ep.epoch += 1
+        if ep.state == _LIVE:
+            self._lost_pending.add(ep.index)
+        ep.state, ep.rejoin = _LOST, None
+        ep.inbox.put(("redial", ep.epoch))
 
     def render(self, *, env_index: int = 0, timeout: float | None = None) -> Any:
         """Render global lane ``env_index`` (its endpoint's ``render(env_index=...)``).

@@ -375,3 +375,32 @@ def test_an_endpoint_past_the_deadline_is_lost_then_rejoins_when_it_resumes() ->
         fresh = gymnasium.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
         assert np.array_equal(obs[:2], fresh.reset(seed=6)[0][:2])
         fresh.close()
+
+
+def test_replace_endpoint_moves_lanes_to_a_new_address() -> None:
+    with (
+        endpoints(sizes=(2, 2)) as (procs, addresses),
+        ShardedVectorEnv(addresses, shared_memory=False, reconnect=False) as env,
+    ):
+        env.reset(seed=9)
+        env.step(actions_at(0, 4))
+        moved, address = start(2)
+        procs.append(moved)
+        env.replace_endpoint(1, address)
+        assert env.endpoints == [addresses[0], address]
+        _, _, _, truncated, info = env.step(actions_at(1, 4))
+        assert truncated[2:].all() and info["rlmesh_lost"][2:].all() and info["rlmesh_live"][:2].all()
+        deadline = time.monotonic() + 15
+        t = 2
+        while True:
+            obs, _, _, _, info = env.step(actions_at(t, 4))
+            t += 1
+            if info["rlmesh_restarted"][2:].any():
+                break
+            assert time.monotonic() < deadline, "the new address did not rejoin"
+            time.sleep(0.05)
+        fresh = gymnasium.make_vec("CartPole-v1", num_envs=4, vectorization_mode="sync")
+        assert np.array_equal(obs[2:], fresh.reset(seed=9)[0][2:])
+        fresh.close()
+        _, _, _, _, info = env.step(actions_at(t, 4))
+        assert info["rlmesh_live"].all()
