@@ -301,6 +301,23 @@ def make_gymnasium_vector_env(tmp: Path) -> Made:
     return Made(face, fd_closed(face.client._conn.stream.fileno()), server.shutdown)
 
 
+def make_sharded_vector_env(tmp: Path) -> Made:
+    from rlmesh.vector.sharded import ShardedVectorEnv
+    from tests.envs import TinyVectorEnv
+
+    servers = [
+        rlmesh.EnvServer(TinyVectorEnv(num_envs=2), f"unix://{tmp}/shard{i}.sock").start() for i in range(2)
+    ]
+    env = ShardedVectorEnv([server.address for server in servers], request_timeout_seconds=30)
+    fds = [fd_closed(ep.client._conn.stream.fileno()) for ep in env._endpoints]
+
+    def cleanup() -> None:
+        for server in servers:
+            server.shutdown()
+
+    return Made(env, both(*fds), cleanup)
+
+
 def make_env_server(tmp: Path) -> Made:
     env = TinyEnv()
     path = f"{tmp}/env.sock"
@@ -434,6 +451,7 @@ OWNERS = [
     Kind("RemoteEnv", make_remote_env, use=lambda c: c.reset(seed=1), block=lambda c: c.step(1)),
     Kind("gymnasium.RemoteEnv", make_gymnasium_env, use=lambda e: e.reset(seed=1), block=lambda e: e.step(1)),
     Kind("gymnasium.RemoteVectorEnv", make_gymnasium_vector_env, use=lambda e: e.reset(seed=1)),
+    Kind("ShardedVectorEnv", make_sharded_vector_env, use=lambda e: e.reset(seed=1)),
     Kind(
         "EnvServer",
         make_env_server,
