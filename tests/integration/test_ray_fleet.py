@@ -11,6 +11,8 @@ rlmesh's channel.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -28,14 +30,28 @@ def cluster() -> Iterator[str]:
     from ray.cluster_utils import Cluster
 
     node = {"num_cpus": 1, "object_store_memory": 80 << 20}
-    c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    with _ray_spawns():
+        c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     try:
-        for _ in range(2):
-            c.add_node(**node)
+        with _ray_spawns():
+            for _ in range(2):
+                c.add_node(**node)
         c.wait_for_nodes()
         yield c.address
     finally:
-        c.shutdown()
+        with _ray_spawns():
+            c.shutdown()
+
+
+@contextlib.contextmanager
+def _ray_spawns() -> Iterator[None]:
+    """Ray starts its node processes with ``Popen(preexec_fn=...)``, which runs the
+    interpreter's at-fork hooks: JAX's (imported by earlier tests in this process)
+    warns that forking a multithreaded process may deadlock. The child execs the
+    Ray binary at once, so nothing runs in the forked copy; the warning is moot here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+        yield
 
 
 def drive(name: str, address: str, timeout: float = 160) -> str:

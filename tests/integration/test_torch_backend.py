@@ -119,7 +119,8 @@ def test_observations_over_shared_memory_are_views_of_the_slab_held_past_the_rin
     pointers = [o.data_ptr() for o in held]
     assert all(isinstance(o, torch.Tensor) and o.dtype == torch.float32 for o in held)
     mappings = {shm_mapping(p) for p in pointers}
-    assert all(m is not None and "/dev/shm/rlm-" in m for m in mappings), mappings
+    # A Unix session's slab is a sealed memfd (named /dev/shm segments are TCP's).
+    assert all(m is not None and "/memfd:rlm-" in m for m in mappings), mappings
     assert len(set(pointers)) == 50 and all(p % 64 == 0 for p in pointers)
     # Bit for bit the NumPy client's observations.
     for have, want in zip(held, expected, strict=True):
@@ -139,7 +140,8 @@ def test_default_observations_are_owned_writable_copies(serve: Any) -> None:
     env.reset(seed=0)
     obs = env.step(1)[0]
     assert isinstance(obs, torch.Tensor)
-    assert "/dev/shm/rlm-" not in str(shm_mapping(obs.data_ptr()))
+    mapping = str(shm_mapping(obs.data_ptr()))
+    assert "/dev/shm/rlm-" not in mapping and "/memfd:rlm-" not in mapping
     obs += 1  # owned and writable
     frame = env.render()
     assert isinstance(frame, torch.Tensor) and tuple(frame.shape) == (6, 8, 3) and frame.dtype == torch.uint8

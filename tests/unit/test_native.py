@@ -188,7 +188,8 @@ def test_a_leased_shared_memory_tensor_is_zero_copy_and_keeps_its_lease(serve) -
         held.append((memoryview(obs), np.frombuffer(obs, np.float32), bytes(obs), obs.address))
         del obs
     for view, array, copy, address in held:
-        assert shm_path(address).startswith("/dev/shm/rlm-")
+        # A Unix session's slab is a sealed memfd (named /dev/shm segments are TCP's).
+        assert shm_path(address).startswith("/memfd:rlm-")
         assert array.ctypes.data == address
         assert view.tobytes() == copy
     for _ in range(40):
