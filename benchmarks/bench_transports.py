@@ -26,25 +26,40 @@ taken, env step included. ``--spin on,off`` measures the rlmesh cells with
 spinning on and off (``RLMESH_SPIN=0`` for server and client; rows named
 ``...-nospin``).
 
-Output: one JSON line per cell and condition, then a markdown table with the
-idle and busy rates side by side, each rlmesh row's ratio to every peer in
-the same condition, and the CPU per step (client + server) per condition.
+Sandbox rows (``sandbox-shm``), when a Docker daemon answers (``--no-sandbox``
+skips them): CartPole and the 4 MiB workload served by the same env in a
+Docker sandbox (``rlmesh.numpy.SandboxEnv``, observations through memfd
+shared memory), each with its ratio to the host-served ``rlmesh-shm`` row of
+the same run and condition, and a target of at least 0.8x; then the start
+times: cold (an image build: its inputs get a throwaway wheel, so the content
+hash is new) and warm (the image reused), each until the first observation.
 
-Run: ``python -m benchmarks.bench_transports [--quick] [--peer-python PATH]``.
+Output: one JSON line per cell and condition (``kind: "row"``), per start
+(``"start"``) and per target (``"target"``), then a markdown table with the
+idle and busy rates side by side, each rlmesh row's ratio to every peer in
+the same condition, the CPU per step (client + server) per condition, and
+the sandbox's targets and start times.
+
+Run: ``python -m benchmarks.bench_transports [--quick] [--peer-python PATH] [--no-sandbox]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import functools
+import hashlib
 import itertools
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -77,6 +92,13 @@ Measured = tuple[list[float], float | None, float | None]
 Timer = Callable[[], Measured]
 #: Spinning on and off (the ``--spin`` choices).
 SPIN = {"on": True, "off": False}
+#: The sandbox rows' transport, and the host row each is compared with.
+SANDBOX = _demo.SANDBOX_TRANSPORT
+HOST_SHM = "rlmesh-shm"
+#: The sandbox rows' target (issue 11): steps/s at least this fraction of the host-served shm row's.
+SANDBOX_TARGET = 0.8
+#: The bound on one sandbox start, image build included (a build on a slow machine takes minutes).
+SANDBOX_START_TIMEOUT = 900.0
 
 
 def peer_env(workload: str) -> tuple[str, dict[str, Any]]:
@@ -222,6 +244,182 @@ def published_cell(
                 server.stdout.close()
 
 
+@contextlib.contextmanager
+def sandbox_cell(workload: str, seconds: float, rounds: int, labels: dict[str, Any]) -> Iterator[Timer]:
+    """The workload's env in a Docker sandbox (``rlmesh.numpy.SandboxEnv``), stepped from here.
+
+    The same target and kwargs as the host rows (``rlmesh._demo:ImageEnv`` is in
+    the image's rlmesh), with :func:`rlmesh._demo.sandbox_params`. The CPU of the
+    serving side is that of the container's processes. Adds the image, whether
+    this start built it, its seconds and the data plane to ``labels``.
+    """
+    from rlmesh.numpy import SandboxEnv
+
+    target, kwargs = _demo.WORKLOADS[workload]
+    started = time.perf_counter()
+    env = SandboxEnv(target, connect_timeout_seconds=60, **_demo.sandbox_params(), **kwargs)
+    try:
+        labels.update(
+            image=env.sandbox.image,
+            built=env.sandbox.built,
+            start_s=round(time.perf_counter() - started, 2),
+            data_plane=env.data_plane,
+        )
+        pids = container_pids(env.container_id)
+        yield lambda: step_rates_with_cpu(env, seconds, rounds, pids)
+    finally:
+        env.close()
+
+
+def container_pids(container_id: str) -> list[int]:
+    """The host pids of a container's processes (``docker top``) that this process can read."""
+    from rlmesh.sandbox import _docker
+
+    api = _docker.client()
+    try:
+        top = api.containers.get(container_id).top()
+    finally:
+        api.close()
+    column = top["Titles"].index("PID")
+    pids = [int(process[column]) for process in top["Processes"]]
+    return [pid for pid in pids if os.access(f"/proc/{pid}/stat", os.R_OK)]
+
+
+def throwaway_wheel(directory: Path) -> Path:
+    """An empty pure-Python wheel whose metadata holds a random nonce.
+
+    Among a sandbox's ``packages`` it changes the image's content hash (the
+    hash covers every wheel's sha256) and nothing else: the start that gets it
+    builds an image as a first start does, with the wheelhouse and rlmesh's
+    wheel already cached on the host. (Make kwargs would not do: they travel
+    at start-up and never cause a rebuild.)
+    """
+    name, version = "rlmesh_bench_coldstart", "1.0"
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{info}/METADATA": (
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+            f"Summary: a cold-start nonce for bench_transports: {secrets.token_hex(16)}\n"
+        ),
+        f"{info}/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: bench_transports\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{info}/RECORD,,")
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+        zf.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
+def sandbox_start(packages: list[str]) -> tuple[float, str, bool]:
+    """Seconds from ``SandboxEnv("CartPole-v1", ...)`` to its first observation; its image; whether built.
+
+    The container is stopped and removed again (not timed).
+    """
+    from rlmesh.numpy import SandboxEnv
+
+    started = time.perf_counter()
+    env = SandboxEnv("CartPole-v1", connect_timeout_seconds=60, packages=packages)
+    try:
+        env.reset(seed=0)
+        seconds = time.perf_counter() - started
+        return seconds, env.sandbox.image, env.sandbox.built
+    finally:
+        env.close()
+
+
+def measure_starts(runner: Runner, warm_starts: int, tmp: Path) -> None:
+    """The cold start (a fresh content hash: an image build) and ``warm_starts`` warm ones; a JSON line each.
+
+    The cold start's image is removed afterwards. Warm starts run the sandbox
+    rows' image (built by then, by their first start).
+    """
+    from rlmesh.sandbox import _docker
+
+    packages = _demo.sandbox_params()["packages"]
+    labels = {"kind": "start", "workload": "CartPole-v1", "transport": SANDBOX}
+    with deadline(SANDBOX_START_TIMEOUT, "a cold sandbox start"):
+        seconds, image, built = sandbox_start([*packages, str(throwaway_wheel(tmp))])
+    try:
+        runner.emit(
+            {**labels, "start": "cold"}, {"seconds": round(seconds, 2), "image": image, "built": built}
+        )
+        runner.note(f"  sandbox cold start (image build): {seconds:.1f}s")
+    finally:
+        api = _docker.client()
+        try:
+            api.images.remove(image, force=True)  # a throwaway hash: nothing else will run it
+        finally:
+            api.close()
+    for i in range(warm_starts):
+        with deadline(SANDBOX_START_TIMEOUT, "a warm sandbox start"):
+            seconds, image, built = sandbox_start(packages)
+        runner.emit(
+            {**labels, "start": "warm"},
+            {"seconds": round(seconds, 2), "image": image, "built": built, "index": i},
+        )
+        runner.note(f"  sandbox warm start{' (it built the image)' if built else ''}: {seconds:.1f}s")
+
+
+def evaluate_targets(
+    records: Sequence[dict[str, Any]], conditions: Sequence[str]
+) -> list[tuple[str, str, float | None, str]]:
+    """Each sandbox row's target: ``(workload, condition, sandbox / host-served shm, verdict)``."""
+    rate = _rates(records)
+    out: list[tuple[str, str, float | None, str]] = []
+    sandboxed = (r["workload"] for r in records if r.get("kind") == "row" and r["transport"] == SANDBOX)
+    for workload in dict.fromkeys(sandboxed):
+        for condition in conditions:
+            mine, host = rate.get((workload, SANDBOX, condition)), rate.get((workload, HOST_SHM, condition))
+            if not mine:
+                out.append((workload, condition, None, "not measured"))
+            elif not host:
+                out.append((workload, condition, None, f"n/a (no {HOST_SHM} row: --spin off only?)"))
+            else:
+                ratio = mine / host
+                out.append((workload, condition, ratio, "pass" if ratio >= SANDBOX_TARGET else "FAIL"))
+    return out
+
+
+def target_table(evaluated: Sequence[tuple[str, str, float | None, str]]) -> str:
+    """The sandbox targets: measured ratio, required ratio, verdict."""
+    rows = [
+        [
+            workload,
+            SANDBOX,
+            condition,
+            HOST_SHM,
+            f"{ratio:.2f}x" if ratio is not None else "-",
+            f">= {SANDBOX_TARGET:g}x",
+            verdict,
+        ]
+        for workload, condition, ratio, verdict in evaluated
+    ]
+    return markdown_table(
+        ["workload", "transport", "condition", "against", "ratio", "required", "result"], rows
+    )
+
+
+def start_table(records: Sequence[dict[str, Any]]) -> str:
+    """The sandbox start times: cold (image build) and warm (median of the warm starts)."""
+    starts = [r for r in records if r.get("kind") == "start"]
+    rows = []
+    for kind, what in (("cold", "image built (a new content hash)"), ("warm", "image reused")):
+        seconds = [r["seconds"] for r in starts if r["start"] == kind]
+        if seconds:
+            built = any(r["built"] for r in starts if r["start"] == kind)
+            note = what if (kind == "cold") == built else f"{what}? built={built}"
+            rows.append([kind, f"{statistics.median(seconds):.2f}", len(seconds), note])
+    return markdown_table(["start", "seconds to first obs (median)", "starts", "what"], rows)
+
+
 def _tail(log: IO[str]) -> str:
     log.seek(0)
     return log.read()[-2000:]
@@ -239,10 +437,11 @@ def measure_cell(
     seconds: float,
     rounds: int,
     labels: dict[str, Any] | None = None,
+    setup_timeout: float = SETUP_TIMEOUT,
 ) -> None:
-    """Set up one cell, time it in every condition, print a JSON line per condition."""
+    """Set up one cell (within ``setup_timeout``), time it in every condition; a JSON line per condition."""
     labels = labels if labels is not None else {}
-    bound = SETUP_TIMEOUT + len(conditions) * (SETUP_TIMEOUT + 2 * seconds * rounds)
+    bound = setup_timeout + len(conditions) * (SETUP_TIMEOUT + 2 * seconds * rounds)
     with deadline(bound, f"{workload} over {transport}"), cell as timer:
         for condition in conditions:
             with busy_processes(CONDITIONS[condition]):
@@ -252,6 +451,7 @@ def measure_cell(
             runner.emit(
                 {"workload": workload, "transport": transport, "condition": condition},
                 {
+                    "kind": "row",
                     "busy_processes": CONDITIONS[condition],
                     "steps_per_s_median": round(median, 1),
                     "mb_per_s": round(median * size / 1e6, 2),
@@ -267,9 +467,25 @@ def measure_cell(
             runner.note(f"  {workload:>12} {transport:<24} {condition:<4} {median:>10,.0f} steps/s")
 
 
+def _rates(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str], float]:
+    return {
+        (r["workload"], r["transport"], r["condition"]): r["steps_per_s_median"]
+        for r in records
+        if r.get("kind") == "row"
+    }
+
+
+def _ours(transport: str) -> bool:
+    return transport.startswith("rlmesh-") or transport == SANDBOX
+
+
 def report(records: Sequence[dict[str, Any]], conditions: Sequence[str]) -> str:
-    """The markdown table: steps/s per condition side by side, each rlmesh row's ratios to the peers."""
-    rate = {(r["workload"], r["transport"], r["condition"]): r["steps_per_s_median"] for r in records}
+    """The markdown table: steps/s per condition side by side, each rlmesh row's ratios to the peers.
+
+    Sandbox rows get one more ratio, to the host-served ``rlmesh-shm`` row.
+    """
+    records = [r for r in records if r.get("kind") == "row"]
+    rate = _rates(records)
     cpu = {
         (r["workload"], r["transport"], r["condition"]): (
             r.get("cpu_client_us_per_step"),
@@ -278,12 +494,15 @@ def report(records: Sequence[dict[str, Any]], conditions: Sequence[str]) -> str:
         for r in records
     }
     cells = list(dict.fromkeys((r["workload"], r["transport"]) for r in records))
-    peers = list(dict.fromkeys(t for _, t in cells if not t.startswith("rlmesh-")))
+    peers = list(dict.fromkeys(t for _, t in cells if not _ours(t)))
+    sandboxed = any(t == SANDBOX for _, t in cells)
     both = "idle" in conditions and "busy" in conditions
     headers = ["workload", "transport", *(f"steps/s {c}" for c in conditions)]
     if both:
         headers.append("busy/idle")
     headers += [f"x {peer}" for peer in peers]
+    if sandboxed:
+        headers.append(f"x {HOST_SHM} (host-served)")
     headers += [f"CPU us/step {c} (client+server)" for c in conditions]
 
     def row(workload: str, transport: str, with_ratios: bool) -> list[str]:
@@ -301,13 +520,20 @@ def report(records: Sequence[dict[str, Any]], conditions: Sequence[str]) -> str:
                 theirs = rate.get((workload, peer, condition))
                 ratios.append(f"{mine / theirs:.1f}" if mine and theirs else "-")
             out.append(" / ".join(ratios))
+        if sandboxed:
+            host = [rate.get((workload, HOST_SHM, c)) for c in conditions]
+            out.append(
+                " / ".join(f"{v / h:.2f}" if v and h else "-" for v, h in zip(values, host, strict=True))
+                if transport == SANDBOX
+                else ""
+            )
         for condition in conditions:
             client, server = cpu.get((workload, transport, condition), (None, None))
             out.append(f"{client + server:.0f} ({client:.0f}+{server:.0f})" if client and server else "-")
         return out
 
-    rows = [row(w, t, True) for w, t in cells if t.startswith("rlmesh-")]
-    rows += [row(w, t, False) for w, t in cells if not t.startswith("rlmesh-")]
+    rows = [row(w, t, True) for w, t in cells if _ours(t)]
+    rows += [row(w, t, False) for w, t in cells if not _ours(t)]
     return markdown_table(headers, rows)
 
 
@@ -361,6 +587,9 @@ def main() -> None:
     parser.add_argument("--peer-python", default=None, help="a python with the published rlmesh installed")
     parser.add_argument("--setup-peer", default=None, metavar="DIR", help="create that peer venv first")
     parser.add_argument("--no-gymnasium", action="store_true", help="skip the AsyncVectorEnv peer")
+    parser.add_argument(
+        "--no-sandbox", action="store_true", help="skip the Docker sandbox rows and start times"
+    )
     parser.add_argument("--json-only", action="store_true", help="print only the JSON lines (no table)")
     args = parser.parse_args()
     if args.quick:
@@ -394,6 +623,29 @@ def main() -> None:
                     cell = gymnasium_cell(workload, shared, seconds, rounds)
                     name = f"gymnasium-async-{'shm' if shared else 'pipe'}"
                     measure_cell(runner, workload, name, cell, conditions, seconds, rounds)
+        sandbox_skipped = None
+        if args.no_sandbox:
+            sandbox_skipped = "sandbox rows skipped: --no-sandbox"
+        elif (why := _demo.docker_daemon()) is not None:
+            sandbox_skipped = "sandbox rows skipped: no Docker daemon"
+            runner.note(f"{sandbox_skipped} ({why})")
+        else:
+            runner.note("rlmesh in a Docker sandbox (SandboxEnv):")
+            for workload in (w for w in workloads if w in _demo.SANDBOX_WORKLOADS):
+                facts: dict[str, Any] = {}
+                cell = sandbox_cell(workload, seconds, rounds, facts)
+                measure_cell(
+                    runner,
+                    workload,
+                    SANDBOX,
+                    cell,
+                    conditions,
+                    seconds,
+                    rounds,
+                    facts,
+                    SANDBOX_START_TIMEOUT,
+                )
+            measure_starts(runner, 1 if args.quick else 3, Path(tmp))
         if peer_python:
             runner.note(f"published rlmesh ({peer_python}):")
             for workload in workloads:
@@ -404,6 +656,17 @@ def main() -> None:
                     name = f"published-rlmesh-{transport}"
                     measure_cell(runner, workload, name, cell, conditions, seconds, rounds, labels)
 
+    evaluated = evaluate_targets(runner.records, conditions)
+    for workload, condition, ratio, verdict in evaluated:
+        runner.emit(
+            {"kind": "target", "workload": workload, "transport": SANDBOX, "condition": condition},
+            {
+                "against": HOST_SHM,
+                "ratio": round(ratio, 3) if ratio is not None else None,
+                "required": SANDBOX_TARGET,
+                "result": verdict,
+            },
+        )
     if not args.json_only:
         env = runner.env
         print()
@@ -418,6 +681,21 @@ def main() -> None:
         )
         print()
         print(report(runner.records, conditions))
+        if sandbox_skipped is None:
+            print()
+            print(
+                f"Sandbox targets (issue 11): {SANDBOX} steps/s over the host-served {HOST_SHM} row's, "
+                "in this run:"
+            )
+            print()
+            print(target_table(evaluated))
+            print()
+            print("Sandbox start times (CartPole-v1, until the first observation):")
+            print()
+            print(start_table(runner.records))
+        elif not args.no_sandbox:
+            print()
+            print(sandbox_skipped)
     runner.finish()
 
 

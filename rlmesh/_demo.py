@@ -12,6 +12,14 @@ batch: served by ``rlmesh serve --num-envs 8`` and driven with
 ``rlmesh.numpy.RemoteVectorEnv``, against gymnasium's ``AsyncVectorEnv`` in
 this process. :func:`vector_rates` is their timing loop, and also
 ``benchmarks/bench_vector.py``'s.
+
+The *sandbox rows* (``benchmarks/bench_transports.py``'s ``sandbox-shm``, and
+the demo's when its image is already built) run the same workloads in a
+Docker sandbox: :func:`sandbox_params` are their inputs (those of
+``tests/integration/test_sandbox.py``, so both share one image),
+:func:`docker_daemon` says whether a daemon answers and
+:func:`sandbox_image_ready` whether their image is built (without building
+or downloading anything).
 """
 
 from __future__ import annotations
@@ -35,6 +43,10 @@ __all__ = [
     "measure",
     "run_cells",
     "run_vector_cells",
+    "docker_daemon",
+    "run_sandbox_cells",
+    "sandbox_image_ready",
+    "sandbox_params",
     "start_server",
     "vector_rates",
 ]
@@ -48,6 +60,11 @@ WORKLOADS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 TRANSPORTS = ("shm", "unix", "tcp")
+
+#: The workloads of the sandbox rows (issue 11's: CartPole and 4 MiB observations).
+SANDBOX_WORKLOADS = ("CartPole-v1", "4 MiB obs")
+#: The transport name of a sandbox row: the env in a container, observations through shared memory.
+SANDBOX_TRANSPORT = "sandbox-shm"
 
 #: Lanes of the demo's vector rows.
 VECTOR_NUM_ENVS = 8
@@ -485,3 +502,87 @@ def plot(cells: Sequence[Cell], path: str, vector: Sequence[Cell] = ()) -> bool:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
+
+
+# -- the sandbox rows ---------------------------------------------------------------------
+
+
+def sandbox_params() -> dict[str, Any]:
+    """The :class:`~rlmesh.numpy.SandboxEnv` inputs of every sandbox row (besides the source and its kwargs).
+
+    The default base image and rlmesh from this checkout (``rlmesh_package``
+    None), with Gymnasium and NumPy pinned to the host's versions: the
+    inputs of ``tests/integration/test_sandbox.py``, so the same checkout
+    builds one image for both. ``rlmesh._demo:ImageEnv`` is in rlmesh's
+    wheel, so the container serves the same env as the host rows.
+
+    Raises:
+        importlib.metadata.PackageNotFoundError: gymnasium or numpy is not installed here.
+    """
+    from importlib import metadata
+
+    return {
+        "packages": [f"gymnasium=={metadata.version('gymnasium')}", f"numpy=={metadata.version('numpy')}"]
+    }
+
+
+def docker_daemon() -> str | None:
+    """None when a local Docker daemon answers (and the ``docker`` package is here); else why not."""
+    try:
+        from .sandbox import _docker
+
+        api = _docker.client()
+    except Exception as exc:  # BackendUnavailable (no docker package), SandboxError (no daemon)
+        return str(exc).splitlines()[0]
+    api.close()
+    return None
+
+
+def sandbox_image_ready() -> str | None:
+    """The tag of the sandbox rows' image if it is built; None if a start would build it first.
+
+    Looks only: it builds, downloads and runs nothing (the base image's
+    Python, rlmesh's wheel and the wheelhouse must already be in the
+    sandbox cache, as after a first start). None too without a daemon.
+    """
+    try:
+        from .sandbox import _docker, _image
+
+        api = _docker.client()
+    except Exception:
+        return None
+    try:
+        return _image.existing_image(api, sandbox_params()["packages"])
+    finally:
+        api.close()
+
+
+def run_sandbox_cells(
+    workloads: Sequence[str],
+    *,
+    seconds: float = 1.0,
+    rounds: int = 3,
+    progress: Callable[[str], None] | None = None,
+) -> list[Cell]:
+    """Each workload served in a Docker sandbox (:func:`sandbox_params`), stepped from here with rlmesh.numpy.
+
+    Timed by :func:`measure`, as :func:`run_cells`; the transport is
+    ``sandbox-shm``. Every container is stopped and removed before returning.
+
+    Raises:
+        SandboxError: a container did not start (the image build is not
+            avoided here: callers check :func:`sandbox_image_ready` first).
+    """
+    from .numpy import SandboxEnv
+
+    cells: list[Cell] = []
+    for workload in workloads:
+        target, kwargs = WORKLOADS[workload]
+        with SandboxEnv(target, connect_timeout_seconds=60, **sandbox_params(), **kwargs) as env:
+            obs_bytes = int(env.observation_space_spec.shape and _nbytes(env.observation_space_spec))
+            per_round = measure(env, seconds, rounds)
+        cell = Cell(workload, SANDBOX_TRANSPORT, statistics.median(per_round), obs_bytes, per_round)
+        cells.append(cell)
+        if progress is not None:
+            progress(f"{workload:>12} in a sandbox: {cell.steps_per_s:>9,.0f} steps/s")
+    return cells

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import SandboxError
 
-__all__ = ["BuildPlan", "ImagePython", "build_base_image", "ensure_image", "image_python"]
+__all__ = ["BuildPlan", "ImagePython", "build_base_image", "ensure_image", "existing_image", "image_python"]
 
 log = logging.getLogger("rlmesh.sandbox")
 
@@ -104,7 +104,7 @@ def image_python(api: Any, image_id: str) -> ImagePython:
     Raises:
         SandboxError: the image has no ``python3`` or it answered garbage.
     """
-    path = cache_dir() / "images" / f"{image_id.replace(':', '_')}.json"
+    path = _python_facts(image_id)
     try:
         facts = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -129,6 +129,19 @@ def image_python(api: Any, image_id: str) -> ImagePython:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(facts))
     return ImagePython(str(facts["version"]), str(facts["glibc"]), str(facts["machine"]))
+
+
+def _python_facts(image_id: str) -> Path:
+    return cache_dir() / "images" / f"{image_id.replace(':', '_')}.json"
+
+
+def _cached_image_python(image_id: str) -> ImagePython | None:
+    """:func:`image_python` from the cache only (None: never asked)."""
+    try:
+        facts = json.loads(_python_facts(image_id).read_text())
+        return ImagePython(str(facts["version"]), str(facts["glibc"]), str(facts["machine"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # -- wheels -------------------------------------------------------------------------------
@@ -195,11 +208,8 @@ def local_wheel(python: ImagePython) -> Path:
             f"this host's glibc {host_glibc} is newer than the image's {python.glibc}: a wheel built "
             "here may not load there; pass rlmesh_package=<path of a wheel built for the image>"
         )
-    digest = hashlib.sha256()
     files = _source_files(root)
-    for path in files:
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    out = cache_dir() / "wheels" / f"rlmesh-{digest.hexdigest()[:24]}"
+    out = _local_wheel_dir(root, files)
     found = sorted(out.glob("rlmesh-*.whl")) if out.is_dir() else []
     if found:
         return found[0]
@@ -223,6 +233,24 @@ def local_wheel(python: ImagePython) -> Path:
     return sorted(out.glob("rlmesh-*.whl"))[0]
 
 
+def _local_wheel_dir(root: Path, files: Sequence[Path]) -> Path:
+    """Where the wheel of these sources is cached: named by their hash."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return cache_dir() / "wheels" / f"rlmesh-{digest.hexdigest()[:24]}"
+
+
+def _cached_local_wheel() -> Path | None:
+    """:func:`local_wheel` from the cache only (None: not built yet, or no checkout)."""
+    root = _checkout_root()
+    if root is None:
+        return None
+    out = _local_wheel_dir(root, _source_files(root))
+    found = sorted(out.glob("rlmesh-*.whl")) if out.is_dir() else []
+    return found[0] if found else None
+
+
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
 
@@ -241,6 +269,12 @@ def wheel_requirements(wheel: Path) -> list[str]:
     return out
 
 
+def _wheelhouse_dir(python: ImagePython, requirements: Sequence[str]) -> tuple[str, Path]:
+    """The cache key of a wheelhouse and where it is kept."""
+    key = json.dumps([sorted(requirements), python.version, python.platforms], separators=(",", ":"))
+    return key, cache_dir() / "wheelhouses" / hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
 def wheelhouse(python: ImagePython, requirements: Sequence[str]) -> Path:
     """``pip download`` (binary wheels only) ``requirements`` for the image's Python and platform.
 
@@ -250,8 +284,7 @@ def wheelhouse(python: ImagePython, requirements: Sequence[str]) -> Path:
     Raises:
         SandboxError: pip could not find a wheel for the image.
     """
-    key = json.dumps([sorted(requirements), python.version, python.platforms], separators=(",", ":"))
-    out = cache_dir() / "wheelhouses" / hashlib.sha256(key.encode()).hexdigest()[:24]
+    key, out = _wheelhouse_dir(python, requirements)
     if (out / ".complete").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -408,22 +441,7 @@ def ensure_image(
             (with pip's last lines).
     """
     house = wheelhouse(python, plan.requirements)
-    wheels = sorted({*house.glob("*.whl"), plan.rlmesh_wheel, *plan.wheels}, key=lambda p: p.name)
-    installs = [f"/wheelhouse/{plan.rlmesh_wheel.name}"]
-    installs += [f"/wheelhouse/{w.name}" for w in plan.wheels]
-    installs += list(plan.requirements)
-    digest = hashlib.sha256()
-    text = dockerfile(base_id, installs, plan.source_dir is not None, "")
-    digest.update(text.encode() + b"\0" + base_id.encode() + b"\0" + version.encode() + b"\0")
-    for wheel in wheels:
-        digest.update(wheel.name.encode() + b"\0" + _sha256(wheel).encode() + b"\0")
-    if plan.source_dir is not None:
-        for path in sorted(plan.source_dir.rglob("*")):
-            if path.is_file():
-                rel = str(path.relative_to(plan.source_dir)).encode()
-                digest.update(rel + b"\0" + _sha256(path).encode() + b"\0")
-    hexdigest = digest.hexdigest()
-    tag = f"rlmesh-sandbox:{hexdigest[:16]}"
+    tag, hexdigest, wheels, installs = _inputs(plan, house, base_id, version)
     docker = sys.modules.get("docker")
     try:
         api.images.get(tag)
@@ -447,6 +465,67 @@ def ensure_image(
         )
         _build(api, context, tag, {"rlmesh.sandbox.image": "1", "rlmesh.sandbox.inputs": hexdigest})
     return tag, True
+
+
+def _inputs(
+    plan: BuildPlan, house: Path, base_id: str, version: str
+) -> tuple[str, str, list[Path], list[str]]:
+    """The image's tag, its inputs' full hash, the wheels of its wheelhouse and what pip installs."""
+    wheels = sorted({*house.glob("*.whl"), plan.rlmesh_wheel, *plan.wheels}, key=lambda p: p.name)
+    installs = [f"/wheelhouse/{plan.rlmesh_wheel.name}"]
+    installs += [f"/wheelhouse/{w.name}" for w in plan.wheels]
+    installs += list(plan.requirements)
+    digest = hashlib.sha256()
+    text = dockerfile(base_id, installs, plan.source_dir is not None, "")
+    digest.update(text.encode() + b"\0" + base_id.encode() + b"\0" + version.encode() + b"\0")
+    for wheel in wheels:
+        digest.update(wheel.name.encode() + b"\0" + _sha256(wheel).encode() + b"\0")
+    if plan.source_dir is not None:
+        for path in sorted(plan.source_dir.rglob("*")):
+            if path.is_file():
+                rel = str(path.relative_to(plan.source_dir)).encode()
+                digest.update(rel + b"\0" + _sha256(path).encode() + b"\0")
+    hexdigest = digest.hexdigest()
+    return f"rlmesh-sandbox:{hexdigest[:16]}", hexdigest, wheels, installs
+
+
+def existing_image(api: Any, packages: Sequence[str], *, base_image: str | None = None) -> str | None:
+    """The tag of a sandbox's image if it is already built, else None; builds, downloads and runs nothing.
+
+    The sandbox is one with a Gymnasium-id or ``module:factory`` source that
+    names ``gymnasium`` among ``packages`` (pip requirement strings, no
+    wheel files), rlmesh built from this checkout, and the default base
+    image (or ``base_image``). None also when an input is not in the cache
+    yet (the base image, its Python's facts, rlmesh's wheel, the
+    wheelhouse): a start would have to make it first.
+    """
+    from .. import __version__
+
+    base = base_image or os.environ.get("RLMESH_SANDBOX_BASE_IMAGE")
+    candidates = [base] if base else [LOCAL_BASE, PUBLIC_BASE]
+    base_id = python = None
+    for name in candidates:
+        try:
+            base_id = str(api.images.get(name).id)
+        except Exception:  # not here: a start would pull or fail; either way, not built
+            continue
+        break
+    if base_id is None or (python := _cached_image_python(base_id)) is None:
+        return None
+    wheel = _cached_local_wheel()
+    if wheel is None:
+        return None
+    # As the sandbox's own plan: rlmesh's requirements, then the packages, duplicates dropped.
+    requirements = list(dict.fromkeys([*wheel_requirements(wheel), *packages]))
+    _, house = _wheelhouse_dir(python, requirements)
+    if not (house / ".complete").is_file():
+        return None
+    tag = _inputs(BuildPlan(base or candidates[0], wheel, [], requirements), house, base_id, __version__)[0]
+    try:
+        api.images.get(tag)
+    except Exception:
+        return None
+    return tag
 
 
 # -- the base image -----------------------------------------------------------------------
