@@ -44,6 +44,7 @@ __all__ = [
     "run_cells",
     "run_vector_cells",
     "docker_daemon",
+    "demo_sandbox_cells",
     "run_sandbox_cells",
     "sandbox_image_ready",
     "sandbox_params",
@@ -586,3 +587,42 @@ def run_sandbox_cells(
         if progress is not None:
             progress(f"{workload:>12} in a sandbox: {cell.steps_per_s:>9,.0f} steps/s")
     return cells
+
+
+def demo_sandbox_cells(
+    *,
+    build: bool = False,
+    seconds: float = 1.0,
+    rounds: int = 3,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[Cell], str | None]:
+    """The demo's sandbox rows, if they are quick to run: ``(cells, None)``, else ``([], why not)``.
+
+    They run when a Docker daemon answers and their image is already built
+    (:func:`sandbox_image_ready`), or with ``build=True`` (the first build
+    takes a minute or more). Otherwise nothing starts, and the one-line note
+    says why and how to enable them.
+
+    Raises:
+        SandboxError: a container did not start although the image was there.
+    """
+    why = docker_daemon()
+    if why is not None:
+        return [], "sandbox rows skipped: no Docker daemon"
+    if not build and sandbox_image_ready() is None:
+        return [], (
+            "sandbox rows skipped: their image is not built yet (a build takes a minute or more); "
+            "`rlmesh demo --build-sandbox` builds it once, later demos reuse it"
+        )
+    return run_sandbox_cells(SANDBOX_WORKLOADS, seconds=seconds, rounds=rounds, progress=progress), None
+
+
+def sandbox_ratios(cells: Sequence[Cell]) -> str:
+    """One line: each sandbox row's steps/s over the host-served shm row's, per workload."""
+    host = {c.workload: c.steps_per_s for c in cells if c.transport == "shm"}
+    parts = [
+        f"{c.workload} {c.steps_per_s / host[c.workload]:.2f}x"
+        for c in cells
+        if c.transport == SANDBOX_TRANSPORT and host.get(c.workload)
+    ]
+    return f"{SANDBOX_TRANSPORT} over shm served on the host (target >= 0.8x): " + ", ".join(parts)

@@ -180,10 +180,18 @@ def _demo(args: argparse.Namespace) -> int:
         f"({rounds}x{seconds}s per cell)"
     )
     cells = _demo.run_cells(workloads, _demo.TRANSPORTS, seconds=seconds, rounds=rounds, progress=print)
+    sandboxed, skipped = _demo.demo_sandbox_cells(
+        build=args.build_sandbox, seconds=seconds, rounds=rounds, progress=print
+    )
+    if skipped is not None:
+        print(skipped)
+    cells += sandboxed
     print(f"\n{_demo.VECTOR_WORKLOAD}, one vector env: rlmesh (1 worker) vs gymnasium AsyncVectorEnv")
     vector = _demo.run_vector_cells(seconds=seconds, rounds=rounds, progress=print)
     print()
     print(_demo.table(cells))
+    if sandboxed:
+        print(_demo.sandbox_ratios(cells))
     print()
     print(_demo.vector_table(vector))
     if args.json:
@@ -333,6 +341,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a short run (for smoke tests)")
     demo.add_argument("--plot", default="rlmesh-demo.png", help="where to write the plot ('' for none)")
     demo.add_argument("--json", default=None, help="also write the results as JSON here")
+    demo.add_argument(
+        "--build-sandbox",
+        action="store_true",
+        help="build the Docker sandbox rows' image if it is missing (a minute or more; without it, "
+        "the sandbox rows run only when the image is already built)",
+    )
     demo.set_defaults(func=_demo)
 
     bench = sub.add_parser("bench", help="measure workloads over transports; JSON lines")
