@@ -3,6 +3,14 @@
 These are smoke runs with tiny rounds: they check that the scripts work and
 that their output is well formed, never the figures themselves (those are
 measured by hand, on a quiet machine; see benchmarks/README.md).
+
+bench_transports' sandbox rows need a Docker daemon and build an image (the
+cold start, a fresh content hash, every run): their smoke run is a test of its
+own (about 35 s on the 2-core VM when the sandbox tests have built the rows'
+image in this checkout, the same inputs and so the same image; about a
+minute when it builds that image too), skipped without a daemon like the
+sandbox tests. The other bench_transports runs pass
+``--no-sandbox``.
 """
 
 from __future__ import annotations
@@ -17,13 +25,17 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, docker_or_skip
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 
-def run_bench(args: list[str], cwd: str) -> tuple[list[dict[str, Any]], str]:
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=100, cwd=cwd)
+def run_bench(
+    args: list[str], cwd: str, *, timeout: float = 100, env: dict[str, str] | None = None
+) -> tuple[list[dict[str, Any]], str]:
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
+    )
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     return rows, result.stdout
@@ -32,7 +44,8 @@ def run_bench(args: list[str], cwd: str) -> tuple[list[dict[str, Any]], str]:
 def test_bench_transports_as_a_file_from_another_directory(tmp_path) -> None:
     script = str(ROOT / "benchmarks" / "bench_transports.py")
     rows, out = run_bench(
-        [script, "--workload", "CartPole-v1", "--seconds", "0.1", "--rounds", "1"], str(tmp_path)
+        [script, "--workload", "CartPole-v1", "--seconds", "0.1", "--rounds", "1", "--no-sandbox"],
+        str(tmp_path),
     )
     cells = {(row["transport"], row["condition"]): row for row in rows}
     transports = {"rlmesh-shm", "rlmesh-unix", "rlmesh-tcp", "gymnasium-async-shm", "gymnasium-async-pipe"}
@@ -63,6 +76,7 @@ def test_bench_transports_as_a_module_in_one_condition() -> None:
             "--conditions",
             "busy",
             "--no-gymnasium",
+            "--no-sandbox",
             "--json-only",
         ],
         str(ROOT),
@@ -75,6 +89,84 @@ def test_bench_transports_as_a_module_in_one_condition() -> None:
     assert all(row["cpu_client_us_per_step"] > 0 and row["cpu_server_us_per_step"] > 0 for row in rows)
     assert all(row["obs_bytes"] == 28 * 1024 and row["seconds"] == 0.3 for row in rows)
     assert "| workload" not in out  # --json-only: no table
+
+
+#: The quick sandbox smoke run: both sandboxed workloads, idle only, no peers, spinning on only.
+SANDBOX_SMOKE = ["-m", "benchmarks.bench_transports", "--quick", "--conditions", "idle", "--no-gymnasium"]
+SANDBOX_SMOKE += ["--spin", "on", "--workload", "CartPole-v1", "--workload", "4 MiB obs"]
+
+
+@pytest.mark.timeout(600)
+def test_bench_transports_sandbox_rows_targets_and_start_times() -> None:
+    api = docker_or_skip()
+    try:
+        base = os.environ.get("RLMESH_SANDBOX_BASE_IMAGE", "rlmesh-base:bookworm")
+        try:
+            api.images.get(base)
+        except Exception:
+            message = f"the sandbox base image {base} is missing: run `rlmesh sandbox base-image`"
+            if os.environ.get("RLMESH_REQUIRE_DOCKER") == "1":
+                pytest.fail(message, pytrace=False)
+            pytest.skip(message)
+        images = {tag for image in api.images.list(name="rlmesh-sandbox") for tag in image.tags}
+    finally:
+        api.close()
+    rows, out = run_bench(SANDBOX_SMOKE, str(ROOT), timeout=540)
+    cells = {(r["workload"], r["transport"]): r for r in rows if r["kind"] == "row"}
+    for workload in ("CartPole-v1", "4 MiB obs"):
+        row = cells[(workload, "sandbox-shm")]
+        host = cells[(workload, "rlmesh-shm")]
+        assert row["condition"] == "idle" and row["steps_per_s_median"] > 0 and len(row["rounds"]) == 1
+        assert row["obs_bytes"] == host["obs_bytes"]  # the same env as the host rows
+        assert row["data_plane"] == "shm" and row["image"].startswith("rlmesh-sandbox:")
+        assert row["cpu_client_us_per_step"] > 0 and row["cpu_server_us_per_step"] > 0  # the container's
+    # One image for both workloads (the second start reused it).
+    assert cells[("CartPole-v1", "sandbox-shm")]["image"] == cells[("4 MiB obs", "sandbox-shm")]["image"]
+    assert cells[("4 MiB obs", "sandbox-shm")]["built"] is False
+    starts = [r for r in rows if r["kind"] == "start"]
+    cold = [r for r in starts if r["start"] == "cold"]
+    warm = [r for r in starts if r["start"] == "warm"]
+    assert len(cold) == 1 and cold[0]["built"] is True and cold[0]["seconds"] > 0
+    assert cold[0]["image"] != cells[("CartPole-v1", "sandbox-shm")]["image"]  # a fresh content hash
+    assert len(warm) == 1 and warm[0]["built"] is False and 0 < warm[0]["seconds"] < cold[0]["seconds"]
+    assert warm[0]["image"] == cells[("CartPole-v1", "sandbox-shm")]["image"]
+    targets = {r["workload"]: r for r in rows if r["kind"] == "target"}
+    assert set(targets) == {"CartPole-v1", "4 MiB obs"}
+    for workload, target in targets.items():
+        ratio = (
+            cells[(workload, "sandbox-shm")]["steps_per_s_median"]
+            / cells[(workload, "rlmesh-shm")]["steps_per_s_median"]
+        )
+        assert target["ratio"] == pytest.approx(ratio, rel=1e-2) and target["required"] == 0.8
+        assert target["result"] == ("pass" if target["ratio"] >= 0.8 else "FAIL")
+    header = next(line for line in out.splitlines() if line.startswith("| workload"))
+    assert "x rlmesh-shm (host-served)" in header
+    assert re.search(r"\| CartPole-v1 +\| sandbox-shm +\| +[0-9,]+ \| +[0-9.]+ \|", out)
+    assert re.search(
+        r"\| 4 MiB obs +\| sandbox-shm +\| idle +\| rlmesh-shm +\| +[0-9.]+x \| >= 0.8x +\| (pass|FAIL)", out
+    )
+    assert re.search(r"\| cold +\| +[0-9.]+ \| +1 \| image built", out)
+    assert re.search(r"\| warm +\| +[0-9.]+ \| +1 \| image reused", out)
+    # The cold start's throwaway image is gone again (other runs may add images meanwhile).
+    api = docker_or_skip()
+    try:
+        after = {tag for image in api.images.list(name="rlmesh-sandbox") for tag in image.tags}
+    finally:
+        api.close()
+    assert cold[0]["image"] not in after and cold[0]["image"] not in images
+
+
+def test_bench_transports_without_a_docker_daemon_skips_the_sandbox_rows_in_one_line(tmp_path) -> None:
+    environ = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock"}
+    args = ["-m", "benchmarks.bench_transports", "--quick", "--conditions", "idle", "--no-gymnasium"]
+    rows, out = run_bench([*args, "--spin", "on", "--workload", "CartPole-v1"], str(ROOT), env=environ)
+    assert {(r["kind"], r["transport"]) for r in rows} == {
+        ("row", "rlmesh-shm"),
+        ("row", "rlmesh-unix"),
+        ("row", "rlmesh-tcp"),
+    }
+    assert out.count("sandbox rows skipped: no Docker daemon") == 1
+    assert "Sandbox targets" not in out
 
 
 def test_bench_transports_rejects_an_unknown_condition() -> None:
@@ -106,6 +198,7 @@ def test_bench_transports_against_the_published_package() -> None:
             "--rounds",
             "1",
             "--no-gymnasium",
+            "--no-sandbox",
             "--peer-python",
             PEER_PYTHON,
         ],

@@ -65,6 +65,21 @@ def test_serve_reports_bad_targets() -> None:
     assert result.returncode != 0 and "JSON object" in result.stderr
 
 
+def test_demo_sandbox_rows_without_a_docker_daemon_are_one_note(tmp_path) -> None:
+    code = "from rlmesh import _demo; cells, note = _demo.demo_sandbox_cells(build=True); "
+    code += "print(len(cells), note)"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**ENV, "DOCKER_HOST": f"unix://{tmp_path}/no-daemon.sock"},
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0 sandbox rows skipped: no Docker daemon"
+
+
 def test_demo_runs_and_writes_a_table_and_a_plot(tmp_path) -> None:
     plot = tmp_path / "demo.png"
     data = tmp_path / "demo.json"
