@@ -537,6 +537,37 @@ def report(records: Sequence[dict[str, Any]], conditions: Sequence[str]) -> str:
     return markdown_table(headers, rows)
 
 
+def run_sandbox(
+    runner: Runner,
+    workloads: Sequence[str],
+    conditions: Sequence[str],
+    seconds: float,
+    rounds: int,
+    quick: bool,
+    tmp: Path,
+) -> str | None:
+    """The sandbox rows, then the start times; None, or one line saying why they stopped.
+
+    A sandbox that cannot start (its build failed, its base image cannot be
+    pulled) ends the sandbox part only: the rest of the run still reports.
+    """
+    from rlmesh.errors import SandboxError
+
+    runner.note("rlmesh in a Docker sandbox (SandboxEnv):")
+    try:
+        for workload in (w for w in workloads if w in _demo.SANDBOX_WORKLOADS):
+            facts: dict[str, Any] = {}
+            cell = sandbox_cell(workload, seconds, rounds, facts)
+            measure_cell(
+                runner, workload, SANDBOX, cell, conditions, seconds, rounds, facts, SANDBOX_START_TIMEOUT
+            )
+        measure_starts(runner, 1 if quick else 3, tmp)
+    except SandboxError as exc:
+        runner.note(f"the sandbox failed: {exc}")
+        return f"sandbox rows failed: {str(exc).splitlines()[0]}"
+    return None
+
+
 def setup_peer(directory: str) -> str:
     """Create a virtual environment with the published package from PyPI; return its python."""
     subprocess.run([sys.executable, "-m", "venv", directory], check=True)
@@ -623,29 +654,16 @@ def main() -> None:
                     cell = gymnasium_cell(workload, shared, seconds, rounds)
                     name = f"gymnasium-async-{'shm' if shared else 'pipe'}"
                     measure_cell(runner, workload, name, cell, conditions, seconds, rounds)
-        sandbox_skipped = None
+        sandbox_skipped = sandbox_failed = None
         if args.no_sandbox:
             sandbox_skipped = "sandbox rows skipped: --no-sandbox"
         elif (why := _demo.docker_daemon()) is not None:
             sandbox_skipped = "sandbox rows skipped: no Docker daemon"
             runner.note(f"{sandbox_skipped} ({why})")
         else:
-            runner.note("rlmesh in a Docker sandbox (SandboxEnv):")
-            for workload in (w for w in workloads if w in _demo.SANDBOX_WORKLOADS):
-                facts: dict[str, Any] = {}
-                cell = sandbox_cell(workload, seconds, rounds, facts)
-                measure_cell(
-                    runner,
-                    workload,
-                    SANDBOX,
-                    cell,
-                    conditions,
-                    seconds,
-                    rounds,
-                    facts,
-                    SANDBOX_START_TIMEOUT,
-                )
-            measure_starts(runner, 1 if args.quick else 3, Path(tmp))
+            sandbox_failed = run_sandbox(
+                runner, workloads, conditions, seconds, rounds, args.quick, Path(tmp)
+            )
         if peer_python:
             runner.note(f"published rlmesh ({peer_python}):")
             for workload in workloads:
@@ -681,7 +699,7 @@ def main() -> None:
         )
         print()
         print(report(runner.records, conditions))
-        if sandbox_skipped is None:
+        if evaluated:
             print()
             print(
                 f"Sandbox targets (issue 11): {SANDBOX} steps/s over the host-served {HOST_SHM} row's, "
@@ -689,14 +707,20 @@ def main() -> None:
             )
             print()
             print(target_table(evaluated))
+        if any(r.get("kind") == "start" for r in runner.records):
             print()
             print("Sandbox start times (CartPole-v1, until the first observation):")
             print()
             print(start_table(runner.records))
-        elif not args.no_sandbox:
+        if sandbox_skipped is not None and not args.no_sandbox:
             print()
             print(sandbox_skipped)
+        if sandbox_failed is not None:
+            print()
+            print(sandbox_failed)
     runner.finish()
+    if sandbox_failed is not None:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -169,6 +169,22 @@ def test_bench_transports_without_a_docker_daemon_skips_the_sandbox_rows_in_one_
     assert "Sandbox targets" not in out
 
 
+def test_bench_transports_reports_a_sandbox_that_cannot_start_and_still_prints_the_rest(tmp_path) -> None:
+    api = docker_or_skip()
+    api.close()
+    # A base image from a registry nobody listens at: the pull fails at once, no network needed.
+    environ = {**os.environ, "RLMESH_SANDBOX_BASE_IMAGE": "127.0.0.1:9/rlmesh-no-such-base:none"}
+    args = [*SANDBOX_SMOKE[:-6], "--spin", "on", "--workload", "CartPole-v1"]
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=100, cwd=str(ROOT), env=environ
+    )
+    assert result.returncode == 1, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert {r["transport"] for r in rows} == {"rlmesh-shm", "rlmesh-unix", "rlmesh-tcp"}
+    assert "| CartPole-v1 | rlmesh-shm" in result.stdout  # the table of what was measured
+    assert "sandbox rows failed: the image 127.0.0.1:9/rlmesh-no-such-base:none" in result.stdout
+
+
 def test_bench_transports_rejects_an_unknown_condition() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_transports", "--conditions", "idle,loaded"],
