@@ -38,7 +38,15 @@ from . import _docker, _image
 from ._bootstrap import IMPORT_FAILED
 from ._sources import Source, parse_source, resolve_hf
 
-__all__ = ["SandboxEnv", "SandboxInfo", "SandboxMixin", "SandboxVectorEnv", "start_sandbox"]
+__all__ = [
+    "SandboxEnv",
+    "SandboxInfo",
+    "SandboxMixin",
+    "SandboxOwner",
+    "SandboxVectorEnv",
+    "dial_back_session",
+    "start_sandbox",
+]
 
 log = logging.getLogger("rlmesh.sandbox")
 
@@ -458,47 +466,41 @@ def start_sandbox(
     return sandbox, parsed
 
 
-class SandboxMixin:
-    """What SandboxEnv and SandboxVectorEnv add to their remote client class: the owned container."""
+def dial_back_session(
+    sandbox: _Sandbox, request_timeout_seconds: float | None, spin: bool | None
+) -> tuple[ClientSession, float | None]:
+    """The client session over the connection the sandbox's container dialed back on.
+
+    Returns the session and the request timeout it uses. The connection is
+    taken from ``sandbox`` (its ``connection`` becomes None).
+
+    Raises:
+        ValueError: a bad ``request_timeout_seconds``. ConnectError,
+            VersionMismatch: the handshake failed.
+    """
+    request_timeout = _seconds("request_timeout_seconds", request_timeout_seconds, DEFAULT_REQUEST_TIMEOUT)
+    connection, sandbox.connection = sandbox.connection, None
+    assert connection is not None
+    conn = ClientSession(
+        Address("unix", path=sandbox.address[len("unix://") :]),
+        connect_timeout=None,
+        request_timeout=request_timeout,
+        shared_memory=True,
+        max_message_bytes=DEFAULT_MAX_FRAME,
+        spin=spin,
+        stream=SocketStream(connection),
+    )
+    return conn, request_timeout
+
+
+class SandboxOwner:
+    """The owned container of a sandbox client (env or model) and what it reports about it."""
 
     _sandbox: _Sandbox
-    _source: Source
+    _info: SandboxInfo
 
-    def _start(
-        self,
-        source: str,
-        num_envs: int | None,
-        vectorization_mode: str | None,
-        request_timeout_seconds: float | None,
-        spin: bool | None,
-        params: dict[str, Any],
-    ) -> None:
-        self._ensure_backend()  # type: ignore[attr-defined]
-        sandbox, parsed = start_sandbox(
-            source, num_envs=num_envs, vectorization_mode=vectorization_mode, **params
-        )
-        try:
-            request_timeout = _seconds(
-                "request_timeout_seconds", request_timeout_seconds, DEFAULT_REQUEST_TIMEOUT
-            )
-            connection, sandbox.connection = sandbox.connection, None
-            assert connection is not None
-            conn = ClientSession(
-                Address("unix", path=sandbox.address[len("unix://") :]),
-                connect_timeout=None,
-                request_timeout=request_timeout,
-                shared_memory=True,
-                max_message_bytes=DEFAULT_MAX_FRAME,
-                spin=spin,
-                stream=SocketStream(connection),
-            )
-            self._request_timeout = request_timeout
-            self._attach(conn)  # type: ignore[attr-defined]
-        except BaseException:
-            sandbox.close()
-            raise
+    def _own(self, sandbox: _Sandbox, source: str) -> None:
         self._sandbox = sandbox
-        self._source = parsed
         self._info = SandboxInfo(
             requested_source=source,
             resolved_source=sandbox.resolved,
@@ -522,6 +524,34 @@ class SandboxMixin:
     def container_id(self) -> str:
         """The container's full id."""
         return self._info.container_id
+
+
+class SandboxMixin(SandboxOwner):
+    """What SandboxEnv and SandboxVectorEnv add to their remote client class: the owned container."""
+
+    _source: Source
+
+    def _start(
+        self,
+        source: str,
+        num_envs: int | None,
+        vectorization_mode: str | None,
+        request_timeout_seconds: float | None,
+        spin: bool | None,
+        params: dict[str, Any],
+    ) -> None:
+        self._ensure_backend()  # type: ignore[attr-defined]
+        sandbox, parsed = start_sandbox(
+            source, num_envs=num_envs, vectorization_mode=vectorization_mode, **params
+        )
+        try:
+            conn, self._request_timeout = dial_back_session(sandbox, request_timeout_seconds, spin)
+            self._attach(conn)  # type: ignore[attr-defined]
+        except BaseException:
+            sandbox.close()
+            raise
+        self._own(sandbox, source)
+        self._source = parsed
 
     def close(self) -> None:
         """Detach the client, then stop and remove the container and its session directory. Idempotent."""

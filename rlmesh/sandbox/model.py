@@ -19,18 +19,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..client import DEFAULT_REQUEST_TIMEOUT, _seconds
-from ..net.address import Address
-from ..net.framing import DEFAULT_MAX_FRAME
-from ..net.stream import SocketStream
 from ..remote_model import RemoteModelBase
-from ..wire.client_session import ClientSession
-from .env import SandboxInfo, _Sandbox, start_sandbox
+from .env import SandboxOwner, dial_back_session, start_sandbox
 
 __all__ = ["SandboxModel"]
 
 
-class SandboxModel(RemoteModelBase):
+class SandboxModel(SandboxOwner, RemoteModelBase):
     """A served model in a Docker container, as a :class:`~rlmesh.remote_model.RemoteModel` (Tensor leaves).
 
     Args:
@@ -107,49 +102,12 @@ class SandboxModel(RemoteModelBase):
             make_kwargs={},
         )
         try:
-            request_timeout = _seconds(
-                "request_timeout_seconds", request_timeout_seconds, DEFAULT_REQUEST_TIMEOUT
-            )
-            connection, sandbox.connection = sandbox.connection, None
-            assert connection is not None
-            conn = ClientSession(
-                Address("unix", path=sandbox.address[len("unix://") :]),
-                connect_timeout=None,
-                request_timeout=request_timeout,
-                shared_memory=True,
-                max_message_bytes=DEFAULT_MAX_FRAME,
-                spin=spin,
-                stream=SocketStream(connection),
-            )
-            self._request_timeout = request_timeout
+            conn, self._request_timeout = dial_back_session(sandbox, request_timeout_seconds, spin)
             self._setup(conn, on_episode_end, on_close)
         except BaseException:
             sandbox.close()
             raise
-        self._sandbox: _Sandbox = sandbox
-        self._info = SandboxInfo(
-            requested_source=source,
-            resolved_source=sandbox.resolved,
-            container_id=sandbox.container_id or "",
-            image=sandbox.image,
-            address=sandbox.address,
-            built=sandbox.built,
-        )
-
-    @property
-    def sandbox(self) -> SandboxInfo:
-        """The source, resolved source, container id and image of this sandbox."""
-        return self._info
-
-    @property
-    def source(self) -> str:
-        """The source as given."""
-        return self._info.requested_source
-
-    @property
-    def container_id(self) -> str:
-        """The container's full id."""
-        return self._info.container_id
+        self._own(sandbox, source)
 
     def serve(self, *args: Any, **kwargs: Any) -> SandboxModel:  # type: ignore[override]
         """The container serves already (it started in the constructor); returns self.
