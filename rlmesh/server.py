@@ -29,21 +29,31 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._adapter import EnvAdapter, InlineSink, ShmSink, Sink, encode_render
 from ._conformance import check_policy, resolve_policy
-from ._dtypes import DTYPES
+
+# The env sources and the session handler live in their own modules; the names
+# are re-exported here, where they were first defined.
+from ._env_sessions import (
+    _encode_lanes as _encode_lanes,
+    _EnvHandler as _EnvHandler,
+    _Host as _Host,
+    _turn_away as _turn_away,
+    _valid_seed as _valid_seed,
+)
+from ._env_sources import (
+    _close_env as _close_env,
+    _EnvSource as _EnvSource,
+    _gym_factory as _gym_factory,
+    _make_source as _make_source,
+)
 from ._framework import action_converter
 from ._lifecycle import Lifecycle, State
 from ._restart import RestartPolicy
 from ._spin import spin_enabled
 from .errors import (
-    BusyError,
     ClosedError,
-    InvalidActionError,
-    RLMeshError,
 )
 from .net.address import resolve_address
 from .net.framing import DEFAULT_MAX_FRAME
@@ -51,11 +61,12 @@ from .net.listener import Listener
 from .net.stream import SocketStream
 from .shm import janitor as _janitor
 from .specs import EnvContract
-from .values import encode_metadata
-from .wire import protocol as P
-from .wire.codec import TailBuilder, pack
 from .wire.protocol import auth_token_from_env, check_auth_token
 from .wire.server_session import HEARTBEAT_INTERVAL, ServerSession, SessionConfig
+
+if TYPE_CHECKING:
+    from .vector.pool import VectorEnvSource
+    from .wire.server_session import RequestHandler
 
 __all__ = ["EnvServer", "ServeOptions"]
 
@@ -141,429 +152,6 @@ class ServeOptions:
             raise ValueError("max_message_bytes must be an int >= 4096")
         if self.validation is not None:
             check_policy(self.validation)
-
-
-# -- where envs come from ------------------------------------------------------------
-
-
-def _gym_factory(
-    env_id: str,
-    num_envs: int | None,
-    kwargs: dict[str, Any],
-    autoreset_mode: str | None = None,
-    vectorization_mode: str | None = None,
-) -> Callable[[], Any]:
-    def make() -> Any:
-        try:
-            import gymnasium
-        except ImportError as exc:
-            from .errors import BackendUnavailable
-
-            raise BackendUnavailable(
-                f'serving the Gymnasium id {env_id!r} needs gymnasium: pip install "rlmesh[gymnasium]"'
-            ) from exc
-        if num_envs is not None and num_envs > 1:
-            # "sync" is Gymnasium's SyncVectorEnv of per-lane makes (per-lane
-            # seed lists and masks work); None or "vector_entry_point" is
-            # make_vec's own choice (e.g. CartPole's native vector env).
-            extra: dict[str, Any] = {}
-            if vectorization_mode is not None:
-                extra["vectorization_mode"] = vectorization_mode
-            if autoreset_mode is not None:
-                from gymnasium.vector import AutoresetMode
-
-                extra.setdefault("vectorization_mode", "sync")
-                extra["vector_kwargs"] = {"autoreset_mode": AutoresetMode(autoreset_mode)}
-            return gymnasium.make_vec(env_id, num_envs=num_envs, **extra, **kwargs)
-        return gymnasium.make(env_id, **kwargs)
-
-    return make
-
-
-class _EnvSource:
-    """Hands out env adapters to sessions."""
-
-    def __init__(
-        self,
-        env: Any,
-        num_envs: int | None,
-        make_kwargs: dict[str, Any],
-        *,
-        close_shared: bool = True,
-        validation: str = "warn",
-        to_framework: Callable[[Any], Any] | None = None,
-        autoreset_mode: str | None = None,
-        vectorization_mode: str | None = None,
-    ) -> None:
-        self._close_shared = close_shared
-        self._adapter_options: dict[str, Any] = {"validation": validation, "to_framework": to_framework}
-        if isinstance(env, str):
-            self.factory: Callable[[], Any] | None = _gym_factory(
-                env, num_envs, make_kwargs, autoreset_mode, vectorization_mode
-            )
-        elif isinstance(env, type) or (callable(env) and not hasattr(env, "step")):
-            self.factory = env
-        else:
-            self.factory = None
-        self._lock = threading.Lock()
-        self._spare: EnvAdapter | None = None
-        self._shared_busy = False
-        self._closed = False
-        if self.factory is None:
-            self.shared: EnvAdapter | None = EnvAdapter(env, **self._adapter_options)
-            self.contract = self.shared.contract
-        else:
-            self.shared = None
-            self._spare = EnvAdapter(self.factory(), **self._adapter_options)
-            self.contract = self._spare.contract
-
-    def acquire(self) -> EnvAdapter:
-        """An adapter for a new session.
-
-        Raises:
-            BusyError: the shared env object already has a session.
-        """
-        with self._lock:
-            if self._closed:
-                raise ClosedError("the server is shutting down")
-            if self.shared is not None:
-                if self._shared_busy:
-                    raise BusyError(
-                        "this server serves a single env object and another client is connected; "
-                        "only one client at a time can drive it (serve a factory or an env id to "
-                        "give every client its own env)"
-                    )
-                self._shared_busy = True
-                self.shared.begin_session()
-                return self.shared
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            return spare
-        assert self.factory is not None
-        adapter = EnvAdapter(self.factory(), **self._adapter_options)
-        if adapter.contract != self.contract:
-            adapter.close()
-            raise RLMeshError("the env factory built an env with a different contract than the first one")
-        return adapter
-
-    def release(self, adapter: EnvAdapter, close_timeout: float) -> None:
-        """A session is done with its adapter."""
-        if adapter is self.shared:
-            with self._lock:
-                self._shared_busy = False
-            return
-        _close_env(adapter, close_timeout)
-
-    def close(self, close_timeout: float) -> None:
-        """Close what is not in use: the shared env (exactly once) and the spare."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            spare, self._spare = self._spare, None
-        if self.shared is not None and self._close_shared:
-            _close_env(self.shared, close_timeout)
-        if spare is not None:
-            _close_env(spare, close_timeout)
-
-
-def _close_env(adapter: EnvAdapter, timeout: float) -> None:
-    # env.close() runs on a helper thread so a hanging close cannot hold the
-    # server past its close timeout.
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            adapter.close()
-        except Exception:  # the env's failure to close is logged, not fatal
-            log.exception("env.close() raised")
-        finally:
-            done.set()
-
-    thread = threading.Thread(target=run, name="rlmesh-env-close", daemon=True)
-    thread.start()
-    if not done.wait(timeout):
-        log.warning("env.close() did not finish within %.1fs; leaving it behind", timeout)
-
-
-if TYPE_CHECKING:
-    from .vector.pool import VectorEnvSource
-    from .wire.server_session import RequestHandler
-
-
-def _make_source(
-    env: Any,
-    num_envs: int | None,
-    kwargs: dict[str, Any],
-    *,
-    vectorization_mode: str | None,
-    workers: int | None,
-    autoreset_mode: str | None,
-    close_shared: bool,
-    validation: str,
-    to_framework: Callable[[Any], Any] | None,
-    restart: RestartPolicy | None = None,
-) -> _EnvSource | VectorEnvSource:
-    """The env source: a worker pool per session (the fast path) or one env per session (or shared)."""
-    if vectorization_mode not in (None, "async", "sync", "vector_entry_point"):
-        raise ValueError(
-            'vectorization_mode must be "async", "sync", "vector_entry_point" or None, '
-            f"got {vectorization_mode!r}"
-        )
-    if restart is not None and not isinstance(restart, RestartPolicy):
-        raise TypeError(f"restart must be a RestartPolicy or None, got {type(restart).__name__}")
-    factory_like = (
-        isinstance(env, str) or isinstance(env, type) or (callable(env) and not hasattr(env, "step"))
-    )
-    if vectorization_mode in (None, "async") and num_envs is not None and num_envs >= 2 and factory_like:
-        from .vector.pool import VectorEnvSource
-
-        try:
-            return VectorEnvSource(
-                env,
-                num_envs,
-                kwargs,
-                autoreset_mode=autoreset_mode or "NextStep",
-                workers=workers,
-                validation=validation,
-                to_framework=to_framework,
-                restart=restart,
-            )
-        except TypeError as exc:
-            if vectorization_mode == "async":
-                raise
-            log.info("serving without the vector fast path (%s)", exc)
-    elif vectorization_mode == "async":
-        raise ValueError(
-            'vectorization_mode="async" needs num_envs >= 2 and a Gymnasium id or a factory of single envs'
-        )
-    if workers is not None:
-        raise ValueError('workers= is for the vector fast path (vectorization_mode="async")')
-    if restart is not None:
-        raise ValueError('restart= is for the vector fast path\'s workers (vectorization_mode="async")')
-    return _EnvSource(
-        env,
-        num_envs,
-        kwargs,
-        close_shared=close_shared,
-        validation=validation,
-        to_framework=to_framework,
-        autoreset_mode=autoreset_mode,
-        vectorization_mode=vectorization_mode,
-    )
-
-
-# -- sessions --------------------------------------------------------------------------
-
-
-class _EnvHandler:
-    """Serves one session's requests with its env adapter (the wire session's :class:`RequestHandler`)."""
-
-    def __init__(self, server: EnvServer, session: ServerSession, adapter: EnvAdapter) -> None:
-        self._server = server
-        self._session = session
-        self.adapter = adapter
-        #: The sink writing response tensors into the session's slab (built at the first response).
-        self.sink: Sink | None = None
-
-    @property
-    def contract(self) -> EnvContract:
-        """The served env's contract."""
-        return self.adapter.contract
-
-    def release(self) -> None:
-        """Give the adapter back to the server's env source."""
-        self._server._source.release(self.adapter, self._server._close_timeout)
-
-    def vector_offer(self) -> dict[str, Any] | None:
-        """The vector fast path's segment and layout, when this session has worker processes."""
-        pool = getattr(self.adapter.env, "pool", None)
-        return None if pool is None else pool.offer()
-
-    def vector_fileno(self) -> int | None:
-        """The vector segment's descriptor if it is a memfd (sent to the client), else None."""
-        pool = getattr(self.adapter.env, "pool", None)
-        return None if pool is None else pool.fileno()
-
-    def vector_attached(self) -> None:
-        """The handshake is over: whoever maps the vector segment has; its name can go."""
-        pool = getattr(self.adapter.env, "pool", None)
-        if pool is not None:
-            pool.unlink()
-
-    def _sink(self) -> tuple[Sink, TailBuilder | None]:
-        tail = self._session.begin_response()
-        if tail is not None:
-            return InlineSink(tail), tail
-        sink = self.sink
-        if sink is None:
-            data = self._session.data
-            assert data is not None
-            sink = self.sink = ShmSink(data.acquire)
-        return sink, None
-
-    def on_step(self, rid: int, action: Any) -> bool:
-        """Step the env; reply with the observation, reward, flags and info."""
-        adapter, session = self.adapter, self._session
-        try:
-            decoded = adapter.decode_action(action)
-        except InvalidActionError as exc:
-            session.reply_error(rid, P.E_INVALID_ACTION, exc, str(exc))
-            return True
-        sink, tail = self._sink()
-        try:
-            obs, reward, terminated, truncated, info = adapter.step(decoded)
-            wire_obs, info = adapter.encode_obs_info(obs, info, sink)
-            if adapter.vector:
-                n = adapter.num_envs
-                payload = [
-                    wire_obs,
-                    _encode_lanes(reward, n, "float64", sink),
-                    _encode_lanes(terminated, n, "bool", sink),
-                    _encode_lanes(truncated, n, "bool", sink),
-                    encode_metadata(info),
-                ]
-            else:
-                payload = [wire_obs, reward, terminated, truncated, encode_metadata(info)]
-        except Exception as exc:
-            session.fail(rid, exc)
-            return True
-        session.reply_ok(rid, payload, tail)
-        return True
-
-    def on_reset(self, rid: int, seed: Any, options: Any) -> bool:
-        """Reset the env; reply with the first observation and info."""
-        session = self._session
-        if not _valid_seed(seed):
-            session.reply_error(rid, P.E_INVALID_ARGUMENT, None, f"invalid seed {seed!r}")
-            return True
-        if options is not None and type(options) is not dict:
-            session.reply_error(rid, P.E_INVALID_ARGUMENT, None, "options must be a dict")
-            return True
-        sink, tail = self._sink()
-        try:
-            obs, info = self.adapter.reset(seed, options)
-            wire_obs, info = self.adapter.encode_obs_info(obs, info, sink)
-            payload = [wire_obs, encode_metadata(info)]
-        except Exception as exc:
-            session.fail(rid, exc)
-            return True
-        session.reply_ok(rid, payload, tail)
-        return True
-
-    def on_render(self, rid: int, env_index: int) -> bool:
-        """Render lane ``env_index``; reply with the frame."""
-        adapter, session = self.adapter, self._session
-        if not 0 <= env_index < adapter.num_envs:
-            message = f"env_index {env_index} is out of range: the endpoint serves {adapter.num_envs} env(s)"
-            session.reply_error(rid, P.E_INVALID_ARGUMENT, None, message)
-            return True
-        sink, tail = self._sink()
-        try:
-            payload = [encode_render(adapter.render(env_index), sink)]
-        except Exception as exc:
-            session.fail(rid, exc)
-            return True
-        session.reply_ok(rid, payload, tail)
-        return True
-
-
-class _Host:
-    """The server as its sessions see it (the wire session's :class:`SessionHost`)."""
-
-    def __init__(self, server: EnvServer) -> None:
-        self._server = server
-
-    @property
-    def stopping(self) -> threading.Event:
-        """Set once the server stops."""
-        return self._server._stopping
-
-    def open_session(self, session: ServerSession) -> RequestHandler:
-        """The handler of a new client: an env (its own, or the shared one if free), or a model."""
-        return self._server._open_handler(session)
-
-    def active_sessions(self) -> int:
-        """Live sessions."""
-        return len(self._server._sessions)
-
-    def shutdown_allowed(self) -> bool:
-        """``allow_remote_shutdown``, or ``RLMESH_ALLOW_REMOTE_SHUTDOWN=1``."""
-        return bool(
-            self._server.options.allow_remote_shutdown
-            or os.environ.get("RLMESH_ALLOW_REMOTE_SHUTDOWN") == "1"
-        )
-
-    def request_stop(self) -> None:
-        """Stop the server."""
-        self._server._request_stop()
-
-    def session_ended(self, session: ServerSession) -> None:
-        """Forget a session (keeping when it was last used, for the idle timeout)."""
-        self._server._session_ended(session)
-
-
-def _encode_lanes(values: Any, n: int, dtype_name: str, sink: Sink) -> Any:
-    dtype = DTYPES[dtype_name]
-    record, view = sink.target((n,), dtype)
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        import struct
-
-        items = list(values)
-        if len(items) != n:
-            raise ValueError(f"expected {n} per-lane values, got {len(items)}") from None
-        fmt = "<" + ("d" if dtype_name == "float64" else "?") * n
-        struct.pack_into(fmt, view, 0, *[float(v) if dtype_name == "float64" else bool(v) for v in items])
-        return record
-    arr = np.asarray(values)
-    if arr.shape != (n,):
-        raise ValueError(f"the vector env returned {dtype_name} values of shape {arr.shape}, expected ({n},)")
-    np.copyto(np.frombuffer(view, dtype=np.dtype(dtype_name)), arr, casting="unsafe")
-    return record
-
-
-def _turn_away(sock: socket.socket) -> None:
-    """Tell a client the server has no descriptor left for it (see :class:`Listener`).
-
-    The client's HELLO is read and dropped after the answer: closing a socket
-    with unread data resets the connection, and the client could lose the
-    answer to the reset.
-    """
-    log.warning("out of file descriptors: turning a client away (raise `ulimit -n`)")
-    message = (
-        "the server has run out of file descriptors and cannot take another session; "
-        "try again later, or raise its limit (ulimit -n)"
-    )
-    try:
-        stream = SocketStream(sock)
-    except OSError:
-        return  # the connection is gone already
-    try:
-        stream.send(pack(P.Error.from_exception(0, P.E_BUSY, None, message).to_wire()), timeout=1.0)
-    except RLMeshError:
-        pass
-    finally:
-        stream.detach()  # the listener owns the socket (it keeps its descriptor as a spare)
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(1.0)
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline and sock.recv(P.MAX_HANDSHAKE_FRAME):
-            pass
-    except (OSError, RLMeshError):
-        pass
-
-
-def _valid_seed(seed: Any) -> bool:
-    if seed is None:
-        return True
-    if type(seed) is int:
-        return seed >= 0
-    return (
-        isinstance(seed, list) and 0 < len(seed) <= 1 << 20 and all(type(s) is int and s >= 0 for s in seed)
-    )
 
 
 # -- the server -------------------------------------------------------------------------

@@ -50,6 +50,8 @@ LAYERS: dict[str, int] = {
     "rlmesh._framework": 3,
     # 4: endpoints
     "rlmesh.server": 4,
+    "rlmesh._env_sources": 4,
+    "rlmesh._env_sessions": 4,
     "rlmesh.client": 4,
     "rlmesh.models": 4,
     "rlmesh.model_server": 4,
