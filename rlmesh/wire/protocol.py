@@ -84,11 +84,63 @@ follows as a frame on the socket (see :mod:`rlmesh.wire.channel`).
 
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple, Union
 
 from .. import errors
 from ..errors import ProtocolError
+
+# The vocabulary and the handshake messages live in their own modules; every
+# name is re-exported here, where the protocol is described.
+from .handshake import (
+    Attached as Attached,
+    ChannelOffer as ChannelOffer,
+    Hello as Hello,
+    Offer as Offer,
+    Ready as Ready,
+    Welcome as Welcome,
+    _is_ref as _is_ref,
+    _segment_list as _segment_list,
+)
+from .kinds import (
+    ATTACHED as ATTACHED,
+    CLOSE as CLOSE,
+    E_AUTH as E_AUTH,
+    E_BUSY as E_BUSY,
+    E_ENV as E_ENV,
+    E_INTERNAL as E_INTERNAL,
+    E_INVALID_ACTION as E_INVALID_ACTION,
+    E_INVALID_ARGUMENT as E_INVALID_ARGUMENT,
+    E_INVALID_OBSERVATION as E_INVALID_OBSERVATION,
+    E_MODEL as E_MODEL,
+    E_PROTOCOL as E_PROTOCOL,
+    E_STOPPING as E_STOPPING,
+    E_VERSION as E_VERSION,
+    ERROR as ERROR,
+    HELLO as HELLO,
+    MAGIC as MAGIC,
+    MAX_AUTH_TOKEN as MAX_AUTH_TOKEN,
+    MAX_HANDSHAKE_FRAME as MAX_HANDSHAKE_FRAME,
+    MAX_TRACEBACK as MAX_TRACEBACK,
+    NO_RELEASES as NO_RELEASES,
+    OK as OK,
+    PING as PING,
+    PREDICT as PREDICT,
+    PROTOCOL_VERSION as PROTOCOL_VERSION,
+    READY as READY,
+    RELEASE as RELEASE,
+    RENDER as RENDER,
+    RESET as RESET,
+    SEGMENTS as SEGMENTS,
+    SHUTDOWN as SHUTDOWN,
+    STEP as STEP,
+    WELCOME as WELCOME,
+    _map as _map,
+    _optional_int as _optional_int,
+    _releases as _releases,
+    _rid as _rid,
+    auth_token_from_env as auth_token_from_env,
+    check_auth_token as check_auth_token,
+)
 
 __all__ = [
     "MAGIC",
@@ -121,358 +173,6 @@ __all__ = [
     "check_auth_token",
     "parse_request",
 ]
-
-MAGIC = "rlmesh"
-
-#: The rlmesh release this side runs: told to the peer at the handshake, for
-#: error messages only (compatibility is :data:`PROTOCOL_VERSION`).
-RELEASE = "0.1.0"
-
-#: Bumped on any incompatible change to the messages above. Both sides must
-#: agree exactly; the handshake says so clearly when they do not.
-PROTOCOL_VERSION = 1
-
-HELLO = 1
-WELCOME = 2
-ATTACHED = 3
-READY = 4
-
-RESET = 10
-STEP = 11
-RENDER = 12
-CLOSE = 13
-SHUTDOWN = 14
-PING = 15
-PREDICT = 16
-
-OK = 20
-ERROR = 21
-SEGMENTS = 22
-
-# Error codes of ERROR responses.
-E_ENV = "env"  # the env raised: RemoteError, the session stays usable
-E_INVALID_ACTION = "invalid_action"  # InvalidActionError, the session stays usable
-E_INVALID_ARGUMENT = "invalid_argument"  # ValueError for a bad request argument
-E_PROTOCOL = "protocol"  # the request made no sense: ProtocolError, session ends
-E_BUSY = "busy"  # BusyError: a single env object already has a client
-E_VERSION = "version"  # VersionMismatch
-E_STOPPING = "stopping"  # the server is shutting down
-E_INTERNAL = "internal"  # a bug or resource failure inside the server
-E_MODEL = "model"  # the served model raised, or returned an action outside its space: RemoteError
-E_INVALID_OBSERVATION = "invalid_observation"  # SpecError: the observation does not fit the model's space
-E_AUTH = "auth"  # AuthenticationError: a missing or wrong auth token, nothing allocated
-
-#: The longest auth token a HELLO may carry, in UTF-8 bytes.
-MAX_AUTH_TOKEN = 1024
-
-#: A remote traceback is cut to this many characters.
-MAX_TRACEBACK = 64 * 1024
-
-#: The most a server reads from a client before the handshake completes
-#: (HELLO and ATTACHED are a few hundred bytes): an unauthenticated peer
-#: cannot make it allocate more.
-MAX_HANDSHAKE_FRAME = 64 << 10
-
-
-# -- helpers -------------------------------------------------------------------------------
-
-#: The release list of a request that gives nothing back (shared; never mutated).
-NO_RELEASES: list[int] = []
-
-
-def _map(msg: Any, kind: int, name: str) -> dict[str, Any]:
-    """The map of a handshake message ``[kind, {...}]``."""
-    if not (type(msg) is list and len(msg) == 2 and msg[0] == kind and isinstance(msg[1], dict)):
-        raise ProtocolError(f"expected an rlmesh {name} message")
-    return msg[1]
-
-
-def _rid(msg: list[Any], length: int, name: str, *, exact: bool = True) -> int:
-    """Check a request's length and return its id."""
-    if (len(msg) != length if exact else len(msg) < length) or type(msg[1]) is not int:
-        raise ProtocolError(f"malformed {name}")
-    return int(msg[1])
-
-
-def _releases(value: Any) -> list[int]:
-    if not value:
-        return NO_RELEASES
-    if type(value) is not list:
-        raise ProtocolError("malformed release list")
-    return value
-
-
-def _optional_int(value: Any) -> int | None:
-    return value if type(value) is int else None
-
-
-def check_auth_token(token: str | None, name: str) -> str | None:
-    """Check an auth token argument: None, or a non-empty string of at most 1024 UTF-8 bytes.
-
-    Raises:
-        TypeError: not a string. ValueError: empty or too long.
-    """
-    if token is None:
-        return None
-    if not isinstance(token, str):
-        raise TypeError(f"{name} must be a str or None, got {type(token).__name__}")
-    if not token:
-        raise ValueError(f"{name} must not be empty")
-    if len(token.encode()) > MAX_AUTH_TOKEN:
-        raise ValueError(f"{name} must be at most {MAX_AUTH_TOKEN} bytes")
-    return token
-
-
-def auth_token_from_env(token: str | None, name: str = "auth_token") -> str | None:
-    """``token``, else ``RLMESH_AUTH_TOKEN`` (an empty variable counts as unset), checked.
-
-    Raises:
-        TypeError, ValueError: as :func:`check_auth_token`.
-    """
-    if token is None:
-        token = os.environ.get("RLMESH_AUTH_TOKEN") or None
-        name = "RLMESH_AUTH_TOKEN"
-    return check_auth_token(token, name)
-
-
-# -- the handshake -------------------------------------------------------------------------
-
-
-class Hello(NamedTuple):
-    """HELLO: the client's opening.
-
-    ``magic`` and ``protocol`` are kept as received: the server answers a
-    stranger or another protocol version with an ERROR naming them.
-    """
-
-    magic: Any
-    protocol: Any
-    version: str
-    pid: int | None
-    shm: bool
-    max_frame: int | None
-    auth: str | None = None
-    fds: bool = False
-
-    def to_wire(self) -> list[Any]:
-        """The msgpack array (``auth`` only when there is one)."""
-        fields = {
-            "magic": self.magic,
-            "protocol": self.protocol,
-            "version": self.version,
-            "pid": self.pid,
-            "shm": self.shm,
-            "max_frame": self.max_frame,
-        }
-        if self.auth is not None:
-            fields["auth"] = self.auth
-        if self.fds:
-            fields["fds"] = True
-        return [HELLO, fields]
-
-    @classmethod
-    def from_wire(cls, msg: Any) -> Hello:
-        """Read a HELLO.
-
-        Raises:
-            ProtocolError: ``msg`` is not a HELLO.
-        """
-        info = _map(msg, HELLO, "HELLO")
-        auth = info.get("auth")
-        if auth is not None and (type(auth) is not str or len(auth.encode()) > MAX_AUTH_TOKEN):
-            raise ProtocolError("malformed auth token in HELLO")
-        return cls(
-            magic=info.get("magic"),
-            protocol=info.get("protocol"),
-            version=str(info.get("version", "?")),
-            pid=_optional_int(info.get("pid")),
-            shm=bool(info.get("shm")),
-            max_frame=_optional_int(info.get("max_frame")),
-            auth=auth,
-            fds=info.get("fds") is True,
-        )
-
-
-class ChannelOffer(NamedTuple):
-    """The channel segment a server offers: its name and size, and where its two rings lie.
-
-    ``name`` is an int over a Unix socket with descriptors: the index of the
-    segment's memfd among those the WELCOME frame carried.
-    """
-
-    name: str | int
-    size: int
-    request_offset: int
-    request_capacity: int
-    response_offset: int
-    response_capacity: int
-
-    def to_wire(self) -> list[Any]:
-        """The msgpack array."""
-        return list(self)
-
-    @classmethod
-    def from_wire(cls, value: Any) -> ChannelOffer:
-        """Read a channel offer.
-
-        Raises:
-            ProtocolError: malformed.
-        """
-        if not (
-            type(value) is list
-            and len(value) == 6
-            and _is_ref(value[0])
-            and all(type(v) is int for v in value[1:])
-        ):
-            raise ProtocolError("malformed channel offer")
-        return cls(*value)
-
-
-class Offer(NamedTuple):
-    """The shared memory a server offers: the channel segment and the first slab segments."""
-
-    channel: ChannelOffer
-    segments: list[tuple[int, str | int, int]]
-
-    def to_wire(self) -> dict[str, Any]:
-        """The msgpack map."""
-        return {"channel": self.channel.to_wire(), "segments": [list(s) for s in self.segments]}
-
-    @classmethod
-    def from_wire(cls, value: Any) -> Offer:
-        """Read an offer.
-
-        Raises:
-            ProtocolError: malformed.
-        """
-        if not isinstance(value, dict):
-            raise ProtocolError("malformed shared-memory offer")
-        return cls(ChannelOffer.from_wire(value.get("channel")), _segment_list(value.get("segments")))
-
-
-def _is_ref(value: Any) -> bool:
-    # A segment's name, or the index of its descriptor in the frame (bounded by the stream's MAX_FDS).
-    return type(value) is str or (type(value) is int and 0 <= value < 64)
-
-
-def _segment_list(value: Any) -> list[tuple[int, str | int, int]]:
-    if type(value) is not list:
-        raise ProtocolError("malformed segment announcement")
-    out = []
-    for entry in value:
-        if not (
-            type(entry) is list
-            and len(entry) == 3
-            and type(entry[0]) is int
-            and _is_ref(entry[1])
-            and type(entry[2]) is int
-        ):
-            raise ProtocolError("malformed segment announcement")
-        out.append((entry[0], entry[1], entry[2]))
-    return out
-
-
-class Welcome(NamedTuple):
-    """WELCOME: the server's answer to HELLO.
-
-    ``protocol`` is kept as received (the client names it when it differs);
-    ``contract`` and ``offer`` are read by the client once the versions match.
-    """
-
-    protocol: Any
-    version: str
-    pid: int | None
-    session: str
-    contract: Any
-    offer: Any
-    vector: Any = None
-
-    def to_wire(self) -> list[Any]:
-        """The msgpack array."""
-        fields = {
-            "pid": self.pid,
-            "protocol": self.protocol,
-            "version": self.version,
-            "session": self.session,
-            "contract": self.contract,
-            "offer": self.offer,
-        }
-        if self.vector is not None:
-            fields["vector"] = self.vector
-        return [WELCOME, fields]
-
-    @classmethod
-    def from_wire(cls, msg: Any) -> Welcome:
-        """Read a WELCOME.
-
-        Raises:
-            ProtocolError: ``msg`` is not a WELCOME.
-        """
-        info = _map(msg, WELCOME, "WELCOME")
-        return cls(
-            protocol=info.get("protocol"),
-            version=str(info.get("version", "?")),
-            pid=_optional_int(info.get("pid")),
-            session=str(info.get("session", "")),
-            contract=info.get("contract"),
-            offer=info.get("offer"),
-            vector=info.get("vector"),
-        )
-
-
-class Attached(NamedTuple):
-    """ATTACHED: the client mapped the offer (it echoes the token) or says why not."""
-
-    token: str | None
-    reason: str | None
-
-    def to_wire(self) -> list[Any]:
-        """The msgpack array."""
-        return [ATTACHED, {"token": self.token, "reason": self.reason}]
-
-    @classmethod
-    def from_wire(cls, msg: Any) -> Attached:
-        """Read an ATTACHED; a second field that is not a map counts as "no token".
-
-        Raises:
-            ProtocolError: ``msg`` is not an ATTACHED.
-        """
-        if not (type(msg) is list and len(msg) == 2 and msg[0] == ATTACHED):
-            raise ProtocolError("expected an ATTACHED message")
-        info = msg[1] if isinstance(msg[1], dict) else {}
-        token, reason = info.get("token"), info.get("reason")
-        return cls(token if type(token) is str else None, None if reason is None else str(reason))
-
-
-class Ready(NamedTuple):
-    """READY: the session is on; ``data_plane`` says how tensors travel ("shm" or "inline").
-
-    ``heartbeat``: the server sends a heartbeat (``[PING, 0]``) at least this
-    often, in seconds, while it serves a request; None: it sends none.
-    """
-
-    data_plane: str
-    heartbeat: float | None = None
-
-    def to_wire(self) -> list[Any]:
-        """The msgpack array."""
-        fields: dict[str, Any] = {"data_plane": self.data_plane}
-        if self.heartbeat is not None:
-            fields["heartbeat"] = self.heartbeat
-        return [READY, fields]
-
-    @classmethod
-    def from_wire(cls, msg: Any) -> Ready:
-        """Read a READY.
-
-        Raises:
-            ProtocolError: ``msg`` is not a READY.
-        """
-        info = _map(msg, READY, "READY")
-        beat = info.get("heartbeat")
-        if beat is not None and (type(beat) not in (int, float) or not 0 < beat <= 60):
-            raise ProtocolError("malformed heartbeat interval in READY")
-        return cls(str(info.get("data_plane", "inline")), None if beat is None else float(beat))
 
 
 # -- requests ------------------------------------------------------------------------------

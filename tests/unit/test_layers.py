@@ -44,6 +44,8 @@ LAYERS: dict[str, int] = {
     #    the served env's adapter and its value checks
     "rlmesh.backends": 3,
     "rlmesh.wire": 3,
+    "rlmesh.wire.kinds": 3,
+    "rlmesh.wire.handshake": 3,
     "rlmesh.testing": 3,
     "rlmesh._adapter": 3,
     "rlmesh._conformance": 3,
