@@ -48,6 +48,7 @@ LAYERS: dict[str, int] = {
     "rlmesh.wire.handshake": 3,
     "rlmesh.testing": 3,
     "rlmesh._adapter": 3,
+    "rlmesh._codecs": 3,
     "rlmesh._conformance": 3,
     "rlmesh._framework": 3,
     # 4: endpoints
