@@ -56,6 +56,7 @@ LAYERS: dict[str, int] = {
     "rlmesh._env_sources": 4,
     "rlmesh._env_sessions": 4,
     "rlmesh.client": 4,
+    "rlmesh._client_base": 4,
     "rlmesh.models": 4,
     "rlmesh._model_base": 4,
     "rlmesh.model_server": 4,
