@@ -69,6 +69,7 @@ LAYERS: dict[str, int] = {
     "rlmesh.jax": 4,
     "rlmesh.torch": 4,
     "rlmesh.vector": 4,
+    "rlmesh.vector._shard_book": 4,
     # 5: Gymnasium faces
     "rlmesh.gymnasium": 5,
     # 6: applications: command line, demo, sandboxes, fleets; the package's
