@@ -5,7 +5,8 @@ and drives the server's worker processes directly: it writes actions (and,
 for a reset, seeds, a lane mask and options) into the segment, writes each
 worker's command, rings the workers' doorbells and waits on its own until
 the workers it commanded report done. Nothing goes through the server
-process on a step.
+process on a step. Issuing, waiting for and checking the workers' commands is
+the base class in :mod:`rlmesh.vector._lane_commands`.
 
 Results come from one output buffer per batch: observation leaves as
 ``(N, ...)`` arrays, rewards float64, flags bool, per-lane info. With
@@ -35,7 +36,6 @@ ClosedError. A Lanes never closed is released by its segment's finalizer.
 from __future__ import annotations
 
 import os
-import struct
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -46,10 +46,8 @@ from .._spin import SpinPolicy
 from ..errors import (
     BrokenError,
     BusyError,
-    InvalidHandle,
     OperationTimeout,
     ProtocolError,
-    RemoteError,
     WorkerError,
 )
 from ..shm import Segment
@@ -60,10 +58,11 @@ from ..values import encode_metadata
 from . import _layout as L
 from ._info import add_info, decode_info
 
+# The workers' commands live in their own module (the base class); _U32 is
+# re-exported here, where it was first defined.
+from ._lane_commands import _U32 as _U32, _WorkerCommands
+
 __all__ = ["Lanes", "StepResult"]
-
-_U32 = struct.Struct("<I")
-
 StepResult = tuple[Any, Any, Any, Any, dict[str, Any]]
 
 
@@ -101,7 +100,7 @@ def _build(paths: list[tuple[Any, ...]], kinds: dict[tuple[Any, ...], str]) -> C
     return build
 
 
-class Lanes:
+class Lanes(_WorkerCommands):
     """The fast path of one vector session (see the module docstring).
 
     Args:
@@ -273,104 +272,6 @@ class Lanes:
         if self._stale:
             stale, self._stale = self._stale, []
             self._wait(stale, None if not stale else 5.0, "an earlier call that timed out")
-
-    # -- commands -------------------------------------------------------------------------
-
-    def _command(self, w: int, op: int, k: int) -> tuple[int, int]:
-        buf, block = self._buf, self.layout.worker_block(w)
-        seq = (self._seq[w] + 1) & 0xFFFFFFFF
-        self._seq[w] = seq
-        _U32.pack_into(buf, block + L.W_OP, op)
-        _U32.pack_into(buf, block + L.W_BUF, k)
-        _U32.pack_into(buf, block + L.W_CMD_SEQ, seq)
-        self._workers[w].ring()
-        return w, seq
-
-    def _ready(self, commands: list[tuple[int, int]]) -> Callable[[], bool]:
-        buf, unpack = self._buf, _U32.unpack_from
-        words = [
-            (self.layout.worker_block(w) + L.W_DONE_SEQ, seq, self.layout.worker_block(w) + L.W_STATUS)
-            for w, seq in commands
-        ]
-        if len(words) == 1:
-            done_at, seq, status_at = words[0]
-            return lambda: unpack(buf, done_at)[0] == seq or unpack(buf, status_at)[0] == L.STATUS_LOST
-        return lambda: all(
-            unpack(buf, d)[0] == s or unpack(buf, st)[0] == L.STATUS_LOST for d, s, st in words
-        )
-
-    def _lanes_of(self, w: int) -> list[int]:
-        lo, hi = self.layout.groups[w]
-        return list(range(lo, hi))
-
-    def _wait(self, commands: list[tuple[int, int]], timeout: float | None, what: str) -> None:
-        """Wait until every command is done; raise for a lost worker, an error, or the deadline."""
-        try:
-            self._bell.wait(self._ready(commands), timeout, spin=self._spin, check=self._check)
-        except OperationTimeout:
-            buf = self._buf
-            late = [
-                (w, seq)
-                for w, seq in commands
-                if _U32.unpack_from(buf, self.layout.worker_block(w) + L.W_DONE_SEQ)[0] != seq
-            ]
-            self._stale.extend(late)
-            lanes = [lane for w, _ in late for lane in self._lanes_of(w)]
-            raise OperationTimeout(
-                f"{what} timed out after {timeout:.3g}s; lanes {lanes} (workers {[w for w, _ in late]}) "
-                "are still outstanding",
-                timeout=timeout,
-            ) from None
-        self._raise_for(commands)
-
-    def _raise_for(self, commands: list[tuple[int, int]]) -> None:
-        buf = self._buf
-        error: BaseException | None = None
-        for w, _ in commands:
-            block = self.layout.worker_block(w)
-            status = _U32.unpack_from(buf, block + L.W_STATUS)[0]
-            if status == L.STATUS_LOST:
-                lanes = self._lanes_of(w)
-                # The server's monitor wrote why in the worker's error area (exit status, crash loop).
-                reason = self._remote_error(w).remote_message
-                raise WorkerError(
-                    f"vector worker {w} (lanes {lanes}) died ({reason}); "
-                    "restart the session (close and reconnect)",
-                    lanes=lanes,
-                    worker=w,
-                )
-            if status == L.STATUS_ERROR and error is None:
-                error = self._remote_error(w)
-        if error is not None:
-            raise error
-
-    def _remote_error(self, w: int) -> RemoteError:
-        import msgpack
-
-        buf, block = self._buf, self.layout.worker_block(w)
-        length = min(_U32.unpack_from(buf, block + L.W_ERR_LEN)[0], L.ERROR_BYTES)
-        start = self.layout.errors + w * L.ERROR_BYTES
-        try:
-            kind, message, tb, lane = msgpack.unpackb(bytes(buf[start : start + length]), raw=False)
-        except Exception:
-            kind, message, tb, lane = "RemoteError", "undecodable error report", "", -1
-        where = f"lane {lane}" if lane >= 0 else f"worker {w}"
-        return RemoteError(
-            f"the env of {where} raised {kind}: {message}",
-            remote_type=str(kind),
-            remote_message=str(message),
-            remote_traceback=str(tb),
-        )
-
-    def _batch(self, commands: list[tuple[int, int]], k: int) -> int:
-        """Check the batch handle every commanded worker reported; the buffer's offset."""
-        buf = self._buf
-        for w, _ in commands:
-            done = _U32.unpack_from(buf, self.layout.worker_block(w) + L.W_DONE_BUF)[0]
-            if done != k:
-                raise InvalidHandle(f"worker {w} reported batch buffer {done}, the command named {k}")
-        offset, _ = self.layout.check_batch(k, self.segment.size)
-        return offset
 
     # -- actions -------------------------------------------------------------------------
 

@@ -70,6 +70,7 @@ LAYERS: dict[str, int] = {
     "rlmesh.torch": 4,
     "rlmesh.vector": 4,
     "rlmesh.vector._shard_book": 4,
+    "rlmesh.vector._lane_commands": 4,
     # 5: Gymnasium faces
     "rlmesh.gymnasium": 5,
     # 6: applications: command line, demo, sandboxes, fleets; the package's
