@@ -18,10 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._adapter import EnvAdapter, InlineSink, ShmSink, Sink, encode_render
 from ._dtypes import DTYPES
-from .errors import (
-    InvalidActionError,
-    RLMeshError,
-)
+from .errors import InvalidActionError, RLMeshError
 from .net.stream import SocketStream
 from .specs import EnvContract
 from .values import encode_metadata

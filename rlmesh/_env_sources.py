@@ -15,11 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._adapter import EnvAdapter
 from ._restart import RestartPolicy
-from .errors import (
-    BusyError,
-    ClosedError,
-    RLMeshError,
-)
+from .errors import BusyError, ClosedError, RLMeshError
 
 #: The logger of ``rlmesh.server``, where this code was first: log filters keep working.
 log = logging.getLogger("rlmesh.server")

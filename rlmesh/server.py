@@ -52,9 +52,7 @@ from ._framework import action_converter
 from ._lifecycle import Lifecycle, State
 from ._restart import RestartPolicy
 from ._spin import spin_enabled
-from .errors import (
-    ClosedError,
-)
+from .errors import ClosedError
 from .net.address import resolve_address
 from .net.framing import DEFAULT_MAX_FRAME
 from .net.listener import Listener

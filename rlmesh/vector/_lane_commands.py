@@ -17,12 +17,7 @@ import struct
 from collections.abc import Callable
 
 from .._spin import SpinPolicy
-from ..errors import (
-    InvalidHandle,
-    OperationTimeout,
-    RemoteError,
-    WorkerError,
-)
+from ..errors import InvalidHandle, OperationTimeout, RemoteError, WorkerError
 from ..shm import Segment
 from ..shm.doorbell import Doorbell
 from . import _layout as L

@@ -43,13 +43,7 @@ from typing import Any
 from .._buffers import keepalive_view
 from .._lifecycle import Lifecycle, State
 from .._spin import SpinPolicy
-from ..errors import (
-    BrokenError,
-    BusyError,
-    OperationTimeout,
-    ProtocolError,
-    WorkerError,
-)
+from ..errors import BrokenError, BusyError, OperationTimeout, ProtocolError, WorkerError
 from ..shm import Segment
 from ..shm.doorbell import Doorbell
 from ..specs import EnvContract
