@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 from ._bridge import IDENTITY, Bridge
 from ._deadline import check_timeout
 from ._lifecycle import Lifecycle, State
-from .net.address import resolve_address
+from .net.address import Address, resolve_address
 from .net.framing import DEFAULT_MAX_FRAME
 from .spaces._values import lane_stacker, tuple_restorer
 from .specs import EnvContract
@@ -67,6 +67,40 @@ def uuid7() -> str:
         | (rand & ((1 << 62) - 1))
     )
     return str(uuid.UUID(int=value))
+
+
+def open_session(
+    address: Address,
+    *,
+    connect_timeout_seconds: float | None,
+    request_timeout_seconds: float | None,
+    shared_memory: bool,
+    max_message_bytes: int,
+    spin: bool | None,
+    auth_token: str | None,
+) -> tuple[ClientSession, float | None]:
+    """Dial ``address`` and handshake, with the public clients' timeout and token rules.
+
+    Returns the session and its request timeout (``request_timeout_seconds``
+    checked, with the default applied). Every client constructor (env,
+    vector, model) opens its session here.
+
+    Raises:
+        ValueError: a bad timeout. ConnectError, AuthenticationError,
+            VersionMismatch, BusyError: the dial or the handshake failed.
+    """
+    connect_timeout = _seconds("connect_timeout_seconds", connect_timeout_seconds, None)
+    request_timeout = _seconds("request_timeout_seconds", request_timeout_seconds, DEFAULT_REQUEST_TIMEOUT)
+    conn = ClientSession(
+        address,
+        connect_timeout=connect_timeout,
+        request_timeout=request_timeout,
+        shared_memory=shared_memory,
+        max_message_bytes=max_message_bytes,
+        spin=spin,
+        auth_token=auth_token_from_env(auth_token),
+    )
+    return conn, request_timeout
 
 
 class RemoteEnvBase(Generic[ObsT, ActT]):
@@ -127,19 +161,14 @@ class RemoteEnvBase(Generic[ObsT, ActT]):
         auth_token: str | None = None,
     ) -> None:
         self._ensure_backend()
-        resolved = resolve_address(address, host=host, port=port, path=path, transport=transport)
-        connect_timeout = _seconds("connect_timeout_seconds", connect_timeout_seconds, None)
-        self._request_timeout = _seconds(
-            "request_timeout_seconds", request_timeout_seconds, DEFAULT_REQUEST_TIMEOUT
-        )
-        conn = ClientSession(
-            resolved,
-            connect_timeout=connect_timeout,
-            request_timeout=self._request_timeout,
+        conn, self._request_timeout = open_session(
+            resolve_address(address, host=host, port=port, path=path, transport=transport),
+            connect_timeout_seconds=connect_timeout_seconds,
+            request_timeout_seconds=request_timeout_seconds,
             shared_memory=shared_memory,
             max_message_bytes=max_message_bytes,
             spin=spin,
-            auth_token=auth_token_from_env(auth_token),
+            auth_token=auth_token,
         )
         self._attach(conn)
 

@@ -33,6 +33,7 @@ from ._client_base import (
     _release_session as _release_session,
     _seconds as _seconds,
     _seed_ok as _seed_ok,
+    open_session as open_session,
     uuid7 as uuid7,
 )
 from ._deadline import check_timeout
@@ -43,7 +44,6 @@ from .specs import EnvContract
 from .tensor import Tensor
 from .wire.client_session import ClientSession
 from .wire.codec import TailBuilder
-from .wire.protocol import auth_token_from_env
 
 __all__ = ["RemoteEnv", "RemoteEnvBase", "RemoteVectorEnv", "RemoteVectorEnvBase", "dial"]
 
@@ -497,16 +497,14 @@ def dial(
     """
     probe = single.__new__(single)
     probe._ensure_backend()
-    resolved = resolve_address(address)
-    request_timeout = _seconds("request_timeout_seconds", request_timeout_seconds, DEFAULT_REQUEST_TIMEOUT)
-    conn = ClientSession(
-        resolved,
-        connect_timeout=_seconds("connect_timeout_seconds", connect_timeout_seconds, None),
-        request_timeout=request_timeout,
+    conn, request_timeout = open_session(
+        resolve_address(address),
+        connect_timeout_seconds=connect_timeout_seconds,
+        request_timeout_seconds=request_timeout_seconds,
         shared_memory=shared_memory,
         max_message_bytes=DEFAULT_MAX_FRAME,
         spin=spin,
-        auth_token=auth_token_from_env(auth_token),
+        auth_token=auth_token,
     )
     cls = vector if conn.contract.num_envs > 1 else single
     client = cls.__new__(cls)

@@ -25,7 +25,7 @@ import types
 from typing import Any
 
 from ._lifecycle import Lifecycle, State
-from .client import DEFAULT_REQUEST_TIMEOUT, _seconds
+from .client import open_session
 from .errors import ConnectError
 from .models import ModelBase
 from .net.address import resolve_address
@@ -34,7 +34,6 @@ from .spaces._values import tuple_restorer
 from .specs import EnvContract
 from .wire.client_session import ClientSession
 from .wire.codec import TailBuilder
-from .wire.protocol import auth_token_from_env
 
 __all__ = ["ENDPOINT_KEY", "RemoteModel", "RemoteModelBase"]
 
@@ -99,19 +98,14 @@ class RemoteModelBase(ModelBase[Any, Any]):
         on_close: Any = None,
     ) -> None:
         self._ensure_backend()
-        resolved = resolve_address(address, host=host, port=port, path=path, transport=transport)
-        connect_timeout = _seconds("connect_timeout_seconds", connect_timeout_seconds, None)
-        self._request_timeout = _seconds(
-            "request_timeout_seconds", request_timeout_seconds, DEFAULT_REQUEST_TIMEOUT
-        )
-        conn = ClientSession(
-            resolved,
-            connect_timeout=connect_timeout,
-            request_timeout=self._request_timeout,
+        conn, self._request_timeout = open_session(
+            resolve_address(address, host=host, port=port, path=path, transport=transport),
+            connect_timeout_seconds=connect_timeout_seconds,
+            request_timeout_seconds=request_timeout_seconds,
             shared_memory=shared_memory,
             max_message_bytes=max_message_bytes,
             spin=spin,
-            auth_token=auth_token_from_env(auth_token),
+            auth_token=auth_token,
         )
         self._setup(conn, on_episode_end, on_close)
 
