@@ -243,6 +243,38 @@ def serve(tmp_path: Path) -> Iterator[object]:
         served.close()
 
 
+def _task_states(pid: int) -> str:
+    states = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as fh:
+                states.append(fh.read().rsplit(")", 1)[1].split()[0])
+        except OSError:
+            continue
+    return "".join(states)
+
+
+def stop_process(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP ``pid`` and return once every one of its threads is stopped.
+
+    A stop takes effect asynchronously, and on a loaded machine a SIGSTOP sent
+    to a multithreaded server was seen not to take at all (its threads stayed
+    running and answered): the signal is sent again until the kernel reports
+    every thread stopped, so a test of a stopped peer really has one.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        resend = time.monotonic() + 0.2
+        while time.monotonic() < resend:
+            states = _task_states(pid)
+            if states and all(state in "Tt" for state in states):
+                return
+            time.sleep(0.005)
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"process {pid} did not stop (thread states {states!r})")
+
+
 def serve_subprocess(target: str, address: str, *extra: str, kwargs: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
     """Start `rlmesh serve TARGET` in a subprocess that can import tests.envs; return (proc, address)."""
     from rlmesh._demo import start_server

@@ -24,7 +24,7 @@ import rlmesh
 import rlmesh.numpy as rnp
 from rlmesh.errors import AuthenticationError, BrokenError, ConnectError, OperationTimeout
 from rlmesh.shm import Segment, janitor
-from tests.conftest import ROOT, TRANSPORTS, bind_address, child_pids, serve_subprocess
+from tests.conftest import ROOT, TRANSPORTS, bind_address, child_pids, serve_subprocess, stop_process
 from tests.envs import TinyEnv
 
 TOKEN = "correct horse battery staple"
@@ -256,7 +256,7 @@ def test_a_stopped_tcp_server_is_detected_within_two_and_a_half_seconds() -> Non
     try:
         plain = rnp.RemoteEnv(address, shared_memory=False, request_timeout_seconds=30)
         plain.reset(seed=0)
-        os.kill(proc.pid, signal.SIGSTOP)
+        stop_process(proc.pid)
         start = time.monotonic()
         with pytest.raises(BrokenError, match="went silent"):
             plain.step(1)
@@ -275,7 +275,7 @@ def test_a_stopped_tcp_vector_server_is_detected_by_poll_and_step_wait() -> None
     try:
         with rnp.RemoteVectorEnv(address, shared_memory=False, request_timeout_seconds=30) as env:
             env.reset(seed=0)
-            os.kill(proc.pid, signal.SIGSTOP)
+            stop_process(proc.pid)
             env.step_async(np.ones(3, dtype=np.int64))
             start = time.monotonic()
             assert not env.poll(0)
@@ -308,7 +308,7 @@ def test_a_stopped_unix_server_is_a_straggler_not_a_lost_host(tmp_path: Path) ->
     try:
         with rnp.RemoteEnv(address, shared_memory=False, request_timeout_seconds=30) as env:
             env.reset(seed=0)
-            os.kill(proc.pid, signal.SIGSTOP)
+            stop_process(proc.pid)
             start = time.monotonic()
             with pytest.raises(OperationTimeout):
                 env.step(1, timeout=2.6)

@@ -17,7 +17,7 @@ import pytest
 
 import rlmesh
 import rlmesh.numpy as rnp
-from tests.conftest import ROOT, TRANSPORTS, bind_address, serve_subprocess
+from tests.conftest import ROOT, TRANSPORTS, bind_address, serve_subprocess, stop_process
 from tests.envs import CountEnv, TinyEnv
 
 pytestmark = pytest.mark.timeout(90)
@@ -81,18 +81,6 @@ def test_a_server_killed_between_steps_fails_the_next_call_fast(tmp_path) -> Non
         kill(proc)
 
 
-def wait_until_stopped(pid: int) -> None:
-    """SIGSTOP takes effect asynchronously: wait until the kernel reports the process stopped."""
-    deadline = time.monotonic() + 5
-    while True:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-        if state in ("T", "t"):
-            return
-        assert time.monotonic() < deadline, f"process {pid} did not stop (state {state})"
-        time.sleep(0.005)
-
-
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_stopped_server_times_out_and_the_session_survives_it(tmp_path, transport: str) -> None:
     """A hung peer (SIGSTOP: no FIN, no EOF) is a timeout, not a dead server, and not a hang.
@@ -105,9 +93,8 @@ def test_a_stopped_server_times_out_and_the_session_survives_it(tmp_path, transp
         env = rnp.RemoteEnv(addr, shared_memory=transport.endswith("shm"), request_timeout_seconds=30)
         env.reset(seed=4)
         env.step(1)
-        proc.send_signal(signal.SIGSTOP)
+        stop_process(proc.pid)
         try:
-            wait_until_stopped(proc.pid)
             start = time.monotonic()
             with pytest.raises(TimeoutError):
                 env.step(1, timeout=0.5)

@@ -24,7 +24,7 @@ gymnasium = pytest.importorskip("gymnasium")
 
 from rlmesh.errors import EndpointLostError  # noqa: E402
 from rlmesh.numpy import ShardedVectorEnv  # noqa: E402
-from tests.conftest import serve_subprocess  # noqa: E402
+from tests.conftest import serve_subprocess, stop_process  # noqa: E402
 
 SIZES = (2, 3, 2)
 N = sum(SIZES)
@@ -171,7 +171,7 @@ def test_a_stopped_endpoint_is_a_straggler_not_a_hang() -> None:
         ShardedVectorEnv(addresses, shared_memory=False, request_timeout_seconds=20) as env,
     ):
         env.reset(seed=1)
-        os.kill(procs[0].pid, signal.SIGSTOP)
+        stop_process(procs[0].pid)
         try:
             env.send(actions_at(0))
             obs, _, _, _, info, ids = env.recv(min_envs=N - 2, timeout=10)
@@ -183,7 +183,7 @@ def test_a_stopped_endpoint_is_a_straggler_not_a_hang() -> None:
         obs, _, _, _, info, ids = env.recv(timeout=10)
         assert list(ids) == [0, 1] and info["rlmesh_live"].all()
         # step waits for a straggler until it resumes.
-        os.kill(procs[0].pid, signal.SIGSTOP)
+        stop_process(procs[0].pid)
         timer = subprocess.Popen(["sh", "-c", f"sleep 0.7; kill -CONT {procs[0].pid}"])
         try:
             start_at = time.monotonic()
@@ -279,7 +279,7 @@ def test_a_close_from_another_thread_wakes_a_step_and_an_unclosed_env_is_release
     with endpoints(sizes=(2, 2)) as (procs, addresses):
         env = ShardedVectorEnv(addresses, shared_memory=False, request_timeout_seconds=30)
         env.reset(seed=0)
-        os.kill(procs[1].pid, signal.SIGSTOP)
+        stop_process(procs[1].pid)
         try:
             outcome: dict[str, Any] = {}
 
@@ -317,7 +317,7 @@ def test_an_endpoint_killed_while_its_lanes_are_in_flight_returns_them_truncated
         ShardedVectorEnv(addresses, shared_memory=False, request_timeout_seconds=20) as env,
     ):
         env.reset(seed=2)
-        os.kill(procs[1].pid, signal.SIGSTOP)  # its lanes stay in flight until the kill
+        stop_process(procs[1].pid)  # its lanes stay in flight until the kill
         env.send(actions_at(0))
         _, _, _, _, _, ids = env.recv(min_envs=4, timeout=10)
         assert list(ids) == [0, 1, 5, 6]
@@ -354,7 +354,7 @@ def test_an_endpoint_past_the_deadline_is_lost_then_rejoins_when_it_resumes() ->
         ShardedVectorEnv(addresses, shared_memory=False, request_timeout_seconds=1.0) as env,
     ):
         env.reset(seed=6)
-        os.kill(procs[0].pid, signal.SIGSTOP)
+        stop_process(procs[0].pid)
         try:
             start_at = time.monotonic()
             _, _, _, truncated, info = env.step(actions_at(0, 4))
