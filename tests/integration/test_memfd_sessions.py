@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import rlmesh
-from rlmesh.errors import BrokenError
+from rlmesh.errors import BrokenError, RLMeshError
 from rlmesh.net.address import parse_address
 from rlmesh.shm import Handle
 from rlmesh.wire.client_session import ClientSession
@@ -228,6 +228,27 @@ if mode == "badsegments":
     bad = forged(1 << 20, 0)
     rings.send_fds(pack(P.Segments([(7, 0, 1 << 20)]).to_wire()), [bad, os.pipe()[0]])
 print(json.dumps(report), flush=True)
+if mode == "flood":
+    # Answers nobody asked for, as fast as the rings and the socket take them.
+    import time
+    rings = RingChannel(stream, channel, tx=(resp_off, resp_cap), rx=(req_off, req_cap), spin=None)
+    junk = pack([P.OK, 987654, "x" * 200])
+    end = time.monotonic() + 6
+    while time.monotonic() < end:
+        try:
+            rings.send(junk, timeout=0.2)
+            stream.send(pack([P.OK, 987653]), timeout=0.2)
+        except Exception:
+            time.sleep(0.01)
+elif mode == "scribble":
+    # Garbage over both rings, their counters included, while the client uses them.
+    import random, time
+    rng = random.Random(7)
+    end = time.monotonic() + 6
+    while time.monotonic() < end:
+        for off, cap in ((req_off, req_cap), (resp_off, resp_cap)):
+            channel.buf[off : off + 4096] = rng.randbytes(4096)
+        time.sleep(0.001)
 try:
     while True:
         stream.recv_frame(30)
@@ -399,3 +420,30 @@ def test_a_vector_fast_path_over_unix_shares_its_session_segment_as_a_memfd(serv
     maps = segment_maps()
     # The channel, the slab and the workers' session segment: all memfds, no /dev/shm name at all.
     assert len(set(maps)) >= 3 and all(m.startswith("/memfd:rlm-") for m in maps), maps
+
+
+@pytest.mark.parametrize("mode", ["flood", "scribble"])
+def test_a_peer_flooding_or_scribbling_over_the_rings_gets_a_typed_error_not_a_hang(
+    tmp_path: Path, mode: str
+) -> None:
+    """A hostile peer that floods the session with answers nobody asked for, or writes
+    garbage over the shared rings (counters included) while the client uses them: every
+    request ends by its deadline in a typed error (or an answer never comes and the
+    deadline says so); the host process neither crashes nor hangs, and keeps no descriptor."""
+    before = open_fds()
+    fake = FakeServer(tmp_path, mode)
+    try:
+        client = connect(fake.address)
+        try:
+            assert fake.report()["token_ok"] is True and client.data_plane == "shm"
+            for _ in range(3):
+                start = time.monotonic()
+                with pytest.raises(RLMeshError):
+                    client.reset(None, None, timeout=1.0)
+                assert time.monotonic() - start < 3.0
+        finally:
+            client.close(timeout=0.2)
+    finally:
+        fake.proc.kill()
+        fake.close()
+    assert new_fds(before) == []
