@@ -243,6 +243,25 @@ def serve(tmp_path: Path) -> Iterator[object]:
         served.close()
 
 
+def workers_of(pid: int) -> list[int]:
+    """Live vector worker processes whose parent is ``pid``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] != "Z" and b"rlmesh.vector._worker" in cmdline:
+            out.append(int(entry))
+    return sorted(out)
+
+
 def _task_states(pid: int) -> str:
     states = []
     for task in os.listdir(f"/proc/{pid}/task"):

@@ -20,29 +20,10 @@ import pytest
 
 import rlmesh.numpy as rnp
 from rlmesh.errors import BrokenError, OperationTimeout, RemoteError, WorkerError
-from tests.conftest import serve_subprocess
+from tests.conftest import serve_subprocess, workers_of
 from tests.envs import BrokenLaneEnv, SlowLaneEnv
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def workers_of(pid: int) -> list[int]:
-    """Live vector worker processes whose parent is ``pid``."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z" and b"rlmesh.vector._worker" in cmdline:
-            out.append(int(entry))
-    return sorted(out)
 
 
 def alive(pid: int) -> bool:

@@ -27,7 +27,7 @@ import rlmesh
 import rlmesh.numpy as rnp
 from rlmesh import RestartPolicy
 from rlmesh.errors import WorkerError
-from tests.conftest import serve_subprocess
+from tests.conftest import serve_subprocess, workers_of
 from tests.envs import KillLaneEnv, SlowLaneEnv, TinyEnv
 
 pytestmark = pytest.mark.timeout(120)
@@ -248,25 +248,6 @@ def test_model_run_replays_a_seeded_episode_a_restart_cut_short(serve, mode: str
     # The episodes the restart cut short ran again from their seeds: the same results as undisturbed.
     assert outcome(result) == outcome(single)
     assert served.server.stats()["worker_restarts"] == 1
-
-
-def workers_of(pid: int) -> list[int]:
-    """Live vector worker processes whose parent is ``pid``."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z" and b"rlmesh.vector._worker" in cmdline:
-            out.append(int(entry))
-    return sorted(out)
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.3])
