@@ -6,7 +6,8 @@ setup(
     ext_modules=[
         Extension(
             "rlmesh._native",
-            sources=["rlmesh/_native.c", "rlmesh/_native_ring.c"],
+            sources=["rlmesh/_native.c", "rlmesh/_native_ring.c", "rlmesh/_native_step.c"],
+            depends=["rlmesh/_native_ring.h"],
             extra_compile_args=[
                 "-std=c11",
                 "-O2",

@@ -19,6 +19,7 @@ from ._conformance import Conformance
 from ._dtypes import DTYPES, DType, integer_bounds, is_float, is_integer
 from .errors import InvalidActionError, SpecError
 from .spaces._walk import TENSOR_KINDS, Path, fold, leaf_nbytes, location
+from .specs import SHM_INLINE_LIMIT
 from .tensor import Tensor
 from .wire.codec import CODE_BY_NAME, handle_record, inline_ext
 
@@ -87,13 +88,24 @@ class InlineSink(Sink):
 
 
 class ShmSink(Sink):
-    """Tensor data goes into leased slab blocks (see server's DataPlane)."""
+    """Tensor data goes into leased slab blocks (see server's DataPlane), small tensors inline.
 
-    def __init__(self, acquire: Callable[[int], Any]) -> None:
+    A tensor smaller than :data:`~rlmesh.specs.SHM_INLINE_LIMIT` bytes goes
+    into :attr:`tail` (the ring record's tail) when the session set one for
+    the response being built: no block, no lease, no release.
+    """
+
+    def __init__(self, acquire: Callable[[int], Any], tail: Any = None) -> None:
         self._acquire = acquire
+        #: The response's tail for small tensors (None: every tensor in a block).
+        self.tail = tail
 
     def target(self, shape: tuple[int, ...], dtype: DType) -> tuple[Any, memoryview]:  # noqa: D102
         nbytes = math.prod(shape) * dtype.itemsize
+        tail = self.tail
+        if tail is not None and nbytes < SHM_INLINE_LIMIT:
+            tensor, view = Tensor._empty(shape, dtype)
+            return inline_ext(CODE_BY_NAME[dtype.name], shape, tail.add(view, nbytes)), view
         block = self._acquire(nbytes)
         block.nbytes = nbytes
         record = handle_record(CODE_BY_NAME[dtype.name], shape, block.segment, block.generation, block.offset)
@@ -101,6 +113,10 @@ class ShmSink(Sink):
 
     def put(self, data: Any, shape: tuple[int, ...], dtype: DType) -> Any:  # noqa: D102
         nbytes = math.prod(shape) * dtype.itemsize
+        tail = self.tail
+        if tail is not None and nbytes < SHM_INLINE_LIMIT:
+            # By reference: the data stays unchanged until the response is sent (as InlineSink's).
+            return inline_ext(CODE_BY_NAME[dtype.name], shape, tail.add(data, nbytes))
         block = self._acquire(nbytes)
         block.nbytes = nbytes
         if nbytes:

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._adapter import EnvAdapter, InlineSink, ShmSink, Sink, encode_render
@@ -21,6 +22,7 @@ from ._dtypes import DTYPES
 from .errors import InvalidActionError, RLMeshError
 from .net.stream import SocketStream
 from .specs import EnvContract
+from .tensor import Tensor
 from .values import encode_metadata
 from .wire import protocol as P
 from .wire.codec import TailBuilder, pack
@@ -42,7 +44,11 @@ class _EnvHandler:
         self._session = session
         self.adapter = adapter
         #: The sink writing response tensors into the session's slab (built at the first response).
-        self.sink: Sink | None = None
+        self.sink: ShmSink | None = None
+        #: Whether this endpoint serves compact steps (rlmesh.wire.step_codec): a single env.
+        self.step_codec = not adapter.vector
+        # A compact STEP's tensor action (a bytearray) as the action decoder takes it.
+        self._action_array: Any = None
 
     @property
     def contract(self) -> EnvContract:
@@ -69,7 +75,7 @@ class _EnvHandler:
         if pool is not None:
             pool.unlink()
 
-    def _sink(self) -> tuple[Sink, TailBuilder | None]:
+    def _sink(self) -> tuple[Sink, TailBuilder]:
         tail = self._session.begin_response()
         if tail is not None:
             return InlineSink(tail), tail
@@ -78,7 +84,9 @@ class _EnvHandler:
             data = self._session.data
             assert data is not None
             sink = self.sink = ShmSink(data.acquire)
-        return sink, None
+        # Small tensors travel in the ring record's tail (SHM_INLINE_LIMIT).
+        tail = sink.tail = TailBuilder()
+        return sink, tail
 
     def on_step(self, rid: int, action: Any) -> bool:
         """Step the env; reply with the observation, reward, flags and info."""
@@ -103,6 +111,40 @@ class _EnvHandler:
                 ]
             else:
                 payload = [wire_obs, reward, terminated, truncated, encode_metadata(info)]
+        except Exception as exc:
+            session.fail(rid, exc)
+            return True
+        session.reply_ok(rid, payload, tail)
+        return True
+
+    def on_step_compact(self, rid: int, action: Any) -> bool:
+        """:meth:`on_step` for a compact STEP (``action``: an int, or the action's bytes as a bytearray).
+
+        The same checks and errors; the answer is a compact OK when the
+        step's info is empty (conformance warnings included), else the msgpack OK.
+        """
+        adapter, session = self.adapter, self._session
+        if type(action) is bytearray:
+            to_array = self._action_array
+            if to_array is None:
+                to_array = self._action_array = _bytes_to_action(session)
+            action = to_array(action)
+        try:
+            decoded = adapter.decode_action(action)
+        except InvalidActionError as exc:
+            session.reply_error(rid, P.E_INVALID_ACTION, exc, str(exc))
+            return True
+        sink, tail = self._sink()
+        try:
+            obs, reward, terminated, truncated, info = adapter.step(decoded)
+            wire_obs, info = adapter.encode_obs_info(obs, info, sink)
+            if not info:
+                # One leaf: an int, or its bytes as the tail's only part (none for 0 bytes).
+                parts = tail.parts
+                compact = wire_obs if type(wire_obs) is int else (parts[0] if parts else b"")
+                if session.reply_step(rid, reward, terminated, truncated, compact):
+                    return True
+            payload = [wire_obs, reward, terminated, truncated, encode_metadata(info)]
         except Exception as exc:
             session.fail(rid, exc)
             return True
@@ -200,6 +242,25 @@ def _encode_lanes(values: Any, n: int, dtype_name: str, sink: Sink) -> Any:
         raise ValueError(f"the vector env returned {dtype_name} values of shape {arr.shape}, expected ({n},)")
     np.copyto(np.frombuffer(view, dtype=np.dtype(dtype_name)), arr, casting="unsafe")
     return record
+
+
+def _bytes_to_action(session: ServerSession) -> Callable[[bytearray], Any]:
+    """How a compact STEP's action bytes become the value the action decoder checks.
+
+    A NumPy array over the bytes (as the msgpack path's Tensor would become),
+    or a Tensor where NumPy is missing.
+    """
+    layout = session.step_layout
+    assert layout is not None and layout.action_dtype is not None
+    dtype, shape = layout.action_dtype, layout.action_shape
+    try:
+        from .backends.numpy import numpy_dtype
+
+        np_dtype = numpy_dtype(dtype.name)
+        import numpy as np
+    except ImportError:
+        return lambda data: Tensor(data, shape, dtype)
+    return lambda data: np.frombuffer(data, np_dtype).reshape(shape)
 
 
 def _turn_away(sock: socket.socket) -> None:

@@ -779,5 +779,11 @@ PyInit__native(void)
         Py_DECREF(module);
         return NULL;
     }
+    /* _native_step.c: the fixed-shape step codec (step_send, step_recv, ok_send, ok_recv). */
+    extern int rlmesh_native_step_init(PyObject *module);
+    if (rlmesh_native_step_init(module) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
     return module;
 }

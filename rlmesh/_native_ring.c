@@ -35,22 +35,7 @@
 #include <sys/syscall.h>
 #endif
 
-/* The control block (see ring.py): one cache line per field group. */
-#define LINE 64
-#define OFF_HEAD 0
-#define OFF_TAIL LINE
-#define OFF_DATA_BELL (2 * LINE)
-#define OFF_SPACE_BELL (3 * LINE)
-#define OFF_PRODUCER_CLOSED (4 * LINE)
-#define OFF_CONSUMER_CLOSED (4 * LINE + 4)
-#define CONTROL (5 * LINE)
-#define RECORD 8
-#define WRAP 0xFFFFFFFFu
-
-typedef _Atomic uint64_t a64;
-typedef _Atomic uint32_t a32;
-
-#define PAD8(n) (((uint64_t)(n) + 7) & ~(uint64_t)7)
+#include "_native_ring.h"
 
 static inline void
 cpu_relax(void)
@@ -212,21 +197,9 @@ native_sched_yield(PyObject *module, PyObject *unused)
 
 /* ---- Ring -------------------------------------------------------------------------- */
 
-typedef struct {
-    PyObject_HEAD
-    PyObject *buf;     /* the writable memoryview holding the ring */
-    PyObject *corrupt; /* the exception class for a record that breaks the layout */
-    Py_ssize_t base;   /* the control block's offset in buf */
-    uint64_t capacity, mask, max_message;
-    uint64_t head;     /* producer: bytes written (its own counter) */
-    uint64_t tail;     /* consumer: bytes consumed (its own); producer: the last it read */
-    uint64_t peeked;   /* bytes the peeked record spans (header and padding), 0: none */
-    uint32_t tag;      /* the tag of the record the last peek returned */
-    unsigned long long spun, slept; /* waits the spin caught; futex sleeps */
-} Ring;
 
 /* The ring's memory for one call: its control block, or NULL with an error set. */
-static char *
+char *
 ring_enter(Ring *self, Py_buffer *view)
 {
     if (PyObject_GetBuffer(self->buf, view, PyBUF_WRITABLE) < 0) {
@@ -246,9 +219,6 @@ ring_enter(Ring *self, Py_buffer *view)
     return mem;
 }
 
-#define HEAD_WORD(m) ((a64 *)((m) + OFF_HEAD))
-#define TAIL_WORD(m) ((a64 *)((m) + OFF_TAIL))
-#define U32_AT(m, off) ((a32 *)((m) + (off)))
 
 static int
 ring_init(Ring *self, PyObject *args, PyObject *kwds)
@@ -301,11 +271,67 @@ ring_dealloc(Ring *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *
+PyObject *
 ring_corrupt(Ring *self, const char *what)
 {
     PyErr_Format(self->corrupt, "corrupt ring: %s", what);
     return NULL;
+}
+
+/* Make room for an n-byte record (n <= max_message): 1 with *pos its offset
+ * in the records (a wrap marker written before it if need be, the private
+ * head moved past it); 0 when the room is not free yet, *need the bytes it
+ * takes (nothing written); -1 corrupt (error set). ring_publish() sends it. */
+int
+ring_reserve(Ring *self, char *mem, uint64_t n, uint64_t *pos_out, uint64_t *need_out)
+{
+    uint64_t cap = self->capacity, record = RECORD + PAD8(n), head = self->head;
+    uint64_t pos = head & self->mask, room_to_end = cap - pos;
+    uint64_t need = record <= room_to_end ? record : room_to_end + record;
+    if (pos & 7) {
+        ring_corrupt(self, "the head is not 8-byte aligned");
+        return -1;
+    }
+    if (cap - (head - self->tail) < need || head - self->tail > cap) {
+        self->tail = atomic_load_explicit(TAIL_WORD(mem), memory_order_acquire);
+        uint64_t used = head - self->tail;
+        if (used > cap) {
+            ring_corrupt(self, "the consumer's tail is past the head");
+            return -1;
+        }
+        if (cap - used < need) {
+            *need_out = need;
+            return 0;
+        }
+    }
+    if (record > room_to_end) {
+        atomic_store_explicit(U32_AT(mem + CONTROL, pos), WRAP, memory_order_relaxed);
+        self->head = head + room_to_end;
+        pos = 0;
+    }
+    *pos_out = pos;
+    return 1;
+}
+
+/* Publish the n-byte record reserved at `pos` (its payload written) and ring the consumer. */
+void
+ring_publish(Ring *self, char *mem, uint64_t pos, uint64_t n, uint32_t tag)
+{
+    char *records = mem + CONTROL;
+    atomic_store_explicit(U32_AT(records, pos), (uint32_t)n, memory_order_relaxed);
+    atomic_store_explicit(U32_AT(records, pos + 4), tag, memory_order_relaxed);
+    uint64_t head = self->head + RECORD + PAD8(n);
+    self->head = head;
+    /* Release: the record is in place before the head says so (a plain store on x86). */
+    atomic_store_explicit(HEAD_WORD(mem), head, memory_order_release);
+    /* The data doorbell: bump its sequence, then (after a full fence, the
+     * Dekker pattern against the waiter's flag-then-check) wake a flagged waiter. */
+    a32 *seq = U32_AT(mem, OFF_DATA_BELL);
+    atomic_store_explicit(seq, atomic_load_explicit(seq, memory_order_relaxed) + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(U32_AT(mem, OFF_DATA_BELL + 4), memory_order_relaxed)) {
+        futex_wake_one(seq, 1);
+    }
 }
 
 /* Ring.put(data, tag) -> int: 0 once the message is in and the consumer rung;
@@ -337,50 +363,18 @@ ring_put(Ring *self, PyObject *const *args, Py_ssize_t nargs)
         PyBuffer_Release(&data);
         return NULL;
     }
-    uint64_t cap = self->capacity, record = RECORD + PAD8(n), head = self->head;
-    uint64_t pos = head & self->mask, room_to_end = cap - pos;
-    uint64_t need = record <= room_to_end ? record : room_to_end + record;
+    uint64_t pos = 0, need = 0;
     PyObject *result = NULL;
-    if (pos & 7) {
-        ring_corrupt(self, "the head is not 8-byte aligned");
-        goto done;
+    int reserved = ring_reserve(self, mem, n, &pos, &need);
+    if (reserved > 0) {
+        /* memmove: the message may be a view of this very segment. */
+        memmove(mem + CONTROL + pos + RECORD, data.buf, (size_t)n);
+        ring_publish(self, mem, pos, n, (uint32_t)tag);
+        result = PyLong_FromLong(0);
     }
-    if (cap - (head - self->tail) < need || head - self->tail > cap) {
-        self->tail = atomic_load_explicit(TAIL_WORD(mem), memory_order_acquire);
-        uint64_t used = head - self->tail;
-        if (used > cap) {
-            ring_corrupt(self, "the consumer's tail is past the head");
-            goto done;
-        }
-        if (cap - used < need) {
-            result = PyLong_FromUnsignedLongLong(need);
-            goto done;
-        }
+    else if (reserved == 0) {
+        result = PyLong_FromUnsignedLongLong(need);
     }
-    char *records = mem + CONTROL;
-    if (record > room_to_end) {
-        atomic_store_explicit(U32_AT(records, pos), WRAP, memory_order_relaxed);
-        head += room_to_end;
-        pos = 0;
-    }
-    /* memmove: the message may be a view of this very segment. */
-    memmove(records + pos + RECORD, data.buf, (size_t)n);
-    atomic_store_explicit(U32_AT(records, pos), (uint32_t)n, memory_order_relaxed);
-    atomic_store_explicit(U32_AT(records, pos + 4), (uint32_t)tag, memory_order_relaxed);
-    head += record;
-    self->head = head;
-    /* Release: the record is in place before the head says so (a plain store on x86). */
-    atomic_store_explicit(HEAD_WORD(mem), head, memory_order_release);
-    /* The data doorbell: bump its sequence, then (after a full fence, the
-     * Dekker pattern against the waiter's flag-then-check) wake a flagged waiter. */
-    a32 *seq = U32_AT(mem, OFF_DATA_BELL);
-    atomic_store_explicit(seq, atomic_load_explicit(seq, memory_order_relaxed) + 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(U32_AT(mem, OFF_DATA_BELL + 4), memory_order_relaxed)) {
-        futex_wake_one(seq, 1);
-    }
-    result = PyLong_FromLong(0);
-done:
     PyBuffer_Release(&view);
     PyBuffer_Release(&data);
     return result;
@@ -388,7 +382,7 @@ done:
 
 /* Find the next record for the consumer: 1 found (*pos, *n, *tag set, the
  * tail moved past a wrap marker), 0 empty, -1 corrupt (error set). */
-static int
+int
 ring_locate(Ring *self, char *mem, uint64_t *pos_out, uint64_t *n_out, uint32_t *tag_out)
 {
     uint64_t head = atomic_load_explicit(HEAD_WORD(mem), memory_order_acquire);
@@ -463,7 +457,7 @@ ring_peek(Ring *self, PyObject *unused)
 }
 
 /* Publish the tail past `span` bytes and wake a producer waiting for room. */
-static void
+void
 ring_advance(Ring *self, char *mem, uint64_t span)
 {
     self->tail += span;
@@ -724,7 +718,7 @@ static PyMemberDef ring_members[] = {
     {NULL},
 };
 
-static PyTypeObject RingType = {
+PyTypeObject RingType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "rlmesh._native.Ring",
     .tp_doc = "Ring(buf, offset, capacity, corrupt): one end of a shared-memory message ring.",

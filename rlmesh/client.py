@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import types
+from collections.abc import Callable
 from typing import Any
 
 # The base every client shares lives in its own module; the names are
@@ -44,6 +45,7 @@ from .specs import EnvContract
 from .tensor import Tensor
 from .wire.client_session import ClientSession
 from .wire.codec import TailBuilder
+from .wire.step_codec import StepLayout
 
 __all__ = ["RemoteEnv", "RemoteEnvBase", "RemoteVectorEnv", "RemoteVectorEnvBase", "dial"]
 
@@ -90,10 +92,29 @@ class RemoteEnv(RemoteEnvBase[Any, Any]):
             OperationTimeout, BrokenError, ClosedError.
         """
         wire = self._bridge.encode(action)
-        # A scalar action (Discrete, Text) holds no tensor: no tail to collect one.
-        tail = _EMPTY_TAIL if type(wire) in _SCALARS else TailBuilder()
         seconds = self._request_timeout if timeout is None else _seconds("timeout", timeout, None)
-        _, _, obs, reward, terminated, truncated, info = self._conn.step(wire, tail, seconds)
+        layout = self._step_layout
+        if layout is not None and (
+            type(wire) is int
+            if layout.action_discrete
+            else type(wire) is Tensor
+            and wire._shape == layout.action_shape
+            and wire._dtype == layout.action_dtype
+        ):
+            # The fixed-shape step codec (rlmesh.wire.step_codec): no msgpack either way.
+            result = self._conn.step_compact(wire, seconds)
+            if type(result) is tuple:
+                _, reward, terminated, truncated, obs = result
+                info: dict[str, Any] = {"episode_ids": list(self._episode_ids)}
+                if terminated or truncated:
+                    info["completed_episodes"] = 1
+                    self._episode_ids = [uuid7()]
+                return self._compact_obs(obs), reward, terminated, truncated, info
+            _, _, obs, reward, terminated, truncated, info = result
+        else:
+            # A scalar action (Discrete, Text) holds no tensor: no tail to collect one.
+            tail = _EMPTY_TAIL if type(wire) in _SCALARS else TailBuilder()
+            _, _, obs, reward, terminated, truncated, info = self._conn.step(wire, tail, seconds)
         # The info was decoded for this response alone: it is ours to extend, no copy.
         if type(info) is not dict:
             info = {}
@@ -105,6 +126,33 @@ class RemoteEnv(RemoteEnvBase[Any, Any]):
         if self._fix_obs is not None:
             obs = self._fix_obs(obs)
         return self._bridge.decode(obs), float(reward), bool(terminated), bool(truncated), info
+
+    def _attach(self, conn: ClientSession) -> None:
+        super()._attach(conn)
+        layout = self._step_layout = conn.step_layout
+        self._compact_obs: Callable[[Any], Any] = _identity
+        if layout is not None and not layout.obs_discrete:
+            self._compact_obs = self._compact_decoder(layout)
+
+    def _compact_decoder(self, layout: StepLayout) -> Callable[[bytearray], Any]:
+        """How a compact OK's observation bytes (a fresh bytearray, ours) become this client's value."""
+        dtype, shape, bridge = layout.obs_dtype, layout.obs_shape, self._bridge
+        assert dtype is not None
+        if bridge.name == "numpy":
+            from .backends.numpy import numpy_dtype
+
+            try:
+                np_dtype = numpy_dtype(dtype.name)
+            except ImportError:
+                pass
+            else:
+                import numpy
+
+                frombuffer = numpy.frombuffer
+                # A writable array over the bytearray itself: no second copy.
+                return lambda data: frombuffer(data, np_dtype).reshape(shape)
+        decode = bridge.decode
+        return lambda data: decode(Tensor(data, shape, dtype))
 
 
 class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
@@ -465,6 +513,10 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
             self._pending_new_ids = []
         decode = self._bridge.decode
         return self._obs(obs), decode(rewards), decode(terminations), decode(truncations), info
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 def _flags(value: Any) -> list[bool]:

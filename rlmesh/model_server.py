@@ -39,10 +39,10 @@ from .errors import ClosedError, ConnectError, InvalidActionError, SpecError
 from .server import EnvServer, ServeOptions
 from .specs import EnvContract
 from .wire import protocol as P
+from .wire.codec import TailBuilder
 
 if TYPE_CHECKING:
     from .models import ModelBase
-    from .wire.codec import TailBuilder
     from .wire.server_session import ServerSession
 
 __all__ = ["ENDPOINT_KEY", "MAX_LANES", "ModelServer", "model_contract"]
@@ -185,7 +185,7 @@ class _ModelHandler:
     def __init__(self, source: _ModelSource, session: ServerSession) -> None:
         self._source = source
         self._session = session
-        self.sink: Sink | None = None
+        self.sink: ShmSink | None = None
 
     @property
     def contract(self) -> EnvContract:
@@ -216,7 +216,7 @@ class _ModelHandler:
         """A model endpoint has no env to render: an ERROR, the session goes on."""
         return self._refuse(rid)
 
-    def _sink(self) -> tuple[Sink, TailBuilder | None]:
+    def _sink(self) -> tuple[Sink, TailBuilder]:
         tail = self._session.begin_response()
         if tail is not None:
             return InlineSink(tail), tail
@@ -225,7 +225,9 @@ class _ModelHandler:
             data = self._session.data
             assert data is not None
             sink = self.sink = ShmSink(data.acquire)
-        return sink, None
+        # Small tensors travel in the ring record's tail (SHM_INLINE_LIMIT).
+        tail = sink.tail = TailBuilder()
+        return sink, tail
 
     def on_predict(self, request: P.Predict) -> bool:
         """Check the observation, run the model's corner, check and send back the action."""

@@ -331,6 +331,17 @@ _FLAG_BYTES = 1
 # The request message's own fields (its tag, the call, the action's key) around the action.
 _REQUEST_OVERHEAD = 256
 
+#: On a shared-memory session, a response's tensor leaves smaller than this
+#: many bytes travel inline in the ring record (copied once on each side),
+#: and leaves of this size and more in slab blocks, as zero-copy views with
+#: a lease. For a small leaf the copy costs less than the lease's
+#: bookkeeping (a handle, its check, a release on the next request); from
+#: about this size on, the copy costs more.
+SHM_INLINE_LIMIT = 16 << 10
+# The message's own fields around the inline tensors of a response (its tag,
+# reward, flags, info, each tensor's record and 64-byte alignment).
+_RESPONSE_OVERHEAD = 4096
+
 
 def step_tensor_sizes(contract: EnvContract) -> list[int]:
     """The bytes of every tensor a step response carries.
@@ -345,6 +356,22 @@ def step_tensor_sizes(contract: EnvContract) -> list[int]:
     if batch is not None:
         sizes.extend([_REWARD_BYTES * n, _FLAG_BYTES * n, _FLAG_BYTES * n])
     return sizes
+
+
+def slab_tensor_sizes(contract: EnvContract) -> list[int]:
+    """The sizes of :func:`step_tensor_sizes` that travel in slab blocks (not inline) over shared memory."""
+    return [n for n in step_tensor_sizes(contract) if n >= SHM_INLINE_LIMIT]
+
+
+def response_bytes_bound(contract: EnvContract) -> int:
+    """About the largest step response whose tensors all travel inline over shared memory.
+
+    The inline leaves (64-byte aligned) and the message around them; an
+    ``info`` beyond :data:`_RESPONSE_OVERHEAD` may make the message larger (it
+    then travels on the socket, announced in the ring: correct, only slower).
+    """
+    inline = sum(-(-n // 64) * 64 for n in step_tensor_sizes(contract) if n < SHM_INLINE_LIMIT)
+    return inline + _RESPONSE_OVERHEAD
 
 
 def action_bytes_bound(contract: EnvContract) -> int:

@@ -44,12 +44,17 @@ class TinyEnv:
 
 
 class CountEnv:
-    """Box observations [t, action, seed, pid]; float64 from the env for a float32 space."""
+    """Box observations [t, action, seed, pid]; float64 from the env for a float32 space.
+
+    ``width`` > 4 pads the observation with zeros (4096: 16 KiB, a leaf that
+    travels in a slab block over shared memory instead of inline).
+    """
 
     metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 30}
 
-    def __init__(self, limit: int = 100, render_mode: str | None = "rgb_array") -> None:
-        self.observation_space = spaces.Box(-1e9, 1e9, (4,), "float32")
+    def __init__(self, limit: int = 100, render_mode: str | None = "rgb_array", width: int = 4) -> None:
+        self.width = width
+        self.observation_space = spaces.Box(-1e9, 1e9, (width,), "float32")
         self.action_space = spaces.Discrete(3)
         self.render_mode = render_mode
         self.limit = limit
@@ -57,7 +62,9 @@ class CountEnv:
         self.seed_value = -1
 
     def _obs(self, action: int) -> np.ndarray:
-        return np.array([self.t, action, self.seed_value, os.getpid()], dtype=np.float64)
+        obs = np.zeros(self.width, dtype=np.float64)
+        obs[:4] = (self.t, action, self.seed_value, os.getpid())
+        return obs
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

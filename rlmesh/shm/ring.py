@@ -258,6 +258,26 @@ class MessageRing:
             raise WouldBlock("the ring is full")
         if self.producer_closed:
             raise ClosedError("this ring's producer end is closed")
+        self.wait_room(need, timeout, check)
+        if self._core.put(data, tag):
+            if self.consumer_closed:
+                raise BrokenError("the ring's consumer has closed")
+            raise BrokenError("corrupt ring: the consumer's tail moved backwards")
+
+    def wait_room(
+        self, need: int, timeout: float | Deadline | None, check: Callable[[], None] | None
+    ) -> None:
+        """Wait until ``need`` bytes are free (the producer's wait, for a record written in place).
+
+        Raises:
+            OperationTimeout: no room in time (at once for 0).
+            BrokenError: the consumer closed its end.
+            ClosedError: this end is (or was, while waiting) closed.
+        """
+        if self.consumer_closed:
+            raise BrokenError("the ring's consumer has closed")
+        if self.producer_closed:
+            raise ClosedError("this ring's producer end is closed")
         core = self._core
         # The consumer rings the space bell without a barrier (one per message
         # would cost more than the rare full ring saves), so sleep in short
@@ -266,10 +286,6 @@ class MessageRing:
         if self.producer_closed:
             # Our own end was closed (by another thread) while we waited: that close wins.
             raise ClosedError("this ring's producer end was closed")
-        if core.put(data, tag):
-            if self.consumer_closed:
-                raise BrokenError("the ring's consumer has closed")
-            raise BrokenError("corrupt ring: the consumer's tail moved backwards")
 
     def _wait(
         self,
@@ -353,7 +369,7 @@ class MessageRing:
         _check_timeout(timeout)
         view = self._core.peek()
         if view is None:
-            self._await_message(timeout, check)
+            self.await_message(timeout, check)
             view = self._core.peek()
             if view is None:
                 raise BrokenError("the ring's producer has closed")
@@ -373,7 +389,14 @@ class MessageRing:
             raise WouldBlock("the ring is empty")
         return view
 
-    def _await_message(self, timeout: float | Deadline | None, check: Callable[[], None] | None) -> None:
+    def await_message(self, timeout: float | Deadline | None, check: Callable[[], None] | None) -> None:
+        """Wait until a message is there (or the producer closed), for a reader that takes it in place.
+
+        Raises:
+            OperationTimeout: nothing in time (at once for 0).
+            BrokenError: the producer closed its end.
+            ClosedError: this end is (or was, while waiting) closed.
+        """
         if self.producer_closed:
             raise BrokenError("the ring's producer has closed")
         if self.consumer_closed:
@@ -406,7 +429,7 @@ class MessageRing:
         _check_timeout(timeout)
         data = self._core.get()
         if data is None:
-            self._await_message(timeout, check)
+            self.await_message(timeout, check)
             data = self._core.get()
             if data is None:
                 raise BrokenError("the ring's producer has closed")

@@ -23,9 +23,11 @@ import abc
 import secrets
 import time
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from .._deadline import Deadline
 from .._lifecycle import Lifecycle, State
+from .._native import STEP_RECORD_TAG, ok_recv, ok_send, step_recv, step_send
 from ..errors import BrokenError, ClosedError, OperationTimeout
 from ..net.stream import SocketStream
 from ..shm import MessageRing, Segment, SpinPolicy
@@ -281,6 +283,9 @@ class RingChannel(Channel):
         self._life = Lifecycle("the ring channel")
         self._extra_check: Callable[[], None] | None = None
         self._both_checks: Callable[[], None] = self.peer_check
+        #: Whether :meth:`recv` may drop compact OK records (stale answers): a
+        #: client that sends compact steps sets it; for anyone else one is a BrokenError.
+        self.skip_compact = False
 
     # A ring record's tag says how to read it: 0, the record is the head (no
     # tail); n > 0, the head is the first n - 1 bytes and the tail follows at
@@ -315,6 +320,115 @@ class RingChannel(Channel):
         tx.put(b"", timeout, check=self.peer_check, tag=self.SPILL_TAG)
         self.stream.send(head, tail.parts if tail is not None and tail_size else (), timeout=timeout)
 
+    # -- the fixed-shape step codec (compact STEP / OK records, see _native_step.c) ---------
+
+    #: The tag of a compact record (a STEP in the request ring, its OK in the response ring).
+    STEP_TAG = STEP_RECORD_TAG
+
+    def send_step(self, rid: int, action: Any, nbytes: int, timeout: float | None) -> None:
+        """Send a compact STEP: ``action`` an int (a Discrete) or exactly ``nbytes`` bytes.
+
+        Raises:
+            As :meth:`send`; ValueError or OverflowError: the action does not fit the record.
+        """
+        self._send_compact(step_send, (rid, action, nbytes), timeout)
+
+    def send_ok(
+        self, rid: int, reward: float, terminated: bool, truncated: bool, obs: Any, nbytes: int
+    ) -> None:
+        """Send a compact OK: ``obs`` an int (a Discrete) or exactly ``nbytes`` bytes.
+
+        Raises:
+            As :meth:`send`; ValueError or OverflowError: the observation does not fit the record.
+        """
+        self._send_compact(ok_send, (rid, reward, terminated, truncated, obs, nbytes), None)
+
+    def _send_compact(self, put: Callable[..., int], args: tuple[Any, ...], timeout: float | None) -> None:
+        if self._life.state is not _OPEN:
+            raise self._closed_error()
+        tx = self.tx
+        need = put(tx._core, *args)
+        if not need:
+            return
+        try:
+            tx.wait_room(need, timeout, self.peer_check)
+            if put(tx._core, *args):
+                raise BrokenError("corrupt ring: the consumer's tail moved backwards")
+        except BrokenError:
+            if self._life.state is not _OPEN:
+                raise self._closed_error() from None  # our own close() woke the wait
+            raise
+
+    def recv_step(
+        self, nbytes: int, discrete: bool, timeout: float | None, check: Callable[[], None] | None = None
+    ) -> tuple[int, Any] | None:
+        """The next message if it is a compact STEP, consumed: ``(rid, action)``; None for any other.
+
+        The action is an int (``discrete``) or a new bytearray of ``nbytes``.
+        Any other message stays in the ring for :meth:`recv`. Waits as :meth:`recv`.
+
+        Raises:
+            As :meth:`recv`; BrokenError for a compact record of the wrong size.
+        """
+        found: tuple[int, Any] | None = self._recv_compact(step_recv, nbytes, discrete, timeout, check)
+        return found
+
+    def recv_ok(
+        self, nbytes: int, discrete: bool, timeout: float | None
+    ) -> tuple[int, float, bool, bool, Any] | None:
+        """The next message if it is a compact OK, consumed: ``(rid, reward, terminated, truncated, obs)``.
+
+        None when the next message is another kind (it stays for :meth:`recv`).
+        ``obs`` is an int (``discrete``) or a new bytearray of ``nbytes``.
+
+        Raises:
+            As :meth:`recv`; BrokenError for a compact record of the wrong size or flags.
+        """
+        found: tuple[int, float, bool, bool, Any] | None = self._recv_compact(
+            ok_recv, nbytes, discrete, timeout, None
+        )
+        return found
+
+    def _recv_compact(
+        self,
+        take: Callable[[Any, int, bool], Any],
+        nbytes: int,
+        discrete: bool,
+        timeout: float | None,
+        check: Callable[[], None] | None,
+    ) -> Any:
+        if self._life.state is not _OPEN:
+            raise self._closed_error()
+        rx = self.rx
+        core = rx._core
+        try:
+            found = take(core, nbytes, discrete)
+            if found is None:
+                rx.await_message(timeout, self._combined(check))
+                found = take(core, nbytes, discrete)
+                if found is None:
+                    raise BrokenError("the ring's producer has closed")
+        except BrokenError:
+            if self._life.state is not _OPEN:
+                raise self._closed_error() from None
+            raise
+        return found if found is not False else None
+
+    def _combined(self, check: Callable[[], None] | None) -> Callable[[], None]:
+        # The liveness check, and the caller's (a server's stop flag), combined once.
+        if check is None:
+            return self.peer_check
+        if check is self._extra_check:
+            return self._both_checks
+        extra, peer_check = check, self.peer_check
+
+        def both() -> None:
+            extra()
+            peer_check()
+
+        self._extra_check, self._both_checks = extra, both
+        return both
+
     def _send_fds(self, head: bytes, fds: list[int], timeout: float | None) -> None:
         try:
             self.tx.put(b"", timeout, check=self.peer_check, tag=self.SPILL_TAG)
@@ -326,24 +440,18 @@ class RingChannel(Channel):
 
     def _recv(self, timeout: float | None, check: Callable[[], None] | None) -> Message:
         rx = self.rx
-        if check is None:
-            check = self.peer_check
-        elif check is self._extra_check:
-            check = self._both_checks
-        else:
-            # A server passes the same check on every receive: combine it once.
-            extra, peer_check = check, self.peer_check
-
-            def both() -> None:
-                extra()
-                peer_check()
-
-            self._extra_check, self._both_checks = extra, both
-            check = both
+        # A server passes the same check on every receive: combined once.
+        check = self._combined(check)
         view = rx.peek(timeout, check=check)
         tag = rx.tag
         if tag == 0:
             return Message(view, _EMPTY, 0, rx.pop)
+        if tag == STEP_RECORD_TAG:
+            view.release()
+            view = self._skip_compact(timeout, check)
+            tag = rx.tag
+            if tag == 0:
+                return Message(view, _EMPTY, 0, rx.pop)
         if tag == self.SPILL_TAG:
             view.release()
             rx.pop()
@@ -362,6 +470,23 @@ class RingChannel(Channel):
         head, tail = view[:head_len], view[start:]
         view.release()
         return Message(head, tail, 0, rx.pop)
+
+    def _skip_compact(self, timeout: float | None, check: Callable[[], None]) -> memoryview:
+        """Consume compact records (answers to steps that timed out) and peek at the next message.
+
+        Only where :attr:`skip_compact` says they may come (a client using
+        the step codec); elsewhere a compact record breaks the session.
+        """
+        rx = self.rx
+        deadline = Deadline.of(timeout)  # stale answers must not extend the caller's deadline
+        while True:
+            rx.pop()
+            if not self.skip_compact:
+                raise BrokenError("a compact step record on a session that did not agree to them")
+            view = rx.peek(deadline, check=check)
+            if rx.tag != STEP_RECORD_TAG:
+                return view
+            view.release()
 
     def close(self) -> None:
         """Tell the peer this side is done with both rings. Idempotent.

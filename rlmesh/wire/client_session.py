@@ -36,6 +36,7 @@ from ..specs import EnvContract
 from . import protocol as P
 from .channel import FRAME_DEADLINE, Channel, Message, RingChannel, SocketChannel, read_token
 from .codec import TailBuilder, decode, pack
+from .step_codec import StepLayout, step_codec_enabled, step_layout
 
 log = logging.getLogger("rlmesh.client")
 
@@ -167,6 +168,8 @@ class ClientSession:
         self._broken: BaseException | None = None
         # [offer, segment] of the vector fast path until an endpoint takes it (take_vector).
         self._vector: list[Any] = []
+        #: The compact step records' layout when the server agreed to them (else None).
+        self.step_layout: StepLayout | None = None
         # A stream handed in is a connection the server made to us (a
         # sandbox dials back): it is this session's from now on.
         self.stream = stream if stream is not None else self._dial(connect_timeout, max_message_bytes)
@@ -225,6 +228,7 @@ class ClientSession:
             max_frame=stream.max_frame,
             auth=self._auth_token,
             fds=with_fds,
+            step_codec=step_codec_enabled(),
         )
         answer = self._exchange(hello.to_wire(), deadline)
         fds.extend(stream.take_fds())
@@ -273,6 +277,9 @@ class ClientSession:
                 rx=(rings.response_offset, rings.response_capacity),
                 spin=SpinPolicy(spin, enabled=True),
             )
+            if ready.step_codec and step_codec_enabled():
+                self.step_layout = step_layout(self.contract)
+                self.channel.skip_compact = self.step_layout is not None
         else:
             self._drop_shm()
             stream.accept_fds = 0  # inline: no segment will come
@@ -411,6 +418,30 @@ class ClientSession:
             self._lock.release()
         return P.StepOk.check(response)
 
+    def step_compact(self, action: Any, timeout: float | None) -> tuple[Any, ...] | list[Any]:
+        """Send STEP as a compact record (:attr:`step_layout` is set) and return its answer.
+
+        ``action``: an int (a Discrete) or a Tensor of the contract's exact
+        shape and dtype. The answer is the compact OK ``(rid, reward,
+        terminated, truncated, obs)`` (``obs`` an int or a bytearray), or
+        the msgpack OK as :meth:`step` returns it when the server answered
+        with one (a step with an info, say). With lease releases pending the
+        request goes as msgpack, carrying them.
+
+        Raises:
+            As :meth:`step`.
+        """
+        rid = self._enter()
+        try:
+            peer = self.peer
+            if peer is not None and peer._pending:
+                request = P.Step.encode(rid, action, self._releases())
+                return P.StepOk.check(self._roundtrip(request, TailBuilder(), timeout, rid, "step"))
+            response = self._roundtrip(None, action, timeout, rid, "step")
+        finally:
+            self._lock.release()
+        return response if type(response) is tuple else P.StepOk.check(response)
+
     def render(self, env_index: int, timeout: float | None) -> P.RenderOk:
         """Send RENDER and return its answer.
 
@@ -491,9 +522,12 @@ class ClientSession:
         return P.NO_RELEASES
 
     def _roundtrip(
-        self, request: list[Any], tail: TailBuilder | None, timeout: float | None, rid: int, what: str
-    ) -> list[Any]:
+        self, request: list[Any] | None, tail: Any, timeout: float | None, rid: int, what: str
+    ) -> Any:
         """Send a request and return the OK answering it (the caller holds ``_lock``).
+
+        ``request`` None: a compact STEP (:meth:`step_compact`) whose action is
+        ``tail``; its answer may be a compact OK (a tuple) or a msgpack one.
 
         Raises:
             OperationTimeout, BrokenError (the session is then broken), and the
@@ -502,14 +536,27 @@ class ClientSession:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         channel = self.channel
+        layout = self.step_layout if request is None else None
         try:
-            channel.send(pack(request, tail), tail, timeout=timeout)
+            if layout is not None:
+                channel.send_step(rid, tail, layout.action_nbytes, timeout)  # type: ignore[attr-defined]
+            else:
+                channel.send(pack(request, tail), tail, timeout=timeout)
             while True:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise OperationTimeout(
                         f"remote environment call timed out after {timeout:.3g}s", timeout=timeout
                     )
+                if layout is not None:
+                    # A compact OK, or None: the next message is msgpack (read below, at once).
+                    compact = channel.recv_ok(  # type: ignore[attr-defined]
+                        layout.obs_nbytes, layout.obs_discrete, remaining
+                    )
+                    if compact is not None:
+                        if compact[0] != rid:
+                            continue  # the late answer to a request that timed out
+                        return compact
                 if self.silence_limit is None:
                     response = self._decode(channel.recv(remaining))
                 else:

@@ -1,9 +1,10 @@
 """A server session's data plane: the slab blocks holding response tensors a client has not released.
 
 :class:`DataPlane` is sized from the env contract
-(:func:`rlmesh.specs.step_tensor_sizes`): one slot ring per tensor size, so
-that steady-state steps allocate nothing. :class:`~rlmesh.wire.server_session.ServerSession`
-owns one per shared-memory session.
+(:func:`rlmesh.specs.slab_tensor_sizes`): one slot ring per size of the tensors
+that travel in blocks (smaller ones travel inline, see
+:data:`rlmesh.specs.SHM_INLINE_LIMIT`), so that steady-state steps allocate nothing.
+:class:`~rlmesh.wire.server_session.ServerSession` owns one per shared-memory session.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from .._lifecycle import Lifecycle, State
 from ..errors import InvalidHandle
 from ..shm import Handle, Slab, SlotRing
-from ..specs import EnvContract, step_tensor_sizes
+from ..specs import EnvContract, slab_tensor_sizes
 
 __all__ = ["DataPlane", "pow2"]
 
@@ -39,7 +40,7 @@ class DataPlane:
     MAX_RINGS = 64
 
     def __init__(self, contract: EnvContract, *, memfd: bool = False) -> None:
-        sizes = step_tensor_sizes(contract)
+        sizes = slab_tensor_sizes(contract)
         needed = sum(-(-n // 64) * 64 for n in sizes)
         segment_size = max(1 << 20, needed * self.DEPTH + (256 << 10))
         self.slab = Slab(segment_size=segment_size, memfd=memfd)

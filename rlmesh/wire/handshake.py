@@ -38,6 +38,8 @@ class Hello(NamedTuple):
     max_frame: int | None
     auth: str | None = None
     fds: bool = False
+    #: The client reads and writes compact step records (:mod:`rlmesh.wire.step_codec`).
+    step_codec: bool = False
 
     def to_wire(self) -> list[Any]:
         """The msgpack array (``auth`` only when there is one)."""
@@ -53,6 +55,8 @@ class Hello(NamedTuple):
             fields["auth"] = self.auth
         if self.fds:
             fields["fds"] = True
+        if self.step_codec:
+            fields["step_codec"] = True
         return [HELLO, fields]
 
     @classmethod
@@ -75,6 +79,7 @@ class Hello(NamedTuple):
             max_frame=_optional_int(info.get("max_frame")),
             auth=auth,
             fds=info.get("fds") is True,
+            step_codec=info.get("step_codec") is True,
         )
 
 
@@ -234,16 +239,21 @@ class Ready(NamedTuple):
 
     ``heartbeat``: the server sends a heartbeat (``[PING, 0]``) at least this
     often, in seconds, while it serves a request; None: it sends none.
+    ``step_codec``: steps may travel as compact ring records
+    (:mod:`rlmesh.wire.step_codec`); only when the client's HELLO offered it.
     """
 
     data_plane: str
     heartbeat: float | None = None
+    step_codec: bool = False
 
     def to_wire(self) -> list[Any]:
         """The msgpack array."""
         fields: dict[str, Any] = {"data_plane": self.data_plane}
         if self.heartbeat is not None:
             fields["heartbeat"] = self.heartbeat
+        if self.step_codec:
+            fields["step_codec"] = True
         return [READY, fields]
 
     @classmethod
@@ -257,4 +267,8 @@ class Ready(NamedTuple):
         beat = info.get("heartbeat")
         if beat is not None and (type(beat) not in (int, float) or not 0 < beat <= 60):
             raise ProtocolError("malformed heartbeat interval in READY")
-        return cls(str(info.get("data_plane", "inline")), None if beat is None else float(beat))
+        return cls(
+            str(info.get("data_plane", "inline")),
+            None if beat is None else float(beat),
+            info.get("step_codec") is True,
+        )

@@ -45,11 +45,12 @@ from ..errors import (
 from ..net.stream import SocketStream
 from ..shm import Segment, SegmentKind, SpinPolicy
 from ..shm._memfd import supported as _memfd_supported
-from ..specs import EnvContract, action_bytes_bound
+from ..specs import EnvContract, action_bytes_bound, response_bytes_bound
 from . import protocol as P
 from .channel import Channel, RingChannel, SocketChannel, channel_layout, write_token
 from .codec import TailBuilder, decode, pack
 from .data_plane import DataPlane, pow2
+from .step_codec import StepLayout, step_codec_enabled, step_layout
 
 __all__ = [
     "HEARTBEAT_INTERVAL",
@@ -229,6 +230,8 @@ class ServerSession:
         # one frame at a time. Without them the session thread sends alone, unlocked.
         self._send_lock = threading.Lock()
         self._send: Any = None
+        #: The compact step records' layout once the handshake agreed to them (else None).
+        self.step_layout: StepLayout | None = None
 
     @property
     def data_plane(self) -> str | None:
@@ -423,7 +426,16 @@ class ServerSession:
             # the client tells that from a slow step by these heartbeats.
             self.heartbeat = self.config.heartbeat
             self._send = self._locked_send
-        ready = P.Ready(self.channel.data_plane, self.heartbeat)
+        # The fixed-shape step codec: the client offered it, the rings carry the steps, the
+        # contract's spaces fit it and the endpoint can serve it (step_codec.py).
+        if (
+            hello.step_codec
+            and step_codec_enabled()
+            and self.channel.data_plane == "shm"
+            and getattr(self.handler, "step_codec", False)
+        ):
+            self.step_layout = step_layout(contract)
+        ready = P.Ready(self.channel.data_plane, self.heartbeat, self.step_layout is not None)
         self.stream.send(pack(ready.to_wire()), timeout=timeout)
         return True
 
@@ -499,7 +511,8 @@ class ServerSession:
         try:
             self.data = DataPlane(contract, memfd=memfd)
             req_cap = pow2(max(64 << 10, 4 * action_bytes_bound(contract)))
-            resp_cap = pow2(max(256 << 10, 4 * 1024 * contract.num_envs))
+            # Room for 4 responses whose small tensors travel inline (SHM_INLINE_LIMIT).
+            resp_cap = pow2(max(256 << 10, 4 * 1024 * contract.num_envs, 4 * response_bytes_bound(contract)))
             size, req_off, resp_off = channel_layout(req_cap, resp_cap)
             if memfd:
                 self.channel_segment = Segment.create_memfd(size, SegmentKind.CHANNEL)
@@ -553,6 +566,11 @@ class ServerSession:
         self._ring_data = self.data if ring_mode else None
         stopping = host.stopping
         recv, check, on_step = channel.recv, self._check_stop, handler.on_step
+        layout = self.step_layout
+        if layout is not None:
+            assert isinstance(channel, RingChannel)
+            recv_step, on_step_compact = channel.recv_step, handler.on_step_compact  # type: ignore[attr-defined]
+            action_nbytes, action_discrete = layout.action_nbytes, layout.action_discrete
         while True:
             self.busy = False
             if stopping.is_set():
@@ -561,6 +579,17 @@ class ServerSession:
             self.spin.maximum = self._spin_base if host.active_sessions() == 1 else 0.0
             if self.spin.budget > self.spin.maximum:
                 self.spin.budget = self.spin.maximum
+            if layout is not None:
+                # A compact STEP, or None: the next message is msgpack (recv below takes it at once).
+                compact = recv_step(action_nbytes, action_discrete, None, check)
+                if compact is not None:
+                    self.busy = True
+                    self.last_request = time.monotonic()
+                    if self._pending_unlink:
+                        self._apply_releases(P.NO_RELEASES)
+                    if not on_step_compact(compact[0], compact[1]):
+                        return
+                    continue
             message = recv(None, check)
             self.busy = True
             self.last_request = time.monotonic()
@@ -690,6 +719,26 @@ class ServerSession:
                 send(pack(P.Segments(list(new)).to_wire()))
             self._pending_unlink.extend(seg_id for seg_id, _, _ in new)
         send(pack(P.Ok.encode(rid, values), tail), tail)
+
+    def reply_step(self, rid: int, reward: float, terminated: bool, truncated: bool, obs: Any) -> bool:
+        """Answer a step with a compact OK (:attr:`step_layout` is set); False: send :meth:`reply_ok`.
+
+        False, with nothing sent, when a slab segment must be announced
+        first, or the values do not fit the record (a reward that is no
+        float, an observation of another size): the msgpack OK carries them.
+
+        Raises:
+            BrokenError: the client is gone. ClosedError: the session is closed.
+        """
+        data, layout, channel = self.data, self.step_layout, self.channel
+        assert layout is not None and isinstance(channel, RingChannel)
+        if data is not None and data.slab.has_new_segments:
+            return False
+        try:
+            channel.send_ok(rid, reward, terminated, truncated, obs, layout.obs_nbytes)
+        except (ValueError, OverflowError, TypeError):
+            return False
+        return True
 
     def reply_error(self, rid: int, code: str, exc: BaseException | None, message: str) -> None:
         """Answer ``rid`` with an ERROR of ``code`` (one of ``protocol.E_*``)."""

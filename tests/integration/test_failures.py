@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -147,7 +148,7 @@ time.sleep(60)
 
 
 def test_a_killed_client_does_not_disturb_other_clients(serve) -> None:
-    served = serve(CountEnv)
+    served = serve(functools.partial(CountEnv, width=4096))  # 16 KiB: leased slab blocks
     survivor = served.client(rnp.RemoteEnv)
     survivor.reset(seed=7)
     proc = subprocess.Popen(
@@ -369,7 +370,7 @@ def test_a_silent_connection_is_dropped_at_the_handshake_deadline(serve) -> None
 
 
 def test_observations_held_past_the_ring_depth_stay_unchanged(serve) -> None:
-    served = serve(CountEnv(limit=10_000))
+    served = serve(CountEnv(limit=10_000, width=4096))  # 16 KiB: leased slab blocks
     env = served.client()
     assert env.data_plane == "shm"
     env.reset(seed=3)
@@ -387,7 +388,7 @@ def test_observations_held_past_the_ring_depth_stay_unchanged(serve) -> None:
 
 
 def test_shm_observations_really_live_in_shared_memory(serve) -> None:
-    served = serve(CountEnv)
+    served = serve(functools.partial(CountEnv, width=4096))  # 16 KiB: at SHM_INLINE_LIMIT, a slab block
     env = served.client()
     obs, _ = env.reset()
     address = obs.address
@@ -410,6 +411,36 @@ def test_shm_observations_really_live_in_shared_memory(serve) -> None:
             and int(line.split("-")[0], 16) <= inline_obs.address < int(line.split()[0].split("-")[1], 16)
             for line in maps
         )
+
+
+@pytest.mark.parametrize("width", [4, 4095])
+def test_small_shm_observations_travel_inline_without_a_lease(serve, width: int) -> None:
+    # Below SHM_INLINE_LIMIT (16 KiB) a leaf is copied in the ring record: no block, no lease, no release.
+    assert width * 4 < rlmesh.specs.SHM_INLINE_LIMIT
+    served = serve(CountEnv(limit=10_000, width=width))
+    env = served.client()
+    assert env.data_plane == "shm"
+    (session,) = served.server._sessions
+    obs, _ = env.reset(seed=3)
+    held = [obs] + [env.step(0)[0] for _ in range(20)]
+    assert served.server.stats()["sessions"][0]["leases"] == 0
+    assert not session.data._owner and not session.data.slab.segments  # nothing was ever leased
+    assert env._conn.peer is not None and not env._conn.peer.take_releases()
+    assert [t.tolist()[0] for t in held] == [float(i) for i in range(21)]
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= held[-1].address < hi:
+                assert "/memfd:" not in line and "/dev/shm" not in line, line  # a private copy
+    # The same env with a 16 KiB leaf: a slab block and a lease.
+    big_served = serve(CountEnv(limit=10_000, width=4096))
+    big = big_served.client()
+    kept = big.reset(seed=3)[0]
+    assert kept.nbytes == rlmesh.specs.SHM_INLINE_LIMIT
+    assert big_served.server.stats()["sessions"][0]["leases"] == 1
+    del kept
+    big.step(0)  # carries the release; its own observation is leased now
+    assert big_served.server.stats()["sessions"][0]["leases"] == 1
 
 
 def test_a_large_frame_before_the_handshake_is_refused_at_once(serve) -> None:

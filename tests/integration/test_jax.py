@@ -122,7 +122,7 @@ def test_spaces_sample_jax_arrays() -> None:
 
 
 def test_a_jax_policy_drives_a_served_env_over_shared_memory_without_copies(serve) -> None:
-    served = serve(CountEnv(limit=1000))
+    served = serve(CountEnv(limit=1000, width=4096))  # 16 KiB: zero-copy slab blocks
     pointers: list[int] = []
     held: list[jax.Array] = []
 
@@ -144,7 +144,7 @@ def test_a_jax_policy_drives_a_served_env_over_shared_memory_without_copies(serv
 
 
 def test_jax_observations_held_across_steps_stay_unchanged(serve) -> None:
-    served = serve(CountEnv(limit=10_000))
+    served = serve(CountEnv(limit=10_000, width=4096))  # 16 KiB: zero-copy slab blocks
     env = served.client(rjax.RemoteEnv)
     assert env.data_plane == "shm"
     obs, _ = env.reset(seed=2)

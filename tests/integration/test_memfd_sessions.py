@@ -418,8 +418,9 @@ def test_a_vector_fast_path_over_unix_shares_its_session_segment_as_a_memfd(serv
     for _ in range(3):
         obs, *_ = env.step(np.zeros(4, np.int64))
     maps = segment_maps()
-    # The channel, the slab and the workers' session segment: all memfds, no /dev/shm name at all.
-    assert len(set(maps)) >= 3 and all(m.startswith("/memfd:rlm-") for m in maps), maps
+    # The channel and the workers' session segment (CartPole's small batches travel inline
+    # in the ring records, so the slab has no segment yet): all memfds, no /dev/shm name at all.
+    assert len(set(maps)) >= 2 and all(m.startswith("/memfd:rlm-") for m in maps), maps
 
 
 @pytest.mark.parametrize("mode", ["flood", "scribble"])

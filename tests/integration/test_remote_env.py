@@ -209,7 +209,8 @@ class BadInfoEnv(CountEnv):
 
 @pytest.mark.parametrize("transport", ["unix-shm", "tcp-inline"])
 def test_a_response_that_cannot_be_built_gives_back_its_memory(serve, transport: str) -> None:
-    served = serve(BadInfoEnv(limit=10_000), transport)
+    # 16 KiB observations: over shared memory they travel in slab blocks (smaller ones inline).
+    served = serve(BadInfoEnv(limit=10_000, width=4096), transport)
     env = served.client()
     env.reset(seed=1)
     for _ in range(3 * 64):  # far more than the slot rings' depth
@@ -225,7 +226,7 @@ def test_a_response_that_cannot_be_built_gives_back_its_memory(serve, transport:
 
 
 def test_running_out_of_shared_memory_mid_session_blames_the_server_not_the_env(serve) -> None:
-    served = serve(CountEnv())
+    served = serve(CountEnv(width=4096))  # 16 KiB: the observation needs a slab block
     env = served.client()
     env.reset(seed=1)
     (session,) = served.server._sessions

@@ -103,7 +103,7 @@ def test_spaces_sample_torch_tensors() -> None:
 
 
 def test_observations_over_shared_memory_are_views_of_the_slab_held_past_the_ring(serve: Any) -> None:
-    served = serve(lambda: CountEnv(limit=10_000))  # every client its own env
+    served = serve(lambda: CountEnv(limit=10_000, width=4096))  # every client its own env; 16 KiB blocks
     env = served.client(rt.RemoteEnv, copy=False)
     twin = served.client(rnp.RemoteEnv)
     assert env.data_plane == "shm"

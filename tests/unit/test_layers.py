@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "rlmesh.wire": 3,
     "rlmesh.wire.kinds": 3,
     "rlmesh.wire.handshake": 3,
+    "rlmesh.wire.step_codec": 3,
     "rlmesh.testing": 3,
     "rlmesh._adapter": 3,
     "rlmesh._codecs": 3,

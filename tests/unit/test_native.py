@@ -178,7 +178,7 @@ def test_simple_buffer_requests_see_plain_bytes() -> None:
 def test_a_leased_shared_memory_tensor_is_zero_copy_and_keeps_its_lease(serve) -> None:
     from tests.envs import CountEnv
 
-    served = serve(CountEnv(limit=10_000))
+    served = serve(CountEnv(limit=10_000, width=4096))  # 16 KiB: slab blocks (smaller travel inline)
     env = served.client()
     assert env.data_plane == "shm"
     env.reset(seed=1)
