@@ -127,6 +127,34 @@ class ShmSink(Sink):
         return handle_record(CODE_BY_NAME[dtype.name], shape, block.segment, block.generation, block.offset)
 
 
+class CompactSink(Sink):
+    """The one tensor leaf of a compact step OK (:mod:`rlmesh.wire.step_codec`), kept by reference.
+
+    No wire record is built: the encoder's return value is :data:`COMPACT_LEAF`,
+    and :attr:`data` holds the leaf's bytes (unchanged until the answer is
+    sent, as :class:`InlineSink`'s). The handler sends them in a compact OK, or
+    builds the inline record when the answer must be msgpack after all.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data: Any = b""
+
+    def target(self, shape: tuple[int, ...], dtype: DType) -> tuple[Any, memoryview]:  # noqa: D102
+        view = Tensor._empty(shape, dtype)[1]
+        self.data = view
+        return COMPACT_LEAF, view
+
+    def put(self, data: Any, shape: tuple[int, ...], dtype: DType) -> Any:  # noqa: D102
+        self.data = data
+        return COMPACT_LEAF
+
+
+#: What the observation encoder returns for a leaf that went into a :class:`CompactSink`.
+COMPACT_LEAF = object()
+
+
 # -- observation encoders -------------------------------------------------------------
 
 
@@ -404,7 +432,8 @@ def _leaf_decoder(spec: S.SpaceSpec, batch: int | None, where: str) -> Callable[
         if batch is None:
 
             def decode_discrete(value: Any) -> int:
-                action = _int_value(value, where, _action_error)
+                # A plain int (every compact STEP's) needs no conversion.
+                action = value if type(value) is int else _int_value(value, where, _action_error)
                 if not start <= action < start + n:
                     raise _action_error(where, f"{action} is outside Discrete({n}, start={start})")
                 return action

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._adapter import EnvAdapter, InlineSink, ShmSink, Sink, encode_render
+from ._codecs import COMPACT_LEAF, CompactSink
 from ._dtypes import DTYPES
 from .errors import InvalidActionError, RLMeshError
 from .net.stream import SocketStream
@@ -25,7 +26,7 @@ from .specs import EnvContract
 from .tensor import Tensor
 from .values import encode_metadata
 from .wire import protocol as P
-from .wire.codec import TailBuilder, pack
+from .wire.codec import CODE_BY_NAME, TailBuilder, inline_ext, pack
 from .wire.server_session import ServerSession
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ class _EnvHandler:
         self.step_codec = not adapter.vector
         # A compact STEP's tensor action (a bytearray) as the action decoder takes it.
         self._action_array: Any = None
+        # Where a compact OK's observation goes (its bytes, by reference).
+        self._compact_sink = CompactSink()
 
     @property
     def contract(self) -> EnvContract:
@@ -134,20 +137,28 @@ class _EnvHandler:
         except InvalidActionError as exc:
             session.reply_error(rid, P.E_INVALID_ACTION, exc, str(exc))
             return True
-        sink, tail = self._sink()
+        data = session.data
+        if data is not None and data.unsent:
+            data.unsent.clear()  # an earlier response's blocks went out with it (begin_response's job)
+        sink = self._compact_sink
         try:
             obs, reward, terminated, truncated, info = adapter.step(decoded)
             wire_obs, info = adapter.encode_obs_info(obs, info, sink)
-            if not info:
-                # One leaf: an int, or its bytes as the tail's only part (none for 0 bytes).
-                parts = tail.parts
-                compact = wire_obs if type(wire_obs) is int else (parts[0] if parts else b"")
-                if session.reply_step(rid, reward, terminated, truncated, compact):
-                    return True
-            payload = [wire_obs, reward, terminated, truncated, encode_metadata(info)]
+            metadata = encode_metadata(info) if info else None
         except Exception as exc:
             session.fail(rid, exc)
             return True
+        # One leaf: an int, or its bytes in the sink.
+        leaf = sink.data if wire_obs is COMPACT_LEAF else wire_obs
+        if metadata is None and session.reply_step(rid, reward, terminated, truncated, leaf):
+            return True
+        tail = TailBuilder()
+        if wire_obs is COMPACT_LEAF:
+            layout = session.step_layout
+            assert layout is not None and layout.obs_dtype is not None
+            offset = tail.add(leaf, layout.obs_nbytes)
+            wire_obs = inline_ext(CODE_BY_NAME[layout.obs_dtype.name], layout.obs_shape, offset)
+        payload = [wire_obs, reward, terminated, truncated, {} if metadata is None else metadata]
         session.reply_ok(rid, payload, tail)
         return True
 

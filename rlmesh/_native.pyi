@@ -1,6 +1,6 @@
 """Type stubs for the C extension ``rlmesh._native`` (see ``_native.c``)."""
 
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from ._dtypes import DType
 
@@ -71,10 +71,10 @@ class Ring:
 STEP_RECORD_TAG: int
 
 def step_send(ring: Ring, rid: int, action: Any, nbytes: int, /) -> int: ...
-def step_recv(ring: Ring, nbytes: int, discrete: bool, /) -> tuple[int, Any] | bool | None: ...
+def step_recv(ring: Ring, nbytes: int, discrete: bool, /) -> tuple[int, Any] | Literal[False] | None: ...
 def ok_send(
     ring: Ring, rid: int, reward: float, terminated: bool, truncated: bool, obs: Any, nbytes: int, /
 ) -> int: ...
 def ok_recv(
     ring: Ring, nbytes: int, discrete: bool, /
-) -> tuple[int, float, bool, bool, Any] | bool | None: ...
+) -> tuple[int, float, bool, bool, Any] | Literal[False] | None: ...

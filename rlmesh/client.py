@@ -91,7 +91,8 @@ class RemoteEnv(RemoteEnvBase[Any, Any]):
             RemoteError: the env raised; the server keeps serving.
             OperationTimeout, BrokenError, ClosedError.
         """
-        wire = self._bridge.encode(action)
+        # A Python int (a Discrete action) is its own wire value in every backend.
+        wire = action if type(action) is int else self._bridge.encode(action)
         seconds = self._request_timeout if timeout is None else _seconds("timeout", timeout, None)
         layout = self._step_layout
         if layout is not None and (
@@ -151,7 +152,9 @@ class RemoteEnv(RemoteEnvBase[Any, Any]):
                 frombuffer = numpy.frombuffer
                 # A writable array over the bytearray itself: no second copy.
                 return lambda data: frombuffer(data, np_dtype).reshape(shape)
-        decode = bridge.decode
+        # One leaf: straight to the bridge's tensor conversion where it has one (a copy into
+        # an aligned Tensor, then, for JAX, a DLPack import of that fresh memory).
+        decode = getattr(bridge, "decode_tensor", bridge.decode)
         return lambda data: decode(Tensor(data, shape, dtype))
 
 

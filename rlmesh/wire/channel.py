@@ -280,6 +280,8 @@ class RingChannel(Channel):
         buf, address = segment.buf, segment.address
         self.tx = MessageRing(buf, address, tx[0], tx[1], spin=spin)
         self.rx = MessageRing(buf, address, rx[0], rx[1], spin=spin)
+        # The native rings themselves, for the step codec's reads and writes.
+        self._tx_core, self._rx_core = self.tx._core, self.rx._core
         self._life = Lifecycle("the ring channel")
         self._extra_check: Callable[[], None] | None = None
         self._both_checks: Callable[[], None] = self.peer_check
@@ -331,7 +333,11 @@ class RingChannel(Channel):
         Raises:
             As :meth:`send`; ValueError or OverflowError: the action does not fit the record.
         """
-        self._send_compact(step_send, (rid, action, nbytes), timeout)
+        if self._life.state is not _OPEN:
+            raise self._closed_error()
+        need = step_send(self._tx_core, rid, action, nbytes)
+        if need:
+            self._room_for(step_send, (rid, action, nbytes), timeout, need)
 
     def send_ok(
         self, rid: int, reward: float, terminated: bool, truncated: bool, obs: Any, nbytes: int
@@ -339,17 +345,20 @@ class RingChannel(Channel):
         """Send a compact OK: ``obs`` an int (a Discrete) or exactly ``nbytes`` bytes.
 
         Raises:
-            As :meth:`send`; ValueError or OverflowError: the observation does not fit the record.
+            As :meth:`send`; ValueError or OverflowError: the observation does
+            not fit the record; TypeError: the reward is no number.
         """
-        self._send_compact(ok_send, (rid, reward, terminated, truncated, obs, nbytes), None)
-
-    def _send_compact(self, put: Callable[..., int], args: tuple[Any, ...], timeout: float | None) -> None:
         if self._life.state is not _OPEN:
             raise self._closed_error()
+        need = ok_send(self._tx_core, rid, reward, terminated, truncated, obs, nbytes)
+        if need:
+            self._room_for(ok_send, (rid, reward, terminated, truncated, obs, nbytes), None, need)
+
+    def _room_for(
+        self, put: Callable[..., int], args: tuple[Any, ...], timeout: float | None, need: int
+    ) -> None:
+        # The ring was full (nothing was written): wait for room, then write the record.
         tx = self.tx
-        need = put(tx._core, *args)
-        if not need:
-            return
         try:
             tx.wait_room(need, timeout, self.peer_check)
             if put(tx._core, *args):
@@ -370,8 +379,12 @@ class RingChannel(Channel):
         Raises:
             As :meth:`recv`; BrokenError for a compact record of the wrong size.
         """
-        found: tuple[int, Any] | None = self._recv_compact(step_recv, nbytes, discrete, timeout, check)
-        return found
+        if self._life.state is not _OPEN:
+            raise self._closed_error()
+        found = step_recv(self._rx_core, nbytes, discrete)
+        if found is None:
+            found = self._await_compact(step_recv, nbytes, discrete, timeout, self._combined(check))
+        return found if found is not False else None
 
     def recv_ok(
         self, nbytes: int, discrete: bool, timeout: float | None
@@ -384,35 +397,32 @@ class RingChannel(Channel):
         Raises:
             As :meth:`recv`; BrokenError for a compact record of the wrong size or flags.
         """
-        found: tuple[int, float, bool, bool, Any] | None = self._recv_compact(
-            ok_recv, nbytes, discrete, timeout, None
-        )
-        return found
+        if self._life.state is not _OPEN:
+            raise self._closed_error()
+        found = ok_recv(self._rx_core, nbytes, discrete)
+        if found is None:
+            found = self._await_compact(ok_recv, nbytes, discrete, timeout, self.peer_check)
+        return found if found is not False else None
 
-    def _recv_compact(
+    def _await_compact(
         self,
         take: Callable[[Any, int, bool], Any],
         nbytes: int,
         discrete: bool,
         timeout: float | None,
-        check: Callable[[], None] | None,
+        check: Callable[[], None],
     ) -> Any:
-        if self._life.state is not _OPEN:
-            raise self._closed_error()
-        rx = self.rx
-        core = rx._core
+        # Wait for the next message (the ring was empty), then take it if it is a compact one.
         try:
-            found = take(core, nbytes, discrete)
+            self.rx.await_message(timeout, check)
+            found = take(self._rx_core, nbytes, discrete)
             if found is None:
-                rx.await_message(timeout, self._combined(check))
-                found = take(core, nbytes, discrete)
-                if found is None:
-                    raise BrokenError("the ring's producer has closed")
+                raise BrokenError("the ring's producer has closed")
         except BrokenError:
             if self._life.state is not _OPEN:
                 raise self._closed_error() from None
             raise
-        return found if found is not False else None
+        return found
 
     def _combined(self, check: Callable[[], None] | None) -> Callable[[], None]:
         # The liveness check, and the caller's (a server's stop flag), combined once.
