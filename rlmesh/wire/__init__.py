@@ -9,6 +9,8 @@ one session.
   in the frame tail or as handles into shared memory;
 * :mod:`~rlmesh.wire.channel` — one :class:`~rlmesh.wire.channel.Channel`
   interface over the socket and over a pair of shared-memory message rings;
+* :mod:`~rlmesh.wire.step_codec` — when a single env's steps travel as
+  compact ring records (the C extension's fixed-shape step codec);
 * :mod:`~rlmesh.wire.client_session` — a client's session: dial, handshake,
   typed requests;
 * :mod:`~rlmesh.wire.server_session` — a server's session: handshake, data

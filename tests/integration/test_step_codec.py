@@ -143,8 +143,9 @@ def counting(served: Any) -> list[int]:
     return sent
 
 
-def test_uint8_observations_multibinary_actions_and_steps_with_an_info(serve: Any) -> None:
-    served = serve(ByteEnv)
+@pytest.mark.parametrize("transport", ["unix-shm", "tcp-shm"])
+def test_uint8_observations_multibinary_actions_and_steps_with_an_info(serve: Any, transport: str) -> None:
+    served = serve(ByteEnv, transport)
     env = served.client(rnp.RemoteEnv)
     assert env._conn.step_layout is not None
     sent = counting(served)
@@ -286,6 +287,14 @@ def test_spinning_off_changes_nothing_but_the_waits(tmp_path: Path, monkeypatch:
     finally:
         end(proc)
     assert spun_off[0] == ("codec", True) and spun_off[1:] == plain[1:]
+
+
+def test_an_inline_session_keeps_msgpack_steps(serve: Any) -> None:
+    served = serve(ByteEnv, "unix-inline")
+    env = served.client(rnp.RemoteEnv)
+    assert env.data_plane == "inline" and env._conn.step_layout is None
+    env.reset(seed=2)
+    assert env.step(np.array([1, 0, 1], np.int8))[0].tolist() == [1, 0, 1, 4, 5, 6, 7]
 
 
 def test_a_vector_endpoint_keeps_msgpack_steps(serve: Any) -> None:
