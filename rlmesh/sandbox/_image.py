@@ -159,7 +159,7 @@ def _source_files(root: Path) -> list[Path]:
         if (
             path.is_file()
             and "__pycache__" not in path.parts
-            and path.suffix in (".py", ".c", ".pyi", ".typed")
+            and path.suffix in (".py", ".c", ".h", ".pyi", ".typed")
         ):
             files.append(path)
     return [f for f in files if f.exists()]
