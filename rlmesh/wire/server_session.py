@@ -71,6 +71,10 @@ HEARTBEAT_INTERVAL = 0.5
 _HEARTBEAT = pack([P.PING, 0])
 
 
+#: The response ring's largest size from its inline tensors (see _make_offer).
+_MAX_RESPONSE_RING = 16 << 20
+
+
 def _digest(token: str) -> bytes:
     # Both sides of the comparison hashed first: compare_digest then compares
     # equal lengths, so not even the token's length leaks through timing.
@@ -511,8 +515,10 @@ class ServerSession:
         try:
             self.data = DataPlane(contract, memfd=memfd)
             req_cap = pow2(max(64 << 10, 4 * action_bytes_bound(contract)))
-            # Room for 4 responses whose small tensors travel inline (SHM_INLINE_LIMIT).
-            resp_cap = pow2(max(256 << 10, 4 * 1024 * contract.num_envs, 4 * response_bytes_bound(contract)))
+            # Room for 4 responses whose small tensors travel inline (SHM_INLINE_LIMIT), up to
+            # _MAX_RESPONSE_RING: a contract of very many small leaves spills its larger responses.
+            inline = min(4 * response_bytes_bound(contract), _MAX_RESPONSE_RING)
+            resp_cap = pow2(max(256 << 10, 4 * 1024 * contract.num_envs, inline))
             size, req_off, resp_off = channel_layout(req_cap, resp_cap)
             if memfd:
                 self.channel_segment = Segment.create_memfd(size, SegmentKind.CHANNEL)
