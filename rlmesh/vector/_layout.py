@@ -13,6 +13,8 @@ segment's first byte (its 64-byte rlmesh header included)::
                +12  op u32        1 STEP, 2 RESET
                +16  buf u32       the output buffer the command writes
                +20  ctl u32       1 while the server has a control message for it
+               +24  wake u32      1: ring the client only if no other worker is busy
+                                  (the last to finish rings: one wake-up a batch); 0: always
                +64  done_seq u32  set to cmd_seq by the worker when done
                +68  status u32    0 ok, 1 error (see the error area), 2 lost (dead worker)
                +72  done_buf u32  the buffer it wrote (checked by the client)
@@ -70,6 +72,7 @@ W_CMD_SEQ = 8
 W_OP = 12
 W_BUF = 16
 W_CTL = 20
+W_WAKE = 24
 W_DONE_SEQ = 64
 W_STATUS = 68
 W_DONE_BUF = 72
@@ -81,6 +84,10 @@ OP_RESET = 2
 STATUS_OK = 0
 STATUS_ERROR = 1
 STATUS_LOST = 2
+
+#: ``wake`` values: ring the client on every command done, or only as the last busy worker.
+WAKE_EACH = 0
+WAKE_LAST = 1
 
 #: Bytes of msgpack info a lane may produce per step (an info larger than this
 #: is an error naming the lane).

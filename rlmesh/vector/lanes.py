@@ -332,8 +332,7 @@ class Lanes(_WorkerCommands):
             self._mask[:] = 1
             self._all_masked = True
         k = self._pick_buffer()
-        commands = [self._command(w, L.OP_STEP, k) for w in range(self.layout.workers)]
-        self._step = (k, commands)
+        self._step = (k, self._command_all(L.OP_STEP, k))
 
     def finish_step(self, timeout: float | None) -> tuple[StepResult, list[int]]:
         """Wait for the step :meth:`start_step` sent; its results and the lanes that ended.
@@ -478,7 +477,7 @@ class Lanes(_WorkerCommands):
             self._mask[:] = mask
             self._all_masked = False
         k = self._pick_buffer()
-        commands = [self._command(w, L.OP_RESET, k) for w in range(self.layout.workers)]
+        commands = self._command_all(L.OP_RESET, k)
         self._wait(commands, timeout, "the vector reset")
         self._batch(commands, k)
         out = self._out[k]
@@ -599,7 +598,8 @@ class Lanes(_WorkerCommands):
         if self._step is not None:
             if min_envs is not None:
                 raise ValueError("min_envs is for lanes sent with send(), not a step_async()")
-            ready = self._ready(self._step[1])
+            terms = self._terms(self._step[1])
+            ready: Callable[[], bool] | None = None
         elif self._pending:
             outstanding = len(self._pending)
             want = outstanding if min_envs is None else min_envs
@@ -610,7 +610,7 @@ class Lanes(_WorkerCommands):
             buf, unpack = self._buf, _U32.unpack_from
             blocks = [self.layout.worker_block(w) for w in range(self.layout.workers)]
 
-            def ready() -> bool:
+            def counted() -> bool:
                 count = 0
                 for w, busy in enumerate(self._busy):
                     if busy is not None and (
@@ -620,10 +620,14 @@ class Lanes(_WorkerCommands):
                         count += len(busy[1])
                 return count >= want
 
+            terms, ready = b"", counted
         else:
             raise ValueError("nothing in flight: call step_async() or send() first")
         try:
-            self._bell.wait(ready, timeout, spin=self._spin, check=self._check)
+            if ready is None:
+                self._bell.wait_words(terms, timeout, spin=self._spin, check=self._check)
+            else:
+                self._bell.wait(ready, timeout, spin=self._spin, check=self._check)
         except OperationTimeout:
             check = self._check
             if check is not None:

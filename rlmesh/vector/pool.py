@@ -366,7 +366,13 @@ class WorkerPool:
         assert self.segment is not None
         source = self._source
         workers = self.layout.workers
-        spin = 200e-6 if workers + 1 <= (os.cpu_count() or 1) else 0.0
+        cores = os.cpu_count() or 1
+        # A core for every worker and the client: workers spin for their next command.
+        # A core for every worker only: a worker spins only while a peer is still busy
+        # (the client sleeps then), never when it finished last (the client needs the
+        # core it wakes on). Fewer cores than workers: no worker spins.
+        spin = 200e-6 if workers <= cores and cores >= 2 else 0.0
+        spin_when = "always" if workers + 1 <= cores else "not_last"
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
@@ -394,6 +400,7 @@ class WorkerPool:
             "autoreset_mode": source.autoreset_mode,
             "kinds": L.composite_kinds(self.contract.action_space),
             "spin": spin,
+            "spin_when": spin_when,
             "sys_path": [p for p in sys.path if p],
             "restarted": restarted,
             "segment_fd": self._fds[0] if self._fds else None,
