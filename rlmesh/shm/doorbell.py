@@ -213,7 +213,7 @@ class Doorbell:
 
     def wait_words(
         self,
-        terms: bytes,
+        terms: bytes | bytearray,
         timeout: float | Deadline | None,
         *,
         spin: SpinPolicy | None = None,

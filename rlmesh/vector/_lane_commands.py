@@ -25,6 +25,10 @@ from . import _layout as L
 _U32 = struct.Struct("<I")
 #: A command's op and buffer words, adjacent in the worker's block.
 _CMD = struct.Struct("<II")
+#: The wait condition of one command (two terms: done, or lost).
+_ONE_TERM = struct.Struct("<8I")
+#: A worker's report, from ``done_seq``: done_seq, status, done_buf, err_len.
+_DONE = struct.Struct("<IIII")
 
 
 class _WorkerCommands:
@@ -70,6 +74,12 @@ class _WorkerCommands:
 
     def _terms(self, commands: list[tuple[int, int]]) -> bytes:
         """The condition "every command done (or its worker lost)", for ``Doorbell.wait_words``."""
+        if len(commands) == 1:
+            w, seq = commands[0]
+            block = self.layout.worker_block(w)
+            return _ONE_TERM.pack(
+                block + L.W_DONE_SEQ, WORD_EQ, seq, 0, block + L.W_STATUS, WORD_EQ, L.STATUS_LOST, 0
+            )
         args: list[int] = []
         for g, (w, seq) in enumerate(commands):
             block = self.layout.worker_block(w)
@@ -82,6 +92,11 @@ class _WorkerCommands:
 
     def _wait(self, commands: list[tuple[int, int]], timeout: float | None, what: str) -> None:
         """Wait until every command is done; raise for a lost worker, an error, or the deadline."""
+        self._wait_only(commands, timeout, what)
+        self._raise_for(commands)
+
+    def _wait_only(self, commands: list[tuple[int, int]], timeout: float | None, what: str) -> None:
+        """Wait until every command is done (or its worker lost); OperationTimeout at the deadline."""
         try:
             self._bell.wait_words(self._terms(commands), timeout, spin=self._spin, check=self._check)
         except OperationTimeout:
@@ -98,7 +113,31 @@ class _WorkerCommands:
                 "are still outstanding",
                 timeout=timeout,
             ) from None
-        self._raise_for(commands)
+
+    def _collect(self, commands: list[tuple[int, int]], k: int, timeout: float | None, what: str) -> int:
+        """:meth:`_wait`, then the checks of :meth:`_raise_for` and :meth:`_batch` in one pass.
+
+        Raises as those do, in the same order: a lost worker first, then an env's
+        error, then a batch handle that is not the buffer commanded.
+        """
+        self._wait_only(commands, timeout, what)
+        buf = self._buf
+        error: BaseException | None = None
+        forged = -1
+        for w, _ in commands:
+            _, status, done_buf, _ = _DONE.unpack_from(buf, self.layout.worker_block(w) + L.W_DONE_SEQ)
+            if status == L.STATUS_LOST:
+                self._raise_for([(w, 0)])
+            if status == L.STATUS_ERROR and error is None:
+                error = self._remote_error(w)
+            if done_buf != k and forged < 0:
+                forged = w
+        if error is not None:
+            raise error
+        if forged >= 0:
+            self._batch([(forged, 0)], k)
+        offset, _ = self.layout.check_batch(k, self.segment.size)
+        return offset
 
     def _raise_for(self, commands: list[tuple[int, int]]) -> None:
         buf = self._buf

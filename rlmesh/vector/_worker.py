@@ -234,12 +234,15 @@ class Worker:
         unpack = _U32.unpack_from
         cmd_at, ctl_at = block + L.W_CMD_SEQ, block + L.W_CTL
         wait = self.bell.wait_words
-        # Ready: a new command (cmd_seq moved on) or a control message (ctl set).
-        terms, terms_seq = b"", None
+        # Ready: a new command (cmd_seq moved on) or a control message (ctl set): one
+        # group of two terms; only the sequence number changes between commands.
+        template = word_terms([[(cmd_at, WORD_NE, 0), (ctl_at, WORD_NE, 0)]])
+        terms = bytearray(template)
+        terms_seq = -1
         while True:
             if terms_seq != self.last_seq:
                 terms_seq = self.last_seq
-                terms = word_terms([[(cmd_at, WORD_NE, terms_seq), (ctl_at, WORD_NE, 0)]])
+                _U32.pack_into(terms, 8, terms_seq)
             try:
                 wait(terms, WATCHDOG_INTERVAL, spin=self.spin if self.may_spin else None)
             except OperationTimeout:

@@ -184,6 +184,7 @@ class Lanes(_WorkerCommands):
         kinds = {tuple(p): k for p, k in L.composite_kinds(contract.observation_space)}
         self._assemble = _build([leaf.path for leaf in layout.obs], kinds)
         self._leases: list[Any] = [None] * layout.buffers
+        self._no_info = bytes(4 * n)
         self._next_buffer = 0
         self._seq = [
             _U32.unpack_from(buf, layout.worker_block(w) + L.W_CMD_SEQ)[0] for w in range(layout.workers)
@@ -346,8 +347,7 @@ class Lanes(_WorkerCommands):
             raise ValueError("no step in flight: call step_async() first")
         k, commands = self._step
         self._step = None
-        self._wait(commands, timeout, "the vector step")
-        self._batch(commands, k)
+        self._collect(commands, k, timeout, "the vector step")
         out = self._out[k]
         obs = self._obs(k)
         rewards, terminated, truncated = (
@@ -386,7 +386,9 @@ class Lanes(_WorkerCommands):
         finals = out["final_mask"]
         index = range(self.num_envs) if lanes is None else lanes
         if lanes is None:
-            if not lens.any():
+            # The common case, no lane has info: one bytes comparison (numpy's any() costs more).
+            at = out["base"] + self.layout.b_info_len
+            if self._buf[at : at + 4 * self.num_envs] == self._no_info:
                 return {}
         elif not lens[lanes].any():
             return {}
@@ -478,8 +480,7 @@ class Lanes(_WorkerCommands):
             self._all_masked = False
         k = self._pick_buffer()
         commands = self._command_all(L.OP_RESET, k)
-        self._wait(commands, timeout, "the vector reset")
-        self._batch(commands, k)
+        self._collect(commands, k, timeout, "the vector reset")
         out = self._out[k]
         obs = self._obs(k)
         lanes = None if mask is None else mask.nonzero()[0].tolist()
