@@ -56,6 +56,7 @@ __all__ = [
     "Leaf",
     "composite_kinds",
     "fast_path_leaves",
+    "spin_plan",
 ]
 
 MAGIC = 0x424C5652  # "RVLB"
@@ -100,6 +101,30 @@ ERROR_BYTES = 64 << 10
 DEFAULT_BUFFERS = 4
 #: The most output buffers a layout may declare.
 MAX_BUFFERS = 64
+
+
+def spin_plan(workers: int, cores: int) -> tuple[bool, int]:
+    """Whether a session's client and workers spin before they sleep, and their allowance.
+
+    A waiter spins only while the one it waits for may have a core (see
+    rlmesh._spin). The client waits while workers step, a worker while the
+    client (or a peer) works, so at most ``workers`` of the ``workers + 1``
+    processes spin at once. With a core for each of them (``workers + 1 <=
+    cores``) all spin. With a core per worker and none more (``workers ==
+    cores``), all spin too: the spin yields the core every few polls, so the
+    one with work takes it at once, and a hand-off costs no wake-up (a futex
+    wake-up on a VM costs tens of microseconds, two per batch); the
+    contention gate then tolerates one runnable task beyond the cores, the
+    party's own (``allowance`` 1), and still stops every spin when a third
+    party competes. With fewer cores than workers nobody spins: spinners
+    would outnumber the cores.
+
+    Returns:
+        ``(spin, allowance)``: spin or never; the tasks beyond the cores the gate tolerates.
+    """
+    if cores < 2 or workers > cores:
+        return False, 0
+    return True, max(0, workers + 1 - cores)
 
 
 def _align(n: int) -> int:

@@ -152,13 +152,7 @@ class Worker:
         self.block = layout.worker_block(self.index)
         self.bell = Doorbell(buf, self.block + L.W_BELL, address)
         self.client_bell = Doorbell(buf, L.CLIENT_BELL, address)
-        self.spin = SpinPolicy(float(config["spin"]))
-        #: When this worker spins for its next command: "always" (a core for every
-        #: worker and the client), or "not_last" (a core for every worker but not the
-        #: client too: only a worker that finished while a peer was still busy spins;
-        #: the last to finish sleeps, leaving its core to the client it wakes).
-        self.spin_when = str(config.get("spin_when", "always"))
-        self.may_spin = self.spin_when == "always"
+        self.spin = SpinPolicy(float(config["spin"]), allowance=int(config.get("spin_allowance", 0)))
         self.others = [layout.worker_block(w) for w in range(layout.workers) if w != self.index]
         n = layout.num_envs
         raw = np.frombuffer(buf, dtype=np.uint8)
@@ -244,7 +238,7 @@ class Worker:
                 terms_seq = self.last_seq
                 _U32.pack_into(terms, 8, terms_seq)
             try:
-                wait(terms, WATCHDOG_INTERVAL, spin=self.spin if self.may_spin else None)
+                wait(terms, WATCHDOG_INTERVAL, spin=self.spin)
             except OperationTimeout:
                 self._watchdog()
                 continue
@@ -354,7 +348,6 @@ class Worker:
                     break
         if last or wake != L.WAKE_LAST:
             self.client_bell.ring()
-        self.may_spin = self.spin_when == "always" or (self.spin_when == "not_last" and not last)
 
     def _lane_action(self, i: int) -> Any:
         leaves = []

@@ -104,6 +104,8 @@ class Lanes(_WorkerCommands):
         contract: the vector contract.
         copy: copy observation leaves out (numpy) rather than lend views.
         spin: the longest spin before sleeping on the doorbell (0: never spin).
+        spin_allowance: the session's own processes beyond the cores
+            (``SpinPolicy``'s ``allowance``; see ``_layout.spin_plan``).
         check: called about every 50 ms while waiting; raises if the server is gone.
         owns_segment: close the segment with this object.
     """
@@ -116,6 +118,7 @@ class Lanes(_WorkerCommands):
         *,
         copy: bool,
         spin: float,
+        spin_allowance: int = 0,
         check: Callable[[], None] | None = None,
         owns_segment: bool = True,
     ) -> None:
@@ -139,7 +142,7 @@ class Lanes(_WorkerCommands):
         self._workers = [
             Doorbell(buf, layout.worker_block(w) + L.W_BELL, self._address) for w in range(layout.workers)
         ]
-        self._spin = SpinPolicy(spin)
+        self._spin = SpinPolicy(spin, allowance=spin_allowance)
         raw = np.frombuffer(buf, dtype=np.uint8)
 
         def view(offset: int, dtype: Any, shape: tuple[int, ...]) -> Any:
@@ -223,8 +226,16 @@ class Lanes(_WorkerCommands):
             if not isinstance(offer, dict):
                 raise ProtocolError("malformed vector offer")
             layout = L.Layout.from_dict(offer.get("layout"), segment.size)
-            spin = 500e-6 if layout.workers + 1 <= (os.cpu_count() or 1) else 0.0
-            return cls(segment, layout, contract, copy=copy, spin=spin, check=check)
+            spins, allowance = L.spin_plan(layout.workers, os.cpu_count() or 1)
+            return cls(
+                segment,
+                layout,
+                contract,
+                copy=copy,
+                spin=500e-6 if spins else 0.0,
+                spin_allowance=allowance,
+                check=check,
+            )
         except BaseException:
             try:
                 segment.close_when_unpinned()

@@ -366,13 +366,7 @@ class WorkerPool:
         assert self.segment is not None
         source = self._source
         workers = self.layout.workers
-        cores = os.cpu_count() or 1
-        # A core for every worker and the client: workers spin for their next command.
-        # A core for every worker only: a worker spins only while a peer is still busy
-        # (the client sleeps then), never when it finished last (the client needs the
-        # core it wakes on). Fewer cores than workers: no worker spins.
-        spin = 200e-6 if workers <= cores and cores >= 2 else 0.0
-        spin_when = "always" if workers + 1 <= cores else "not_last"
+        spins, allowance = L.spin_plan(workers, os.cpu_count() or 1)
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
@@ -399,8 +393,8 @@ class WorkerPool:
             "source": source.data,
             "autoreset_mode": source.autoreset_mode,
             "kinds": L.composite_kinds(self.contract.action_space),
-            "spin": spin,
-            "spin_when": spin_when,
+            "spin": 200e-6 if spins else 0.0,
+            "spin_allowance": allowance,
             "sys_path": [p for p in sys.path if p],
             "restarted": restarted,
             "segment_fd": self._fds[0] if self._fds else None,
