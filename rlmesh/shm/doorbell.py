@@ -30,7 +30,11 @@ see :mod:`rlmesh._spin`. The spin yields the core (``sched_yield``) every few
 polls, so a peer waiting for it gets it.
 
 The message rings (:mod:`rlmesh.shm.ring`) do the same in C, with the GIL
-released; this class serves waiters whose condition is a Python callable.
+released; this class serves waiters whose condition is a Python callable
+(:meth:`Doorbell.wait`) or a condition over u32 words of the same memory that
+the C extension evaluates (:meth:`Doorbell.wait_words`, :func:`word_terms`:
+the vector fast path's sequence words). A ring is an atomic increment in C,
+so several processes may ring one doorbell.
 
 Timeouts have rlmesh's one meaning (:mod:`rlmesh._deadline`): None waits
 forever, 0 checks once and never sleeps, a positive number is a deadline.
