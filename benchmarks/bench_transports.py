@@ -50,6 +50,7 @@ import base64
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import itertools
 import json
 import os
@@ -67,6 +68,7 @@ from typing import IO, Any
 if __package__ in (None, ""):  # run as a file: make the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import _hot_path_targets as hot_path_targets  # noqa: E402
 from benchmarks._harness import (  # noqa: E402
     Runner,
     busy_processes,
@@ -81,6 +83,16 @@ from rlmesh._spin import ENV_VAR as ENV_SPIN  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 WORKLOADS = list(_demo.WORKLOADS)
+#: The JAX client's rows (issue 13): ``rlmesh-shm-jax`` beside the NumPy client's ``rlmesh-shm``
+#: on these workloads; "4 KiB obs" is measured for this comparison only (unless asked for).
+JAX_WORKLOADS = ("4 KiB obs", "4 MiB obs")
+#: Every workload the bench knows: the demo's, and the JAX comparison's small frame.
+ALL_WORKLOADS: dict[str, tuple[str, dict[str, Any]]] = {
+    **_demo.WORKLOADS,
+    "4 KiB obs": ("rlmesh._demo:ImageEnv", {"nbytes": 4 * 1024}),
+}
+#: The row name of the JAX client's cells.
+JAX_ROW = "rlmesh-shm-jax"
 #: Extra spinning processes in each condition.
 CONDITIONS = {"idle": 0, "busy": 1}
 #: The bound on starting a cell's server and client, on top of its timed rounds.
@@ -103,7 +115,7 @@ SANDBOX_START_TIMEOUT = 900.0
 
 def peer_env(workload: str) -> tuple[str, dict[str, Any]]:
     """The ``_peer.make_env`` kind and keyword arguments of a workload."""
-    target, kwargs = _demo.WORKLOADS[workload]
+    target, kwargs = ALL_WORKLOADS[workload]
     return (CARTPOLE if target == "CartPole-v1" else IMAGE), kwargs
 
 
@@ -112,15 +124,24 @@ def peer_env(workload: str) -> tuple[str, dict[str, Any]]:
 
 @contextlib.contextmanager
 def rlmesh_cell(
-    workload: str, transport: str, address: str, seconds: float, rounds: int, spin: bool = True
+    workload: str,
+    transport: str,
+    address: str,
+    seconds: float,
+    rounds: int,
+    spin: bool = True,
+    client: str = "numpy",
 ) -> Iterator[Timer]:
-    """``rlmesh serve`` in a subprocess, stepped from here with the NumPy client.
+    """``rlmesh serve`` in a subprocess, stepped from here with the NumPy client (or ``client="jax"``).
 
     ``spin=False`` sets ``RLMESH_SPIN=0`` for the server and the client.
     """
-    from rlmesh.numpy import RemoteEnv
+    if client == "jax":
+        from rlmesh.jax import RemoteEnv
+    else:
+        from rlmesh.numpy import RemoteEnv
 
-    target, kwargs = _demo.WORKLOADS[workload]
+    target, kwargs = ALL_WORKLOADS[workload]
     environ = dict(os.environ)
     if not spin:
         environ[ENV_SPIN] = "0"
@@ -602,7 +623,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per cell (the median is reported)")
     parser.add_argument("--quick", action="store_true", help="short rounds, for a smoke test")
-    parser.add_argument("--workload", action="append", choices=WORKLOADS, help="repeatable; default all")
+    parser.add_argument(
+        "--workload",
+        action="append",
+        choices=list(ALL_WORKLOADS),
+        help=f"repeatable; default all but {JAX_WORKLOADS[0]!r} (measured for the JAX rows only)",
+    )
     parser.add_argument(
         "--conditions",
         type=parse_conditions,
@@ -620,6 +646,9 @@ def main() -> None:
     parser.add_argument("--no-gymnasium", action="store_true", help="skip the AsyncVectorEnv peer")
     parser.add_argument(
         "--no-sandbox", action="store_true", help="skip the Docker sandbox rows and start times"
+    )
+    parser.add_argument(
+        "--no-jax", action="store_true", help=f"skip the JAX client's rows ({JAX_ROW}, needs jax)"
     )
     parser.add_argument("--json-only", action="store_true", help="print only the JSON lines (no table)")
     args = parser.parse_args()
@@ -647,6 +676,26 @@ def main() -> None:
                 cell = rlmesh_cell(workload, transport, address, seconds, rounds, spin)
                 name = f"rlmesh-{transport}" + ("" if spin else "-nospin")
                 measure_cell(runner, workload, name, cell, conditions, seconds, rounds)
+        jax_workloads = [w for w in JAX_WORKLOADS if args.workload is None or w in args.workload]
+        if jax_workloads and not args.no_jax:
+            if importlib.util.find_spec("jax") is None:
+                runner.note(f"{JAX_ROW} rows skipped: jax is not installed (pip install 'rlmesh[jax]')")
+            else:
+                runner.note("rlmesh, the JAX client against the NumPy client:")
+                for workload in jax_workloads:
+                    clients = ["jax"] if workload in workloads else ["numpy", "jax"]
+                    for client in clients:
+                        cell = rlmesh_cell(
+                            workload,
+                            "shm",
+                            f"unix://{tmp}/{next(sockets)}.sock",
+                            seconds,
+                            rounds,
+                            True,
+                            client,
+                        )
+                        name = JAX_ROW if client == "jax" else "rlmesh-shm"
+                        measure_cell(runner, workload, name, cell, conditions, seconds, rounds)
         if not args.no_gymnasium:
             runner.note("gymnasium AsyncVectorEnv (1 worker):")
             for workload in workloads:
@@ -674,6 +723,26 @@ def main() -> None:
                     name = f"published-rlmesh-{transport}"
                     measure_cell(runner, workload, name, cell, conditions, seconds, rounds, labels)
 
+    hot_path = hot_path_targets.evaluate(runner.records)
+    for target, ratio, verdict in hot_path:
+        if ratio is None:
+            continue  # its rows were not asked for: the table says "not measured"
+        runner.emit(
+            {
+                "kind": "target",
+                "workload": target.workload,
+                "transport": target.mine,
+                "condition": target.condition,
+            },
+            {
+                "target": target.name,
+                "against": target.theirs,
+                "measure": "cpu_us_per_step" if target.cpu else "steps_per_s",
+                "ratio": round(ratio, 3),
+                "required": round(target.bound, 3),
+                "result": verdict,
+            },
+        )
     evaluated = evaluate_targets(runner.records, conditions)
     for workload, condition, ratio, verdict in evaluated:
         runner.emit(
@@ -699,6 +768,10 @@ def main() -> None:
         )
         print()
         print(report(runner.records, conditions))
+        print()
+        print("Hot-path targets (issue 13), ratios within this run:")
+        print()
+        print(hot_path_targets.table(hot_path))
         if evaluated:
             print()
             print(

@@ -35,9 +35,10 @@ def start_server(address: str) -> subprocess.Popen[bytes]:
 
 def make_model(vec_env: Any, seed: int) -> Any:
     from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import Logger
 
     # RL Zoo's tuned PPO for CartPole-v1: solves it in about 100k steps.
-    return PPO(
+    model = PPO(
         "MlpPolicy",
         vec_env,
         n_steps=32,
@@ -52,6 +53,9 @@ def make_model(vec_env: Any, seed: int) -> Any:
         device="cpu",
         verbose=0,
     )
+    # A logger with no outputs: SB3's default one makes a directory under /tmp on every learn().
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
 
 
 def progress_callback(curve: list[tuple[int, float]], every: int) -> Any:

@@ -4,6 +4,9 @@
  *  - futex_wait() / futex_wake(): the doorbell's system calls, without ctypes.
  *    futex_wait releases the GIL while it sleeps.
  *  - sched_yield().
+ *  - wait_words(): the vector fast path's wait on its workers' (or its client's)
+ *    sequence words: a bounded spin and one futex sleep, with the GIL released;
+ *    bell_ring(): a doorbell's ring with an atomic increment (several ringers).
  *  - Ring: one end of a MessageRing (rlmesh/shm/ring.py documents the layout):
  *    put, peek, pop and get with the ring's free-running 64-bit counters
  *    (modulo 2**64), and the waits for a message or for room: a bounded spin
@@ -731,10 +734,190 @@ PyTypeObject RingType = {
     .tp_members = ring_members,
 };
 
+/* ---- wait_words: a wait on conditions over u32 words, for the vector fast path ------------- */
+
+/* One term of a wait_words condition: the u32 at `offset` equals (op 0) or differs from
+ * (op 1) `value`. Terms of one group are alternatives; every group must hold. */
+typedef struct {
+    uint32_t offset, op, value, group;
+} WordTerm;
+
+#define WAIT_WORDS_MAX 256
+
+static int
+words_ready(const char *mem, const WordTerm *terms, Py_ssize_t count)
+{
+    Py_ssize_t i = 0;
+    while (i < count) {
+        uint32_t group = terms[i].group;
+        int holds = 0;
+        for (; i < count && terms[i].group == group; i++) {
+            if (holds) {
+                continue;
+            }
+            uint32_t v = atomic_load_explicit(U32_AT(mem, terms[i].offset), memory_order_acquire);
+            holds = terms[i].op ? v != terms[i].value : v == terms[i].value;
+        }
+        if (!holds) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(wait_words_doc,
+"wait_words(buf, terms, bell, spin, sleep) -> int\n\n"
+"Wait until a condition over u32 words of buf (a writable buffer) holds: terms is a\n"
+"bytes-like of little-endian u32 quads (offset, op, value, group), op 0 for 'the word\n"
+"at offset equals value' and 1 for 'differs'; a group holds when any of its terms does,\n"
+"the condition when every group does (terms of a group are contiguous). Spins up to\n"
+"spin seconds (pausing, and yielding the core every 64 polls), then, if sleep > 0,\n"
+"flags the doorbell at offset bell (u32 seq, u32 waiting) and sleeps on its futex at\n"
+"most sleep seconds, once. The GIL is released throughout. Returns 1 when the spin\n"
+"caught the condition, 2 when it held after the spin (or at the one look when\n"
+"neither spin nor sleep), 0 when it does not hold. Raises ValueError for a term or\n"
+"doorbell outside the buffer or misaligned, more than 256 terms, or a negative spin\n"
+"or sleep; OSError for a failed futex call.");
+
+static PyObject *
+native_wait_words(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "wait_words(buf, terms, bell, spin, sleep)");
+        return NULL;
+    }
+    Py_ssize_t bell = PyLong_AsSsize_t(args[2]);
+    if (bell == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    double spin = PyFloat_AsDouble(args[3]);
+    double sleep = PyFloat_AsDouble(args[4]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!(spin >= 0) || !(sleep >= 0)) {
+        PyErr_SetString(PyExc_ValueError, "spin and sleep must be >= 0 seconds");
+        return NULL;
+    }
+    WordTerm terms[WAIT_WORDS_MAX];
+    Py_buffer tv;
+    if (PyObject_GetBuffer(args[1], &tv, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    if (tv.len % (Py_ssize_t)sizeof(WordTerm) || tv.len > (Py_ssize_t)sizeof(terms)) {
+        PyBuffer_Release(&tv);
+        PyErr_SetString(PyExc_ValueError, "terms must be at most 256 u32 quads");
+        return NULL;
+    }
+    Py_ssize_t count = tv.len / (Py_ssize_t)sizeof(WordTerm);
+    memcpy(terms, tv.buf, (size_t)tv.len);
+    PyBuffer_Release(&tv);
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    char *mem = (char *)view.buf;
+    int bad = ((uintptr_t)mem & 3) || bell < 0 || bell % 4 || bell > view.len - 8;
+    for (Py_ssize_t i = 0; i < count && !bad; i++) {
+        bad = terms[i].offset % 4 || (Py_ssize_t)terms[i].offset > view.len - 4 || terms[i].op > 1;
+    }
+    if (bad) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "a wait_words term or doorbell lies outside the buffer");
+        return NULL;
+    }
+    int outcome = 0, error = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (spin > 0) {
+        double until = now_s() + spin;
+        for (unsigned polls = 1;; polls++) {
+            if (words_ready(mem, terms, count)) {
+                outcome = 1;
+                break;
+            }
+            cpu_relax();
+            if ((polls & 63) == 0) {
+                if (now_s() >= until) {
+                    break;
+                }
+                sched_yield();
+            }
+        }
+    }
+    if (!outcome && sleep > 0) {
+        a32 *seq = U32_AT(mem, bell), *waiting = U32_AT(mem, bell + 4);
+        atomic_store_explicit(waiting, 1, memory_order_relaxed);
+        atomic_thread_fence(memory_order_seq_cst);
+        uint32_t expected = atomic_load_explicit(seq, memory_order_relaxed);
+        if (words_ready(mem, terms, count)) {
+            outcome = 2;
+        }
+        else {
+            if (futex_sleep(seq, expected, sleep) < 0) {
+                error = errno;
+            }
+            else if (words_ready(mem, terms, count)) {
+                outcome = 2;
+            }
+        }
+        atomic_store_explicit(waiting, 0, memory_order_relaxed);
+    }
+    else if (!outcome && spin <= 0 && words_ready(mem, terms, count)) {
+        outcome = 2;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (error) {
+        errno = error;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromLong(outcome);
+}
+
+PyDoc_STRVAR(bell_ring_doc,
+"bell_ring(buf, offset)\n\n"
+"Ring the doorbell at offset of buf (a writable buffer; u32 seq, u32 waiting): an\n"
+"atomic increment of seq (so rings from several processes are never lost), a full\n"
+"fence, and a futex wake when the waiter flagged that it may be asleep. Raises\n"
+"ValueError for a doorbell outside the buffer or misaligned.");
+
+static PyObject *
+native_bell_ring(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "bell_ring(buf, offset)");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
+    if (offset == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    char *mem = (char *)view.buf;
+    if (((uintptr_t)mem & 3) || offset < 0 || offset % 4 || offset > view.len - 8) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "the doorbell lies outside the buffer");
+        return NULL;
+    }
+    a32 *seq = U32_AT(mem, offset), *waiting = U32_AT(mem, offset + 4);
+    atomic_fetch_add_explicit(seq, 1, memory_order_seq_cst);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(waiting, memory_order_relaxed)) {
+        futex_wake_one(seq, 1);
+    }
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef ring_module_methods[] = {
     {"futex_wait", (PyCFunction)(void (*)(void))native_futex_wait, METH_FASTCALL, futex_wait_doc},
     {"futex_wake", (PyCFunction)(void (*)(void))native_futex_wake, METH_FASTCALL, futex_wake_doc},
     {"sched_yield", native_sched_yield, METH_NOARGS, "sched_yield(): give the core to another runnable task"},
+    {"wait_words", (PyCFunction)(void (*)(void))native_wait_words, METH_FASTCALL, wait_words_doc},
+    {"bell_ring", (PyCFunction)(void (*)(void))native_bell_ring, METH_FASTCALL, bell_ring_doc},
     {NULL},
 };
 

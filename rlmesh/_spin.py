@@ -56,23 +56,42 @@ class _Contention:
     def __init__(self) -> None:
         self.cores = os.cpu_count() or 1
         self._next = 0.0
-        self._score = 0.0
         self.busy = self.cores < 2
         self._readable = self.cores >= 2
+        # A moving score and a decision per allowance (see check_allowing); 0 is `busy`.
+        self._scores: dict[int, float] = {0: 0.0}
+        self._busy: dict[int, bool] = {0: self.busy}
 
     def check(self, now: float) -> bool:
         """True while the machine is oversubscribed (or has a single core)."""
+        return self.check_allowing(now, 0)
+
+    def check_allowing(self, now: float, extra: int) -> bool:
+        """:meth:`check`, tolerating ``extra`` runnable tasks beyond the cores.
+
+        For a party of processes that knowingly outnumbers the cores by
+        ``extra`` (a vector client and as many workers as cores): its own
+        tasks, all runnable, are not a third party.
+        """
+        if extra not in self._scores:
+            self._scores[extra] = 0.0
+            self._busy[extra] = self.cores < 2
         if now < self._next or not self._readable:
-            return self.busy
+            return self._busy[extra]
         self._next = now + self.INTERVAL
         runnable = self._runnable()
         if runnable is None:
             self._readable = False
             self.busy = False
+            for key in self._busy:
+                self._busy[key] = False
             return False
-        self._score += ((1.0 if runnable > self.cores else 0.0) - self._score) * 0.25
-        self.busy = self._score > 0.5
-        return self.busy
+        for key, score in self._scores.items():
+            score += ((1.0 if runnable > self.cores + key else 0.0) - score) * 0.25
+            self._scores[key] = score
+            self._busy[key] = score > 0.5
+        self.busy = self._busy[0]
+        return self._busy[extra]
 
     def _runnable(self) -> int | None:
         try:
@@ -114,16 +133,19 @@ class SpinPolicy:
       tries again, so spinning comes back when the machine quietens.
 
     :meth:`current` is what a waiter spins for: the budget, or 0 while the
-    machine is oversubscribed (:func:`machine_busy`). ``maximum = 0``
+    machine is oversubscribed (:func:`machine_busy`; past ``allowance``
+    runnable tasks of the waiter's own party beyond the cores). ``maximum = 0``
     disables spinning; so does ``RLMESH_SPIN=0`` for a policy built without
     an explicit ``enabled``.
 
     Args:
         maximum, minimum, initial: bounds and start of the budget, in seconds.
         enabled: whether to spin at all; None reads ``RLMESH_SPIN``.
+        allowance: tasks of the waiter's own party that may outnumber the cores
+            (a vector client with as many workers as cores: 1).
     """
 
-    __slots__ = ("budget", "minimum", "maximum", "_score", "_count", "spins", "gated")
+    __slots__ = ("budget", "minimum", "maximum", "_score", "_count", "spins", "gated", "allowance")
 
     #: How often (in waits) a policy that stopped spinning tries again.
     PROBE_EVERY = 256
@@ -135,9 +157,12 @@ class SpinPolicy:
         initial: float = 100e-6,
         *,
         enabled: bool | None = None,
+        allowance: int = 0,
     ) -> None:
         if maximum < 0 or minimum < 0:
             raise ValueError("spin budgets must be >= 0")
+        if allowance < 0:
+            raise ValueError("the allowance must be >= 0")
         if not spin_enabled(enabled):
             maximum = 0.0
         self.maximum = maximum
@@ -149,13 +174,17 @@ class SpinPolicy:
         self.spins = 0
         #: Waits that went straight to sleep because the machine was oversubscribed.
         self.gated = 0
+        #: Runnable tasks beyond the cores that are the waiter's own party (not a
+        #: third party): the machine counts as oversubscribed only past them.
+        self.allowance = allowance
 
     def current(self, now: float) -> float:
         """The spin to do now, in seconds: the budget, or 0 on an oversubscribed machine."""
         budget = self.budget
         if budget <= 0:
             return 0.0
-        if _CONTENTION.check(now):
+        allowance = self.allowance
+        if _CONTENTION.check_allowing(now, allowance) if allowance else _CONTENTION.check(now):
             self.gated += 1
             return 0.0
         self.spins += 1

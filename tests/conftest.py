@@ -180,6 +180,48 @@ def docker_or_skip() -> Any:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "allow_leaks: skip the leak check (for tests of the check itself)")
+    config.stash[_TMP_BEFORE] = temp_entries()
+
+
+#: Set to 1 (CI does) to fail the run when it left entries in the temp directory.
+REQUIRE_CLEAN_TMP = "RLMESH_REQUIRE_CLEAN_TMP"
+_TMP_BEFORE = pytest.StashKey[set[str]]()
+
+
+def temp_entries() -> set[str]:
+    """Names in the temp directory, except pytest's own (its ``tmp_path`` roots, kept by design)
+    and multiprocessing's."""
+    import tempfile
+
+    try:
+        names = os.listdir(tempfile.gettempdir())
+    except OSError:  # pragma: no cover - a temp dir always exists
+        return set()
+    # pymp-*: multiprocessing's own, removed by its creator's exit handler (this process's at exit).
+    return {name for name in names if not name.startswith(("pytest-of-", "pymp-"))}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The run's own leak check of the temp directory (a library's log dir, a server's socket dir).
+
+    Per-test checks cannot attribute temp entries (other processes on the
+    machine make them too), so the whole run is compared: the new entries
+    are reported, and under $RLMESH_REQUIRE_CLEAN_TMP=1 (CI, where nothing
+    else runs) they fail the run.
+    """
+    before = session.config.stash.get(_TMP_BEFORE, None)
+    if before is None:
+        return
+    added = sorted(temp_entries() - before)
+    if not added:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = f"the run left entries in the temp directory: {added}"
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line(message, red=True)
+    if os.environ.get(REQUIRE_CLEAN_TMP) == "1" and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # -- serving helpers ---------------------------------------------------------------

@@ -19,10 +19,16 @@ from collections.abc import Callable
 from .._spin import SpinPolicy
 from ..errors import InvalidHandle, OperationTimeout, RemoteError, WorkerError
 from ..shm import Segment
-from ..shm.doorbell import Doorbell
+from ..shm.doorbell import WORD_EQ, Doorbell
 from . import _layout as L
 
 _U32 = struct.Struct("<I")
+#: A command's op and buffer words, adjacent in the worker's block.
+_CMD = struct.Struct("<II")
+#: The wait condition of one command (two terms: done, or lost).
+_ONE_TERM = struct.Struct("<8I")
+#: A worker's report, from ``done_seq``: done_seq, status, done_buf, err_len.
+_DONE = struct.Struct("<IIII")
 
 
 class _WorkerCommands:
@@ -41,28 +47,44 @@ class _WorkerCommands:
 
     # -- commands -------------------------------------------------------------------------
 
-    def _command(self, w: int, op: int, k: int) -> tuple[int, int]:
+    def _command(
+        self, w: int, op: int, k: int, *, wake: int = L.WAKE_EACH, ring: bool = True
+    ) -> tuple[int, int]:
+        """Write worker ``w``'s command (and ring it unless ``ring`` is False); ``(w, seq)``."""
         buf, block = self._buf, self.layout.worker_block(w)
         seq = (self._seq[w] + 1) & 0xFFFFFFFF
         self._seq[w] = seq
-        _U32.pack_into(buf, block + L.W_OP, op)
-        _U32.pack_into(buf, block + L.W_BUF, k)
+        _CMD.pack_into(buf, block + L.W_OP, op, k)
+        _U32.pack_into(buf, block + L.W_WAKE, wake)
         _U32.pack_into(buf, block + L.W_CMD_SEQ, seq)
-        self._workers[w].ring()
+        if ring:
+            self._workers[w].ring()
         return w, seq
 
-    def _ready(self, commands: list[tuple[int, int]]) -> Callable[[], bool]:
-        buf, unpack = self._buf, _U32.unpack_from
-        words = [
-            (self.layout.worker_block(w) + L.W_DONE_SEQ, seq, self.layout.worker_block(w) + L.W_STATUS)
-            for w, seq in commands
-        ]
-        if len(words) == 1:
-            done_at, seq, status_at = words[0]
-            return lambda: unpack(buf, done_at)[0] == seq or unpack(buf, status_at)[0] == L.STATUS_LOST
-        return lambda: all(
-            unpack(buf, d)[0] == s or unpack(buf, st)[0] == L.STATUS_LOST for d, s, st in words
-        )
+    def _command_all(self, op: int, k: int) -> list[tuple[int, int]]:
+        """Command every worker, then ring them: the last to finish wakes the client (once)."""
+        workers = self.layout.workers
+        wake = L.WAKE_LAST if workers > 1 else L.WAKE_EACH
+        # Every command is written before any worker is rung, so a fast worker never
+        # takes a peer about to be commanded for idle (and rings the client early).
+        commands = [self._command(w, op, k, wake=wake, ring=False) for w in range(workers)]
+        for bell in self._workers:
+            bell.ring()
+        return commands
+
+    def _terms(self, commands: list[tuple[int, int]]) -> bytes:
+        """The condition "every command done (or its worker lost)", for ``Doorbell.wait_words``."""
+        if len(commands) == 1:
+            w, seq = commands[0]
+            block = self.layout.worker_block(w)
+            return _ONE_TERM.pack(
+                block + L.W_DONE_SEQ, WORD_EQ, seq, 0, block + L.W_STATUS, WORD_EQ, L.STATUS_LOST, 0
+            )
+        args: list[int] = []
+        for g, (w, seq) in enumerate(commands):
+            block = self.layout.worker_block(w)
+            args += (block + L.W_DONE_SEQ, WORD_EQ, seq, g, block + L.W_STATUS, WORD_EQ, L.STATUS_LOST, g)
+        return struct.pack(f"<{len(args)}I", *args)
 
     def _lanes_of(self, w: int) -> list[int]:
         lo, hi = self.layout.groups[w]
@@ -70,8 +92,13 @@ class _WorkerCommands:
 
     def _wait(self, commands: list[tuple[int, int]], timeout: float | None, what: str) -> None:
         """Wait until every command is done; raise for a lost worker, an error, or the deadline."""
+        self._wait_only(commands, timeout, what)
+        self._raise_for(commands)
+
+    def _wait_only(self, commands: list[tuple[int, int]], timeout: float | None, what: str) -> None:
+        """Wait until every command is done (or its worker lost); OperationTimeout at the deadline."""
         try:
-            self._bell.wait(self._ready(commands), timeout, spin=self._spin, check=self._check)
+            self._bell.wait_words(self._terms(commands), timeout, spin=self._spin, check=self._check)
         except OperationTimeout:
             buf = self._buf
             late = [
@@ -86,7 +113,31 @@ class _WorkerCommands:
                 "are still outstanding",
                 timeout=timeout,
             ) from None
-        self._raise_for(commands)
+
+    def _collect(self, commands: list[tuple[int, int]], k: int, timeout: float | None, what: str) -> int:
+        """:meth:`_wait`, then the checks of :meth:`_raise_for` and :meth:`_batch` in one pass.
+
+        Raises as those do, in the same order: a lost worker first, then an env's
+        error, then a batch handle that is not the buffer commanded.
+        """
+        self._wait_only(commands, timeout, what)
+        buf = self._buf
+        error: BaseException | None = None
+        forged = -1
+        for w, _ in commands:
+            _, status, done_buf, _ = _DONE.unpack_from(buf, self.layout.worker_block(w) + L.W_DONE_SEQ)
+            if status == L.STATUS_LOST:
+                self._raise_for([(w, 0)])
+            if status == L.STATUS_ERROR and error is None:
+                error = self._remote_error(w)
+            if done_buf != k and forged < 0:
+                forged = w
+        if error is not None:
+            raise error
+        if forged >= 0:
+            self._batch([(forged, 0)], k)
+        offset, _ = self.layout.check_batch(k, self.segment.size)
+        return offset
 
     def _raise_for(self, commands: list[tuple[int, int]]) -> None:
         buf = self._buf

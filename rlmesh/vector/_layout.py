@@ -13,6 +13,8 @@ segment's first byte (its 64-byte rlmesh header included)::
                +12  op u32        1 STEP, 2 RESET
                +16  buf u32       the output buffer the command writes
                +20  ctl u32       1 while the server has a control message for it
+               +24  wake u32      1: ring the client only if no other worker is busy
+                                  (the last to finish rings: one wake-up a batch); 0: always
                +64  done_seq u32  set to cmd_seq by the worker when done
                +68  status u32    0 ok, 1 error (see the error area), 2 lost (dead worker)
                +72  done_buf u32  the buffer it wrote (checked by the client)
@@ -54,6 +56,7 @@ __all__ = [
     "Leaf",
     "composite_kinds",
     "fast_path_leaves",
+    "spin_plan",
 ]
 
 MAGIC = 0x424C5652  # "RVLB"
@@ -70,6 +73,7 @@ W_CMD_SEQ = 8
 W_OP = 12
 W_BUF = 16
 W_CTL = 20
+W_WAKE = 24
 W_DONE_SEQ = 64
 W_STATUS = 68
 W_DONE_BUF = 72
@@ -82,6 +86,10 @@ STATUS_OK = 0
 STATUS_ERROR = 1
 STATUS_LOST = 2
 
+#: ``wake`` values: ring the client on every command done, or only as the last busy worker.
+WAKE_EACH = 0
+WAKE_LAST = 1
+
 #: Bytes of msgpack info a lane may produce per step (an info larger than this
 #: is an error naming the lane).
 INFO_BYTES = 8192
@@ -93,6 +101,30 @@ ERROR_BYTES = 64 << 10
 DEFAULT_BUFFERS = 4
 #: The most output buffers a layout may declare.
 MAX_BUFFERS = 64
+
+
+def spin_plan(workers: int, cores: int) -> tuple[bool, int]:
+    """Whether a session's client and workers spin before they sleep, and their allowance.
+
+    A waiter spins only while the one it waits for may have a core (see
+    rlmesh._spin). The client waits while workers step, a worker while the
+    client (or a peer) works, so at most ``workers`` of the ``workers + 1``
+    processes spin at once. With a core for each of them (``workers + 1 <=
+    cores``) all spin. With a core per worker and none more (``workers ==
+    cores``), all spin too: the spin yields the core every few polls, so the
+    one with work takes it at once, and a hand-off costs no wake-up (a futex
+    wake-up on a VM costs tens of microseconds, two per batch); the
+    contention gate then tolerates one runnable task beyond the cores, the
+    party's own (``allowance`` 1), and still stops every spin when a third
+    party competes. With fewer cores than workers nobody spins: spinners
+    would outnumber the cores.
+
+    Returns:
+        ``(spin, allowance)``: spin or never; the tasks beyond the cores the gate tolerates.
+    """
+    if cores < 2 or workers > cores:
+        return False, 0
+    return True, max(0, workers + 1 - cores)
 
 
 def _align(n: int) -> int:

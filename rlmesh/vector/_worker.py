@@ -34,6 +34,8 @@ from typing import Any
 __all__ = ["main", "resolve_reference"]
 
 _U32 = struct.Struct("<I")
+#: A command's words from ``op``: op, buf, ctl, wake (see rlmesh.vector._layout).
+_CMD = struct.Struct("<IIII")
 PR_SET_PDEATHSIG = 1
 #: How often an idle worker checks that its server is alive.
 WATCHDOG_INTERVAL = 0.1
@@ -120,11 +122,12 @@ class Worker:
         from .._deadline import Deadline  # noqa: F401 - imported early: the wait loop uses it
         from .._spin import SpinPolicy
         from ..shm import Segment
-        from ..shm.doorbell import Doorbell
+        from ..shm.doorbell import Doorbell, fence
         from . import _layout as L
 
         self.np = np
         self.L = L
+        self.fence = fence
         self.sock = sock
         self.parent = int(config["parent"])
         self.index = int(config["index"])
@@ -149,7 +152,8 @@ class Worker:
         self.block = layout.worker_block(self.index)
         self.bell = Doorbell(buf, self.block + L.W_BELL, address)
         self.client_bell = Doorbell(buf, L.CLIENT_BELL, address)
-        self.spin = SpinPolicy(float(config["spin"]))
+        self.spin = SpinPolicy(float(config["spin"]), allowance=int(config.get("spin_allowance", 0)))
+        self.others = [layout.worker_block(w) for w in range(layout.workers) if w != self.index]
         n = layout.num_envs
         raw = np.frombuffer(buf, dtype=np.uint8)
         self.raw = raw
@@ -217,18 +221,24 @@ class Worker:
 
     def run(self) -> None:
         from ..errors import OperationTimeout
+        from ..shm.doorbell import WORD_NE, word_terms
 
         L = self.L
         buf, block = self.buf, self.block
         unpack = _U32.unpack_from
         cmd_at, ctl_at = block + L.W_CMD_SEQ, block + L.W_CTL
-
-        def ready() -> bool:
-            return bool(unpack(buf, cmd_at)[0] != self.last_seq or unpack(buf, ctl_at)[0] != 0)
-
+        wait = self.bell.wait_words
+        # Ready: a new command (cmd_seq moved on) or a control message (ctl set): one
+        # group of two terms; only the sequence number changes between commands.
+        template = word_terms([[(cmd_at, WORD_NE, 0), (ctl_at, WORD_NE, 0)]])
+        terms = bytearray(template)
+        terms_seq = -1
         while True:
+            if terms_seq != self.last_seq:
+                terms_seq = self.last_seq
+                _U32.pack_into(terms, 8, terms_seq)
             try:
-                self.bell.wait(ready, WATCHDOG_INTERVAL, spin=self.spin)
+                wait(terms, WATCHDOG_INTERVAL, spin=self.spin)
             except OperationTimeout:
                 self._watchdog()
                 continue
@@ -302,8 +312,7 @@ class Worker:
     def _command(self, seq: int) -> None:
         L = self.L
         buf, block = self.buf, self.block
-        op = _U32.unpack_from(buf, block + L.W_OP)[0]
-        k = _U32.unpack_from(buf, block + L.W_BUF)[0]
+        op, k, _, wake = _CMD.unpack_from(buf, block + L.W_OP)
         status, err = L.STATUS_OK, b""
         try:
             if not 0 <= k <= self.layout.buffers:
@@ -326,7 +335,19 @@ class Worker:
         _U32.pack_into(buf, block + L.W_STATUS, status)
         _U32.pack_into(buf, block + L.W_DONE_BUF, k)
         _U32.pack_into(buf, block + L.W_DONE_SEQ, seq)
-        self.client_bell.ring()
+        # Is a peer still busy? The fence orders this done_seq before reading theirs, and
+        # each peer does the same: of two workers finishing together at least one sees
+        # the other done (Dekker), so the last one always rings.
+        last = True
+        if self.others:
+            self.fence()
+            unpack = _U32.unpack_from
+            for other in self.others:
+                if unpack(buf, other + L.W_CMD_SEQ)[0] != unpack(buf, other + L.W_DONE_SEQ)[0]:
+                    last = False
+                    break
+        if last or wake != L.WAKE_LAST:
+            self.client_bell.ring()
 
     def _lane_action(self, i: int) -> Any:
         leaves = []

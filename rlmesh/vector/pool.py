@@ -366,7 +366,7 @@ class WorkerPool:
         assert self.segment is not None
         source = self._source
         workers = self.layout.workers
-        spin = 200e-6 if workers + 1 <= (os.cpu_count() or 1) else 0.0
+        spins, allowance = L.spin_plan(workers, os.cpu_count() or 1)
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
@@ -393,7 +393,8 @@ class WorkerPool:
             "source": source.data,
             "autoreset_mode": source.autoreset_mode,
             "kinds": L.composite_kinds(self.contract.action_space),
-            "spin": spin,
+            "spin": 200e-6 if spins else 0.0,
+            "spin_allowance": allowance,
             "sys_path": [p for p in sys.path if p],
             "restarted": restarted,
             "segment_fd": self._fds[0] if self._fds else None,

@@ -47,8 +47,16 @@ def test_bench_transports_as_a_file_from_another_directory(tmp_path) -> None:
         [script, "--workload", "CartPole-v1", "--seconds", "0.1", "--rounds", "1", "--no-sandbox"],
         str(tmp_path),
     )
+    targets = {row["target"]: row for row in rows if row["kind"] == "target"}
+    rows = [row for row in rows if row["kind"] == "row"]
     cells = {(row["transport"], row["condition"]): row for row in rows}
     transports = {"rlmesh-shm", "rlmesh-unix", "rlmesh-tcp", "gymnasium-async-shm", "gymnasium-async-pipe"}
+    # Issue 13's targets: the CartPole ones measured (a verdict either way), the JAX one not asked for.
+    for name in ("CartPole over shm, idle", "CartPole over shm, busy", "CPU per step, spin off, busy"):
+        assert targets[name]["result"] in ("pass", "FAIL") and targets[name]["ratio"] > 0, targets[name]
+    assert "JAX client vs NumPy client" not in targets  # its rows were not asked for
+    assert re.search(r"\| JAX client vs NumPy client .*\| not measured \|", out)
+    assert "Hot-path targets (issue 13)" in out
     # Every cell, measured idle and with one busy process (the default: both).
     assert {(t, c) for t in transports for c in ("idle", "busy")} <= set(cells)
     for row in rows:
@@ -89,6 +97,23 @@ def test_bench_transports_as_a_module_in_one_condition() -> None:
     assert all(row["cpu_client_us_per_step"] > 0 and row["cpu_server_us_per_step"] > 0 for row in rows)
     assert all(row["obs_bytes"] == 28 * 1024 and row["seconds"] == 0.3 for row in rows)
     assert "| workload" not in out  # --json-only: no table
+
+
+def test_bench_transports_jax_rows_beside_the_numpy_client() -> None:
+    pytest.importorskip("jax")
+    args = ["-m", "benchmarks.bench_transports", "--quick", "--workload", "4 KiB obs", "--conditions", "idle"]
+    args += ["--spin", "on", "--no-gymnasium", "--no-sandbox"]
+    rows, out = run_bench(args, str(ROOT))
+    cells = {row["transport"]: row for row in rows if row["kind"] == "row"}
+    assert {"rlmesh-shm", "rlmesh-shm-jax"} <= set(cells)
+    assert cells["rlmesh-shm-jax"]["obs_bytes"] == 4 * 1024
+    assert cells["rlmesh-shm-jax"]["steps_per_s_median"] > 0
+    jax = next(
+        row for row in rows if row["kind"] == "target" and row["target"] == "JAX client vs NumPy client"
+    )
+    ratio = cells["rlmesh-shm-jax"]["steps_per_s_median"] / cells["rlmesh-shm"]["steps_per_s_median"]
+    assert jax["ratio"] == pytest.approx(ratio, abs=1e-3) and jax["result"] in ("pass", "FAIL")
+    assert "| 4 KiB obs   | rlmesh-shm-jax" in out
 
 
 #: The quick sandbox smoke run: both sandboxed workloads, idle only, no peers, spinning on only.

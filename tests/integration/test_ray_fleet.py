@@ -12,8 +12,11 @@ rlmesh's channel.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +35,7 @@ def cluster() -> Iterator[str]:
     node = {"num_cpus": 1, "object_store_memory": 80 << 20}
     with _ray_spawns():
         c = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    session = Path(c.head_node.get_session_dir_path())
     try:
         with _ray_spawns():
             for _ in range(2):
@@ -41,6 +45,25 @@ def cluster() -> Iterator[str]:
     finally:
         with _ray_spawns():
             c.shutdown()
+        remove_ray_session(session)
+
+
+def remove_ray_session(session: Path) -> None:
+    """Remove the session directory (logs, sockets) a Ray cluster left under its temp dir.
+
+    Ray keeps every session's directory after shutdown, and points
+    ``session_latest`` at the newest; the suite leaves nothing behind, so
+    the directory goes, the link with it when it names this session, and
+    the temp dir itself when nothing else is in it.
+    """
+    root = session.parent
+    shutil.rmtree(session, ignore_errors=True)
+    latest = root / "session_latest"
+    with contextlib.suppress(OSError):
+        if latest.is_symlink() and Path(os.readlink(latest)).name == session.name:
+            latest.unlink()
+    with contextlib.suppress(OSError):
+        root.rmdir()  # only when empty
 
 
 @contextlib.contextmanager

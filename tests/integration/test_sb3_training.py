@@ -27,10 +27,13 @@ STEPS = 2048
 
 def train(make_env: Any, sb3: Any, torch: Any) -> tuple[Any, Any]:
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import Logger
 
     vec = make_vec_env(make_env, n_envs=2, seed=0)
     try:
         model = sb3.PPO("MlpPolicy", vec, n_steps=256, batch_size=128, n_epochs=2, seed=0, device="cpu")
+        # No outputs: SB3's default logger makes a directory under /tmp on every learn().
+        model.set_logger(Logger(folder=None, output_formats=[]))
         model.learn(total_timesteps=STEPS)
         weights = [p.detach().clone() for p in model.policy.parameters()]
         return model, weights
