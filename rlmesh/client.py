@@ -154,6 +154,12 @@ class RemoteEnv(RemoteEnvBase[Any, Any]):
                 frombuffer = numpy.frombuffer
                 # A writable array over the bytearray itself: no second copy.
                 return lambda data: frombuffer(data, np_dtype).reshape(shape)
+        if bridge.name == "jax":
+            from .backends.jax import bytes_importer
+
+            make = bytes_importer(shape, dtype.name)
+            if make is not None:
+                return make  # one copy, straight from the bytes into a jax.Array
         # One leaf: straight to the bridge's tensor conversion where it has one (a copy into
         # an aligned Tensor, then, for JAX, a DLPack import of that fresh memory).
         decode = getattr(bridge, "decode_tensor", bridge.decode)

@@ -230,3 +230,61 @@ def test_without_the_fast_import_the_public_path_serves(monkeypatch: pytest.Monk
     assert backend._fast is False
     assert rjax.asarray(tensor).tolist() == [[0, 1, 2], [3, 4, 5]]
     assert callable(backend._fast)
+
+
+@pytest.mark.parametrize("name", X32_DTYPES)
+@pytest.mark.parametrize("shape", [(), (0,), (5,), (2, 3, 4)])
+def test_the_bytes_importer_copies_like_jnp_asarray(name: str, shape: tuple[int, ...]) -> None:
+    from rlmesh.backends import jax as backend
+
+    dtype = np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+    source = (np.arange(int(np.prod(shape))) % 3).astype(dtype).reshape(shape)
+    make = backend.bytes_importer(shape, name)
+    assert make is not None  # this jaxlib has the entry point, and it passed its check
+    data = bytearray(source.tobytes())
+    array = make(data)
+    public = jnp.asarray(source)
+    assert isinstance(array, jax.Array)
+    assert array.dtype == public.dtype and array.shape == public.shape == shape
+    assert array.sharding == public.sharding and array.committed == public.committed
+    assert np.array_equal(np.asarray(array), source)
+    if data:
+        data[:] = bytes(len(data)) if source.any() else b"\x01" * len(data)
+        assert np.array_equal(np.asarray(array), source)  # a copy: later writes to the bytes never show
+
+
+def test_the_bytes_importer_leaves_64_bit_leaves_and_a_missing_entry_point_to_the_public_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rlmesh.backends import jax as backend
+
+    assert backend.bytes_importer((3,), "float64") is None  # JAX demotes it without x64 mode
+    monkeypatch.setattr(backend, "_put", None)  # as on a jaxlib without the entry point
+    assert backend.bytes_importer((3,), "float32") is None
+    rjax.ensure_available()  # probes again on the next use
+    assert backend.bytes_importer((3,), "float32") is not None
+
+
+def test_small_jax_observations_arrive_by_the_step_codec_as_the_numpy_clients(serve) -> None:
+    served = serve("CartPole-v1")  # 16-byte observations, empty infos: the fixed-shape step codec
+    jenv, nenv = served.client(rjax.RemoteEnv), served.client(rnp.RemoteEnv)
+    assert jenv._conn.step_layout is not None  # the session took the codec
+    # ... and its observations go straight from the record's bytes into jax.Arrays.
+    assert jenv._compact_obs.__qualname__ == "bytes_importer.<locals>.make"
+    jobs, _ = jenv.reset(seed=3)
+    nobs, _ = nenv.reset(seed=3)
+    held = [jobs]
+    expected = [nobs]
+    for i in range(60):
+        jobs, jreward, jterm, jtrunc, _ = jenv.step(i % 2)
+        nobs, nreward, nterm, ntrunc, _ = nenv.step(i % 2)
+        assert isinstance(jobs, jax.Array) and jobs.dtype == jnp.float32 and jobs.shape == (4,)
+        assert np.array_equal(np.asarray(jobs), nobs)
+        assert (jreward, jterm, jtrunc) == (nreward, nterm, ntrunc)
+        held.append(jobs)
+        expected.append(nobs)
+        if jterm or jtrunc:
+            jenv.reset(seed=i)
+            nenv.reset(seed=i)
+    # Every array kept its own step's values while later steps came in.
+    assert all(np.array_equal(np.asarray(j), n) for j, n in zip(held, expected, strict=True))
