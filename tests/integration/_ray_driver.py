@@ -78,6 +78,9 @@ def kill_mid_step() -> None:
                 assert not info["rlmesh_restarted"][[0, 1, 4, 5]].any(), info
                 assert time.monotonic() - lost_at < 15, "the lanes did not come back within 15 s"
             recovered = time.monotonic() - lost_at
+            # Ray restarted the host on the same node and port, so the env may be back on it
+            # before the supervisor's watch has seen the restart: its record follows within seconds.
+            _wait(lambda: fleet.hosts()[1].generation == 2, 10, "the supervisor's record of the restart")
             back = fleet.hosts()[1]
             assert back.state == "live" and back.generation == 2 and back.restarts == 1, back
             assert back.pid != victim.pid
