@@ -59,9 +59,12 @@ size_arg(Ring *ring, PyObject *obj, uint64_t head)
     if (n == (unsigned long long)-1 && PyErr_Occurred()) {
         return -1;
     }
-    if (n + head > ring->max_message) {
-        PyErr_Format(PyExc_ValueError, "a %llu-byte compact record exceeds this ring's limit of %llu bytes",
-                     n + head, (unsigned long long)ring->max_message);
+    /* Compared without adding, so no size wraps past the limit. */
+    if (head > ring->max_message || n > ring->max_message - head) {
+        PyErr_Format(PyExc_ValueError,
+                     "a compact record of %llu payload bytes (and a %llu-byte head) exceeds this ring's "
+                     "limit of %llu bytes",
+                     n, (unsigned long long)head, (unsigned long long)ring->max_message);
         return -1;
     }
     return (int64_t)n;

@@ -111,6 +111,11 @@ def test_sizes_that_do_not_fit_the_contract_or_the_ring_are_refused_before_writi
         _native.step_send(producer._core, 1, 2**63, 8)
     with pytest.raises(ValueError, match="exceeds this ring's limit"):
         _native.ok_send(producer._core, 1, 0.0, False, False, b"\0" * 200, 200)
+    for huge in (2**64 - 8, 2**64 - 24, 2**64 - 1):  # sizes that would wrap past the limit when added
+        with pytest.raises(ValueError, match="exceeds this ring's limit"):
+            _native.step_send(producer._core, 1, b"\0" * 8, huge)
+        with pytest.raises(ValueError, match="exceeds this ring's limit"):
+            _native.ok_send(producer._core, 1, 0.0, False, False, b"\0" * 8, huge)
     with pytest.raises(TypeError):
         _native.ok_send(producer._core, 1, "1.0", False, False, 1, 8)
     with pytest.raises(TypeError, match="rlmesh._native.Ring"):
