@@ -555,22 +555,26 @@ space_ready(Ring *self, char *mem, uint64_t need)
     return used > self->capacity || self->capacity - used >= need || closed_flags(mem);
 }
 
-/* Spin up to `spin` s, then (if `sleep` > 0) one futex sleep of at most `sleep` s
- * on the bell at `bell`: 1 ready while spinning, 2 ready after flagging, 0 not
- * ready. The GIL is released throughout. */
+/* A condition a waiter polls: ready(ctx) is nonzero once it holds. */
+typedef int (*ready_fn)(void *ctx);
+
+/* The one wait of every native waiter: spin up to `spin` s (pausing, and yielding the
+ * core every 64 polls), then (if `sleep` > 0) flag the doorbell at `bell` of `mem`
+ * (u32 seq, u32 waiting) and sleep on its futex at most `sleep` s, once. 1 ready while
+ * spinning, 2 ready after it (or at the one look when neither spin nor sleep), 0 not
+ * ready; *error is errno of a failed futex call, else 0; *slept (when not NULL) counts
+ * the sleeps. Call it with the GIL released. */
 static int
-ring_wait_on(Ring *self, char *mem, int (*ready)(Ring *, char *, uint64_t), uint64_t need, Py_ssize_t bell,
-             double spin, double sleep, int *error)
+spin_then_sleep(ready_fn ready, void *ctx, char *mem, Py_ssize_t bell, double spin, double sleep,
+                unsigned long long *slept, int *error)
 {
     int outcome = 0;
     *error = 0;
-    Py_BEGIN_ALLOW_THREADS
     if (spin > 0) {
         double until = now_s() + spin;
         for (unsigned polls = 1;; polls++) {
-            if (ready(self, mem, need)) {
-                outcome = 1;
-                break;
+            if (ready(ctx)) {
+                return 1;
             }
             cpu_relax();
             if ((polls & 63) == 0) {
@@ -583,28 +587,58 @@ ring_wait_on(Ring *self, char *mem, int (*ready)(Ring *, char *, uint64_t), uint
             }
         }
     }
-    if (!outcome && sleep > 0) {
+    if (sleep > 0) {
         a32 *seq = U32_AT(mem, bell), *waiting = U32_AT(mem, bell + 4);
         atomic_store_explicit(waiting, 1, memory_order_relaxed);
         atomic_thread_fence(memory_order_seq_cst);
         uint32_t expected = atomic_load_explicit(seq, memory_order_relaxed);
-        if (ready(self, mem, need)) {
+        if (ready(ctx)) {
             outcome = 2;
         }
         else {
-            self->slept++;
+            if (slept != NULL) {
+                (*slept)++;
+            }
             if (futex_sleep(seq, expected, sleep) < 0) {
                 *error = errno;
             }
-            else if (ready(self, mem, need)) {
+            else if (ready(ctx)) {
                 outcome = 2;
             }
         }
         atomic_store_explicit(waiting, 0, memory_order_relaxed);
     }
-    else if (!outcome && spin <= 0 && ready(self, mem, need)) {
+    else if (spin <= 0 && ready(ctx)) {
         outcome = 2; /* neither spin nor sleep: one look */
     }
+    return outcome;
+}
+
+/* A ring's readiness test with its arguments, as spin_then_sleep polls it. */
+typedef struct {
+    Ring *self;
+    char *mem;
+    uint64_t need;
+    int (*test)(Ring *, char *, uint64_t);
+} RingReady;
+
+static int
+ring_ready(void *ctx)
+{
+    RingReady *r = (RingReady *)ctx;
+    return r->test(r->self, r->mem, r->need);
+}
+
+/* Spin, then one futex sleep, on the bell at `bell` until `ready` (see spin_then_sleep),
+ * with the GIL released. */
+static int
+ring_wait_on(Ring *self, char *mem, int (*ready)(Ring *, char *, uint64_t), uint64_t need, Py_ssize_t bell,
+             double spin, double sleep, int *error)
+{
+    RingReady ctx = {self, mem, need, ready};
+    int outcome;
+    Py_BEGIN_ALLOW_THREADS
+    outcome = spin_then_sleep(ring_ready, &ctx, mem, bell, spin, sleep, &self->slept, error);
     Py_END_ALLOW_THREADS
     if (outcome == 1) {
         self->spun++;
@@ -765,6 +799,20 @@ words_ready(const char *mem, const WordTerm *terms, Py_ssize_t count)
     return 1;
 }
 
+/* The terms of one wait_words call, as spin_then_sleep polls them. */
+typedef struct {
+    const char *mem;
+    const WordTerm *terms;
+    Py_ssize_t count;
+} WordsReady;
+
+static int
+words_ready_ctx(void *ctx)
+{
+    WordsReady *w = (WordsReady *)ctx;
+    return words_ready(w->mem, w->terms, w->count);
+}
+
 PyDoc_STRVAR(wait_words_doc,
 "wait_words(buf, terms, bell, spin, sleep) -> int\n\n"
 "Wait until a condition over u32 words of buf (a writable buffer) holds: terms is a\n"
@@ -826,45 +874,10 @@ native_wait_words(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "a wait_words term or doorbell lies outside the buffer");
         return NULL;
     }
-    int outcome = 0, error = 0;
+    WordsReady ctx = {mem, terms, count};
+    int outcome, error;
     Py_BEGIN_ALLOW_THREADS
-    if (spin > 0) {
-        double until = now_s() + spin;
-        for (unsigned polls = 1;; polls++) {
-            if (words_ready(mem, terms, count)) {
-                outcome = 1;
-                break;
-            }
-            cpu_relax();
-            if ((polls & 63) == 0) {
-                if (now_s() >= until) {
-                    break;
-                }
-                sched_yield();
-            }
-        }
-    }
-    if (!outcome && sleep > 0) {
-        a32 *seq = U32_AT(mem, bell), *waiting = U32_AT(mem, bell + 4);
-        atomic_store_explicit(waiting, 1, memory_order_relaxed);
-        atomic_thread_fence(memory_order_seq_cst);
-        uint32_t expected = atomic_load_explicit(seq, memory_order_relaxed);
-        if (words_ready(mem, terms, count)) {
-            outcome = 2;
-        }
-        else {
-            if (futex_sleep(seq, expected, sleep) < 0) {
-                error = errno;
-            }
-            else if (words_ready(mem, terms, count)) {
-                outcome = 2;
-            }
-        }
-        atomic_store_explicit(waiting, 0, memory_order_relaxed);
-    }
-    else if (!outcome && spin <= 0 && words_ready(mem, terms, count)) {
-        outcome = 2;
-    }
+    outcome = spin_then_sleep(words_ready_ctx, &ctx, mem, bell, spin, sleep, NULL, &error);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     if (error) {
