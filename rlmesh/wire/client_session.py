@@ -170,6 +170,8 @@ class ClientSession:
         self._vector: list[Any] = []
         #: The compact step records' layout when the server agreed to them (else None).
         self.step_layout: StepLayout | None = None
+        # The channel again, typed as the rings that carry compact records, when they do.
+        self._rings: RingChannel | None = None
         # A stream handed in is a connection the server made to us (a
         # sandbox dials back): it is this session's from now on.
         self.stream = stream if stream is not None else self._dial(connect_timeout, max_message_bytes)
@@ -280,6 +282,8 @@ class ClientSession:
             if ready.step_codec and step_codec_enabled():
                 self.step_layout = step_layout(self.contract)
                 self.channel.skip_compact = self.step_layout is not None
+                if self.step_layout is not None:
+                    self._rings = self.channel
         else:
             self._drop_shm()
             stream.accept_fds = 0  # inline: no segment will come
@@ -537,9 +541,11 @@ class ClientSession:
         deadline = None if timeout is None else time.monotonic() + timeout
         channel = self.channel
         layout = self.step_layout if request is None else None
+        rings = self._rings
         try:
             if layout is not None:
-                channel.send_step(rid, tail, layout.action_nbytes, timeout)  # type: ignore[attr-defined]
+                assert rings is not None  # set with the layout
+                rings.send_step(rid, tail, layout.action_nbytes, timeout)
             else:
                 channel.send(pack(request, tail), tail, timeout=timeout)
             while True:
@@ -549,10 +555,9 @@ class ClientSession:
                         f"remote environment call timed out after {timeout:.3g}s", timeout=timeout
                     )
                 if layout is not None:
+                    assert rings is not None
                     # A compact OK, or None: the next message is msgpack (read below, at once).
-                    compact = channel.recv_ok(  # type: ignore[attr-defined]
-                        layout.obs_nbytes, layout.obs_discrete, remaining
-                    )
+                    compact = rings.recv_ok(layout.obs_nbytes, layout.obs_discrete, remaining)
                     if compact is not None:
                         if compact[0] != rid:
                             continue  # the late answer to a request that timed out

@@ -29,7 +29,7 @@ import threading
 import time
 import traceback
 import uuid
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .._lifecycle import Lifecycle, State
 from ..errors import (
@@ -111,6 +111,27 @@ class RequestHandler(Protocol):
     def release(self) -> None:
         """The session is over (or the client detached): give back what it held. Called once."""
         ...
+
+
+class CompactStepHandler(RequestHandler, Protocol):
+    """A handler that also serves compact steps (:mod:`rlmesh.wire.step_codec`): a single env.
+
+    The session negotiates the codec only with a handler whose ``step_codec``
+    is true, and then hands it every compact STEP.
+    """
+
+    step_codec: bool
+
+    def on_step_compact(self, rid: int, action: Any) -> bool:
+        """Serve a compact STEP (``action`` an int, or the action's exact bytes)."""
+        ...
+
+
+def _compact_handler(handler: RequestHandler | None) -> CompactStepHandler | None:
+    """``handler`` when it serves compact steps, else None."""
+    if handler is not None and getattr(handler, "step_codec", False) and hasattr(handler, "on_step_compact"):
+        return cast(CompactStepHandler, handler)  # the protocol's two members, checked just above
+    return None
 
 
 class SessionHost(Protocol):
@@ -436,7 +457,7 @@ class ServerSession:
             hello.step_codec
             and step_codec_enabled()
             and self.channel.data_plane == "shm"
-            and getattr(self.handler, "step_codec", False)
+            and _compact_handler(self.handler) is not None
         ):
             self.step_layout = step_layout(contract)
         ready = P.Ready(self.channel.data_plane, self.heartbeat, self.step_layout is not None)
@@ -574,8 +595,9 @@ class ServerSession:
         recv, check, on_step = channel.recv, self._check_stop, handler.on_step
         layout = self.step_layout
         if layout is not None:
-            assert isinstance(channel, RingChannel)
-            recv_step, on_step_compact = channel.recv_step, handler.on_step_compact  # type: ignore[attr-defined]
+            compact_handler = _compact_handler(handler)
+            assert isinstance(channel, RingChannel) and compact_handler is not None
+            recv_step, on_step_compact = channel.recv_step, compact_handler.on_step_compact
             action_nbytes, action_discrete = layout.action_nbytes, layout.action_discrete
         while True:
             self.busy = False
