@@ -696,6 +696,13 @@ def main() -> None:
                         )
                         name = JAX_ROW if client == "jax" else "rlmesh-shm"
                         measure_cell(runner, workload, name, cell, conditions, seconds, rounds)
+                if "4 KiB obs" in jax_workloads:
+                    floor = hot_path_targets.jax_array_floor(4096, rounds=rounds)
+                    if floor is not None:
+                        runner.emit(
+                            {"kind": "floor", "workload": "4 KiB obs", "transport": JAX_ROW},
+                            {name: round(value, 3) for name, value in floor.items()},
+                        )
         if not args.no_gymnasium:
             runner.note("gymnasium AsyncVectorEnv (1 worker):")
             for workload in workloads:
@@ -772,6 +779,23 @@ def main() -> None:
         print("Hot-path targets (issue 13), ratios within this run:")
         print()
         print(hot_path_targets.table(hot_path))
+        floors = [r for r in runner.records if r.get("kind") == "floor"]
+        if floors:
+            ceiling = hot_path_targets.jax_ceiling(runner.records, floors[-1])
+            floor = floors[-1]
+            print()
+            print(
+                f"JAX floor, in this process: a 4 KiB observation becomes a jax.Array and is freed in "
+                f"{floor['jax_importer_us']:.1f} us by rlmesh's importer (jnp.asarray: "
+                f"{floor['jax_asarray_us']:.1f} us; a NumPy array: {floor['numpy_us']:.2f} us)"
+                + (
+                    f"; against the NumPy client's {ceiling[0]:.1f} us a step, no JAX client can pass "
+                    f"{ceiling[1]:.2f}x of its steps/s"
+                    if ceiling is not None
+                    else ""
+                )
+                + "."
+            )
         if evaluated:
             print()
             print(
