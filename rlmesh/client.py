@@ -236,6 +236,8 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
         self._lanes = None
         self._pending_new_ids = []
         self._new_ids = _EpisodeIds()
+        # (shape, dtype name) -> this backend's maker of arrays of that kind (see _array).
+        self._array_makers: dict[tuple[Any, ...], Callable[[Any], Any] | None] = {}
         taken = conn.take_vector()
         if taken is None:
             return
@@ -263,10 +265,26 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
         return self._lanes is not None
 
     def _array(self, value: Any) -> Any:
-        """A fresh numpy array as this backend's array (numpy: itself)."""
+        """A fresh numpy array (ours: a copy) as this backend's array (numpy: itself)."""
         if self._bridge.name == "numpy":
             return value
+        # The dtype itself, not its name, keys the cache: '>f8' and '<f8' share a name.
+        key = (value.shape, value.dtype)
+        make = self._array_makers.get(key, _UNSET)
+        if make is _UNSET:
+            make = self._array_makers[key] = self._array_maker(*key)
+        if make is not None:
+            return make(value)
         return self._bridge.decode(Tensor.wrap(value, value.shape, value.dtype.name))
+
+    def _array_maker(self, shape: tuple[int, ...], dtype: Any) -> Callable[[Any], Any] | None:
+        """A faster way than the bridge's for this backend to make arrays of this kind, if it has one."""
+        if self._bridge.name == "jax" and dtype.isnative:
+            from .backends.jax import array_importer
+
+            # Committed to the CPU, as the DLPack import it replaces makes them.
+            return array_importer(shape, dtype.name, committed=True)
+        return None
 
     def _track(self, lanes: list[int], done: list[int], info: dict[str, Any]) -> dict[str, Any]:
         """Episode ids of ``lanes`` (one step each) and ``completed_episodes``; ``done`` indexes ``lanes``."""
@@ -551,6 +569,10 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
 
 def _identity(value: Any) -> Any:
     return value
+
+
+#: A cache miss (a cached maker may be None: none faster than the bridge).
+_UNSET: Any = object()
 
 
 class _EpisodeIds:

@@ -48,7 +48,17 @@ from .._bridge import TreeBridge
 from ..errors import BackendUnavailable
 from ..tensor import Tensor
 
-__all__ = ["BRIDGE", "JAX_FLOOR", "JaxBridge", "asarray", "ensure_available", "from_array", "space_from_spec"]
+__all__ = [
+    "BRIDGE",
+    "JAX_FLOOR",
+    "JaxBridge",
+    "array_importer",
+    "asarray",
+    "bytes_importer",
+    "ensure_available",
+    "from_array",
+    "space_from_spec",
+]
 
 #: The oldest jax release supported.
 JAX_FLOOR = (0, 4, 24)
@@ -225,6 +235,69 @@ def bytes_importer(shape: tuple[int, ...], dtype_name: str) -> Callable[[Any], A
         return batched_device_put(
             aval, sharding, [ndarray(shape, np_dtype, data)], devices, False, True, semantics
         )
+
+    return make
+
+
+#: The 64-bit dtypes and what JAX makes of them without x64 mode.
+_DEMOTED = {"float64": "float32", "int64": "int32", "uint64": "uint32"}
+
+
+def array_importer(
+    shape: tuple[int, ...], dtype_name: str, *, committed: bool
+) -> Callable[[Any], Any] | None:
+    """A maker of ``jax.Array`` s from NumPy arrays of ``shape`` and ``dtype_name``, or None.
+
+    For the small per-batch arrays of a vector step (rewards, flags, lane
+    ids), fresh copies the client owns: each becomes a CPU ``jax.Array`` by
+    jaxlib's ``batched_device_put`` (one copy), with the abstract value and
+    placement built once, ``committed`` as asked. A 64-bit dtype follows
+    JAX's x64 mode at each call: kept in x64 mode, else converted by NumPy
+    first to the 32-bit dtype JAX itself would demote it to (the same
+    rounding and wrap-around as XLA's conversion). This is about 5 us an
+    array where a DLPack import costs about 20, and a demoting import (an
+    XLA conversion) over 100. None where jaxlib's entry point is missing or
+    failed its probe (see :func:`bytes_importer`), or for other dtypes: the
+    caller takes the public path.
+
+    Every array given to the maker must be a native-byte-order NumPy array of
+    exactly ``shape`` and ``dtype_name`` (jaxlib trusts the abstract value:
+    a mismatch is not checked, and can crash it).
+    """
+    if dtype_name not in _NARROW and dtype_name not in _DEMOTED:
+        return None
+    parts = _put if _put is not False else _probe_put()
+    if parts is None:
+        return None
+    try:
+        import numpy as np
+        from jax._src import config, core
+
+        np_dtype = np.dtype(dtype_name)
+        aval = core.ShapedArray(shape, np_dtype)
+        narrow = _DEMOTED.get(dtype_name)
+        small_dtype = np.dtype(narrow) if narrow is not None else None
+        small_aval = core.ShapedArray(shape, small_dtype) if small_dtype is not None else None
+        x64 = config.enable_x64
+    except Exception:
+        return None
+    batched_device_put, sharding, devices, semantics = parts
+
+    if small_dtype is None:
+
+        def make(array: Any) -> Any:
+            return batched_device_put(aval, sharding, [array], devices, committed, True, semantics)
+
+    else:
+        errstate = np.errstate
+
+        def make(array: Any) -> Any:
+            if x64.value:
+                return batched_device_put(aval, sharding, [array], devices, committed, True, semantics)
+            # XLA's conversion gives inf for a float64 past float32's range, silently; so here.
+            with errstate(over="ignore"):
+                small = array.astype(small_dtype)
+            return batched_device_put(small_aval, sharding, [small], devices, committed, True, semantics)
 
     return make
 

@@ -265,6 +265,48 @@ def test_the_bytes_importer_leaves_64_bit_leaves_and_a_missing_entry_point_to_th
     assert backend.bytes_importer((3,), "float32") is not None
 
 
+@pytest.mark.parametrize("name", [*X32_DTYPES, "float64", "int64", "uint64"])
+@pytest.mark.parametrize("x64", [False, True])
+def test_the_array_importer_copies_like_jnp_asarray_in_either_x64_mode(name: str, x64: bool) -> None:
+    from jax._src import config
+
+    from rlmesh.backends import jax as backend
+
+    dtype = np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+    # Values that a 64-bit to 32-bit conversion rounds (float64) or wraps (int64, uint64).
+    wide = {"float64": [0.1, 1e300, -2.5], "int64": [2**40 + 3, -1, 7], "uint64": [2**63 + 5, 1, 0]}
+    source = np.array(wide.get(name, [0, 1, 2]), dtype=dtype)
+    make = backend.array_importer((3,), name, committed=True)
+    assert make is not None
+    with config.enable_x64(x64):
+        array = make(source.copy())
+        with np.errstate(over="ignore"):
+            public = jnp.asarray(source)
+    assert isinstance(array, jax.Array) and array.committed
+    assert array.dtype == public.dtype and array.shape == public.shape == (3,)
+    assert array.sharding == public.sharding
+    assert np.asarray(array).tobytes() == np.asarray(public).tobytes()
+    assert backend.array_importer((3,), "complex64", committed=True) is None  # the public path's
+
+
+def test_the_jax_vector_clients_small_arrays_match_the_numpy_clients(serve) -> None:
+    served = serve("CartPole-v1", num_envs=4, workers=1)
+    jenv, nenv = served.client(rjax.RemoteVectorEnv), served.client(rnp.RemoteVectorEnv)
+    assert jenv.fast_path and nenv.fast_path
+    jenv.reset(seed=5)
+    nenv.reset(seed=5)
+    actions = np.array([0, 1, 1, 0])
+    for _ in range(30):  # past the first episode ends: terminations set, rewards after resets
+        jout = jenv.step(actions)
+        nout = nenv.step(actions)
+        for j, n in zip(jout[1:4], nout[1:4], strict=True):
+            assert isinstance(j, jax.Array) and j.committed
+            # float64 rewards: float32 here (x64 off), as JAX demotes them.
+            assert j.dtype == jnp.asarray(n).dtype and np.array_equal(np.asarray(j), n)
+    assert jenv._array_makers  # the fast maker took them, not the public path
+    assert all(make is not None for make in jenv._array_makers.values())
+
+
 def test_small_jax_observations_arrive_by_the_step_codec_as_the_numpy_clients(serve) -> None:
     served = serve("CartPole-v1")  # 16-byte observations, empty infos: the fixed-shape step codec
     jenv, nenv = served.client(rjax.RemoteEnv), served.client(rnp.RemoteEnv)
