@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from .._native import bell_ring
 from .._spin import SpinPolicy
 from ..errors import InvalidHandle, OperationTimeout, RemoteError, WorkerError
 from ..shm import Segment
@@ -29,6 +30,9 @@ _CMD = struct.Struct("<II")
 _ONE_TERM = struct.Struct("<8I")
 #: A worker's report, from ``done_seq``: done_seq, status, done_buf, err_len.
 _DONE = struct.Struct("<IIII")
+#: Where worker w's sequence number sits in the terms of a command to every worker
+#: (each worker's two terms are 32 bytes; the value is the third u32 of the first).
+_ALL_SEQ_AT = 8
 
 
 class _WorkerCommands:
@@ -44,6 +48,13 @@ class _WorkerCommands:
     _check: Callable[[], None] | None
     _seq: list[int]
     _stale: list[tuple[int, int]]
+    #: Each worker's block offset.
+    _blocks: list[int]
+    #: The wait condition of a command to every worker, its sequence numbers
+    #: patched in place per command (``_ALL_SEQ_AT`` + 32 w).
+    _all_terms: bytearray
+    #: ``check_batch`` of each buffer, once it passed (the layout and the size never change).
+    _checked: list[int | None]
 
     # -- commands -------------------------------------------------------------------------
 
@@ -57,23 +68,46 @@ class _WorkerCommands:
         _CMD.pack_into(buf, block + L.W_OP, op, k)
         _U32.pack_into(buf, block + L.W_WAKE, wake)
         _U32.pack_into(buf, block + L.W_CMD_SEQ, seq)
+        _U32.pack_into(self._all_terms, _ALL_SEQ_AT + 32 * w, seq)
         if ring:
             self._workers[w].ring()
         return w, seq
 
     def _command_all(self, op: int, k: int) -> list[tuple[int, int]]:
         """Command every worker, then ring them: the last to finish wakes the client (once)."""
-        workers = self.layout.workers
-        wake = L.WAKE_LAST if workers > 1 else L.WAKE_EACH
+        buf, seqs, terms = self._buf, self._seq, self._all_terms
+        wake = L.WAKE_LAST if len(seqs) > 1 else L.WAKE_EACH
+        commands = []
         # Every command is written before any worker is rung, so a fast worker never
         # takes a peer about to be commanded for idle (and rings the client early).
-        commands = [self._command(w, op, k, wake=wake, ring=False) for w in range(workers)]
-        for bell in self._workers:
-            bell.ring()
+        # The sequence number last: a worker reads op, buf and wake once it moved on.
+        for w, block in enumerate(self._blocks):
+            seq = (seqs[w] + 1) & 0xFFFFFFFF
+            seqs[w] = seq
+            _CMD.pack_into(buf, block + L.W_OP, op, k)
+            _U32.pack_into(buf, block + L.W_WAKE, wake)
+            _U32.pack_into(buf, block + L.W_CMD_SEQ, seq)
+            _U32.pack_into(terms, _ALL_SEQ_AT + 32 * w, seq)
+            commands.append((w, seq))
+        for block in self._blocks:
+            bell_ring(buf, block + L.W_BELL)
         return commands
 
-    def _terms(self, commands: list[tuple[int, int]]) -> bytes:
+    def _terms(self, commands: list[tuple[int, int]]) -> bytes | bytearray:
         """The condition "every command done (or its worker lost)", for ``Doorbell.wait_words``."""
+        seqs = self._seq
+        if len(commands) == len(seqs):
+            for w, (cw, seq) in enumerate(commands):
+                if cw != w or seqs[w] != seq:
+                    break
+            else:
+                # The last command of every worker, in order (a step or a reset): its
+                # terms are kept up to date by every command.
+                return self._all_terms
+        return self._pack_terms(commands)
+
+    def _pack_terms(self, commands: list[tuple[int, int]]) -> bytes:
+        """:meth:`_terms`, packed afresh."""
         if len(commands) == 1:
             w, seq = commands[0]
             block = self.layout.worker_block(w)
@@ -121,11 +155,11 @@ class _WorkerCommands:
         error, then a batch handle that is not the buffer commanded.
         """
         self._wait_only(commands, timeout, what)
-        buf = self._buf
+        buf, blocks = self._buf, self._blocks
         error: BaseException | None = None
         forged = -1
         for w, _ in commands:
-            _, status, done_buf, _ = _DONE.unpack_from(buf, self.layout.worker_block(w) + L.W_DONE_SEQ)
+            _, status, done_buf, _ = _DONE.unpack_from(buf, blocks[w] + L.W_DONE_SEQ)
             if status == L.STATUS_LOST:
                 self._raise_for([(w, 0)])
             if status == L.STATUS_ERROR and error is None:
@@ -136,7 +170,10 @@ class _WorkerCommands:
             raise error
         if forged >= 0:
             self._batch([(forged, 0)], k)
-        offset, _ = self.layout.check_batch(k, self.segment.size)
+        offset = self._checked[k] if 0 <= k < len(self._checked) else None
+        if offset is None:
+            offset, _ = self.layout.check_batch(k, self.segment.size)
+            self._checked[k] = offset
         return offset
 
     def _raise_for(self, commands: list[tuple[int, int]]) -> None:

@@ -189,9 +189,16 @@ class Lanes(_WorkerCommands):
         self._leases: list[Any] = [None] * layout.buffers
         self._no_info = bytes(4 * n)
         self._next_buffer = 0
-        self._seq = [
-            _U32.unpack_from(buf, layout.worker_block(w) + L.W_CMD_SEQ)[0] for w in range(layout.workers)
-        ]
+        self._blocks = [layout.worker_block(w) for w in range(layout.workers)]
+        self._seq = [_U32.unpack_from(buf, block + L.W_CMD_SEQ)[0] for block in self._blocks]
+        self._all_terms = bytearray(self._pack_terms(list(enumerate(self._seq))))
+        self._checked = [None] * (layout.buffers + 1)
+        # The common case, one action leaf at the root (CartPole's Discrete, a Box):
+        # its view, written straight from the batch; else None.
+        self._act_root = self._act[0] if len(self._act_paths) == 1 and not self._act_paths[0] else None
+        # One observation leaf at the root: a copied batch is that copy, not a tree.
+        self._obs_root = len(layout.obs) == 1 and not layout.obs[0].path
+        self._no_flags = bytes(n)
         self._all_masked = False
         #: The step in flight: ``(buffer, [(worker, seq), ...])``, between step_async and step_wait.
         self._step: tuple[int, list[tuple[int, int]]] | None = None
@@ -264,6 +271,7 @@ class Lanes(_WorkerCommands):
             # The numpy views export the segment's buffer: drop them first, or it cannot be unmapped.
             self._out = []
             self._act = []
+            self._act_root = None
             self._mask = self._has_seed = self._seeds = None
             if self._owns:
                 try:
@@ -334,12 +342,18 @@ class Lanes(_WorkerCommands):
             ValueError: the wrong number of actions, or lanes in flight from :meth:`send`.
             TypeError: actions of a kind that cannot be cast to the action space's dtype.
         """
-        self._enter()
+        if self._stale or self._life.state is not State.OPEN:
+            self._enter()
         if self._step is not None:
             raise ValueError("a step is already in flight: call step_wait() first")
         if self._pending:
             raise ValueError(f"lanes {sorted(self._pending)} were sent and not received: call recv() first")
-        self._write_actions(self._action_leaves(actions, self.num_envs))
+        root: Any = self._act_root
+        arr = self._np.asarray(actions) if root is not None else None
+        if arr is not None and arr.shape == root.shape:
+            self._np.copyto(root, arr, casting="same_kind")
+        else:
+            self._write_actions(self._action_leaves(actions, self.num_envs))
         if not self._all_masked:
             self._mask[:] = 1
             self._all_masked = True
@@ -353,21 +367,29 @@ class Lanes(_WorkerCommands):
             ValueError: no step in flight. WorkerError, RemoteError, OperationTimeout,
             BrokenError (the server is gone), InvalidHandle (a forged batch).
         """
-        self._life.check_open()
-        if self._step is None:
+        if self._life.state is not State.OPEN:
+            self._life.check_open()
+        step = self._step
+        if step is None:
             raise ValueError("no step in flight: call step_async() first")
-        k, commands = self._step
+        k, commands = step
         self._step = None
         self._collect(commands, k, timeout, "the vector step")
         out = self._out[k]
-        obs = self._obs(k)
-        rewards, terminated, truncated = (
-            out["rewards"].copy(),
-            out["terminated"].copy(),
-            out["truncated"].copy(),
-        )
+        if self._copy and self._obs_root:
+            obs = out["obs"][0].copy()
+        else:
+            obs = self._obs(k)
+        rewards = out["rewards"].copy()
+        terminated = out["terminated"].copy()
+        truncated = out["truncated"].copy()
         info = self._info(out, None)
-        done = (terminated | truncated).nonzero()[0].tolist()
+        # Most batches end no episode: two bytes comparisons of the copies, not numpy's any().
+        none = self._no_flags
+        if terminated.tobytes() == none and truncated.tobytes() == none:
+            done: list[int] = []
+        else:
+            done = (terminated | truncated).nonzero()[0].tolist()
         self.batches += 1
         return (obs, rewards, terminated, truncated, info), done
 
