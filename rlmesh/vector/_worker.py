@@ -31,7 +31,12 @@ import sys
 import traceback
 from typing import Any
 
+from .._native import step_lanes
+
 __all__ = ["main", "resolve_reference"]
+
+# step_lanes' outcomes (rlmesh/_native_ring.c).
+_LANES_DONE, _LANES_STEP, _LANES_RESET, _LANES_ERROR, _LANES_PYTHON = range(5)
 
 _U32 = struct.Struct("<I")
 #: A command's words from ``op``: op, buf, ctl, wake (see rlmesh.vector._layout).
@@ -190,6 +195,7 @@ class Worker:
                     ],
                     "info": view(base + layout.b_info, n * L.INFO_BYTES, np.uint8, (n, L.INFO_BYTES)),
                     # Where this group's rewards and flags go (byte offsets in the segment).
+                    "obs_at": base + layout.b_obs[0] + self.lo * layout.obs[0].lane_nbytes,
                     "rewards_at": base + layout.b_rewards + 8 * self.lo,
                     "terminated_at": base + layout.b_terminated + self.lo,
                     "truncated_at": base + layout.b_truncated + self.lo,
@@ -221,6 +227,16 @@ class Worker:
         self.pack_rewards = struct.Struct(f"<{count}d")
         self.no_info = [0] * count
         self.no_finals = bytes(count)
+        # The native loop (step_lanes) takes the common case: a scalar action leaf, one
+        # observation leaf at the root. Its observations are copied when they export a
+        # C-contiguous buffer of exactly this format and shape; anything else is Python's.
+        self.native = self.simple_action and self.simple_obs
+        if self.native:
+            leaf = layout.obs[0]
+            self.obs_format = np.zeros(leaf.shape, leaf.dtype).data.format
+            self.obs_shape = tuple(leaf.shape)
+            self.obs_nbytes = leaf.lane_nbytes
+        self.native_mode = {"NextStep": 0, "SameStep": 1, "Disabled": 2}[self.mode]
         from ._info import encode_final, encode_info
 
         self._encode_final, self._encode_info = encode_final, encode_info
@@ -406,6 +422,9 @@ class Worker:
         mask_at = self.mask_at
         if buf[mask_at : mask_at + count] == self.all_lanes:
             # Every lane of the group (a step of every lane): one bytes comparison.
+            if self.native and not self.any_fresh:
+                self._step_native(out)
+                return
             lanes: Any = range(count)
         else:
             lanes = [j for j, m in enumerate(self.mask[lo:hi].tolist()) if m]
@@ -474,6 +493,87 @@ class Worker:
         finally:
             self._store_results(out, rewards, terms, truncs, lens, finals)
 
+    def _step_native(self, out: dict[str, Any]) -> None:
+        """:meth:`_step` for every lane of the group in the common case, looped in C.
+
+        ``step_lanes`` steps the lanes and writes each one's observation, reward and
+        flags straight into the buffer; a lane it cannot finish (an info to encode,
+        SameStep's end, an observation to cast, an exception) comes back here with
+        what the env returned and is finished as the Python loop does it, and the
+        loop goes on from the next lane.
+        """
+        lo, hi = self.lo, self.hi
+        count = hi - lo
+        buf, envs, autoreset, last_obs = self.buf, self.envs, self.autoreset, self.last_obs
+        action0 = self.actions[0]
+        obs_at, nbytes = out["obs_at"], self.obs_nbytes
+        lens: list[int] | None = None
+        finals: list[bool] | None = None
+        j = 0
+        try:
+            while True:
+                j, outcome, value = step_lanes(
+                    envs,
+                    autoreset,
+                    last_obs,
+                    action0,
+                    lo,
+                    j,
+                    buf,
+                    obs_at,
+                    nbytes,
+                    self.obs_format,
+                    self.obs_shape,
+                    out["rewards_at"],
+                    out["terminated_at"],
+                    out["truncated_at"],
+                    self.native_mode,
+                )
+                if outcome == _LANES_DONE:
+                    break
+                i = lo + j
+                final = False
+                try:
+                    if outcome == _LANES_ERROR:
+                        raise value
+                    if outcome == _LANES_PYTHON:
+                        raise AssertionError(
+                            f"lane {i} ended its episode and autoreset is Disabled: reset it "
+                            "(reset(options={'reset_mask': mask})) before stepping it again"
+                        )
+                    if outcome == _LANES_RESET:
+                        obs, info = value
+                        reward, term, trunc = 0.0, False, False
+                    else:
+                        obs, reward, term, trunc, info = value
+                        term, trunc = bool(term), bool(trunc)
+                        if self.same_step and (term or trunc):
+                            self._write_obs(out["final_obs"], i, obs)
+                            final_info = info
+                            obs, info = envs[j].reset()
+                            final = True
+                            if finals is None:
+                                finals = [False] * count
+                            finals[j] = True
+                            if lens is None:
+                                lens = [0] * count
+                            lens[j] = self._write_info(out, i, self._encode_final(final_info, info))
+                    autoreset[j] = term or trunc
+                    last_obs[j] = obs
+                    self._write_obs(out["obs"], i, obs)
+                    out["rewards"][i] = float(reward)
+                    out["terminated"][i] = term
+                    out["truncated"][i] = trunc
+                    if info and not final:
+                        if lens is None:
+                            lens = [0] * count
+                        lens[j] = self._write_info(out, i, self._encode_info(info))
+                except Exception as exc:
+                    raise _LaneError(_record(exc, i)) from exc
+                j += 1
+        finally:
+            self._store_infos(out, lens, finals)
+
     def _store_results(
         self,
         out: dict[str, Any],
@@ -497,6 +597,13 @@ class Worker:
         buf[at : at + count] = bytes(terms)
         at = out["truncated_at"]
         buf[at : at + count] = bytes(truncs)
+        self._store_infos(out, lens, finals)
+
+    def _store_infos(self, out: dict[str, Any], lens: list[int] | None, finals: list[bool] | None) -> None:
+        """The group's info lengths and final masks (None: all zero; see :meth:`_store_results`)."""
+        buf = self.buf
+        lo, hi = self.lo, self.hi
+        count = hi - lo
         if lens is not None or not out["info_clean"]:
             out["info_len"][lo:hi] = self.no_info if lens is None else lens
             out["info_clean"] = lens is None
