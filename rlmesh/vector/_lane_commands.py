@@ -14,9 +14,10 @@ attributes are set by the ``Lanes`` constructor). Split from
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable
 
-from .._native import bell_ring
+from .._native import bell_ring, wait_words
 from .._spin import SpinPolicy
 from ..errors import InvalidHandle, OperationTimeout, RemoteError, WorkerError
 from ..shm import Segment
@@ -129,10 +130,14 @@ class _WorkerCommands:
         self._wait_only(commands, timeout, what)
         self._raise_for(commands)
 
-    def _wait_only(self, commands: list[tuple[int, int]], timeout: float | None, what: str) -> None:
+    def _wait_only(
+        self, commands: list[tuple[int, int]], timeout: float | None, what: str, *, spin: bool = True
+    ) -> None:
         """Wait until every command is done (or its worker lost); OperationTimeout at the deadline."""
         try:
-            self._bell.wait_words(self._terms(commands), timeout, spin=self._spin, check=self._check)
+            self._bell.wait_words(
+                self._terms(commands), timeout, spin=self._spin if spin else None, check=self._check
+            )
         except OperationTimeout:
             buf = self._buf
             late = [
@@ -155,6 +160,43 @@ class _WorkerCommands:
         error, then a batch handle that is not the buffer commanded.
         """
         self._wait_only(commands, timeout, what)
+        return self._check_done(commands, k)
+
+    def _collect_all(self, commands: list[tuple[int, int]], k: int, timeout: float | None, what: str) -> int:
+        """:meth:`_collect` for the commands of :meth:`_command_all`, the common case first.
+
+        One spin in C on the kept terms (the spin policy's budget, unless the
+        machine is oversubscribed or the deadline is nearer), then one look at
+        each worker's report: all done, ok, and the buffer commanded, it is
+        over. Otherwise (the spin missed, an error, a lost worker) the wait
+        goes on without a second spin, and :meth:`_check_done` raises as
+        :meth:`_collect` does.
+        """
+        spin = self._spin
+        start = time.monotonic()
+        budget = spin.current(start)
+        if budget > 0 and (timeout is None or budget < timeout):
+            if wait_words(self._buf, self._all_terms, L.CLIENT_BELL, budget, 0.0):
+                spin.record(time.monotonic() - start)
+                buf = self._buf
+                for block in self._blocks:
+                    _, status, done_buf, _ = _DONE.unpack_from(buf, block + L.W_DONE_SEQ)
+                    if status != L.STATUS_OK or done_buf != k:
+                        break
+                else:
+                    offset = self._checked[k] if 0 <= k < len(self._checked) else None
+                    if offset is not None:
+                        return offset
+                return self._check_done(commands, k)
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+            self._wait_only(commands, left, what, spin=False)
+            spin.record(time.monotonic() - start)
+            return self._check_done(commands, k)
+        self._wait_only(commands, timeout, what)
+        return self._check_done(commands, k)
+
+    def _check_done(self, commands: list[tuple[int, int]], k: int) -> int:
+        """The checks of :meth:`_collect` on commands that are done; the buffer's offset."""
         buf, blocks = self._buf, self._blocks
         error: BaseException | None = None
         forged = -1

@@ -57,6 +57,7 @@ from ._info import add_info, decode_info
 from ._lane_commands import _U32 as _U32, _WorkerCommands
 
 __all__ = ["Lanes", "StepResult"]
+_OPEN = State.OPEN
 StepResult = tuple[Any, Any, Any, Any, dict[str, Any]]
 
 
@@ -342,7 +343,7 @@ class Lanes(_WorkerCommands):
             ValueError: the wrong number of actions, or lanes in flight from :meth:`send`.
             TypeError: actions of a kind that cannot be cast to the action space's dtype.
         """
-        if self._stale or self._life.state is not State.OPEN:
+        if self._stale or self._life.state is not _OPEN:
             self._enter()
         if self._step is not None:
             raise ValueError("a step is already in flight: call step_wait() first")
@@ -367,14 +368,18 @@ class Lanes(_WorkerCommands):
             ValueError: no step in flight. WorkerError, RemoteError, OperationTimeout,
             BrokenError (the server is gone), InvalidHandle (a forged batch).
         """
-        if self._life.state is not State.OPEN:
+        if self._life.state is not _OPEN:
             self._life.check_open()
         step = self._step
         if step is None:
             raise ValueError("no step in flight: call step_async() first")
         k, commands = step
         self._step = None
-        self._collect(commands, k, timeout, "the vector step")
+        self._collect_all(commands, k, timeout, "the vector step")
+        return self._result(k)
+
+    def _result(self, k: int) -> tuple[StepResult, list[int]]:
+        """A step's results from buffer ``k`` (checked), and the lanes that ended."""
         out = self._out[k]
         if self._copy and self._obs_root:
             obs = out["obs"][0].copy()
@@ -448,9 +453,41 @@ class Lanes(_WorkerCommands):
         return infos
 
     def step(self, actions: Any, timeout: float | None) -> tuple[StepResult, list[int]]:
-        """:meth:`start_step` then :meth:`finish_step`."""
-        self.start_step(actions)
-        return self.finish_step(timeout)
+        """:meth:`start_step` then :meth:`finish_step`, in one go for the common case.
+
+        The common case: numpy results, one action leaf and one observation leaf
+        at the root, a batch of the action leaf's shape, nothing in flight.
+        Anything else takes the two halves (which raise what they raise).
+        """
+        root: Any = self._act_root
+        if (
+            root is None
+            or not self._copy
+            or not self._obs_root
+            or self._stale
+            or self._step is not None
+            or self._pending
+            or self._life.state is not _OPEN
+        ):
+            self.start_step(actions)
+            return self.finish_step(timeout)
+        arr = self._np.asarray(actions)
+        if arr.shape != root.shape:
+            self.start_step(actions)
+            return self.finish_step(timeout)
+        if arr.dtype == root.dtype:
+            root[...] = arr
+        else:
+            self._np.copyto(root, arr, casting="same_kind")
+        # A view of the segment must not outlive this frame in a traceback (a raised
+        # WorkerError the caller keeps would keep the segment mapped after close()).
+        del root
+        if not self._all_masked:
+            self._mask[:] = 1
+            self._all_masked = True
+        commands = self._command_all(L.OP_STEP, 0)
+        self._collect_all(commands, 0, timeout, "the vector step")
+        return self._result(0)
 
     # -- reset ------------------------------------------------------------------------------
 
