@@ -10,7 +10,10 @@ its end of a control socketpair. The server sends one configuration frame
 Then it waits on its doorbell for commands the client writes into its block
 (:mod:`rlmesh.vector._layout`): STEP or RESET over the lanes the mask marks,
 results straight into the output buffer the command names, then ``done_seq``
-and a ring of the client's doorbell. Control messages (render, close) come
+and a ring of the client's doorbell. A step of every lane of the group with
+one scalar action leaf and one observation leaf at the root is looped in C
+(``rlmesh._native.step_lanes``), which hands a lane back to the Python code
+whenever its result needs more than a copy (docs/internals.md). Control messages (render, close) come
 on the socket, announced by the block's ``ctl`` word and a ring.
 
 It dies with its server: ``PR_SET_PDEATHSIG`` (SIGKILL) is set first thing,
