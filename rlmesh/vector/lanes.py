@@ -71,30 +71,6 @@ def _unpin(segment: Segment) -> None:
     segment.unpin()
 
 
-def _build(paths: list[tuple[Any, ...]], kinds: dict[tuple[Any, ...], str]) -> Callable[[list[Any]], Any]:
-    if len(paths) == 1 and not paths[0]:
-        return lambda leaves: leaves[0]
-
-    def finish(node: Any, prefix: tuple[Any, ...]) -> Any:
-        if not isinstance(node, dict) or prefix not in kinds:
-            return node
-        children = {k: finish(v, (*prefix, k)) for k, v in node.items()}
-        if kinds[prefix] == "tuple":
-            return tuple(children[i] for i in range(len(children)))
-        return children
-
-    def build(leaves: list[Any]) -> Any:
-        root: dict[Any, Any] = {}
-        for path, leaf in zip(paths, leaves, strict=True):
-            node = root
-            for step in path[:-1]:
-                node = node.setdefault(step, {})
-            node[path[-1]] = leaf
-        return finish(root, ())
-
-    return build
-
-
 class Lanes(_WorkerCommands):
     """The fast path of one vector session (see the module docstring).
 
@@ -186,7 +162,7 @@ class Lanes(_WorkerCommands):
                 }
             )
         kinds = {tuple(p): k for p, k in L.composite_kinds(contract.observation_space)}
-        self._assemble = _build([leaf.path for leaf in layout.obs], kinds)
+        self._assemble = L.tree_builder([leaf.path for leaf in layout.obs], kinds)
         self._leases: list[Any] = [None] * layout.buffers
         self._no_info = bytes(4 * n)
         self._next_buffer = 0
