@@ -192,7 +192,10 @@ class _WorkerCommands:
             self._wait_only(commands, left, what, spin=False)
             spin.record(time.monotonic() - start)
             return self._check_done(commands, k)
-        self._wait_only(commands, timeout, what)
+        # No spin (the machine is oversubscribed, or spinning is off): straight to the
+        # sleep, without asking the policy again; a deadline nearer than the budget
+        # spins what is left of it, as Doorbell.wait_words does.
+        self._wait_only(commands, timeout, what, spin=budget > 0)
         return self._check_done(commands, k)
 
     def _check_done(self, commands: list[tuple[int, int]], k: int) -> int:
