@@ -44,6 +44,24 @@ def futex_wake(address: int, count: int = 1, /) -> None: ...
 def sched_yield() -> None: ...
 def wait_words(buf: Any, terms: Any, bell: int, spin: float, sleep: float, /) -> int: ...
 def bell_ring(buf: Any, offset: int, /) -> None: ...
+def step_lanes(
+    envs: list[Any],
+    autoreset: list[bool],
+    last_obs: list[Any],
+    actions: Any,
+    lo: int,
+    first: int,
+    buf: Any,
+    obs_at: int,
+    obs_nbytes: int,
+    obs_format: str,
+    obs_shape: tuple[int, ...],
+    rewards_at: int,
+    terminated_at: int,
+    truncated_at: int,
+    mode: int,
+    /,
+) -> tuple[int, int, Any]: ...
 
 class Ring:
     """One end of a shared-memory message ring (see rlmesh/shm/ring.py for the layout)."""

@@ -7,6 +7,8 @@
  *  - wait_words(): the vector fast path's wait on its workers' (or its client's)
  *    sequence words: a bounded spin and one futex sleep, with the GIL released;
  *    bell_ring(): a doorbell's ring with an atomic increment (several ringers).
+ *  - step_lanes(): the vector worker's loop over its lanes for the common case
+ *    (env.step, the observation, reward and flags written into the batch buffer).
  *  - Ring: one end of a MessageRing (rlmesh/shm/ring.py documents the layout):
  *    put, peek, pop and get with the ring's free-running 64-bit counters
  *    (modulo 2**64), and the waits for a message or for room: a bounded spin
@@ -925,12 +927,233 @@ native_bell_ring(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+
+/* ---- the vector worker's step loop ------------------------------------------------------------- */
+
+/* step_lanes' outcomes (its second result). */
+enum { LANES_DONE = 0, LANES_STEP = 1, LANES_RESET = 2, LANES_ERROR = 3, LANES_PYTHON = 4 };
+
+PyDoc_STRVAR(step_lanes_doc,
+"step_lanes(envs, autoreset, last_obs, actions, lo, first, buf, obs_at, obs_nbytes, obs_format,\n"
+"           obs_shape, rewards_at, terminated_at, truncated_at, mode) -> (j, outcome, value)\n\n"
+"The vector worker's loop over its lanes j = first, first + 1, ... (every lane of the group\n"
+"commanded; one scalar action leaf, one observation leaf at the root), as the worker's\n"
+"Python loop does it: lane j steps envs[j] with actions[lo + j] (or, under NextStep with\n"
+"autoreset[j] set, resets it), then, when the result needs nothing more (an info that is\n"
+"None or an empty dict; an observation exporting a C-contiguous buffer of exactly\n"
+"obs_format and obs_shape; no SameStep end), writes the observation (obs_nbytes at\n"
+"obs_at + j * obs_nbytes), float(reward) as f64 at rewards_at + 8j, bool(terminated) and\n"
+"bool(truncated) as bytes at terminated_at + j and truncated_at + j, sets autoreset[j] and\n"
+"last_obs[j], and goes on. mode: 0 NextStep, 1 SameStep, 2 Disabled. Returns at the\n"
+"first lane it cannot finish: (j, 1, the step's 5-tuple) or (j, 2, the reset's 2-tuple)\n"
+"for the caller to finish; (j, 3, exception) when the env (or a conversion) raised;\n"
+"(j, 4, None) for a Disabled lane whose episode ended (nothing called); (len(envs), 0,\n"
+"None) when every lane is done. Raises ValueError for offsets outside buf, TypeError for\n"
+"arguments of the wrong kind.");
+
+static PyObject *
+lanes_outcome(Py_ssize_t j, int outcome, PyObject *value)
+{
+    /* Steals value (NULL: None). */
+    PyObject *out = Py_BuildValue("(niO)", j, outcome, value != NULL ? value : Py_None);
+    Py_XDECREF(value);
+    return out;
+}
+
+static PyObject *
+lanes_error(Py_ssize_t j)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+        PyErr_SetString(PyExc_SystemError, "step_lanes: an error without an exception");
+        return NULL;
+    }
+    if (tb != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return lanes_outcome(j, LANES_ERROR, value);
+}
+
+/* 1 when obs is a C-contiguous buffer of `format` and `shape` (copied to dst), 0 when not
+ * (nothing copied, no error set). */
+static int
+lanes_copy_obs(PyObject *obs, char *dst, Py_ssize_t nbytes, const char *format, PyObject *shape)
+{
+    if (!PyObject_CheckBuffer(obs)) {
+        return 0;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(obs, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    int ok = view.len == nbytes && view.ndim == PyTuple_GET_SIZE(shape)
+             && strcmp(view.format != NULL ? view.format : "B", format) == 0;
+    for (Py_ssize_t d = 0; ok && d < view.ndim; d++) {
+        ok = view.shape != NULL && view.shape[d] == PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, d));
+    }
+    if (ok) {
+        memcpy(dst, view.buf, (size_t)nbytes);
+    }
+    PyBuffer_Release(&view);
+    return ok;
+}
+
+static PyObject *
+native_step_lanes(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 15) {
+        PyErr_SetString(PyExc_TypeError,
+                        "step_lanes(envs, autoreset, last_obs, actions, lo, first, buf, obs_at, obs_nbytes, "
+                        "obs_format, obs_shape, rewards_at, terminated_at, truncated_at, mode)");
+        return NULL;
+    }
+    PyObject *envs = args[0], *autoreset = args[1], *last_obs = args[2], *actions = args[3];
+    if (!PyList_CheckExact(envs) || !PyList_CheckExact(autoreset) || !PyList_CheckExact(last_obs)
+        || !PyUnicode_Check(args[9]) || !PyTuple_CheckExact(args[10])) {
+        PyErr_SetString(PyExc_TypeError, "step_lanes: envs, autoreset and last_obs must be lists, "
+                                         "obs_format a str and obs_shape a tuple");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(envs);
+    if (PyList_GET_SIZE(autoreset) != count || PyList_GET_SIZE(last_obs) != count) {
+        PyErr_SetString(PyExc_ValueError, "step_lanes: envs, autoreset and last_obs differ in length");
+        return NULL;
+    }
+    Py_ssize_t lo = PyLong_AsSsize_t(args[4]), first = PyLong_AsSsize_t(args[5]);
+    Py_ssize_t obs_at = PyLong_AsSsize_t(args[7]), obs_nbytes = PyLong_AsSsize_t(args[8]);
+    Py_ssize_t rewards_at = PyLong_AsSsize_t(args[11]), terms_at = PyLong_AsSsize_t(args[12]);
+    Py_ssize_t truncs_at = PyLong_AsSsize_t(args[13]);
+    long mode = PyLong_AsLong(args[14]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    const char *format = PyUnicode_AsUTF8(args[9]);
+    if (format == NULL) {
+        return NULL;
+    }
+    PyObject *shape = args[10];
+    Py_buffer mem;
+    if (PyObject_GetBuffer(args[6], &mem, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    /* Every lane's fields must lie inside the buffer. */
+    if (first < 0 || lo < 0 || obs_nbytes < 0 || obs_at < 0 || rewards_at < 0 || terms_at < 0 || truncs_at < 0
+        || (count && (obs_at > mem.len || obs_nbytes > (mem.len - obs_at) / count || rewards_at > mem.len - 8 * count
+                      || terms_at > mem.len - count || truncs_at > mem.len - count))) {
+        PyBuffer_Release(&mem);
+        PyErr_SetString(PyExc_ValueError, "step_lanes: a field lies outside the buffer");
+        return NULL;
+    }
+    char *base = (char *)mem.buf;
+    PyObject *out = NULL;
+    PyObject *step_name = PyUnicode_InternFromString("step");
+    PyObject *reset_name = PyUnicode_InternFromString("reset");
+    if (step_name == NULL || reset_name == NULL) {
+        goto done;
+    }
+    Py_ssize_t j = first;
+    for (; j < count; j++) {
+        PyObject *env = PyList_GET_ITEM(envs, j);
+        int ended = PyObject_IsTrue(PyList_GET_ITEM(autoreset, j));
+        if (ended < 0) {
+            out = lanes_error(j);
+            goto done;
+        }
+        PyObject *result, *obs, *info, *reward = NULL;
+        int reset = ended && mode == 0;
+        if (ended && mode == 2) {
+            out = lanes_outcome(j, LANES_PYTHON, NULL);
+            goto done;
+        }
+        if (reset) {
+            result = PyObject_CallMethodNoArgs(env, reset_name);
+        }
+        else {
+            PyObject *index = PyLong_FromSsize_t(lo + j);
+            PyObject *action = index != NULL ? PyObject_GetItem(actions, index) : NULL;
+            Py_XDECREF(index);
+            result = action != NULL ? PyObject_CallMethodOneArg(env, step_name, action) : NULL;
+            Py_XDECREF(action);
+        }
+        if (result == NULL) {
+            out = lanes_error(j);
+            goto done;
+        }
+        if (!PyTuple_CheckExact(result) || PyTuple_GET_SIZE(result) != (reset ? 2 : 5)) {
+            /* Not the usual tuple: the caller unpacks it (and raises as Python does). */
+            out = lanes_outcome(j, reset ? LANES_RESET : LANES_STEP, result);
+            goto done;
+        }
+        obs = PyTuple_GET_ITEM(result, 0);
+        info = PyTuple_GET_ITEM(result, reset ? 1 : 4);
+        if (info != Py_None && !(PyDict_Check(info) && PyDict_GET_SIZE(info) == 0)) {
+            out = lanes_outcome(j, reset ? LANES_RESET : LANES_STEP, result);
+            goto done;
+        }
+        double value = 0.0;
+        int term = 0, trunc = 0;
+        if (!reset) {
+            reward = PyNumber_Float(PyTuple_GET_ITEM(result, 1));
+            if (reward == NULL) {
+                Py_DECREF(result);
+                out = lanes_error(j);
+                goto done;
+            }
+            value = PyFloat_AS_DOUBLE(reward);
+            Py_DECREF(reward);
+            term = PyObject_IsTrue(PyTuple_GET_ITEM(result, 2));
+            trunc = term < 0 ? -1 : PyObject_IsTrue(PyTuple_GET_ITEM(result, 3));
+            if (term < 0 || trunc < 0) {
+                Py_DECREF(result);
+                out = lanes_error(j);
+                goto done;
+            }
+            if (mode == 1 && (term || trunc)) {
+                out = lanes_outcome(j, LANES_STEP, result); /* SameStep's reset and final obs */
+                goto done;
+            }
+        }
+        if (!lanes_copy_obs(obs, base + obs_at + j * obs_nbytes, obs_nbytes, format, shape)) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(result);
+                out = lanes_error(j);
+                goto done;
+            }
+            out = lanes_outcome(j, reset ? LANES_RESET : LANES_STEP, result);
+            goto done;
+        }
+        memcpy(base + rewards_at + 8 * j, &value, 8);
+        base[terms_at + j] = (char)term;
+        base[truncs_at + j] = (char)trunc;
+        PyObject *flag = (term || trunc) ? Py_True : Py_False;
+        Py_INCREF(flag);
+        PyList_SetItem(autoreset, j, flag);
+        Py_INCREF(obs);
+        PyList_SetItem(last_obs, j, obs);
+        Py_DECREF(result);
+    }
+    out = lanes_outcome(count, LANES_DONE, NULL);
+done:
+    Py_XDECREF(step_name);
+    Py_XDECREF(reset_name);
+    PyBuffer_Release(&mem);
+    return out;
+}
+
 static PyMethodDef ring_module_methods[] = {
     {"futex_wait", (PyCFunction)(void (*)(void))native_futex_wait, METH_FASTCALL, futex_wait_doc},
     {"futex_wake", (PyCFunction)(void (*)(void))native_futex_wake, METH_FASTCALL, futex_wake_doc},
     {"sched_yield", native_sched_yield, METH_NOARGS, "sched_yield(): give the core to another runnable task"},
     {"wait_words", (PyCFunction)(void (*)(void))native_wait_words, METH_FASTCALL, wait_words_doc},
     {"bell_ring", (PyCFunction)(void (*)(void))native_bell_ring, METH_FASTCALL, bell_ring_doc},
+    {"step_lanes", (PyCFunction)(void (*)(void))native_step_lanes, METH_FASTCALL, step_lanes_doc},
     {NULL},
 };
 

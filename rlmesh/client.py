@@ -348,8 +348,9 @@ class RemoteVectorEnvBase(RemoteEnvBase[ObsT, ActT]):
     def _fast_result(self, result: Any, done: list[int]) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         obs, rewards, terminated, truncated, info = result
         info = self._track_all(done, info)
-        if self._bridge.name != "numpy":
-            obs = self._bridge.decode(obs)
+        if self._bridge.name == "numpy":
+            return obs, rewards, terminated, truncated, info
+        obs = self._bridge.decode(obs)
         return obs, self._array(rewards), self._array(terminated), self._array(truncated), info
 
     def _fast_lanes(self, what: str) -> Any:

@@ -562,3 +562,61 @@ class KillLaneEnv(TinyEnv):
         if int(action) == 1:
             os.kill(os.getpid(), 9)
         return super().step(action)
+
+
+class QuirkyLaneEnv:
+    """A Box(4,) float32 env whose step results vary in kind, for the worker's native lane loop.
+
+    By step count: the observation comes as float32 (contiguous), float64 (cast
+    on the way in), a Python list, or a strided float32 view; the reward as a
+    float, an int or a numpy float32; the flags as numpy bools; the info empty,
+    or holding numpy values every third step; the reset's info empty or not by
+    seed parity. Seeded through ``np_random``-like state, so trajectories can be
+    compared with ``gymnasium.vector.SyncVectorEnv`` bit for bit.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+    render_mode = None
+
+    def __init__(self) -> None:
+        import gymnasium
+
+        self.observation_space = gymnasium.spaces.Box(-100.0, 100.0, (4,), np.float32)
+        self.action_space = gymnasium.spaces.Discrete(3)
+        self._rng = np.random.default_rng()
+        self.t = 0
+        self.length = 5
+
+    def _obs(self, action: int) -> Any:
+        base = self._rng.uniform(-1, 1, 4) + action + self.t
+        kind = self.t % 4
+        if kind == 1:
+            return base  # float64: the vector env casts it into the float32 batch
+        if kind == 2:
+            return [float(x) for x in base.astype(np.float32)]
+        if kind == 3:
+            return np.repeat(base.astype(np.float32), 2)[::2]  # not contiguous
+        return base.astype(np.float32)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self.t = 0
+        self.length = int(self._rng.integers(2, 9))
+        info: dict[str, Any] = {} if (seed or 0) % 2 == 0 else {"length": np.int64(self.length)}
+        return self._obs(0), info
+
+    def step(self, action: Any) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+        self.t += 1
+        a = int(action)
+        rewards: list[Any] = [float(a) / 2, a, np.float32(a + 0.25)]
+        ended = self.t >= self.length
+        terminated = np.bool_(ended and self.length % 2 == 0)
+        truncated = np.bool_(ended and not terminated)
+        info: dict[str, Any] = {} if self.t % 3 else {"t": np.int64(self.t), "half": np.float32(self.t / 2)}
+        return self._obs(a), rewards[self.t % 3], terminated, truncated, info
+
+    def close(self) -> None:
+        pass

@@ -14,8 +14,10 @@ attributes are set by the ``Lanes`` constructor). Split from
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable
 
+from .._native import bell_ring, wait_words
 from .._spin import SpinPolicy
 from ..errors import InvalidHandle, OperationTimeout, RemoteError, WorkerError
 from ..shm import Segment
@@ -29,6 +31,9 @@ _CMD = struct.Struct("<II")
 _ONE_TERM = struct.Struct("<8I")
 #: A worker's report, from ``done_seq``: done_seq, status, done_buf, err_len.
 _DONE = struct.Struct("<IIII")
+#: Where worker w's sequence number sits in the terms of a command to every worker
+#: (each worker's two terms are 32 bytes; the value is the third u32 of the first).
+_ALL_SEQ_AT = 8
 
 
 class _WorkerCommands:
@@ -44,6 +49,13 @@ class _WorkerCommands:
     _check: Callable[[], None] | None
     _seq: list[int]
     _stale: list[tuple[int, int]]
+    #: Each worker's block offset.
+    _blocks: list[int]
+    #: The wait condition of a command to every worker, its sequence numbers
+    #: patched in place per command (``_ALL_SEQ_AT`` + 32 w).
+    _all_terms: bytearray
+    #: ``check_batch`` of each buffer, once it passed (the layout and the size never change).
+    _checked: list[int | None]
 
     # -- commands -------------------------------------------------------------------------
 
@@ -57,23 +69,46 @@ class _WorkerCommands:
         _CMD.pack_into(buf, block + L.W_OP, op, k)
         _U32.pack_into(buf, block + L.W_WAKE, wake)
         _U32.pack_into(buf, block + L.W_CMD_SEQ, seq)
+        _U32.pack_into(self._all_terms, _ALL_SEQ_AT + 32 * w, seq)
         if ring:
             self._workers[w].ring()
         return w, seq
 
     def _command_all(self, op: int, k: int) -> list[tuple[int, int]]:
         """Command every worker, then ring them: the last to finish wakes the client (once)."""
-        workers = self.layout.workers
-        wake = L.WAKE_LAST if workers > 1 else L.WAKE_EACH
+        buf, seqs, terms = self._buf, self._seq, self._all_terms
+        wake = L.WAKE_LAST if len(seqs) > 1 else L.WAKE_EACH
+        commands = []
         # Every command is written before any worker is rung, so a fast worker never
         # takes a peer about to be commanded for idle (and rings the client early).
-        commands = [self._command(w, op, k, wake=wake, ring=False) for w in range(workers)]
-        for bell in self._workers:
-            bell.ring()
+        # The sequence number last: a worker reads op, buf and wake once it moved on.
+        for w, block in enumerate(self._blocks):
+            seq = (seqs[w] + 1) & 0xFFFFFFFF
+            seqs[w] = seq
+            _CMD.pack_into(buf, block + L.W_OP, op, k)
+            _U32.pack_into(buf, block + L.W_WAKE, wake)
+            _U32.pack_into(buf, block + L.W_CMD_SEQ, seq)
+            _U32.pack_into(terms, _ALL_SEQ_AT + 32 * w, seq)
+            commands.append((w, seq))
+        for block in self._blocks:
+            bell_ring(buf, block + L.W_BELL)
         return commands
 
-    def _terms(self, commands: list[tuple[int, int]]) -> bytes:
+    def _terms(self, commands: list[tuple[int, int]]) -> bytes | bytearray:
         """The condition "every command done (or its worker lost)", for ``Doorbell.wait_words``."""
+        seqs = self._seq
+        if len(commands) == len(seqs):
+            for w, (cw, seq) in enumerate(commands):
+                if cw != w or seqs[w] != seq:
+                    break
+            else:
+                # The last command of every worker, in order (a step or a reset): its
+                # terms are kept up to date by every command.
+                return self._all_terms
+        return self._pack_terms(commands)
+
+    def _pack_terms(self, commands: list[tuple[int, int]]) -> bytes:
+        """:meth:`_terms`, packed afresh."""
         if len(commands) == 1:
             w, seq = commands[0]
             block = self.layout.worker_block(w)
@@ -95,10 +130,14 @@ class _WorkerCommands:
         self._wait_only(commands, timeout, what)
         self._raise_for(commands)
 
-    def _wait_only(self, commands: list[tuple[int, int]], timeout: float | None, what: str) -> None:
+    def _wait_only(
+        self, commands: list[tuple[int, int]], timeout: float | None, what: str, *, spin: bool = True
+    ) -> None:
         """Wait until every command is done (or its worker lost); OperationTimeout at the deadline."""
         try:
-            self._bell.wait_words(self._terms(commands), timeout, spin=self._spin, check=self._check)
+            self._bell.wait_words(
+                self._terms(commands), timeout, spin=self._spin if spin else None, check=self._check
+            )
         except OperationTimeout:
             buf = self._buf
             late = [
@@ -121,11 +160,51 @@ class _WorkerCommands:
         error, then a batch handle that is not the buffer commanded.
         """
         self._wait_only(commands, timeout, what)
-        buf = self._buf
+        return self._check_done(commands, k)
+
+    def _collect_all(self, commands: list[tuple[int, int]], k: int, timeout: float | None, what: str) -> int:
+        """:meth:`_collect` for the commands of :meth:`_command_all`, the common case first.
+
+        One spin in C on the kept terms (the spin policy's budget, unless the
+        machine is oversubscribed or the deadline is nearer), then one look at
+        each worker's report: all done, ok, and the buffer commanded, it is
+        over. Otherwise (the spin missed, an error, a lost worker) the wait
+        goes on without a second spin, and :meth:`_check_done` raises as
+        :meth:`_collect` does.
+        """
+        spin = self._spin
+        start = time.monotonic()
+        budget = spin.current(start)
+        if budget > 0 and (timeout is None or budget < timeout):
+            if wait_words(self._buf, self._all_terms, L.CLIENT_BELL, budget, 0.0):
+                spin.record(time.monotonic() - start)
+                buf = self._buf
+                for block in self._blocks:
+                    _, status, done_buf, _ = _DONE.unpack_from(buf, block + L.W_DONE_SEQ)
+                    if status != L.STATUS_OK or done_buf != k:
+                        break
+                else:
+                    offset = self._checked[k] if 0 <= k < len(self._checked) else None
+                    if offset is not None:
+                        return offset
+                return self._check_done(commands, k)
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+            self._wait_only(commands, left, what, spin=False)
+            spin.record(time.monotonic() - start)
+            return self._check_done(commands, k)
+        # No spin (the machine is oversubscribed, or spinning is off): straight to the
+        # sleep, without asking the policy again; a deadline nearer than the budget
+        # spins what is left of it, as Doorbell.wait_words does.
+        self._wait_only(commands, timeout, what, spin=budget > 0)
+        return self._check_done(commands, k)
+
+    def _check_done(self, commands: list[tuple[int, int]], k: int) -> int:
+        """The checks of :meth:`_collect` on commands that are done; the buffer's offset."""
+        buf, blocks = self._buf, self._blocks
         error: BaseException | None = None
         forged = -1
         for w, _ in commands:
-            _, status, done_buf, _ = _DONE.unpack_from(buf, self.layout.worker_block(w) + L.W_DONE_SEQ)
+            _, status, done_buf, _ = _DONE.unpack_from(buf, blocks[w] + L.W_DONE_SEQ)
             if status == L.STATUS_LOST:
                 self._raise_for([(w, 0)])
             if status == L.STATUS_ERROR and error is None:
@@ -136,7 +215,10 @@ class _WorkerCommands:
             raise error
         if forged >= 0:
             self._batch([(forged, 0)], k)
-        offset, _ = self.layout.check_batch(k, self.segment.size)
+        offset = self._checked[k] if 0 <= k < len(self._checked) else None
+        if offset is None:
+            offset, _ = self.layout.check_batch(k, self.segment.size)
+            self._checked[k] = offset
         return offset
 
     def _raise_for(self, commands: list[tuple[int, int]]) -> None:

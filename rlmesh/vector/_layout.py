@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 from .._dtypes import DTYPES
@@ -57,6 +58,7 @@ __all__ = [
     "composite_kinds",
     "fast_path_leaves",
     "spin_plan",
+    "tree_builder",
 ]
 
 MAGIC = 0x424C5652  # "RVLB"
@@ -421,3 +423,30 @@ def composite_kinds(spec: Any, path: Path = ()) -> list[list[Any]]:
         for i, child in enumerate(spec._get("spaces")):
             out += composite_kinds(child, (*path, i))
     return out
+
+
+def tree_builder(
+    paths: list[tuple[Any, ...]], kinds: dict[tuple[Any, ...], str]
+) -> Callable[[list[Any]], Any]:
+    """A function building a value (dicts, tuples as ``kinds`` says) from its leaves in ``paths`` order."""
+    if len(paths) == 1 and not paths[0]:
+        return lambda leaves: leaves[0]
+
+    def finish(node: Any, prefix: tuple[Any, ...]) -> Any:
+        if not isinstance(node, dict) or prefix not in kinds:
+            return node
+        children = {k: finish(v, (*prefix, k)) for k, v in node.items()}
+        if kinds[prefix] == "tuple":
+            return tuple(children[i] for i in range(len(children)))
+        return children
+
+    def build(leaves: list[Any]) -> Any:
+        root: dict[Any, Any] = {}
+        for path, leaf in zip(paths, leaves, strict=True):
+            node = root
+            for step in path[:-1]:
+                node = node.setdefault(step, {})
+            node[path[-1]] = leaf
+        return finish(root, ())
+
+    return build

@@ -10,7 +10,10 @@ its end of a control socketpair. The server sends one configuration frame
 Then it waits on its doorbell for commands the client writes into its block
 (:mod:`rlmesh.vector._layout`): STEP or RESET over the lanes the mask marks,
 results straight into the output buffer the command names, then ``done_seq``
-and a ring of the client's doorbell. Control messages (render, close) come
+and a ring of the client's doorbell. A step of every lane of the group with
+one scalar action leaf and one observation leaf at the root is looped in C
+(``rlmesh._native.step_lanes``), which hands a lane back to the Python code
+whenever its result needs more than a copy (docs/internals.md). Control messages (render, close) come
 on the socket, announced by the block's ``ctl`` word and a ring.
 
 It dies with its server: ``PR_SET_PDEATHSIG`` (SIGKILL) is set first thing,
@@ -31,7 +34,12 @@ import sys
 import traceback
 from typing import Any
 
+from .._native import step_lanes
+
 __all__ = ["main", "resolve_reference"]
+
+# step_lanes' outcomes (rlmesh/_native_ring.c).
+_LANES_DONE, _LANES_STEP, _LANES_RESET, _LANES_ERROR, _LANES_PYTHON = range(5)
 
 _U32 = struct.Struct("<I")
 #: A command's words from ``op``: op, buf, ctl, wake (see rlmesh.vector._layout).
@@ -189,12 +197,49 @@ class Worker:
                         for off, leaf in zip(layout.b_final_obs, layout.obs, strict=False)
                     ],
                     "info": view(base + layout.b_info, n * L.INFO_BYTES, np.uint8, (n, L.INFO_BYTES)),
+                    # Where this group's rewards and flags go (byte offsets in the segment).
+                    "obs_at": base + layout.b_obs[0] + self.lo * layout.obs[0].lane_nbytes,
+                    "rewards_at": base + layout.b_rewards + 8 * self.lo,
+                    "terminated_at": base + layout.b_terminated + self.lo,
+                    "truncated_at": base + layout.b_truncated + self.lo,
+                    "final_at": base + layout.b_final_mask + self.lo,
+                    # Whether this worker knows its lanes' info_len (final_mask) in this
+                    # buffer are all zero, as its last command left them: a step with no
+                    # info (no final observation) then skips rewriting them. Unknown at
+                    # first (a respawned worker inherits whatever is there).
+                    "info_clean": False,
+                    "final_clean": False,
                 }
             )
         self.obs_get = [_getter(list(leaf.path)) for leaf in layout.obs]
         self.act_paths = [list(leaf.path) for leaf in layout.act]
         self.build_action = _builder(self.act_paths, self.kinds)
         self.act_scalar = [leaf.shape == () for leaf in layout.act]
+        # The common case (one scalar action leaf, one observation leaf at the root)
+        # skips the tree walks: a few hundred nanoseconds a lane.
+        self.simple_action = self.act_scalar == [True] and not self.act_paths[0]
+        self.simple_obs = len(layout.obs) == 1 and self.obs_get[0] is None
+        self.next_step = self.mode == "NextStep"
+        self.same_step = self.mode == "SameStep"
+        self.disabled = self.mode == "Disabled"
+        count = self.hi - self.lo
+        #: A command covers every lane of the group when its mask slice is all ones.
+        self.mask_at = layout.mask + self.lo
+        self.all_lanes = b"\x01" * count
+        #: The group's rewards (f64), packed in one call.
+        self.pack_rewards = struct.Struct(f"<{count}d")
+        self.no_info = [0] * count
+        self.no_finals = bytes(count)
+        # The native loop (step_lanes) takes the common case: a scalar action leaf, one
+        # observation leaf at the root. Its observations are copied when they export a
+        # C-contiguous buffer of exactly this format and shape; anything else is Python's.
+        self.native = self.simple_action and self.simple_obs
+        if self.native:
+            leaf = layout.obs[0]
+            self.obs_format = np.zeros(leaf.shape, leaf.dtype).data.format
+            self.obs_shape = tuple(leaf.shape)
+            self.obs_nbytes = leaf.lane_nbytes
+        self.native_mode = {"NextStep": 0, "SameStep": 1, "Disabled": 2}[self.mode]
         from ._info import encode_final, encode_info
 
         self._encode_final, self._encode_info = encode_final, encode_info
@@ -374,54 +419,65 @@ class Worker:
         return n
 
     def _step(self, out: dict[str, Any]) -> None:
-        encode_final, encode_info = self._encode_final, self._encode_info
         lo, hi = self.lo, self.hi
-        mask = self.mask
-        obs_views = out["obs"]
-        rewards = [0.0] * (hi - lo)
-        terms = [False] * (hi - lo)
-        truncs = [False] * (hi - lo)
-        lens = [0] * (hi - lo)
-        finals = [False] * (hi - lo)
-        mode = self.mode
-        # The common case (one scalar action leaf, one observation leaf at the root)
-        # skips the tree walks: a few hundred nanoseconds a lane.
-        simple_action = self.act_scalar == [True] and not self.act_paths[0]
+        count = hi - lo
+        buf = self.buf
+        mask_at = self.mask_at
+        if buf[mask_at : mask_at + count] == self.all_lanes:
+            # Every lane of the group (a step of every lane): one bytes comparison.
+            if self.native and not self.any_fresh:
+                self._step_native(out)
+                return
+            lanes: Any = range(count)
+        else:
+            lanes = [j for j, m in enumerate(self.mask[lo:hi].tolist()) if m]
+        rewards = [0.0] * count
+        terms = [False] * count
+        truncs = [False] * count
+        lens: list[int] | None = None
+        finals: list[bool] | None = None
+        next_step, same_step, disabled = self.next_step, self.same_step, self.disabled
+        simple_action, simple_obs = self.simple_action, self.simple_obs
         action0 = self.actions[0]
-        simple_obs = len(obs_views) == 1 and self.obs_get[0] is None
+        obs_views = out["obs"]
         obs0 = obs_views[0]
         autoreset, envs, last_obs = self.autoreset, self.envs, self.last_obs
-        any_fresh = self.any_fresh
+        fresh = self.fresh if self.any_fresh else None
         try:
-            for j in range(hi - lo):
+            for j in lanes:
                 i = lo + j
-                if not mask[i]:
-                    continue
                 env = envs[j]
+                final = False
                 try:
-                    if any_fresh and self.fresh[j] is not None:
+                    if fresh is not None and fresh[j] is not None:
                         # The lane's env was rebuilt by a restart: this step reports its new
                         # episode (the reset observation, reward 0, no end), not a step.
                         obs, info = self._take_fresh(j)
                         reward, term, trunc = 0.0, False, False
-                    elif mode == "NextStep" and autoreset[j]:
+                    elif next_step and autoreset[j]:
                         obs, info = env.reset()
                         reward, term, trunc = 0.0, False, False
                     else:
-                        if mode == "Disabled" and self.autoreset[j]:
+                        if disabled and autoreset[j]:
                             raise AssertionError(
                                 f"lane {i} ended its episode and autoreset is Disabled: reset it "
                                 "(reset(options={'reset_mask': mask})) before stepping it again"
                             )
+                        # action0[i]: a numpy scalar, what SyncVectorEnv hands env.step too.
                         action = action0[i] if simple_action else self._lane_action(i)
                         obs, reward, term, trunc, info = env.step(action)
                         term, trunc = bool(term), bool(trunc)
-                        if mode == "SameStep" and (term or trunc):
+                        if same_step and (term or trunc):
                             self._write_obs(out["final_obs"], i, obs)
                             final_info = info
                             obs, info = env.reset()
+                            final = True
+                            if finals is None:
+                                finals = [False] * count
                             finals[j] = True
-                            lens[j] = self._write_info(out, i, encode_final(final_info, info))
+                            if lens is None:
+                                lens = [0] * count
+                            lens[j] = self._write_info(out, i, self._encode_final(final_info, info))
                     autoreset[j] = term or trunc
                     last_obs[j] = obs
                     if simple_obs:
@@ -431,18 +487,133 @@ class Worker:
                     rewards[j] = float(reward)
                     terms[j] = term
                     truncs[j] = trunc
-                    if info and not finals[j]:
-                        lens[j] = self._write_info(out, i, encode_info(info))
+                    if info and not final:
+                        if lens is None:
+                            lens = [0] * count
+                        lens[j] = self._write_info(out, i, self._encode_info(info))
                 except Exception as exc:
                     raise _LaneError(_record(exc, i)) from exc
         finally:
-            # One slice store per field for the whole group (lanes outside the
-            # command get zeros: nobody reads them from this buffer).
-            out["rewards"][lo:hi] = rewards
-            out["terminated"][lo:hi] = terms
-            out["truncated"][lo:hi] = truncs
-            out["info_len"][lo:hi] = lens
-            out["final_mask"][lo:hi] = finals
+            self._store_results(out, rewards, terms, truncs, lens, finals)
+
+    def _step_native(self, out: dict[str, Any]) -> None:
+        """:meth:`_step` for every lane of the group in the common case, looped in C.
+
+        ``step_lanes`` steps the lanes and writes each one's observation, reward and
+        flags straight into the buffer; a lane it cannot finish (an info to encode,
+        SameStep's end, an observation to cast, an exception) comes back here with
+        what the env returned and is finished as the Python loop does it, and the
+        loop goes on from the next lane.
+        """
+        lo, hi = self.lo, self.hi
+        count = hi - lo
+        buf, envs, autoreset, last_obs = self.buf, self.envs, self.autoreset, self.last_obs
+        action0 = self.actions[0]
+        obs_at, nbytes = out["obs_at"], self.obs_nbytes
+        lens: list[int] | None = None
+        finals: list[bool] | None = None
+        j = 0
+        try:
+            while True:
+                j, outcome, value = step_lanes(
+                    envs,
+                    autoreset,
+                    last_obs,
+                    action0,
+                    lo,
+                    j,
+                    buf,
+                    obs_at,
+                    nbytes,
+                    self.obs_format,
+                    self.obs_shape,
+                    out["rewards_at"],
+                    out["terminated_at"],
+                    out["truncated_at"],
+                    self.native_mode,
+                )
+                if outcome == _LANES_DONE:
+                    break
+                i = lo + j
+                final = False
+                try:
+                    if outcome == _LANES_ERROR:
+                        raise value
+                    if outcome == _LANES_PYTHON:
+                        raise AssertionError(
+                            f"lane {i} ended its episode and autoreset is Disabled: reset it "
+                            "(reset(options={'reset_mask': mask})) before stepping it again"
+                        )
+                    if outcome == _LANES_RESET:
+                        obs, info = value
+                        reward, term, trunc = 0.0, False, False
+                    else:
+                        obs, reward, term, trunc, info = value
+                        term, trunc = bool(term), bool(trunc)
+                        if self.same_step and (term or trunc):
+                            self._write_obs(out["final_obs"], i, obs)
+                            final_info = info
+                            obs, info = envs[j].reset()
+                            final = True
+                            if finals is None:
+                                finals = [False] * count
+                            finals[j] = True
+                            if lens is None:
+                                lens = [0] * count
+                            lens[j] = self._write_info(out, i, self._encode_final(final_info, info))
+                    autoreset[j] = term or trunc
+                    last_obs[j] = obs
+                    self._write_obs(out["obs"], i, obs)
+                    out["rewards"][i] = float(reward)
+                    out["terminated"][i] = term
+                    out["truncated"][i] = trunc
+                    if info and not final:
+                        if lens is None:
+                            lens = [0] * count
+                        lens[j] = self._write_info(out, i, self._encode_info(info))
+                except Exception as exc:
+                    raise _LaneError(_record(exc, i)) from exc
+                j += 1
+        finally:
+            self._store_infos(out, lens, finals)
+
+    def _store_results(
+        self,
+        out: dict[str, Any],
+        rewards: list[float],
+        terms: list[bool],
+        truncs: list[bool],
+        lens: list[int] | None,
+        finals: list[bool] | None,
+    ) -> None:
+        """The group's rewards, flags, info lengths and final masks, a few stores for all lanes.
+
+        Lanes outside the command get zeros: nobody reads them from this buffer.
+        ``lens``/``finals`` None means all zero: skipped when the buffer already
+        holds zeros there from this worker's last command.
+        """
+        buf = self.buf
+        lo, hi = self.lo, self.hi
+        count = hi - lo
+        self.pack_rewards.pack_into(buf, out["rewards_at"], *rewards)
+        at = out["terminated_at"]
+        buf[at : at + count] = bytes(terms)
+        at = out["truncated_at"]
+        buf[at : at + count] = bytes(truncs)
+        self._store_infos(out, lens, finals)
+
+    def _store_infos(self, out: dict[str, Any], lens: list[int] | None, finals: list[bool] | None) -> None:
+        """The group's info lengths and final masks (None: all zero; see :meth:`_store_results`)."""
+        buf = self.buf
+        lo, hi = self.lo, self.hi
+        count = hi - lo
+        if lens is not None or not out["info_clean"]:
+            out["info_len"][lo:hi] = self.no_info if lens is None else lens
+            out["info_clean"] = lens is None
+        if finals is not None or not out["final_clean"]:
+            at = out["final_at"]
+            buf[at : at + count] = self.no_finals if finals is None else bytes(finals)
+            out["final_clean"] = finals is None
 
     def _reset(self, out: dict[str, Any]) -> None:
         import msgpack
@@ -484,6 +655,8 @@ class Worker:
         out["terminated"][lo:hi] = [False] * (hi - lo)
         out["truncated"][lo:hi] = [False] * (hi - lo)
         out["rewards"][lo:hi] = [0.0] * (hi - lo)
+        out["info_clean"] = not any(lens)
+        out["final_clean"] = True
 
     def _take_fresh(self, j: int) -> tuple[Any, dict[str, Any]]:
         """Lane ``lo + j``'s restart episode, flagged for the client; the lane is reported once."""

@@ -57,6 +57,7 @@ from ._info import add_info, decode_info
 from ._lane_commands import _U32 as _U32, _WorkerCommands
 
 __all__ = ["Lanes", "StepResult"]
+_OPEN = State.OPEN
 StepResult = tuple[Any, Any, Any, Any, dict[str, Any]]
 
 
@@ -68,30 +69,6 @@ class _Lease:
 
 def _unpin(segment: Segment) -> None:
     segment.unpin()
-
-
-def _build(paths: list[tuple[Any, ...]], kinds: dict[tuple[Any, ...], str]) -> Callable[[list[Any]], Any]:
-    if len(paths) == 1 and not paths[0]:
-        return lambda leaves: leaves[0]
-
-    def finish(node: Any, prefix: tuple[Any, ...]) -> Any:
-        if not isinstance(node, dict) or prefix not in kinds:
-            return node
-        children = {k: finish(v, (*prefix, k)) for k, v in node.items()}
-        if kinds[prefix] == "tuple":
-            return tuple(children[i] for i in range(len(children)))
-        return children
-
-    def build(leaves: list[Any]) -> Any:
-        root: dict[Any, Any] = {}
-        for path, leaf in zip(paths, leaves, strict=True):
-            node = root
-            for step in path[:-1]:
-                node = node.setdefault(step, {})
-            node[path[-1]] = leaf
-        return finish(root, ())
-
-    return build
 
 
 class Lanes(_WorkerCommands):
@@ -185,13 +162,20 @@ class Lanes(_WorkerCommands):
                 }
             )
         kinds = {tuple(p): k for p, k in L.composite_kinds(contract.observation_space)}
-        self._assemble = _build([leaf.path for leaf in layout.obs], kinds)
+        self._assemble = L.tree_builder([leaf.path for leaf in layout.obs], kinds)
         self._leases: list[Any] = [None] * layout.buffers
         self._no_info = bytes(4 * n)
         self._next_buffer = 0
-        self._seq = [
-            _U32.unpack_from(buf, layout.worker_block(w) + L.W_CMD_SEQ)[0] for w in range(layout.workers)
-        ]
+        self._blocks = [layout.worker_block(w) for w in range(layout.workers)]
+        self._seq = [_U32.unpack_from(buf, block + L.W_CMD_SEQ)[0] for block in self._blocks]
+        self._all_terms = bytearray(self._pack_terms(list(enumerate(self._seq))))
+        self._checked = [None] * (layout.buffers + 1)
+        # The common case, one action leaf at the root (CartPole's Discrete, a Box):
+        # its view, written straight from the batch; else None.
+        self._act_root = self._act[0] if len(self._act_paths) == 1 and not self._act_paths[0] else None
+        # One observation leaf at the root: a copied batch is that copy, not a tree.
+        self._obs_root = len(layout.obs) == 1 and not layout.obs[0].path
+        self._no_flags = bytes(n)
         self._all_masked = False
         #: The step in flight: ``(buffer, [(worker, seq), ...])``, between step_async and step_wait.
         self._step: tuple[int, list[tuple[int, int]]] | None = None
@@ -264,6 +248,7 @@ class Lanes(_WorkerCommands):
             # The numpy views export the segment's buffer: drop them first, or it cannot be unmapped.
             self._out = []
             self._act = []
+            self._act_root = None
             self._mask = self._has_seed = self._seeds = None
             if self._owns:
                 try:
@@ -334,12 +319,18 @@ class Lanes(_WorkerCommands):
             ValueError: the wrong number of actions, or lanes in flight from :meth:`send`.
             TypeError: actions of a kind that cannot be cast to the action space's dtype.
         """
-        self._enter()
+        if self._stale or self._life.state is not _OPEN:
+            self._enter()
         if self._step is not None:
             raise ValueError("a step is already in flight: call step_wait() first")
         if self._pending:
             raise ValueError(f"lanes {sorted(self._pending)} were sent and not received: call recv() first")
-        self._write_actions(self._action_leaves(actions, self.num_envs))
+        root: Any = self._act_root
+        arr = self._np.asarray(actions) if root is not None else None
+        if arr is not None and arr.shape == root.shape:
+            self._np.copyto(root, arr, casting="same_kind")
+        else:
+            self._write_actions(self._action_leaves(actions, self.num_envs))
         if not self._all_masked:
             self._mask[:] = 1
             self._all_masked = True
@@ -353,21 +344,33 @@ class Lanes(_WorkerCommands):
             ValueError: no step in flight. WorkerError, RemoteError, OperationTimeout,
             BrokenError (the server is gone), InvalidHandle (a forged batch).
         """
-        self._life.check_open()
-        if self._step is None:
+        if self._life.state is not _OPEN:
+            self._life.check_open()
+        step = self._step
+        if step is None:
             raise ValueError("no step in flight: call step_async() first")
-        k, commands = self._step
+        k, commands = step
         self._step = None
-        self._collect(commands, k, timeout, "the vector step")
+        self._collect_all(commands, k, timeout, "the vector step")
+        return self._result(k)
+
+    def _result(self, k: int) -> tuple[StepResult, list[int]]:
+        """A step's results from buffer ``k`` (checked), and the lanes that ended."""
         out = self._out[k]
-        obs = self._obs(k)
-        rewards, terminated, truncated = (
-            out["rewards"].copy(),
-            out["terminated"].copy(),
-            out["truncated"].copy(),
-        )
+        if self._copy and self._obs_root:
+            obs = out["obs"][0].copy()
+        else:
+            obs = self._obs(k)
+        rewards = out["rewards"].copy()
+        terminated = out["terminated"].copy()
+        truncated = out["truncated"].copy()
         info = self._info(out, None)
-        done = (terminated | truncated).nonzero()[0].tolist()
+        # Most batches end no episode: two bytes comparisons of the copies, not numpy's any().
+        none = self._no_flags
+        if terminated.tobytes() == none and truncated.tobytes() == none:
+            done: list[int] = []
+        else:
+            done = (terminated | truncated).nonzero()[0].tolist()
         self.batches += 1
         return (obs, rewards, terminated, truncated, info), done
 
@@ -426,9 +429,41 @@ class Lanes(_WorkerCommands):
         return infos
 
     def step(self, actions: Any, timeout: float | None) -> tuple[StepResult, list[int]]:
-        """:meth:`start_step` then :meth:`finish_step`."""
-        self.start_step(actions)
-        return self.finish_step(timeout)
+        """:meth:`start_step` then :meth:`finish_step`, in one go for the common case.
+
+        The common case: numpy results, one action leaf and one observation leaf
+        at the root, a batch of the action leaf's shape, nothing in flight.
+        Anything else takes the two halves (which raise what they raise).
+        """
+        root: Any = self._act_root
+        if (
+            root is None
+            or not self._copy
+            or not self._obs_root
+            or self._stale
+            or self._step is not None
+            or self._pending
+            or self._life.state is not _OPEN
+        ):
+            self.start_step(actions)
+            return self.finish_step(timeout)
+        arr = self._np.asarray(actions)
+        if arr.shape != root.shape:
+            self.start_step(actions)
+            return self.finish_step(timeout)
+        if arr.dtype == root.dtype:
+            root[...] = arr
+        else:
+            self._np.copyto(root, arr, casting="same_kind")
+        # A view of the segment must not outlive this frame in a traceback (a raised
+        # WorkerError the caller keeps would keep the segment mapped after close()).
+        del root
+        if not self._all_masked:
+            self._mask[:] = 1
+            self._all_masked = True
+        commands = self._command_all(L.OP_STEP, 0)
+        self._collect_all(commands, 0, timeout, "the vector step")
+        return self._result(0)
 
     # -- reset ------------------------------------------------------------------------------
 
