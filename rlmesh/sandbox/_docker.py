@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import socket
 from typing import Any
 
 from ..errors import BackendUnavailable, SandboxError
@@ -73,10 +74,24 @@ def client() -> Any:
             f"the Docker daemon at {host} is not on this host: a sandbox shares a Unix socket "
             "and memory with its container, so it needs a local daemon (unix://)"
         )
+    # Knock first: docker-py's client asks the daemon for its API version while it is
+    # built, and a refused connection there leaves its socket unclosed (a ResourceWarning).
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(API_TIMEOUT)
+        probe.connect(host[len("unix://") :])
+    except OSError as exc:
+        raise SandboxError(f"no Docker daemon answers at {host}: {exc}") from exc
+    finally:
+        probe.close()
     try:
         api = docker.DockerClient(base_url=host, timeout=API_TIMEOUT)
+    except Exception as exc:
+        raise SandboxError(f"no Docker daemon answers at {host}: {exc}") from exc
+    try:
         api.ping()
     except Exception as exc:
+        api.close()
         raise SandboxError(f"no Docker daemon answers at {host}: {exc}") from exc
     return api
 

@@ -362,3 +362,24 @@ def test_a_wheels_requirements_leave_out_extras(tmp_path: Path) -> None:
     )
     (wheel,) = tmp_path.glob("pkg_for_sbx-*.whl")
     assert sorted(_image.wheel_requirements(wheel)) == ["gymnasium>=1.0", "msgpack"]
+
+
+@pytest.mark.parametrize("kind", ["missing", "refusing"])
+def test_no_daemon_is_a_sandbox_error_that_leaves_no_socket_open(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("docker")
+    path = tmp_path / "docker.sock"
+    listener = None
+    if kind == "refusing":
+        # A daemon that died leaves its socket file: bound, never listening, connections refused.
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(path))
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+    try:
+        with pytest.raises(SandboxError, match="no Docker daemon answers at unix://"):
+            _docker.client()
+    finally:
+        if listener is not None:
+            listener.close()
+    # The suite's leak check (no fds left) and warnings-as-errors (no unclosed socket) do the rest.
