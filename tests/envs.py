@@ -620,3 +620,43 @@ class QuirkyLaneEnv:
 
     def close(self) -> None:
         pass
+
+
+class ComboActionEnv:
+    """A nested action, a Dict holding a Tuple, echoed into the observation: the workers' action trees.
+
+    The observation is ``[move, force[0], force[1], flag, steps]`` as float32, so a
+    lane's observation shows exactly which action its env received.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+    render_mode = None
+
+    def __init__(self) -> None:
+        import gymnasium
+
+        self.action_space = gymnasium.spaces.Dict(
+            {
+                "move": gymnasium.spaces.Discrete(3),
+                "pair": gymnasium.spaces.Tuple(
+                    (gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32), gymnasium.spaces.MultiBinary(1))
+                ),
+            }
+        )
+        self.observation_space = gymnasium.spaces.Box(-10.0, 1000.0, (5,), np.float32)
+        self.steps = 0
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        self.steps = 0
+        return np.zeros(5, np.float32), {}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        self.steps += 1
+        force, flag = action["pair"]
+        obs = np.array([action["move"], force[0], force[1], flag[0], self.steps], np.float32)
+        return obs, float(action["move"]), False, self.steps >= 4, {}
+
+    def close(self) -> None:
+        pass

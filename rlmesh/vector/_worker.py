@@ -35,6 +35,7 @@ import traceback
 from typing import Any
 
 from .._native import step_lanes
+from ._layout import tree_builder
 
 __all__ = ["main", "resolve_reference"]
 
@@ -94,31 +95,6 @@ def _getter(path: list[Any]) -> Any:
         return value
 
     return get
-
-
-def _builder(spec_paths: list[list[Any]], kinds: dict[tuple[Any, ...], str]) -> Any:
-    """A function building a value tree (dicts, tuples) from its leaves in order."""
-    if len(spec_paths) == 1 and not spec_paths[0]:
-        return lambda leaves: leaves[0]
-
-    def build(leaves: list[Any]) -> Any:
-        root: dict[Any, Any] = {}
-        for path, leaf in zip(spec_paths, leaves, strict=False):
-            node = root
-            for step in path[:-1]:
-                node = node.setdefault(step, {})
-            node[path[-1]] = leaf
-        return _finish(root, ())
-
-    def _finish(node: Any, prefix: tuple[Any, ...]) -> Any:
-        if not isinstance(node, dict):
-            return node
-        children = {k: _finish(v, (*prefix, k)) for k, v in node.items()}
-        if kinds.get(prefix) == "tuple":
-            return tuple(children[i] for i in range(len(children)))
-        return children
-
-    return build
 
 
 class Worker:
@@ -213,7 +189,7 @@ class Worker:
             )
         self.obs_get = [_getter(list(leaf.path)) for leaf in layout.obs]
         self.act_paths = [list(leaf.path) for leaf in layout.act]
-        self.build_action = _builder(self.act_paths, self.kinds)
+        self.build_action = tree_builder([tuple(path) for path in self.act_paths], self.kinds)
         self.act_scalar = [leaf.shape == () for leaf in layout.act]
         # The common case (one scalar action leaf, one observation leaf at the root)
         # skips the tree walks: a few hundred nanoseconds a lane.

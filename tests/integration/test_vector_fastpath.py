@@ -25,7 +25,7 @@ import rlmesh
 import rlmesh.numpy as rnp
 from rlmesh.errors import InvalidHandle, ProtocolError, RemoteError
 from rlmesh.vector._layout import Layout
-from tests.envs import DictImageEnv, SlowLaneEnv, TinyEnv
+from tests.envs import ComboActionEnv, DictImageEnv, SlowLaneEnv, TinyEnv
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -380,3 +380,20 @@ def test_make_kwargs_that_are_not_data_stay_in_process(serve) -> None:
 
     served = serve(make_count_env, num_envs=2, make_kwargs={})
     assert served.client(rnp.RemoteVectorEnv).fast_path
+
+
+def test_nested_actions_reach_each_lanes_env_as_sync_vector_env_hands_them(serve) -> None:
+    # A Dict action holding a Tuple: each worker rebuilds every lane's action tree from the batch.
+    served = serve(ComboActionEnv, num_envs=4, workers=2)
+    env = served.client(rnp.RemoteVectorEnv)
+    assert env.fast_path
+    local = gym.vector.SyncVectorEnv([ComboActionEnv] * 4)
+    env.reset(seed=1)
+    local.reset(seed=1)
+    local.action_space.seed(7)
+    for _ in range(6):  # past the truncation at 4 steps (NextStep autoreset)
+        actions = local.action_space.sample()
+        got, want = env.step(actions), local.step(actions)
+        compare(got[0], want[0], "observations")
+        assert got[1].tolist() == want[1].tolist() and got[3].tolist() == want[3].tolist()
+    local.close()
